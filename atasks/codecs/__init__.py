@@ -1,0 +1,9 @@
+"""Codecs: how call arguments, results and exceptions become bytes."""
+
+from atasks.codecs.base import Codec
+from atasks.codecs.json_codec import JSONCodec
+from atasks.codecs.pickle_codec import PickleCodec
+
+CODECS: dict[str, type[Codec]] = {"pickle": PickleCodec, "json": JSONCodec}
+
+__all__ = ["CODECS", "Codec", "JSONCodec", "PickleCodec"]

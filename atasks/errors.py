@@ -1,0 +1,85 @@
+"""Every error atasks raises, under one root.
+
+ATasksError
+├── ConfigurationError            something is missing or bound twice
+│   ├── NoCodecRegistered
+│   ├── NoClientTransportRegistered
+│   └── DuplicateATask
+├── JobNotFound                   no server serves the awaited atask
+├── CodecError
+│   ├── EncodeError               a value could not be encoded
+│   └── DecodeError               bytes could not be decoded (or failed their signature)
+├── TransportError                the message could not travel
+│   └── NotConnected
+├── DeliveryLimitExceeded         a request crashed every server that took it
+└── RemoteError                   an atask failed with an exception that could not travel as is
+
+Every class takes a single message, so each one pickles and travels back to a caller unchanged.
+"""
+
+from __future__ import annotations
+
+
+class ATasksError(Exception):
+    """Root of every error raised by atasks."""
+
+
+class ConfigurationError(ATasksError):
+    """atasks is not set up the way this call needs."""
+
+
+class NoCodecRegistered(ConfigurationError):
+    """A namespace has no codec, or a message arrived in a codec this side lacks."""
+
+
+class NoClientTransportRegistered(ConfigurationError):
+    """A namespace has no transport to send calls through."""
+
+
+class DuplicateATask(ConfigurationError):
+    """Two different functions were registered under one atask name."""
+
+
+class JobNotFound(ATasksError):
+    """No server serves the awaited atask."""
+
+
+class CodecError(ATasksError):
+    """A codec failed."""
+
+
+class EncodeError(CodecError):
+    """A value could not be encoded."""
+
+
+class DecodeError(CodecError):
+    """Bytes could not be decoded."""
+
+
+class TransportError(ATasksError):
+    """A message could not be sent or its reply could not come back."""
+
+
+class NotConnected(TransportError):
+    """The transport is not connected: await transport.connect() first."""
+
+
+class DeliveryLimitExceeded(ATasksError):
+    """A request was delivered too many times: each server that took it died before replying."""
+
+
+class RemoteError(ATasksError):
+    """An atask raised an exception that could not be rebuilt on the awaiting side.
+
+    ``type_name`` is the remote exception's qualified class name, ``message`` its text and
+    ``remote_traceback`` the formatted traceback on the server.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(type_name, message, remote_traceback)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name

@@ -1,0 +1,79 @@
+"""One-call set-up and tear-down of a namespace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atasks.codecs import CODECS, Codec
+from atasks.errors import ConfigurationError
+from atasks.namespaces import DEFAULT, namespace, namespaces, reset
+from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Router, get_router
+from atasks.transport.base import LoopbackTransport, Transport
+
+
+def make_transport(
+    kind: str, *, namespace: str, url: str | None = None, **options: Any
+) -> Transport:
+    """A transport by name: ``loopback`` or ``amqp``."""
+    if kind == "loopback":
+        return LoopbackTransport(namespace=namespace)
+    if kind == "amqp":
+        from atasks.transport.backends.amqp import AMQPTransport
+
+        return AMQPTransport(url=url, namespace=namespace, **options)
+    raise ConfigurationError(f"unknown transport {kind!r}: use 'loopback' or 'amqp'")
+
+
+def make_codec(kind: str, *, namespace: str, key: str | bytes | None = None) -> Codec:
+    """A codec by name: ``pickle`` or ``json``."""
+    if kind not in CODECS:
+        raise ConfigurationError(f"unknown codec {kind!r}: use one of {', '.join(CODECS)}")
+    if kind == "pickle":
+        from atasks.codecs import PickleCodec
+
+        return PickleCodec(key, namespace=namespace)
+    if key is not None:
+        raise ConfigurationError(f"codec {kind!r} takes no key")
+    return CODECS[kind](namespace=namespace)
+
+
+async def setup(
+    transport: str | Transport = "loopback",
+    *,
+    url: str | None = None,
+    codec: str | Codec = "pickle",
+    key: str | bytes | None = None,
+    serve: bool | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    namespace: str = DEFAULT,
+    **transport_options: Any,
+) -> Router:
+    """Bind a codec and a transport to ``namespace``, connect, and serve if asked.
+
+    ``serve`` defaults to ``True`` for the loopback transport (it reaches only this process) and
+    ``False`` otherwise. Returns the namespace's router.
+    """
+    if isinstance(codec, str):
+        make_codec(codec, namespace=namespace, key=key)
+    if isinstance(transport, str):
+        serve = transport == "loopback" if serve is None else serve
+        transport = make_transport(transport, namespace=namespace, url=url, **transport_options)
+    await transport.connect()
+    router = get_router(namespace)
+    if serve:
+        await router.activate(transport, concurrency=concurrency)
+    return router
+
+
+async def close(namespace_name: str | None = None, *, grace: float = DEFAULT_GRACE) -> None:
+    """Stop serving, disconnect and forget the codec, transport and router of one namespace
+    (or every namespace). Registered atasks stay registered. Idempotent."""
+    targets = namespaces() if namespace_name is None else [namespace(namespace_name)]
+    for ns in targets:
+        try:
+            if ns.router is not None:
+                await ns.router.deactivate(grace)
+        finally:
+            if ns.transport is not None:
+                await ns.transport.disconnect()
+            reset(ns.name)

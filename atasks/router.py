@@ -1,0 +1,386 @@
+"""The router: turns a call into a request and a reply into a value or an exception, and serves
+requests by running the registered atask.
+
+Call side:  args → codec → Request → transport → Reply → codec → value or raised exception.
+Serve side: Request → codec → atask(*args) → codec → Reply.
+The router never imports a broker library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from atasks import errors
+from atasks.calls import CallScope, current_scope, effective_deadline
+from atasks.codecs.base import Codec, decode, encode
+from atasks.errors import (
+    CodecError,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    JobNotFound,
+    NoCodecRegistered,
+    RemoteError,
+)
+from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
+from atasks.transport.base import Reply, Request, Transport
+
+if TYPE_CHECKING:
+    from atasks.tasks import ATask
+
+log = logging.getLogger("atasks.router")
+
+DEFAULT_CONCURRENCY = 64
+DEFAULT_GRACE = 10.0
+MESSAGE_LIMIT = 2_000
+TRACEBACK_LIMIT = 16_000
+
+
+class Slots:
+    """Bounds how many atasks run at once on a server.
+
+    An atask awaiting atasks gives its slot back while it waits and takes one again to go on, so
+    a saturated server never deadlocks on its own children. ``on_capacity`` learns how many
+    requests the server may hold: its limit plus the calls parked on children.
+    """
+
+    def __init__(self, limit: int, on_capacity: Callable[[int], None]) -> None:
+        if limit < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, not {limit}")
+        self.limit = limit
+        self.parked = 0
+        self._semaphore = asyncio.Semaphore(limit)
+        self._on_capacity = on_capacity
+        on_capacity(limit)
+
+    @property
+    def running(self) -> int:
+        return self.limit - self._semaphore._value
+
+    async def acquire(self, scope: CallScope) -> None:
+        await self._semaphore.acquire()
+        scope.holds_slot = True
+
+    def release(self, scope: CallScope) -> None:
+        if scope.holds_slot:
+            scope.holds_slot = False
+            self._semaphore.release()
+
+    def park(self, scope: CallScope) -> None:
+        """``scope`` starts awaiting a child."""
+        scope.children += 1
+        if scope.children == 1 and scope.holds_slot:
+            self.release(scope)
+            scope.parked = True
+            self.parked += 1
+            self._on_capacity(self.limit + self.parked)
+
+    async def unpark(self, scope: CallScope, *, resume: bool) -> None:
+        """A child of ``scope`` is done; with ``resume`` wait for a slot to go on."""
+        scope.children -= 1
+        if scope.children == 0 and scope.parked:
+            scope.parked = False
+            self.parked -= 1
+            self._on_capacity(self.limit + self.parked)
+            if resume:
+                await self.acquire(scope)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterStatistics:
+    """A snapshot of what a serving router is doing."""
+
+    namespace: str
+    atasks: tuple[str, ...]
+    concurrency: int
+    running: int
+    parked: int
+    succeeded: int
+    failed: int
+
+
+class Router:
+    """Sends calls of a namespace's atasks and, once activated, serves them.
+
+    ``codec`` and ``transport`` default to those bound to ``namespace`` at the time of each call.
+    """
+
+    def __init__(
+        self,
+        *,
+        namespace: str = DEFAULT,
+        codec: Codec | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self._codec = codec
+        self._transport = transport
+        self._serving: Transport | None = None
+        self._served: list[str] = []
+        self._slots: Slots | None = None
+        self._succeeded = 0
+        self._failed = 0
+        bind_router(self, namespace)
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec if self._codec is not None else get_codec(self.namespace)
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport if self._transport is not None else get_transport(self.namespace)
+
+    @property
+    def active(self) -> bool:
+        return self._serving is not None
+
+    def __repr__(self) -> str:
+        return f"Router(namespace={self.namespace!r})"
+
+    # --- call side -----------------------------------------------------------------------
+
+    async def call(
+        self, atask: ATask[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run ``atask(*args, **kwargs)`` on a server and return its result."""
+        codec = self.codec
+        transport = self.transport
+        scope = current_scope.get()
+        deadline = effective_deadline(atask.timeout)
+        body = await encode(codec, [list(args), kwargs])
+        request = Request(
+            name=atask.name,
+            call_id=uuid.uuid4().hex,
+            content_type=codec.content_type,
+            body=body,
+            parent_id=scope.call_id if scope is not None else None,
+            deadline=deadline,
+        )
+        slots = scope.slots if scope is not None else None
+        if slots is not None:
+            assert scope is not None
+            slots.park(scope)
+        resume = True
+        try:
+            if deadline is None:
+                reply = await transport.send_request(request)
+            else:
+                loop = asyncio.get_running_loop()
+                try:
+                    async with asyncio.timeout_at(loop.time() + deadline - time.time()):
+                        reply = await transport.send_request(request)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"atask {atask.name!r} did not finish before its deadline"
+                    ) from None
+        except asyncio.CancelledError:
+            resume = False
+            raise
+        finally:
+            if slots is not None:
+                assert scope is not None
+                await slots.unpark(scope, resume=resume)
+        return await self._outcome(reply, codec)
+
+    async def _outcome(self, reply: Reply, codec: Codec) -> Any:
+        if reply.ok:
+            if reply.content_type != codec.content_type:
+                raise NoCodecRegistered(
+                    f"reply is {reply.content_type!r} but this side's codec is "
+                    f"{codec.content_type!r}: configure the same codec on clients and servers"
+                )
+            return await decode(codec, reply.body)
+        raise await _rebuild_exception(reply, codec)
+
+    # --- serve side ----------------------------------------------------------------------
+
+    async def activate(
+        self, transport: Transport | None = None, *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> None:
+        """Serve every atask registered in this namespace through ``transport``.
+
+        At most ``concurrency`` atasks run at once; one awaiting other atasks does not count.
+        """
+        if self._serving is not None:
+            raise ConfigurationError(f"{self!r} is already serving through {self._serving!r}")
+        transport = transport if transport is not None else self.transport
+        self._slots = Slots(concurrency, transport.set_capacity)
+        self._serving = transport
+        self._served = list(namespace(self.namespace).atasks)
+        for name in self._served:
+            await transport.register_callback(name, self.handle)
+        log.info(
+            "serving %d atasks of namespace %r (concurrency %d)",
+            len(self._served),
+            self.namespace,
+            concurrency,
+        )
+
+    async def deactivate(self, grace: float = DEFAULT_GRACE) -> None:
+        """Stop taking requests, let those in progress finish within ``grace`` seconds, and hand
+        the rest back to the transport. Idempotent."""
+        transport, self._serving = self._serving, None
+        if transport is None:
+            return
+        try:
+            for name in self._served:
+                await transport.unregister_callback(name)
+        finally:
+            await transport.drain(grace)
+
+    def statistics(self) -> RouterStatistics:
+        slots = self._slots
+        return RouterStatistics(
+            namespace=self.namespace,
+            atasks=tuple(self._served),
+            concurrency=slots.limit if slots else 0,
+            running=slots.running if slots else 0,
+            parked=slots.parked if slots else 0,
+            succeeded=self._succeeded,
+            failed=self._failed,
+        )
+
+    async def handle(self, request: Request) -> Reply:
+        """Serve one request. Returns a reply for every outcome; only cancellation propagates."""
+        codec = self.codec
+        try:
+            atask = namespace(self.namespace).atasks.get(request.name)
+            if atask is None:
+                raise JobNotFound(
+                    f"this server does not serve atask {request.name!r} "
+                    f"in namespace {self.namespace!r}"
+                )
+            if request.content_type != codec.content_type:
+                raise NoCodecRegistered(
+                    f"request is {request.content_type!r} but this server's codec is "
+                    f"{codec.content_type!r}: configure the same codec (and key) everywhere"
+                )
+            args, kwargs = _split_arguments(await decode(codec, request.body))
+            result = await self._run(atask, request, args, kwargs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed += 1
+            return await _failure(request, codec, exc)
+        try:
+            body = await encode(codec, result)
+        except EncodeError as exc:
+            self._failed += 1
+            failure = EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
+            return await _failure(request, codec, failure)
+        self._succeeded += 1
+        return Reply(call_id=request.call_id, ok=True, content_type=codec.content_type, body=body)
+
+    async def _run(
+        self,
+        atask: ATask[Any, Any],
+        request: Request,
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        deadline = request.deadline
+        if deadline is not None and deadline <= time.time():
+            raise TimeoutError(f"atask {request.name!r} reached its deadline before it started")
+        scope = CallScope(request.call_id, request.name, deadline, self._slots)
+        token = current_scope.set(scope)
+        try:
+            if scope.slots is not None:
+                await scope.slots.acquire(scope)
+            if deadline is None:
+                return await atask.run(args, kwargs)
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout_at(loop.time() + deadline - time.time()):
+                return await atask.run(args, kwargs)
+        finally:
+            if scope.slots is not None:
+                scope.slots.release(scope)
+            current_scope.reset(token)
+
+
+def get_router(namespace_name: str = DEFAULT) -> Router:
+    """The router of a namespace, created on first use."""
+    router = namespace(namespace_name).router
+    return router if router is not None else Router(namespace=namespace_name)
+
+
+def _split_arguments(payload: Any) -> tuple[list[Any], dict[str, Any]]:
+    if (
+        isinstance(payload, list | tuple)
+        and len(payload) == 2
+        and isinstance(payload[0], list | tuple)
+        and isinstance(payload[1], dict)
+        and all(isinstance(key, str) for key in payload[1])
+    ):
+        return list(payload[0]), payload[1]
+    raise DecodeError(f"a request must carry [args, kwargs], not {type(payload).__name__}")
+
+
+def type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+async def _failure(request: Request, codec: Codec, exc: Exception) -> Reply:
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not break the reply
+        message = f"<unprintable {type(exc).__name__}>"
+    body = b""
+    if request.content_type == codec.content_type:
+        try:
+            body = await encode(codec, exc)
+            await decode(codec, body)  # some exceptions pickle but fail to unpickle
+        except CodecError:
+            body = b""
+    log.debug("atask %r failed: %s: %s", request.name, type_name(exc), message)
+    return Reply(
+        call_id=request.call_id,
+        ok=False,
+        content_type=codec.content_type,
+        body=body,
+        error_type=type_name(exc),
+        error_message=message[:MESSAGE_LIMIT],
+        traceback="".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:],
+    )
+
+
+async def _rebuild_exception(reply: Reply, codec: Codec) -> BaseException:
+    """The exception a failed reply describes, as close to the original as this side can get."""
+    exc: BaseException | None = None
+    if reply.body and reply.content_type == codec.content_type:
+        try:
+            decoded = await decode(codec, reply.body)
+        except DecodeError:
+            decoded = None
+        if isinstance(decoded, BaseException):
+            exc = decoded
+    if exc is None:
+        exc = exception_from_name(reply.error_type, reply.error_message, reply.traceback)
+    if reply.traceback:
+        remote = reply.traceback.rstrip("\n")
+        exc.add_note(f"Remote traceback, from the server that ran the atask:\n{remote}")
+        with contextlib.suppress(AttributeError):  # exceptions with __slots__
+            exc.remote_traceback = reply.traceback  # type: ignore[attr-defined]
+    return exc
+
+
+def exception_from_name(name: str, message: str, remote_traceback: str = "") -> BaseException:
+    """Rebuild a builtin or atasks exception by name; anything else becomes ``RemoteError``."""
+    module, _, qualname = name.rpartition(".")
+    owner = {"builtins": builtins, "atasks.errors": errors}.get(module)
+    cls = getattr(owner, qualname, None) if owner is not None else None
+    if isinstance(cls, type) and issubclass(cls, Exception) and cls is not RemoteError:
+        try:
+            return cls(message)
+        except Exception:
+            pass
+    return RemoteError(name, message, remote_traceback)

@@ -1,0 +1,1 @@
+"""Transports that leave the process."""

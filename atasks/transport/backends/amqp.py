@@ -1,0 +1,575 @@
+"""AMQP 0-9-1 transport (RabbitMQ) on aio-pika.
+
+Wire protocol, per namespace ``ns``:
+
+- request queue ``atasks.<ns>.<atask name>``: durable, declared by every server that serves the
+  atask. Requests go through the default exchange with ``mandatory=True`` and publisher
+  confirms, so a request no queue takes comes back at once as ``JobNotFound``.
+- request: ``correlation_id`` = call id, ``reply_to`` = RabbitMQ direct reply-to,
+  ``content_type`` = codec media type, ``expiration`` from the deadline, headers for the
+  absolute deadline, the parent call and how many servers died holding it.
+- reply: to ``reply_to`` with the same ``correlation_id``; headers say ok or error.
+- control exchange ``atasks.<ns>.control`` (fanout): cancellations by call id, seen by every
+  server.
+
+A server acks a request only after its reply is confirmed, so a server that dies mid-call leaves
+the request to another server; the number of such deaths is bounded by ``delivery_limit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from atasks.errors import (
+    DeliveryLimitExceeded,
+    JobNotFound,
+    NotConnected,
+    TransportError,
+)
+from atasks.namespaces import DEFAULT
+from atasks.transport.base import Reply, Request, RequestHandler, Transport
+
+log = logging.getLogger("atasks.amqp")
+
+URL_ENV = "ATASKS_URL"
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+H_DEADLINE = "atasks-deadline"
+H_PARENT = "atasks-parent"
+H_DELIVERIES = "atasks-deliveries"
+H_STATUS = "atasks-status"
+H_ERROR_TYPE = "atasks-error-type"
+H_ERROR_MESSAGE = "atasks-error-message"
+H_TRACEBACK = "atasks-traceback"
+
+CONNECTION_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+)
+
+
+class State(enum.Enum):
+    NEW = "new"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class AMQPTransport(Transport):
+    """Sends and serves atasks through a RabbitMQ broker.
+
+    ``url`` defaults to ``$ATASKS_URL``, then ``amqp://guest:guest@127.0.0.1:5672/``. The
+    transport reconnects by itself after losing the broker; calls awaiting a reply when the
+    connection drops fail with ``TransportError`` (the atask may still have run).
+
+    ``delivery_limit``: a request whose server died this many times is answered with
+    ``DeliveryLimitExceeded`` instead of being delivered again. ``max_message_size``: larger
+    requests are refused with an error reply. ``reconnect_wait``: how long a call waits for a
+    lost connection to come back before failing.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str | None = DEFAULT,
+        delivery_limit: int = 5,
+        max_message_size: int = 64 * 1024 * 1024,
+        reconnect_wait: float = 30.0,
+        connect_timeout: float = 10.0,
+        persistent: bool = False,
+    ) -> None:
+        super().__init__(namespace=namespace)
+        self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+        self.delivery_limit = delivery_limit
+        self.max_message_size = max_message_size
+        self.reconnect_wait = reconnect_wait
+        self.connect_timeout = connect_timeout
+        self.delivery_mode = (
+            aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+        )
+        prefix = f"atasks.{namespace or DEFAULT}"
+        self._queue_prefix = prefix + "."
+        self._control_exchange_name = prefix + ".control"
+
+        self.state = State.NEW
+        self._ready = asyncio.Event()
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None  # calls, replies, control
+        self._serve_channel: AbstractChannel | None = None  # request consumers, qos
+        self._reconnector: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+        self._handlers: dict[str, RequestHandler] = {}
+        self._consumers: dict[str, tuple[AbstractQueue, str]] = {}
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._cancelled: dict[str, float] = {}
+        self._capacity = 0
+        self._qos_applied = -1
+        self._qos_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"AMQPTransport({self.url!r}, namespace={self.namespace!r})"
+
+    def queue_name(self, atask_name: str) -> str:
+        return self._queue_prefix + atask_name
+
+    # --- connection ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self.state is State.CLOSED:
+            raise TransportError(f"{self!r} is closed; create a new transport")
+        if self.state is not State.NEW:
+            return
+        try:
+            await self._open()
+        except CONNECTION_ERRORS as exc:
+            raise TransportError(f"cannot connect to {_safe_url(self.url)}: {exc}") from exc
+        except TimeoutError as exc:
+            raise TransportError(f"timed out connecting to {_safe_url(self.url)}") from exc
+
+    async def _open(self) -> None:
+        connection = await aio_pika.connect(self.url, timeout=self.connect_timeout)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
+            await replies.consume(self._on_reply, no_ack=True)
+            control = await channel.declare_exchange(
+                self._control_exchange_name, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            serve_channel = await connection.channel(publisher_confirms=True)
+            control_queue = await serve_channel.declare_queue(exclusive=True, auto_delete=True)
+            await control_queue.bind(control)
+            await control_queue.consume(self._on_control, no_ack=True)
+            self._connection, self._channel, self._serve_channel = (
+                connection,
+                channel,
+                serve_channel,
+            )
+            self._qos_applied = -1
+            if self._capacity:
+                await self._apply_qos()
+            for name in list(self._handlers):
+                await self._consume(name)
+        except BaseException:
+            await connection.close()
+            raise
+        connection.close_callbacks.add(self._on_connection_closed)
+        self.state = State.CONNECTED
+        self._ready.set()
+
+    def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        if self.state is not State.CONNECTED:
+            return
+        log.warning("lost the broker connection (%s); reconnecting", exc or "closed")
+        self.state = State.RECONNECTING
+        self._ready.clear()
+        self._consumers.clear()
+        self._fail_pending(
+            TransportError(
+                "lost the connection to the broker while awaiting the reply; "
+                "the atask may or may not have run"
+            )
+        )
+        self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while self.state is State.RECONNECTING:
+            try:
+                await self._open()
+            except (*CONNECTION_ERRORS, TimeoutError) as exc:
+                log.debug("reconnect failed: %s; next try in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                log.warning("reconnected to the broker")
+                return
+
+    async def disconnect(self) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self._ready.clear()
+        reconnector, self._reconnector = self._reconnector, None
+        if reconnector is not None:
+            reconnector.cancel()
+        try:
+            await self.drain(0)
+        finally:
+            self._fail_pending(NotConnected(f"{self!r} was disconnected"))
+            for task in list(self._background):
+                task.cancel()
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                with contextlib.suppress(CONNECTION_ERRORS):
+                    await connection.close()
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _wait_ready(self) -> AbstractChannel:
+        if self.state is State.NEW or self.state is State.CLOSED:
+            raise NotConnected(f"{self!r} is not connected: await transport.connect() first")
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), self.reconnect_wait)
+            except TimeoutError:
+                raise TransportError(
+                    f"no connection to the broker at {_safe_url(self.url)} for "
+                    f"{self.reconnect_wait:.0f}s"
+                ) from None
+        assert self._channel is not None
+        return self._channel
+
+    # --- call side -----------------------------------------------------------------------
+
+    async def send_request(self, request: Request) -> Reply:
+        channel = await self._wait_ready()
+        headers: dict[str, Any] = {}
+        expiration = None
+        if request.deadline is not None:
+            headers[H_DEADLINE] = request.deadline
+            expiration = max(request.deadline - time.time(), 0.001)
+        if request.parent_id is not None:
+            headers[H_PARENT] = request.parent_id
+        message = aio_pika.Message(
+            request.body,
+            headers=headers,
+            content_type=request.content_type,
+            delivery_mode=self.delivery_mode,
+            correlation_id=request.call_id,
+            reply_to=DIRECT_REPLY_TO,
+            expiration=expiration,
+            type=request.name,
+        )
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request.call_id] = future
+        published = False
+        try:
+            try:
+                await channel.default_exchange.publish(
+                    message, routing_key=self.queue_name(request.name), mandatory=True
+                )
+            except aiormq.exceptions.PublishError:
+                raise JobNotFound(
+                    f"no server has ever served atask {request.name!r} in namespace "
+                    f"{self.namespace!r}: start a server that registers it"
+                ) from None
+            except aiormq.exceptions.DeliveryError as exc:
+                raise TransportError(f"the broker refused the request: {exc}") from exc
+            except CONNECTION_ERRORS as exc:
+                raise TransportError(f"could not publish the request: {exc}") from exc
+            published = True
+            return await future
+        except asyncio.CancelledError:
+            if published:
+                self._spawn(self._publish_cancel(request.call_id))
+            raise
+        finally:
+            self._pending.pop(request.call_id, None)
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.pop(message.correlation_id or "", None)
+        if future is None or future.done():
+            log.debug("dropped a reply for unknown or finished call %s", message.correlation_id)
+        else:
+            try:
+                future.set_result(_reply_from(message))
+            except Exception as exc:  # a malformed reply fails its one call only
+                future.set_exception(TransportError(f"malformed reply: {exc!r}"))
+
+    async def _publish_cancel(self, call_id: str) -> None:
+        try:
+            channel = await asyncio.wait_for(self._wait_ready(), 5)
+            exchange = await channel.get_exchange(self._control_exchange_name, ensure=False)
+            await asyncio.wait_for(
+                exchange.publish(
+                    aio_pika.Message(b"", type="cancel", correlation_id=call_id),
+                    routing_key="",
+                    mandatory=False,
+                ),
+                5,
+            )
+        except (*CONNECTION_ERRORS, TransportError, TimeoutError) as exc:
+            log.warning("could not send the cancellation of call %s: %s", call_id, exc)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- serve side ----------------------------------------------------------------------
+
+    async def register_callback(self, name: str, handler: RequestHandler) -> None:
+        await self._wait_ready()
+        self._handlers[name] = handler
+        await self._consume(name)
+
+    async def _consume(self, name: str) -> None:
+        assert self._serve_channel is not None
+        queue = await self._serve_channel.declare_queue(self.queue_name(name), durable=True)
+        tag = await queue.consume(self._request_callback(name))
+        self._consumers[name] = (queue, tag)
+
+    async def unregister_callback(self, name: str) -> None:
+        self._handlers.pop(name, None)
+        consumer = self._consumers.pop(name, None)
+        if consumer is not None:
+            queue, tag = consumer
+            try:
+                await queue.cancel(tag)
+            except CONNECTION_ERRORS as exc:
+                log.debug("could not cancel consumer of %s: %s", name, exc)
+
+    async def drain(self, grace: float) -> None:
+        running = set(self._running.values())
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
+        for task in list(self._running.values()):
+            task.cancel()
+        if self._running:
+            await asyncio.wait(set(self._running.values()))
+
+    def set_capacity(self, requests: int) -> None:
+        self._capacity = requests
+        if self._serve_channel is None or self._qos_applied == requests:
+            return
+        if self._qos_task is None or self._qos_task.done():
+            self._qos_task = asyncio.get_running_loop().create_task(self._apply_qos())
+
+    async def _apply_qos(self) -> None:
+        # One update at a time, always converging on the latest capacity.
+        while self._serve_channel is not None and self._qos_applied != self._capacity:
+            target = self._capacity
+            try:
+                await self._serve_channel.set_qos(prefetch_count=target, global_=True)
+            except CONNECTION_ERRORS as exc:
+                log.debug("could not set prefetch to %d: %s", target, exc)
+                return
+            self._qos_applied = target
+
+    def _request_callback(self, name: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        async def on_request(message: AbstractIncomingMessage) -> None:
+            # aio-pika runs each delivery in a task of its own: that task is the call.
+            task = asyncio.current_task()
+            assert task is not None
+            key = message.correlation_id or f"?{id(task)}"
+            self._running[key] = task
+            try:
+                await self._serve(name, message)
+            finally:
+                self._running.pop(key, None)
+
+        return on_request
+
+    async def _serve(self, name: str, message: AbstractIncomingMessage) -> None:
+        call_id = message.correlation_id
+        try:
+            if not call_id or not message.reply_to:
+                log.warning("dropped a request for %r without correlation_id or reply_to", name)
+                await message.reject(requeue=False)
+                return
+            if call_id in self._cancelled:
+                log.debug("dropped request %s: cancelled before it ran", call_id)
+                await message.ack()
+                return
+            if message.redelivered and await self._count_death(name, message):
+                return
+            handler = self._handlers.get(name)
+            request = self._request_from(name, message)
+            if handler is None or isinstance(request, Reply):
+                reply = (
+                    request
+                    if isinstance(request, Reply)
+                    else _error_reply(call_id, JobNotFound(f"this server stopped serving {name!r}"))
+                )
+            else:
+                reply = await handler(request)
+            await self._publish_reply(message.reply_to, reply)
+            await message.ack()
+        except asyncio.CancelledError:
+            await self._after_cancel(call_id, message)
+        except CONNECTION_ERRORS as exc:
+            log.warning("request %s of %r not finished: %s", call_id, name, exc)
+
+    def _request_from(self, name: str, message: AbstractIncomingMessage) -> Request | Reply:
+        call_id = message.correlation_id or ""
+        if len(message.body) > self.max_message_size:
+            log.warning(
+                "refused request %s for %r: %d bytes over the %d-byte limit",
+                call_id,
+                name,
+                len(message.body),
+                self.max_message_size,
+            )
+            return _error_reply(
+                call_id,
+                TransportError(
+                    f"request of {len(message.body)} bytes is over this server's "
+                    f"{self.max_message_size}-byte limit"
+                ),
+            )
+        headers = message.headers or {}
+        deadline = headers.get(H_DEADLINE)
+        parent = headers.get(H_PARENT)
+        if not isinstance(deadline, int | float) or isinstance(deadline, bool):
+            deadline = None
+        return Request(
+            name=name,
+            call_id=call_id,
+            content_type=message.content_type or "",
+            body=message.body,
+            parent_id=parent if isinstance(parent, str) else None,
+            deadline=float(deadline) if deadline is not None else None,
+        )
+
+    async def _count_death(self, name: str, message: AbstractIncomingMessage) -> bool:
+        """A redelivered request: its server died holding it. Count the death, and either give
+        up on it or queue it again with the count. True when the message was dealt with."""
+        headers = dict(message.headers or {})
+        previous = headers.get(H_DELIVERIES, 0)
+        deaths = (previous if isinstance(previous, int) else 0) + 1
+        if deaths >= self.delivery_limit:
+            log.error(
+                "request %s for %r: %d servers died running it; giving up",
+                message.correlation_id,
+                name,
+                deaths,
+            )
+            assert message.reply_to is not None
+            error = DeliveryLimitExceeded(
+                f"atask {name!r} was taken by {deaths} servers and each died before replying; "
+                "it will not be delivered again"
+            )
+            await self._publish_reply(
+                message.reply_to, _error_reply(message.correlation_id or "", error)
+            )
+            await message.ack()
+            return True
+        headers[H_DELIVERIES] = deaths
+        await self._requeue(name, message, headers)
+        return True
+
+    async def _requeue(
+        self, name: str, message: AbstractIncomingMessage, headers: dict[str, Any]
+    ) -> None:
+        """Queue a copy of ``message`` again (confirmed), then ack the original."""
+        assert self._serve_channel is not None
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            delivery_mode=message.delivery_mode,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            expiration=message.expiration,
+            type=message.type,
+        )
+        await self._serve_channel.default_exchange.publish(
+            copy, routing_key=self.queue_name(name), mandatory=False
+        )
+        await message.ack()
+
+    async def _after_cancel(self, call_id: str | None, message: AbstractIncomingMessage) -> None:
+        try:
+            if call_id is not None and call_id in self._cancelled:
+                await message.ack()  # cancelled by its caller: done with it
+            else:  # this server is shutting down: hand it to another server
+                await message.nack(requeue=True)
+        except CONNECTION_ERRORS:
+            pass
+
+    async def _publish_reply(self, reply_to: str, reply: Reply) -> None:
+        assert self._serve_channel is not None
+        headers: dict[str, Any] = {H_STATUS: "ok" if reply.ok else "error"}
+        if not reply.ok:
+            headers[H_ERROR_TYPE] = reply.error_type
+            headers[H_ERROR_MESSAGE] = reply.error_message
+            headers[H_TRACEBACK] = reply.traceback
+        await self._serve_channel.default_exchange.publish(
+            aio_pika.Message(
+                reply.body,
+                headers=headers,
+                content_type=reply.content_type,
+                correlation_id=reply.call_id,
+            ),
+            routing_key=reply_to,
+            mandatory=False,
+        )
+
+    async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        if message.type == "cancel" and message.correlation_id:
+            self._remember_cancelled(message.correlation_id)
+            task = self._running.get(message.correlation_id)
+            if task is not None:
+                log.debug("cancelling call %s at its caller's request", message.correlation_id)
+                task.cancel()
+
+    def _remember_cancelled(self, call_id: str) -> None:
+        now = time.monotonic()
+        self._cancelled[call_id] = now
+        # Forget the oldest: an hour, or beyond 100k ids, is past any queued request's life.
+        while self._cancelled:
+            oldest, at = next(iter(self._cancelled.items()))
+            if len(self._cancelled) <= 100_000 and now - at < 3600:
+                break
+            del self._cancelled[oldest]
+
+
+def _reply_from(message: AbstractIncomingMessage) -> Reply:
+    headers = message.headers or {}
+    return Reply(
+        call_id=message.correlation_id or "",
+        ok=headers.get(H_STATUS) == "ok",
+        content_type=message.content_type or "",
+        body=message.body,
+        error_type=str(headers.get(H_ERROR_TYPE, "")),
+        error_message=str(headers.get(H_ERROR_MESSAGE, "")),
+        traceback=str(headers.get(H_TRACEBACK, "")),
+    )
+
+
+def _error_reply(call_id: str, exc: Exception) -> Reply:
+    cls = type(exc)
+    return Reply(
+        call_id=call_id,
+        ok=False,
+        content_type="",
+        body=b"",
+        error_type=f"{cls.__module__}.{cls.__qualname__}",
+        error_message=str(exc),
+    )
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

@@ -1,0 +1,167 @@
+"""The transport contract, the messages it moves, and the in-process loopback transport.
+
+A transport moves opaque bytes plus a little metadata; it never sees Python objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from atasks.errors import JobNotFound, NotConnected, TransportError
+from atasks.namespaces import DEFAULT, bind_transport
+
+
+@dataclass(slots=True, kw_only=True)
+class Request:
+    """One call of an atask, encoded."""
+
+    name: str
+    call_id: str
+    content_type: str
+    body: bytes
+    parent_id: str | None = None
+    deadline: float | None = None  # absolute, in time.time() seconds
+
+
+@dataclass(slots=True, kw_only=True)
+class Reply:
+    """The outcome of one call: an encoded result, or an exception.
+
+    On failure ``body`` holds the encoded exception object, or is empty when it could not travel;
+    ``error_type``, ``error_message`` and ``traceback`` always describe it in plain text.
+    """
+
+    call_id: str
+    ok: bool
+    content_type: str
+    body: bytes
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+
+
+RequestHandler = Callable[[Request], Awaitable[Reply]]
+"""Serves one request; never raises but ``CancelledError``."""
+
+
+class Transport(ABC):
+    """Carries requests to servers and replies back.
+
+    Constructing a transport binds it to ``namespace`` (``None`` leaves it detached).
+    """
+
+    def __init__(self, *, namespace: str | None = DEFAULT) -> None:
+        self.namespace = namespace
+        if namespace is not None:
+            bind_transport(self, namespace)
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Get ready to send and serve. Idempotent."""
+
+    @abstractmethod
+    async def disconnect(self) -> None:
+        """Stop serving and release every resource; pending calls fail. Idempotent."""
+
+    @abstractmethod
+    async def send_request(self, request: Request) -> Reply:
+        """Deliver ``request`` to a server and wait for its reply.
+
+        Raises ``JobNotFound`` when no server serves ``request.name``. Cancelling the awaiting
+        task cancels the call on its server.
+        """
+
+    @abstractmethod
+    async def register_callback(self, name: str, handler: RequestHandler) -> None:
+        """Start serving requests for atask ``name`` with ``handler``."""
+
+    @abstractmethod
+    async def unregister_callback(self, name: str) -> None:
+        """Stop taking new requests for ``name``; those in progress go on."""
+
+    @abstractmethod
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for requests in progress, then cancel the rest and hand
+        their requests back for another server (where the transport can)."""
+
+    def set_capacity(self, requests: int) -> None:  # noqa: B027 - optional hook
+        """How many requests this server may hold at once (running plus waiting on children)."""
+
+    async def __aenter__(self) -> Transport:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(namespace={self.namespace!r})"
+
+
+class LoopbackTransport(Transport):
+    """Delivers every request to this process's own router, in a fresh task and context.
+
+    Calls still go through the codec, so a loopback test catches what a broker would.
+    """
+
+    def __init__(self, *, namespace: str | None = DEFAULT) -> None:
+        super().__init__(namespace=namespace)
+        self._handlers: dict[str, RequestHandler] = {}
+        self._running: set[asyncio.Task[Reply]] = set()
+        self._connected = False
+
+    async def connect(self) -> None:
+        self._connected = True
+
+    async def disconnect(self) -> None:
+        self._handlers.clear()
+        await self.drain(0)
+        self._connected = False
+
+    async def send_request(self, request: Request) -> Reply:
+        if not self._connected:
+            raise NotConnected(f"{self!r} is not connected: await transport.connect() first")
+        handler = self._handlers.get(request.name)
+        if handler is None:
+            raise JobNotFound(
+                f"no server serves atask {request.name!r} in this process: a loopback transport "
+                "reaches only atasks registered here and activated with router.activate()"
+            )
+        task = asyncio.get_running_loop().create_task(
+            handler(request), context=contextvars.Context()
+        )
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            raise TransportError(
+                f"the server stopped before atask {request.name!r} finished"
+            ) from None
+
+    async def register_callback(self, name: str, handler: RequestHandler) -> None:
+        self._handlers[name] = handler
+
+    async def unregister_callback(self, name: str) -> None:
+        self._handlers.pop(name, None)
+
+    async def drain(self, grace: float) -> None:
+        if self._running and grace > 0:
+            await asyncio.wait(set(self._running), timeout=grace)
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.wait(set(self._running))

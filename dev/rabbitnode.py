@@ -141,9 +141,7 @@ class RabbitNode:
             RABBITMQ_ENABLED_PLUGINS_FILE=str(b / "enabled_plugins"),
             RABBITMQ_PID_FILE=str(b / "rabbit.pid"),
             RABBITMQ_SCHEDULER_BIND_TYPE="u",  # don't pin several nodes to one core
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
-                "-kernel inet_dist_use_interface {127,0,0,1}"
-            ),
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=("-kernel inet_dist_use_interface {127,0,0,1}"),
         )
         return env
 
@@ -187,16 +185,13 @@ class RabbitNode:
             raise
         return time.monotonic() - t0
 
-    def _check_alive(
-        self, proc: subprocess.Popen[bytes], what: str, deadline: float
-    ) -> None:
+    def _check_alive(self, proc: subprocess.Popen[bytes], what: str, deadline: float) -> None:
         rc = proc.poll()
         if rc is None and time.monotonic() < deadline:
             return
         why = f"exited with code {rc}" if rc is not None else "timed out"
         raise RuntimeError(
-            f"{what} for {self.nodename} {why} (log {self.log_path}):\n"
-            f"{self._log_tail()}"
+            f"{what} for {self.nodename} {why} (log {self.log_path}):\n{self._log_tail()}"
         )
 
     def _kill(self, proc: subprocess.Popen[bytes] | None) -> None:

@@ -1,0 +1,5 @@
+"""``python -m atasks`` is the ``atasks`` command."""
+
+from atasks.cli import main
+
+main()

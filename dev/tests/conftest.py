@@ -1,0 +1,51 @@
+"""Fixtures: clean namespaces per test, a private RabbitMQ node per session, and ``served``,
+which sets up the default namespace over loopback or AMQP so behaviour tests run on both."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import atasks
+from atasks.router import Router
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dev/, for rabbitnode
+
+from rabbitnode import RabbitNode  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+async def clean_namespaces() -> AsyncIterator[None]:
+    atasks.reset()
+    yield
+    await atasks.close(grace=1)
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> Iterator[RabbitNode]:
+    """A private RabbitMQ node on a free loopback port, for the whole session."""
+    with RabbitNode() as node:
+        yield node
+
+
+@pytest.fixture
+def amqp_url(rabbit: RabbitNode) -> str:
+    if not rabbit.running:
+        rabbit.start()
+    return rabbit.url
+
+
+@pytest.fixture(params=["loopback", "amqp"])
+async def served(request: pytest.FixtureRequest) -> AsyncIterator[Router]:
+    """The default namespace, serving its atasks in this process, over each transport."""
+    if request.param == "amqp":
+        url = request.getfixturevalue("amqp_url")
+        router = await atasks.setup("amqp", url=url, serve=True, concurrency=64)
+    else:
+        router = await atasks.setup("loopback")
+    yield router

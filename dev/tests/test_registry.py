@@ -1,0 +1,137 @@
+"""@atask registration, namespaces and the original documented set-up."""
+
+from __future__ import annotations
+
+import pytest
+
+import atasks
+from atasks import atask
+from atasks.codecs import JSONCodec, PickleCodec
+from atasks.errors import (
+    ConfigurationError,
+    DuplicateATask,
+    NoClientTransportRegistered,
+    NoCodecRegistered,
+)
+from atasks.namespaces import namespace
+from atasks.router import get_router
+from atasks.transport.base import LoopbackTransport
+
+
+@atask
+async def plain(x: int) -> int:
+    return x + 1
+
+
+@atask(name="custom-name", namespace="registry-ns", timeout=3)
+async def configured() -> str:
+    return "configured"
+
+
+@atask(namespace="ns-one")
+async def outer_in_one(x: int) -> int:
+    return await inner_in_other(x) * 10
+
+
+@atask(namespace="ns-other")
+async def inner_in_other(x: int) -> int:
+    return x + 1
+
+
+def test_default_name_is_module_and_qualname() -> None:
+    assert plain.name == f"{__name__}.plain"
+    assert namespace().atasks[plain.name] is plain
+
+
+def test_decorator_options() -> None:
+    assert configured.name == "custom-name"
+    assert configured.namespace == "registry-ns"
+    assert configured.timeout == 3
+    assert "custom-name" in namespace("registry-ns").atasks
+    assert "custom-name" not in namespace().atasks
+
+
+def test_two_functions_under_one_name_is_an_error_naming_both() -> None:
+    async def first() -> None: ...
+
+    async def second() -> None: ...
+
+    atask(name="clash", namespace="clash-ns")(first)
+    with pytest.raises(DuplicateATask) as info:
+        atask(name="clash", namespace="clash-ns")(second)
+    assert "first" in str(info.value) and "second" in str(info.value)
+
+
+def test_registering_the_same_function_again_is_fine() -> None:
+    async def again() -> None: ...
+
+    atask(name="again", namespace="again-ns")(again)
+    atask(name="again", namespace="again-ns")(again)
+
+
+def test_missing_codec_and_transport_say_what_to_do() -> None:
+    with pytest.raises(NoCodecRegistered, match="PickleCodec"):
+        atasks.get_codec("nowhere")
+    with pytest.raises(NoClientTransportRegistered, match="connect"):
+        atasks.get_transport("nowhere")
+
+
+async def test_calling_without_set_up_fails_clearly() -> None:
+    with pytest.raises(NoCodecRegistered):
+        await plain(1)
+
+
+def test_binding_a_different_codec_names_both() -> None:
+    PickleCodec(namespace="codec-ns")
+    PickleCodec(namespace="codec-ns")  # an equal codec: no-op
+    with pytest.raises(ConfigurationError, match="PickleCodec.*JSONCodec"):
+        JSONCodec(namespace="codec-ns")
+
+
+def test_detached_objects_bind_nothing() -> None:
+    PickleCodec(namespace=None)
+    LoopbackTransport(namespace=None)
+    assert namespace().codec is None and namespace().transport is None
+
+
+async def test_original_documented_setup_verbatim() -> None:
+    """The 2019 README's initialisation, with the loopback transport."""
+    from atasks.codecs import PickleCodec
+    from atasks.router import get_router
+    from atasks.transport.base import LoopbackTransport
+
+    PickleCodec()
+    transport = LoopbackTransport()
+    await transport.connect()
+    router = get_router()
+    await router.activate(transport)
+    assert await plain(41) == 42
+    await router.deactivate()
+
+
+async def test_namespaces_are_separate_and_await_each_other() -> None:
+    for name in ("ns-one", "ns-other"):
+        await atasks.setup("loopback", namespace=name)
+    assert await outer_in_one(4) == 50
+    assert get_router("ns-one") is not get_router("ns-other")
+    assert atasks.get_codec("ns-one") is not atasks.get_codec("ns-other")
+    with pytest.raises(NoCodecRegistered):  # the default namespace was never set up
+        await plain(1)
+
+
+async def test_close_resets_so_set_up_can_run_again() -> None:
+    await atasks.setup("loopback")
+    assert await plain(1) == 2
+    await atasks.close()
+    assert namespace().codec is None and namespace().transport is None
+    await atasks.setup("loopback", codec="json")
+    assert await plain(2) == 3
+
+
+def test_public_api_is_listed_and_documented_paths_import() -> None:
+    import importlib
+
+    for name in atasks.__all__:
+        assert hasattr(atasks, name), name
+    for path in ("tasks", "router", "codecs", "transport.base", "transport.backends.amqp"):
+        importlib.import_module(f"atasks.{path}")

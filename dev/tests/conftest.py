@@ -14,7 +14,7 @@ from atasks.router import Router
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dev/, for rabbitnode
 
-from rabbitnode import RabbitNode  # noqa: E402
+from rabbitnode import RabbitNode
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,4 +48,4 @@ async def served(request: pytest.FixtureRequest) -> AsyncIterator[Router]:
         router = await atasks.setup("amqp", url=url, serve=True, concurrency=64)
     else:
         router = await atasks.setup("loopback")
-    yield router
+    return router

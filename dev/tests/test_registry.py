@@ -59,7 +59,8 @@ def test_two_functions_under_one_name_is_an_error_naming_both() -> None:
     atask(name="clash", namespace="clash-ns")(first)
     with pytest.raises(DuplicateATask) as info:
         atask(name="clash", namespace="clash-ns")(second)
-    assert "first" in str(info.value) and "second" in str(info.value)
+    assert "first" in str(info.value)
+    assert "second" in str(info.value)
 
 
 def test_registering_the_same_function_again_is_fine() -> None:
@@ -84,14 +85,15 @@ async def test_calling_without_set_up_fails_clearly() -> None:
 def test_binding_a_different_codec_names_both() -> None:
     PickleCodec(namespace="codec-ns")
     PickleCodec(namespace="codec-ns")  # an equal codec: no-op
-    with pytest.raises(ConfigurationError, match="PickleCodec.*JSONCodec"):
+    with pytest.raises(ConfigurationError, match=r"PickleCodec.*JSONCodec"):
         JSONCodec(namespace="codec-ns")
 
 
 def test_detached_objects_bind_nothing() -> None:
     PickleCodec(namespace=None)
     LoopbackTransport(namespace=None)
-    assert namespace().codec is None and namespace().transport is None
+    assert namespace().codec is None
+    assert namespace().transport is None
 
 
 async def test_original_documented_setup_verbatim() -> None:
@@ -123,7 +125,8 @@ async def test_close_resets_so_set_up_can_run_again() -> None:
     await atasks.setup("loopback")
     assert await plain(1) == 2
     await atasks.close()
-    assert namespace().codec is None and namespace().transport is None
+    assert namespace().codec is None
+    assert namespace().transport is None
     await atasks.setup("loopback", codec="json")
     assert await plain(2) == 3
 

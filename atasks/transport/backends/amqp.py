@@ -124,6 +124,7 @@ class AMQPTransport(Transport):
         self._consumers: dict[str, tuple[AbstractQueue, str]] = {}
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: dict[str, float] = {}
+        self._requeueing: dict[str, asyncio.Event] = {}
         self._capacity = 0
         self._qos_applied = -1
         self._qos_task: asyncio.Task[None] | None = None
@@ -397,7 +398,11 @@ class AMQPTransport(Transport):
                 log.debug("dropped request %s: cancelled before it ran", call_id)
                 await message.ack()
                 return
-            if message.redelivered and await self._count_death(name, message):
+            requeueing = self._requeueing.get(call_id)
+            if requeueing is not None:  # our copy overtook the ack of its original
+                await requeueing.wait()
+            if message.redelivered:
+                await self._count_death(name, message)
                 return
             handler = self._handlers.get(name)
             request = self._request_from(name, message)
@@ -447,9 +452,9 @@ class AMQPTransport(Transport):
             deadline=float(deadline) if deadline is not None else None,
         )
 
-    async def _count_death(self, name: str, message: AbstractIncomingMessage) -> bool:
+    async def _count_death(self, name: str, message: AbstractIncomingMessage) -> None:
         """A redelivered request: its server died holding it. Count the death, and either give
-        up on it or queue it again with the count. True when the message was dealt with."""
+        up on it or queue it again with the count."""
         headers = dict(message.headers or {})
         previous = headers.get(H_DELIVERIES, 0)
         deaths = (previous if isinstance(previous, int) else 0) + 1
@@ -477,8 +482,14 @@ class AMQPTransport(Transport):
     async def _requeue(
         self, name: str, message: AbstractIncomingMessage, headers: dict[str, Any]
     ) -> None:
-        """Queue a copy of ``message`` again (confirmed), then ack the original."""
+        """Queue a copy of ``message`` again (confirmed), then ack the original.
+
+        Until the ack is written, a copy reaching this server waits: run at once, a request
+        that kills its server would take the unacked original down too, doubling it.
+        """
         assert self._serve_channel is not None
+        call_id = message.correlation_id or ""
+        self._requeueing[call_id] = done = asyncio.Event()
         copy = aio_pika.Message(
             message.body,
             headers=headers,
@@ -489,10 +500,14 @@ class AMQPTransport(Transport):
             expiration=message.expiration,
             type=message.type,
         )
-        await self._serve_channel.default_exchange.publish(
-            copy, routing_key=self.queue_name(name), mandatory=False
-        )
-        await message.ack()
+        try:
+            await self._serve_channel.default_exchange.publish(
+                copy, routing_key=self.queue_name(name), mandatory=False
+            )
+            await message.ack()
+        finally:
+            done.set()
+            del self._requeueing[call_id]
 
     async def _after_cancel(self, call_id: str | None, message: AbstractIncomingMessage) -> None:
         try:

@@ -1,0 +1,71 @@
+"""Start ``atasks run`` server processes for tests, and stop them by their PID."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import atasks
+from atasks.errors import JobNotFound
+
+REPO = Path(__file__).resolve().parents[2]
+WORKLOAD = "dev/tests/workload.py"
+
+
+class Servers:
+    """Server processes started by one test; ``stop_all`` ends any still running."""
+
+    def __init__(self, url: str, log_dir: Path) -> None:
+        self.url = url
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, workload: str = WORKLOAD) -> subprocess.Popen[bytes]:
+        with open(self.log_dir / f"server-{len(self.processes)}.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "atasks", "run", workload, "--mode", "server",
+                 "--url", self.url, "-v", *args],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def log(self, index: int) -> str:
+        return (self.log_dir / f"server-{index}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+async def delete_queues(url: str, atasks_module: object, namespace: str = "default") -> None:
+    """Delete the request queues of every atask in ``atasks_module``, so no request left over
+    by one test reaches the servers of the next."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for value in vars(atasks_module).values():
+            if isinstance(value, atasks.ATask):
+                await channel.queue_delete(f"atasks.{namespace}.{value.name}")
+
+
+async def wait_until_served(atask: atasks.ATask, *args: object, timeout: float = 30) -> object:
+    """Call ``atask`` until a server has declared its queue, then return its result."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await atask(*args)
+            except JobNotFound:
+                await asyncio.sleep(0.1)

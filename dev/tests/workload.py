@@ -1,0 +1,45 @@
+"""Atasks that the multi-process tests serve with ``atasks run dev/tests/workload.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from atasks import atask
+
+
+@atask
+async def pid() -> int:
+    return os.getpid()
+
+
+@atask
+async def slow_pid(seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return os.getpid()
+
+
+@atask
+async def mark_then_sleep(marker: str, seconds: float) -> int:
+    """Write this server's pid to ``marker`` (so a test can kill it mid-call), then sleep."""
+    Path(marker).write_text(str(os.getpid()))
+    await asyncio.sleep(seconds)
+    return os.getpid()
+
+
+@atask
+async def kill_my_server() -> None:
+    """Poison: SIGKILLs every server that runs it."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@atask
+async def fanout(depth: int, wide_levels: int) -> int:
+    """Nested calls: two children per level for the top ``wide_levels`` levels, then one."""
+    if depth == 0:
+        return 1
+    width = 2 if wide_levels > 0 else 1
+    children = [fanout(depth - 1, wide_levels - 1) for _ in range(width)]
+    return 1 + sum(await asyncio.gather(*children))

@@ -27,8 +27,19 @@ class Servers:
     def start(self, *args: str, workload: str = WORKLOAD) -> subprocess.Popen[bytes]:
         with open(self.log_dir / f"server-{len(self.processes)}.log", "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "atasks", "run", workload, "--mode", "server",
-                 "--url", self.url, "-v", *args],
+                [
+                    sys.executable,
+                    "-m",
+                    "atasks",
+                    "run",
+                    workload,
+                    "--mode",
+                    "server",
+                    "--url",
+                    self.url,
+                    "-v",
+                    *args,
+                ],
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -61,9 +72,9 @@ async def delete_queues(url: str, atasks_module: object, namespace: str = "defau
                 await channel.queue_delete(f"atasks.{namespace}.{value.name}")
 
 
-async def wait_until_served(atask: atasks.ATask, *args: object, timeout: float = 30) -> object:
+async def wait_until_served(atask: atasks.ATask, *args: object, within: float = 30) -> object:
     """Call ``atask`` until a server has declared its queue, then return its result."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while True:
             try:
                 return await atask(*args)

@@ -15,7 +15,7 @@ from rabbitnode import RabbitNode
 from servers import Servers, delete_queues, wait_until_served
 
 import atasks
-from atasks.errors import DeliveryLimitExceeded, JobNotFound, TransportError
+from atasks.errors import DeliveryLimitExceeded, TransportError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,23 +25,24 @@ async def servers(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
     started = Servers(amqp_url, tmp_path)
     yield started
     started.stop_all()
+    for index in range(len(started.processes)):  # shown when the test fails
+        print(f"--- server {index} ---\n{started.log(index)}")
     await delete_queues(amqp_url, workload)
 
 
 @pytest.fixture
-async def client(amqp_url: str) -> AsyncIterator[None]:
+async def client(amqp_url: str) -> None:
     await atasks.setup("amqp", url=amqp_url)
-    yield
 
 
 async def test_server_in_another_process(servers: Servers, client: None) -> None:
     server = servers.start()
-    assert await wait_until_served(workload.pid) == server.pid
+    assert await wait_until_served(workload.ready) == server.pid
 
 
 async def test_competing_servers_share_the_work(servers: Servers, client: None) -> None:
     pids = {servers.start().pid, servers.start().pid}
-    await wait_until_served(workload.pid)
+    await wait_until_served(workload.ready)
     seen: set[int] = set()
     async with asyncio.timeout(60):
         while seen != pids:  # the second server may still be starting
@@ -49,18 +50,11 @@ async def test_competing_servers_share_the_work(servers: Servers, client: None) 
     assert seen == pids
 
 
-async def test_atask_no_server_ever_served_fails_fast(client: None) -> None:
-    with pytest.raises(JobNotFound, match="never-served"):
-        await asyncio.wait_for(
-            atasks.ATask(workload.pid.fn, name="never-served", namespace="default")(), 1.0
-        )
-
-
 async def test_request_waits_in_the_queue_while_no_server_runs(
     servers: Servers, client: None
 ) -> None:
     first = servers.start()
-    await wait_until_served(workload.pid)
+    await wait_until_served(workload.ready)
     first.send_signal(signal.SIGTERM)
     await asyncio.to_thread(first.wait, 30)
     call = asyncio.ensure_future(workload.pid())
@@ -74,11 +68,13 @@ async def test_sigkill_mid_call_loses_nothing(
     servers: Servers, client: None, tmp_path: Path
 ) -> None:
     pids = {servers.start().pid, servers.start().pid}
-    await wait_until_served(workload.pid)
+    await wait_until_served(workload.ready)
     marker = tmp_path / "running-on"
     call = asyncio.ensure_future(workload.mark_then_sleep(str(marker), 2.0))
     async with asyncio.timeout(30):
         while not marker.exists() or not marker.read_text():
+            if call.done():
+                call.result()  # failed before it ran: show why
             await asyncio.sleep(0.02)
     victim = int(marker.read_text())
     os.kill(victim, signal.SIGKILL)
@@ -90,7 +86,7 @@ async def test_a_request_that_kills_every_server_is_given_up(
     servers: Servers, client: None
 ) -> None:
     supervisor = servers.start("--workers", "2")
-    await wait_until_served(workload.pid)
+    await wait_until_served(workload.ready)
     with pytest.raises(DeliveryLimitExceeded, match="kill_my_server"):
         await asyncio.wait_for(workload.kill_my_server(), 90)
     assert await workload.pid() != supervisor.pid  # restarted workers still serve
@@ -103,7 +99,7 @@ async def test_graceful_shutdown_finishes_work_and_returns_the_rest(
     servers: Servers, client: None
 ) -> None:
     first = servers.start("--concurrency", "2", "--grace", "10")
-    await wait_until_served(workload.pid)
+    await wait_until_served(workload.ready)
     calls = [asyncio.ensure_future(workload.slow_pid(0.5)) for _ in range(8)]
     await asyncio.sleep(0.3)  # two running, six waiting
     first.send_signal(signal.SIGTERM)
@@ -123,7 +119,7 @@ async def test_nested_fan_out_does_not_deadlock_at_concurrency_4(
     servers: Servers, client: None
 ) -> None:
     servers.start("--concurrency", "4")
-    await wait_until_served(workload.pid)
+    await wait_until_served(workload.ready)
     # 16 levels: two children each for the top 9, then one: 2**10 - 1 + 2**9 * 6 = 4095 calls
     calls = await asyncio.wait_for(workload.fanout(15, 9), 100)
     assert calls == 2**10 - 1 + 2**9 * 6
@@ -135,7 +131,7 @@ async def test_broker_restart_mid_run(tmp_path: Path) -> None:
         try:
             servers.start()
             await atasks.setup("amqp", url=node.url)
-            await wait_until_served(workload.pid)
+            await wait_until_served(workload.ready)
             in_flight = [asyncio.ensure_future(workload.slow_pid(1.0)) for _ in range(5)]
             await asyncio.sleep(0.3)
             node.restart()
@@ -144,7 +140,7 @@ async def test_broker_restart_mid_run(tmp_path: Path) -> None:
             )
             for outcome in outcomes:  # each completed, or failed clearly
                 assert isinstance(outcome, int | TransportError), outcome
-            result = await wait_until_served(workload.pid, timeout=60)  # reconnected
+            result = await wait_until_served(workload.ready, within=60)  # reconnected
             assert isinstance(result, int)
         finally:
             servers.stop_all()

@@ -11,6 +11,7 @@ import atasks
 from atasks import atask
 from atasks.errors import EncodeError, JobNotFound, RemoteError
 from atasks.router import Router
+from atasks.transport.backends.amqp import AMQPTransport
 
 
 @atask
@@ -139,11 +140,18 @@ async def test_unpicklable_result_is_a_clear_error_and_the_server_goes_on(
     assert await add(1, 1) == 2
 
 
-async def test_unknown_atask_is_job_not_found(served: Router) -> None:
-    ghost = atask(name="never-served", namespace="elsewhere")(echo.fn)
-    ghost.namespace = "default"  # an atask the serving router does not know
-    with pytest.raises(JobNotFound, match="never-served"):
-        await asyncio.wait_for(ghost(1), timeout=5)
+@atask(namespace="ghost")
+async def never_served() -> None: ...
+
+
+async def test_atask_no_server_serves_is_job_not_found(served: Router) -> None:
+    """The "ghost" namespace has a transport but no server anywhere."""
+    if isinstance(served.transport, AMQPTransport):
+        await atasks.setup("amqp", url=served.transport.url, namespace="ghost")
+    else:
+        await atasks.setup("loopback", namespace="ghost", serve=False)
+    with pytest.raises(JobNotFound, match="never_served"):
+        await asyncio.wait_for(never_served(), timeout=1)
 
 
 async def test_json_codec_rebuilds_builtin_errors_and_reports_the_rest(

@@ -24,7 +24,7 @@ async def slow_pid(seconds: float) -> int:
 @atask
 async def mark_then_sleep(marker: str, seconds: float) -> int:
     """Write this server's pid to ``marker`` (so a test can kill it mid-call), then sleep."""
-    Path(marker).write_text(str(os.getpid()))
+    Path(marker).write_text(str(os.getpid()))  # noqa: ASYNC240 - tiny, and a test
     await asyncio.sleep(seconds)
     return os.getpid()
 
@@ -43,3 +43,10 @@ async def fanout(depth: int, wide_levels: int) -> int:
     width = 2 if wide_levels > 0 else 1
     children = [fanout(depth - 1, wide_levels - 1) for _ in range(width)]
     return 1 + sum(await asyncio.gather(*children))
+
+
+@atask
+async def ready() -> int:
+    """Defined last: servers register atasks in definition order, so once this one is served,
+    every atask above has its queue."""
+    return os.getpid()

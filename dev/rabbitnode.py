@@ -65,13 +65,46 @@ def _amqp_ready(port: int, timeout: float = 1.0) -> bool:
     return data[0] == 1 and data[1:3] == b"\0\0" and data[7:11] == b"\0\x0a\0\x0a"
 
 
-def _tcp_open(port: int) -> bool:
-    """True if something accepts TCP connections on 127.0.0.1:port."""
+def _epmd_ready(port: int) -> bool:
+    """True if an epmd on 127.0.0.1:port answers a NAMES_REQ."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"\x00\x01n")  # length 1, NAMES_REQ
+            return len(s.recv(4)) == 4
     except OSError:
         return False
+
+
+def _proc_tree(root: int) -> set[tuple[int, str]]:
+    """(pid, start time) of ``root``'s descendants, read from /proc."""
+    parent: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(entry)] = (int(fields[1]), fields[19])
+    found: set[tuple[int, str]] = set()
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        for child, (ppid, started) in parent.items():
+            if ppid == pid:
+                found.add((child, started))
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int, started: str) -> bool:
+    """True if pid still runs (not a zombie) and is the same process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == started and fields[0] != "Z"
 
 
 class RabbitNode:
@@ -173,7 +206,7 @@ class RabbitNode:
         env = self._env()
         try:
             self._epmd = self._spawn([EPMD, "-port", str(self.epmd_port)], env)
-            while not _tcp_open(self.epmd_port):
+            while not _epmd_ready(self.epmd_port):
                 self._check_alive(self._epmd, "epmd", deadline)
                 time.sleep(0.02)
             self._node = self._spawn([str(RABBIT_BIN / "rabbitmq-server")], env)

@@ -2,13 +2,13 @@
 
 Uses the Debian ``rabbitmq-server`` scripts in /usr/lib/rabbitmq/bin directly
 (no /usr/sbin wrappers, no systemd). Everything lives under one base directory:
-data, logs, config, HOME (and so the Erlang cookie). The node gets its own
-epmd on a private port, all listeners bind to 127.0.0.1 only.
+data, logs, config, HOME (so its own Erlang cookie). The node gets its own epmd
+on a private port, and every listener binds to 127.0.0.1 only.
 
     with RabbitNode() as node:
         connect(node.url)
 
-Run ``python dev/rabbitnode.py`` to start a node by hand (Ctrl-C stops it).
+``python dev/rabbitnode.py [BASE_DIR]`` starts a node by hand; Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -28,40 +28,44 @@ from pathlib import Path
 from types import TracebackType
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
-EPMD = "epmd"
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+LOOPBACK_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
 
 _live: weakref.WeakSet[RabbitNode] = weakref.WeakSet()
+_ports_taken: set[int] = set()  # handed out in this process, not yet bound
 
 
 def _free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct currently-free TCP ports on 127.0.0.1."""
-    socks = []
+    """Return ``count`` distinct, currently free TCP ports on 127.0.0.1."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for _ in range(count):
+        while len(ports) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            if (port := s.getsockname()[1]) not in _ports_taken:
+                ports.append(port)
     finally:
         for s in socks:
             s.close()
+    _ports_taken.update(ports)
+    return ports
 
 
-def _amqp_ready(port: int, timeout: float = 1.0) -> bool:
+def _amqp_ready(port: int) -> bool:
     """True if the port answers the AMQP 0-9-1 header with Connection.Start."""
+    data = b""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
             s.sendall(AMQP_HEADER)
-            data = b""
-            while len(data) < 11:  # frame header (7) + class/method ids (4)
-                chunk = s.recv(11 - len(data))
-                if not chunk:
+            while len(data) < 11:  # frame header (7) + class and method id (4)
+                if not (chunk := s.recv(11 - len(data))):
                     return False
                 data += chunk
     except OSError:
         return False
-    # type 1 (method), channel 0, class 10 (connection), method 10 (start)
+    # frame type 1 (method), channel 0, class 10 (connection), method 10 (start)
     return data[0] == 1 and data[1:3] == b"\0\0" and data[7:11] == b"\0\x0a\0\x0a"
 
 
@@ -75,40 +79,38 @@ def _epmd_ready(port: int) -> bool:
         return False
 
 
-def _proc_tree(root: int) -> set[tuple[int, str]]:
-    """(pid, start time) of ``root``'s descendants, read from /proc."""
-    parent: dict[int, tuple[int, str]] = {}
+def _stat(pid: int | str) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(root: int) -> set[tuple[int, str]]:
+    """(pid, start time) of every descendant of ``root``."""
+    children: dict[int, list[tuple[int, str]]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parent[int(entry)] = (int(fields[1]), fields[19])
+        if entry.isdigit() and (st := _stat(entry)):
+            children.setdefault(int(st[1]), []).append((int(entry), st[19]))
     found: set[tuple[int, str]] = set()
     todo = [root]
     while todo:
-        pid = todo.pop()
-        for child, (ppid, started) in parent.items():
-            if ppid == pid:
-                found.add((child, started))
-                todo.append(child)
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child[0])
     return found
 
 
 def _alive(pid: int, started: str) -> bool:
-    """True if pid still runs (not a zombie) and is the same process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[19] == started and fields[0] != "Z"
+    """True if that very process (same start time) still runs, not as a zombie."""
+    st = _stat(pid)
+    return st is not None and st[19] == started and st[0] != "Z"
 
 
 class RabbitNode:
-    """A private RabbitMQ node (own data dir, HOME, epmd, ports, node name)."""
+    """A private RabbitMQ node: own data dir, HOME, epmd, ports and node name."""
 
     def __init__(
         self,
@@ -124,20 +126,6 @@ class RabbitNode:
         self.log_path = self.base / "node.log"
         self._node: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
-        self._write_files()
-        _live.add(self)
-
-    @property
-    def url(self) -> str:
-        """AMQP URL for the guest user."""
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    @property
-    def running(self) -> bool:
-        """True while the node process is alive."""
-        return self._node is not None and self._node.poll() is None
-
-    def _write_files(self) -> None:
         for sub in ("home", "mnesia", "log", "conf.d"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         (self.base / "enabled_plugins").write_text("[].\n")
@@ -147,13 +135,24 @@ class RabbitNode:
             "disk_free_limit.absolute = 1MB\n"
             "vm_memory_high_watermark.relative = 0.8\n"
         )
+        _live.add(self)
 
-    def _env(self) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("RABBITMQ_", "ERL_", "NOTIFY_SOCKET"))
-        }
+    @property
+    def url(self) -> str:
+        """AMQP URL for the guest user."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def running(self) -> bool:
+        """True while the node's process is alive."""
+        return self._node is not None and self._node.poll() is None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for the node's processes (also usable for rabbitmqctl)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        for name in ("NOTIFY_SOCKET", "ERL_LIBS", "ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS"):
+            env.pop(name, None)
         b = self.base
         env.update(
             HOME=str(b / "home"),
@@ -166,84 +165,50 @@ class RabbitNode:
             RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_MNESIA_BASE=str(b / "mnesia"),
             RABBITMQ_LOG_BASE=str(b / "log"),
-            RABBITMQ_LOGS="-",  # to stdout, i.e. into node.log
+            RABBITMQ_LOGS="-",  # to stdout, which is node.log
             RABBITMQ_CONFIG_FILE=str(b / "rabbitmq.conf"),
             RABBITMQ_CONFIG_FILES=str(b / "conf.d"),
             RABBITMQ_ADVANCED_CONFIG_FILE=str(b / "advanced.config"),
             RABBITMQ_CONF_ENV_FILE=str(b / "rabbitmq-env.conf"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(b / "enabled_plugins"),
             RABBITMQ_PID_FILE=str(b / "rabbit.pid"),
-            RABBITMQ_SCHEDULER_BIND_TYPE="u",  # don't pin several nodes to one core
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=("-kernel inet_dist_use_interface {127,0,0,1}"),
+            RABBITMQ_SCHEDULER_BIND_TYPE="u",  # several nodes: don't pin to cores
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=LOOPBACK_ERL_ARGS,
+            RABBITMQ_CTL_ERL_ARGS=LOOPBACK_ERL_ARGS,
         )
         return env
 
-    def _spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(self.log_path, "ab") as log:
-            return subprocess.Popen(
-                argv,
-                env=env,
-                cwd=self.base,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def _log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "<no log>"
-        return "\n".join(text.splitlines()[-lines:])
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """Run ``rabbitmqctl ARGS`` against this node and return its stdout."""
+        argv = [str(RABBIT_BIN / "rabbitmqctl"), "-n", self.nodename, *args]
+        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr}")
+        return done.stdout
 
     def start(self) -> float:
         """Start epmd and the node; block until AMQP answers. Returns seconds."""
         if self.running:
             return 0.0
+        self.stop()  # reap leftovers of a crashed run
         t0 = time.monotonic()
         deadline = t0 + self.start_timeout
-        env = self._env()
         try:
-            self._epmd = self._spawn([EPMD, "-port", str(self.epmd_port)], env)
+            self._epmd = self._spawn(["epmd", "-port", str(self.epmd_port)])
             while not _epmd_ready(self.epmd_port):
-                self._check_alive(self._epmd, "epmd", deadline)
+                self._check(self._epmd, "epmd", deadline)
                 time.sleep(0.02)
-            self._node = self._spawn([str(RABBIT_BIN / "rabbitmq-server")], env)
+            self._node = self._spawn([str(RABBIT_BIN / "rabbitmq-server")])
             while not _amqp_ready(self.port):
-                self._check_alive(self._node, "rabbitmq-server", deadline)
+                self._check(self._node, "rabbitmq-server", deadline)
                 time.sleep(0.05)
         except BaseException:
             self.stop()
             raise
         return time.monotonic() - t0
 
-    def _check_alive(self, proc: subprocess.Popen[bytes], what: str, deadline: float) -> None:
-        rc = proc.poll()
-        if rc is None and time.monotonic() < deadline:
-            return
-        why = f"exited with code {rc}" if rc is not None else "timed out"
-        raise RuntimeError(
-            f"{what} for {self.nodename} {why} (log {self.log_path}):\n{self._log_tail()}"
-        )
-
-    def _kill(self, proc: subprocess.Popen[bytes] | None) -> None:
-        """SIGTERM the process, wait (bounded), then SIGKILL its whole group."""
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                # Only the leader: SIGTERM to erl_child_setup would crash beam.
-                proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(self.stop_timeout)
-        # Reap stragglers (erl_child_setup, inet_gethost, or a hung leader).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
     def stop(self) -> float:
-        """Stop the node, then its epmd. Idempotent. Returns seconds taken."""
+        """Stop the node, then its epmd, leaving no process. Returns seconds."""
         t0 = time.monotonic()
         node, self._node = self._node, None
         epmd, self._epmd = self._epmd, None
@@ -252,11 +217,56 @@ class RabbitNode:
         return time.monotonic() - t0
 
     def restart(self) -> float:
-        """Stop and start again with the same ports, name and data dir."""
+        """Stop, then start on the same ports, name and data. Returns seconds."""
         t0 = time.monotonic()
         self.stop()
         self.start()
         return time.monotonic() - t0
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.log_path, "ab") as log:
+            return subprocess.Popen(
+                argv,
+                env=self.env,
+                cwd=self.base,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _check(self, proc: subprocess.Popen[bytes], what: str, deadline: float) -> None:
+        """Raise, with the log's tail, if ``proc`` died or time is up."""
+        rc = proc.poll()
+        if rc is None and time.monotonic() < deadline:
+            return
+        why = f"exited with code {rc}" if rc is not None else "did not come up in time"
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-40:]
+        except OSError:
+            lines = ["<no log>"]
+        tail = "\n".join(lines)
+        raise RuntimeError(f"{what} for {self.nodename} {why}; {self.log_path}:\n{tail}")
+
+    def _kill(self, proc: subprocess.Popen[bytes] | None) -> None:
+        """SIGTERM proc's group, wait (bounded), SIGKILL what is left of its tree."""
+        if proc is None:
+            return
+        # erl_child_setup and inet_gethost run in sessions of their own
+        tree = _descendants(proc.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(self.stop_timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while (left := [p for p in tree if _alive(*p)]) and time.monotonic() < deadline:
+            for pid, _ in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
 
     def __enter__(self) -> RabbitNode:
         self.start()
@@ -285,15 +295,16 @@ def main() -> None:
     """CLI: start a node, print its URL, stop it on Ctrl-C or SIGTERM."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     node = RabbitNode(sys.argv[1] if len(sys.argv) > 1 else None)
-    took = node.start()
-    print(f"{node.url}  (node {node.nodename}, dir {node.base}, up in {took:.2f}s)")
-    print("Ctrl-C to stop", flush=True)
     try:
-        signal.pause()
+        took = node.start()
+        print(node.url, flush=True)
+        print(f"node {node.nodename}, dir {node.base}, up in {took:.1f}s; Ctrl-C stops")
+        while True:
+            signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
-        print(f"stopped in {node.stop():.2f}s")
+        print(f"stopped in {node.stop():.1f}s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Layers, each knowing only the one below: atask (tasks) → router → codec → transport.
 """
 
-from atasks.calls import current_call_id, deadline
+from atasks.calls import current_call_id, current_deadline, deadline
 from atasks.codecs import Codec, JSONCodec, PickleCodec
 from atasks.errors import (
     ATasksError,
@@ -42,6 +42,7 @@ __all__ = [
     "atask",
     "close",
     "current_call_id",
+    "current_deadline",
     "deadline",
     "get_codec",
     "get_router",

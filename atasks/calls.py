@@ -36,6 +36,11 @@ def current_call_id() -> str | None:
     return scope.call_id if scope is not None else None
 
 
+def current_deadline() -> float | None:
+    """The absolute deadline (``time.time()`` seconds) that atasks awaited here would get."""
+    return effective_deadline(None)
+
+
 @asynccontextmanager
 async def deadline(seconds: float) -> AsyncIterator[None]:
     """Every atask awaited inside must finish within ``seconds``; the tighter deadline wins.

@@ -32,7 +32,8 @@ client    run each module's `async def aiomain(**options)`, sending atasks to se
 loopback  serve and call in this one process (the default; needs no broker)
 
 Every option can also come from the environment: ATASKS_MODE, ATASKS_TRANSPORT, ATASKS_URL,
-ATASKS_CODEC, ATASKS_CONCURRENCY, ATASKS_WORKERS, ATASKS_GRACE; ATASKS_SECRET signs pickle.
+ATASKS_CODEC, ATASKS_CONCURRENCY, ATASKS_WORKERS, ATASKS_GRACE, ATASKS_MAX_MESSAGE_SIZE;
+ATASKS_SECRET signs pickle.
 """
 
 
@@ -106,6 +107,14 @@ def main() -> None:
     show_default=True,
     help="Seconds a stopping server lets calls in progress finish.",
 )
+@click.option(
+    "--max-message-size",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="ATASKS_MAX_MESSAGE_SIZE",
+    metavar="BYTES",
+    help="AMQP servers refuse larger requests (default 64 MiB).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def run(
@@ -118,6 +127,7 @@ def run(
     concurrency: int,
     workers: int,
     grace: float,
+    max_message_size: int | None,
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -136,7 +146,16 @@ def run(
     try:
         kwargs = dict(_parse_option(item) for item in options)
         modules = [_load(target) for target in targets]
-        asyncio.run(_run(modules, mode, transport_kind, url, codec, kwargs, concurrency, grace))
+        transport_options: dict[str, Any] = {}
+        if transport_kind == "amqp":
+            transport_options["url"] = url
+            if max_message_size is not None:
+                transport_options["max_message_size"] = max_message_size
+        asyncio.run(
+            _run(
+                modules, mode, transport_kind, transport_options, codec, kwargs, concurrency, grace
+            )
+        )
     except (Failure, click.UsageError):
         raise
     except KeyboardInterrupt:
@@ -219,7 +238,7 @@ async def _run(
     modules: list[ModuleType],
     mode: str,
     transport_kind: str,
-    url: str | None,
+    transport_options: dict[str, Any],
     codec: str,
     options: dict[str, Any],
     concurrency: int,
@@ -231,7 +250,7 @@ async def _run(
             if namespace(name).codec is None:
                 make_codec(codec, namespace=name)
             transport = namespace(name).transport or make_transport(
-                transport_kind, namespace=name, url=url
+                transport_kind, namespace=name, **transport_options
             )
             await transport.connect()
             if mode != "client":

@@ -11,16 +11,14 @@ from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Router, get_router
 from atasks.transport.base import LoopbackTransport, Transport
 
 
-def make_transport(
-    kind: str, *, namespace: str, url: str | None = None, **options: Any
-) -> Transport:
-    """A transport by name: ``loopback`` or ``amqp``."""
+def make_transport(kind: str, *, namespace: str, **options: Any) -> Transport:
+    """A transport by name: ``loopback`` or ``amqp`` (``options`` go to ``AMQPTransport``)."""
     if kind == "loopback":
         return LoopbackTransport(namespace=namespace)
     if kind == "amqp":
         from atasks.transport.backends.amqp import AMQPTransport
 
-        return AMQPTransport(url=url, namespace=namespace, **options)
+        return AMQPTransport(namespace=namespace, **options)
     raise ConfigurationError(f"unknown transport {kind!r}: use 'loopback' or 'amqp'")
 
 

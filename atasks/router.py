@@ -253,18 +253,12 @@ class Router:
         """Serve one request. Returns a reply for every outcome; only cancellation propagates."""
         codec = self.codec
         try:
-            atask = namespace(self.namespace).atasks.get(request.name)
-            if atask is None:
-                raise JobNotFound(
-                    f"this server does not serve atask {request.name!r} "
-                    f"in namespace {self.namespace!r}"
-                )
-            if request.content_type != codec.content_type:
-                raise NoCodecRegistered(
-                    f"request is {request.content_type!r} but this server's codec is "
-                    f"{codec.content_type!r}: configure the same codec (and key) everywhere"
-                )
-            args, kwargs = _split_arguments(await decode(codec, request.body))
+            atask, args, kwargs = await self._unpack(request, codec)
+        except (JobNotFound, NoCodecRegistered, DecodeError) as exc:
+            log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
+            self._failed += 1
+            return await _failure(request, codec, exc)
+        try:
             result = await self._run(atask, request, args, kwargs)
         except asyncio.CancelledError:
             raise
@@ -276,9 +270,26 @@ class Router:
         except EncodeError as exc:
             self._failed += 1
             failure = EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
+            log.warning("call %s of %r: %s", request.call_id, request.name, failure)
             return await _failure(request, codec, failure)
         self._succeeded += 1
         return Reply(call_id=request.call_id, ok=True, content_type=codec.content_type, body=body)
+
+    async def _unpack(
+        self, request: Request, codec: Codec
+    ) -> tuple[ATask[Any, Any], list[Any], dict[str, Any]]:
+        atask = namespace(self.namespace).atasks.get(request.name)
+        if atask is None:
+            raise JobNotFound(
+                f"this server does not serve atask {request.name!r} in namespace {self.namespace!r}"
+            )
+        if request.content_type != codec.content_type:
+            raise NoCodecRegistered(
+                f"request is {request.content_type!r} but this server's codec is "
+                f"{codec.content_type!r}: configure the same codec (and key) everywhere"
+            )
+        args, kwargs = _split_arguments(await decode(codec, request.body))
+        return atask, args, kwargs
 
     async def _run(
         self,

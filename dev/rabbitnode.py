@@ -1,14 +1,9 @@
-"""Start and stop a private, throw-away RabbitMQ node for tests and benchmarks.
+"""A private, throw-away RabbitMQ node for tests and benchmarks: ``with RabbitNode() as node:``.
 
-Uses the Debian ``rabbitmq-server`` scripts in /usr/lib/rabbitmq/bin directly
-(no /usr/sbin wrappers, no systemd). Everything lives under one base directory:
-data, logs, config, HOME (so its own Erlang cookie). The node gets its own epmd
-on a private port, and every listener binds to 127.0.0.1 only.
-
-    with RabbitNode() as node:
-        connect(node.url)
-
-``python dev/rabbitnode.py [BASE_DIR]`` starts a node by hand; Ctrl-C stops it.
+Runs Debian's scripts in /usr/lib/rabbitmq/bin directly (no /usr/sbin wrappers, no systemd).
+Data, logs, config and HOME (so the Erlang cookie) live in one base directory; the node has its
+own epmd, node name and free ports, and listens on 127.0.0.1 only.
+``python dev/rabbitnode.py [BASE_DIR]`` runs one by hand until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,7 +20,6 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from types import TracebackType
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
@@ -79,34 +73,26 @@ def _epmd_ready(port: int) -> bool:
         return False
 
 
-def _stat(pid: int | str) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state, ppid, ...)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
+def _procs() -> dict[tuple[int, str], int]:
+    """(pid, start time) -> parent pid, for every process that is not a zombie."""
+    procs = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, IndexError), open(f"/proc/{entry}/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+            if st[0] != "Z":
+                procs[int(entry), st[19]] = int(st[1])
+    return procs
 
 
-def _descendants(root: int) -> set[tuple[int, str]]:
+def _tree(root: int) -> set[tuple[int, str]]:
     """(pid, start time) of every descendant of ``root``."""
-    children: dict[int, list[tuple[int, str]]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(entry)):
-            children.setdefault(int(st[1]), []).append((int(entry), st[19]))
-    found: set[tuple[int, str]] = set()
-    todo = [root]
+    procs, found, todo = _procs(), set(), [root]
     while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child[0])
+        parent = todo.pop()
+        kids = {proc for proc, ppid in procs.items() if ppid == parent}
+        found |= kids
+        todo += [pid for pid, _ in kids]
     return found
-
-
-def _alive(pid: int, started: str) -> bool:
-    """True if that very process (same start time) still runs, not as a zombie."""
-    st = _stat(pid)
-    return st is not None and st[19] == started and st[0] != "Z"
 
 
 class RabbitNode:
@@ -130,6 +116,10 @@ class RabbitNode:
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         (self.base / "enabled_plugins").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")
+        # Resolve names from files only: no inet_gethost helper, no DNS.
+        (self.base / "inetrc").write_text(
+            '{lookup, [file]}.\n{host, {127,0,0,1}, ["localhost"]}.\n'
+        )
         (self.base / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "disk_free_limit.absolute = 1MB\n"
@@ -150,15 +140,15 @@ class RabbitNode:
     @property
     def env(self) -> dict[str, str]:
         """Environment for the node's processes (also usable for rabbitmqctl)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-        for name in ("NOTIFY_SOCKET", "ERL_LIBS", "ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS"):
-            env.pop(name, None)
+        skip = ("RABBITMQ_", "ERL_", "NOTIFY_SOCKET")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
         b = self.base
         env.update(
             HOME=str(b / "home"),
             ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS="127.0.0.1",
             ERL_CRASH_DUMP=str(b / "erl_crash.dump"),
+            ERL_INETRC=str(b / "inetrc"),
             RABBITMQ_NODENAME=self.nodename,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
@@ -252,8 +242,7 @@ class RabbitNode:
         """SIGTERM proc's group, wait (bounded), SIGKILL what is left of its tree."""
         if proc is None:
             return
-        # erl_child_setup and inet_gethost run in sessions of their own
-        tree = _descendants(proc.pid)
+        tree = _tree(proc.pid)  # erl_child_setup & co. have sessions of their own
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -262,9 +251,9 @@ class RabbitNode:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 5
-        while (left := [p for p in tree if _alive(*p)]) and time.monotonic() < deadline:
+        while (left := tree & _procs().keys()) and time.monotonic() < deadline:
             for pid, _ in left:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)
 
@@ -272,12 +261,7 @@ class RabbitNode:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def __del__(self) -> None:

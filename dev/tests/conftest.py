@@ -41,11 +41,22 @@ def amqp_url(rabbit: RabbitNode) -> str:
 
 
 @pytest.fixture(params=["loopback", "amqp"])
-async def served(request: pytest.FixtureRequest) -> AsyncIterator[Router]:
+def transport_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _serve(request: pytest.FixtureRequest, kind: str, concurrency: int) -> Router:
+    url = request.getfixturevalue("amqp_url") if kind == "amqp" else None
+    return await atasks.setup(kind, url=url, serve=True, concurrency=concurrency)
+
+
+@pytest.fixture
+async def served(request: pytest.FixtureRequest, transport_kind: str) -> Router:
     """The default namespace, serving its atasks in this process, over each transport."""
-    if request.param == "amqp":
-        url = request.getfixturevalue("amqp_url")
-        router = await atasks.setup("amqp", url=url, serve=True, concurrency=64)
-    else:
-        router = await atasks.setup("loopback")
-    return router
+    return await _serve(request, transport_kind, 64)
+
+
+@pytest.fixture
+async def served_serially(request: pytest.FixtureRequest, transport_kind: str) -> Router:
+    """Like ``served``, running one atask at a time."""
+    return await _serve(request, transport_kind, 1)

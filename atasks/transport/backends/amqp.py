@@ -253,7 +253,7 @@ class AMQPTransport(Transport):
         headers: dict[str, Any] = {}
         expiration = None
         if request.deadline is not None:
-            headers[H_DEADLINE] = request.deadline
+            headers[H_DEADLINE] = repr(request.deadline)  # AMQP floats are 32-bit
             expiration = max(request.deadline - time.time(), 0.001)
         if request.parent_id is not None:
             headers[H_PARENT] = request.parent_id
@@ -439,9 +439,10 @@ class AMQPTransport(Transport):
                 ),
             )
         headers = message.headers or {}
-        deadline = headers.get(H_DEADLINE)
         parent = headers.get(H_PARENT)
-        if not isinstance(deadline, int | float) or isinstance(deadline, bool):
+        try:
+            deadline: float | None = float(str(headers[H_DEADLINE]))
+        except (KeyError, ValueError):
             deadline = None
         return Request(
             name=name,
@@ -449,7 +450,7 @@ class AMQPTransport(Transport):
             content_type=message.content_type or "",
             body=message.body,
             parent_id=parent if isinstance(parent, str) else None,
-            deadline=float(deadline) if deadline is not None else None,
+            deadline=deadline,
         )
 
     async def _count_death(self, name: str, message: AbstractIncomingMessage) -> None:

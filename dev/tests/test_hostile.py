@@ -1,0 +1,145 @@
+"""Hostile and broken input on a live server's queue, and broken replies at a client."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+import workload
+from servers import Servers, delete_queues, wait_until_served
+
+import atasks
+from atasks.errors import DecodeError
+
+pytestmark = pytest.mark.timeout(180)
+
+PICKLE = "application/x-python-pickle"
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def malformed(rng: random.Random, reply_to: str, n: int) -> tuple[aio_pika.Message, bool]:
+    """The n-th bad message, and whether the server can answer it."""
+    good = pickle.dumps([[], {}])
+    kind = n % 8
+    junk = rng.randbytes(rng.randint(0, 300))
+    common = {"correlation_id": f"fuzz-{n}", "reply_to": reply_to}
+    if kind == 0:  # garbage bytes
+        return aio_pika.Message(junk, content_type=PICKLE, **common), True
+    if kind == 1:  # a content type no codec here reads
+        return aio_pika.Message(good, content_type="text/x-unknown", **common), True
+    if kind == 2:  # nowhere to reply
+        return aio_pika.Message(good, content_type=PICKLE, correlation_id=f"fuzz-{n}"), False
+    if kind == 3:  # no call id
+        return aio_pika.Message(good, content_type=PICKLE, reply_to=reply_to), False
+    if kind == 4:  # truncated
+        return aio_pika.Message(
+            good[: rng.randint(0, len(good) - 1)], content_type=PICKLE, **common
+        ), True
+    if kind == 5:  # valid pickle, not [args, kwargs]
+        return aio_pika.Message(pickle.dumps(n), content_type=PICKLE, **common), True
+    if kind == 6:  # over the server's size limit
+        return aio_pika.Message(rng.randbytes(3000), content_type=PICKLE, **common), True
+    # nonsense headers around a body the server can decode
+    headers = {"atasks-deadline": "soon", "atasks-parent": 7, "atasks-deliveries": "x"}
+    return aio_pika.Message(good, content_type=PICKLE, headers=headers, **common), True
+
+
+@pytest.fixture
+async def server(amqp_url: str, tmp_path: Path) -> AsyncIterator[int]:
+    servers = Servers(amqp_url, tmp_path)
+    process = servers.start("--max-message-size", "2000")
+    await atasks.setup("amqp", url=amqp_url)
+    await wait_until_served(workload.ready)
+    yield process.pid
+    alive = process.poll() is None
+    servers.stop_all()
+    await delete_queues(amqp_url, workload)
+    print(servers.log(0)[-5000:])
+    assert alive, "the server died"
+
+
+async def test_fuzzed_queue_leaves_the_server_serving(server: int, amqp_url: str) -> None:
+    rng = random.Random(1234)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        answered: list[aio_pika.abc.AbstractIncomingMessage] = []
+        await replies.consume(answered.append, no_ack=True)
+        queue = f"atasks.default.{workload.pid.name}"
+        expected = 0
+        baseline = 0
+        for n in range(4000):
+            message, answerable = malformed(rng, replies.name, n)
+            expected += answerable
+            await channel.default_exchange.publish(message, routing_key=queue)
+            if n == 999:
+                await asyncio.sleep(0.5)
+                baseline = rss_kib(server)
+        async with asyncio.timeout(60):
+            while len(answered) < expected:
+                await asyncio.sleep(0.05)
+        statuses = {m.headers.get("atasks-status") for m in answered}
+        errors = {m.headers.get("atasks-error-type") for m in answered}
+        state = await channel.declare_queue(queue, passive=True)
+        assert state.declaration_result.message_count == 0  # nothing requeued in a loop
+
+    assert len(answered) == expected
+    assert "error" in statuses
+    assert {
+        "atasks.errors.DecodeError",
+        "atasks.errors.NoCodecRegistered",
+        "atasks.errors.TransportError",
+    } <= errors
+    assert await workload.pid() == server  # still serving valid calls
+    growth = rss_kib(server) - baseline
+    assert growth < 20_000, f"server memory grew by {growth} KiB over 3000 bad messages"
+
+
+@atasks.atask(name="raw-peer")
+async def raw_peer(x: int) -> int:
+    return x
+
+
+async def test_an_undecodable_reply_fails_only_its_call(amqp_url: str) -> None:
+    """A hand-written peer answers the first call with garbage, sends a reply for no call,
+    then answers the second call properly."""
+    await atasks.setup("amqp", url=amqp_url)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("atasks.default.raw-peer", auto_delete=True)
+        requests: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        await queue.consume(requests.put, no_ack=True)
+
+        first = asyncio.ensure_future(raw_peer(1))
+        second = asyncio.ensure_future(raw_peer(2))
+        one, two = await requests.get(), await requests.get()
+        assert one.reply_to is not None
+        assert two.reply_to is not None
+
+        async def reply(to: aio_pika.abc.AbstractIncomingMessage, body: bytes, cid: str) -> None:
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    body, content_type=PICKLE, correlation_id=cid, headers={"atasks-status": "ok"}
+                ),
+                routing_key=str(to.reply_to),
+            )
+
+        await reply(one, b"\x80\x05not a pickle", str(one.correlation_id))
+        with pytest.raises(DecodeError):
+            await asyncio.wait_for(first, 5)
+        await reply(two, pickle.dumps("for nobody"), "no-such-call")
+        await reply(two, pickle.dumps(2), str(two.correlation_id))
+        assert await asyncio.wait_for(second, 5) == 2

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,37 +31,28 @@ _ports_taken: set[int] = set()  # handed out in this process, not yet bound
 
 
 def _free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct, currently free TCP ports on 127.0.0.1."""
-    socks: list[socket.socket] = []
+    """``count`` distinct TCP ports on 127.0.0.1: free now, not handed out before."""
     ports: list[int] = []
-    try:
+    with contextlib.ExitStack() as stack:  # hold each port until all are picked
         while len(ports) < count:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s = stack.enter_context(socket.socket())
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
             if (port := s.getsockname()[1]) not in _ports_taken:
                 ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
     _ports_taken.update(ports)
     return ports
 
 
 def _amqp_ready(port: int) -> bool:
     """True if the port answers the AMQP 0-9-1 header with Connection.Start."""
-    data = b""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s, s.makefile("rb") as f:
             s.sendall(AMQP_HEADER)
-            while len(data) < 11:  # frame header (7) + class and method id (4)
-                if not (chunk := s.recv(11 - len(data))):
-                    return False
-                data += chunk
+            data = f.read(11)  # frame header (7) + class and method id (4)
     except OSError:
         return False
     # frame type 1 (method), channel 0, class 10 (connection), method 10 (start)
-    return data[0] == 1 and data[1:3] == b"\0\0" and data[7:11] == b"\0\x0a\0\x0a"
+    return data[:3] == b"\x01\0\0" and data[7:11] == b"\0\x0a\0\x0a"
 
 
 def _epmd_ready(port: int) -> bool:
@@ -104,6 +96,7 @@ class RabbitNode:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
     ) -> None:
+        self._owned = base_dir is None  # a temp dir of ours: close() removes it
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="atasks-rabbit-"))
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -116,10 +109,6 @@ class RabbitNode:
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         (self.base / "enabled_plugins").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")
-        # Resolve names from files only: no inet_gethost helper, no DNS.
-        (self.base / "inetrc").write_text(
-            '{lookup, [file]}.\n{host, {127,0,0,1}, ["localhost"]}.\n'
-        )
         (self.base / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "disk_free_limit.absolute = 1MB\n"
@@ -148,7 +137,6 @@ class RabbitNode:
             ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS="127.0.0.1",
             ERL_CRASH_DUMP=str(b / "erl_crash.dump"),
-            ERL_INETRC=str(b / "inetrc"),
             RABBITMQ_NODENAME=self.nodename,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
@@ -206,6 +194,12 @@ class RabbitNode:
         self._kill(epmd)
         return time.monotonic() - t0
 
+    def close(self) -> None:
+        """Stop, and remove the base directory if this node created it."""
+        self.stop()
+        if self._owned:
+            shutil.rmtree(self.base, ignore_errors=True)
+
     def restart(self) -> float:
         """Stop, then start on the same ports, name and data. Returns seconds."""
         t0 = time.monotonic()
@@ -262,17 +256,17 @@ class RabbitNode:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            self.stop()
+            self.close()
 
 
 @atexit.register
-def _stop_all() -> None:
+def _close_all() -> None:
     for node in list(_live):
-        node.stop()
+        node.close()
 
 
 def main() -> None:
@@ -289,6 +283,7 @@ def main() -> None:
         pass
     finally:
         print(f"stopped in {node.stop():.1f}s", file=sys.stderr)
+        node.close()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 
@@ -148,21 +149,24 @@ async def occupy(seconds: float) -> None:
 async def test_a_request_still_queued_when_its_deadline_passes_never_runs(
     served_serially: Router,
 ) -> None:
+    label = f"queued-{uuid.uuid4()}"  # requests of earlier tests may linger in durable queues
     blocker = asyncio.ensure_future(occupy(0.6))
     await asyncio.sleep(0.1)
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(sleeper("queued", 0), 0.2)
+        async with atasks.deadline(0.2):
+            await sleeper(label, 0)
     await blocker
     await asyncio.sleep(0.3)
-    assert "queued started" not in seen
+    assert f"{label} started" not in seen
 
 
 async def test_a_cancelled_queued_request_never_runs(served_serially: Router) -> None:
+    label = f"queued-{uuid.uuid4()}"
     blocker = asyncio.ensure_future(occupy(0.6))
     await asyncio.sleep(0.1)
-    queued = asyncio.ensure_future(sleeper("queued", 0))
+    queued = asyncio.ensure_future(sleeper(label, 0))
     await asyncio.sleep(0.1)
     queued.cancel()
     await blocker
     await asyncio.sleep(0.3)
-    assert "queued started" not in seen
+    assert f"{label} started" not in seen

@@ -158,10 +158,12 @@ class AMQPTransport(Transport):
             control = await channel.declare_exchange(
                 self._control_exchange_name, aio_pika.ExchangeType.FANOUT, durable=True
             )
-            serve_channel = await connection.channel(publisher_confirms=True)
-            control_queue = await serve_channel.declare_queue(exclusive=True, auto_delete=True)
+            # Not on the serving channel: its channel-wide prefetch would hold control messages
+            # back behind the requests in progress.
+            control_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await control_queue.bind(control)
             await control_queue.consume(self._on_control, no_ack=True)
+            serve_channel = await connection.channel(publisher_confirms=True)
             self._connection, self._channel, self._serve_channel = (
                 connection,
                 channel,
@@ -332,6 +334,7 @@ class AMQPTransport(Transport):
 
     async def _consume(self, name: str) -> None:
         assert self._serve_channel is not None
+        await self._apply_qos()  # before the first delivery, not after a burst of them
         queue = await self._serve_channel.declare_queue(self.queue_name(name), durable=True)
         tag = await queue.consume(self._request_callback(name))
         self._consumers[name] = (queue, tag)

@@ -1,0 +1,800 @@
+#!/usr/bin/env python
+"""Benchmark atasks over RabbitMQ against a minimal hand-written aio-pika RPC.
+
+    .venv/bin/python dev/bench/bench.py            # full run, a few minutes; prints a table
+    .venv/bin/python dev/bench/bench.py --quick    # tiny counts: a smoke test
+    .venv/bin/python dev/bench/bench.py --json     # one JSON object on stdout instead
+
+Starts a private RabbitMQ node (``dev/rabbitnode.py``), then, for a 100-character str echoed
+back: sequential latency (p50, p99) after a warm-up; throughput with 64 calls in flight; CPU
+time per call of this client process, of the server processes (``/proc/<pid>/stat``) and of
+the broker. The same for the baseline (``dev/bench/baseline.py``), ratios atasks/baseline,
+throughput with ``atasks run --workers 1, 2, 4``, and the loopback transport's overhead per
+call over a direct ``await echo.fn(x)``. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dev/, for rabbitnode
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # dev/bench/, for echo and baseline
+
+import aio_pika
+import baseline
+import echo
+from rabbitnode import RabbitNode
+
+import atasks
+from atasks.transport.backends.amqp import AMQPTransport
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+Call = Callable[[str], Awaitable[str]]
+
+PAYLOAD = "x" * 100  # the echoed value: a 100-character str
+READY_TIMEOUT = 60.0  # for a server to start consuming
+STOP_TIMEOUT = 15.0  # for a server process to exit after SIGTERM
+CLOSE_TIMEOUT = 30.0  # for a client to disconnect
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many calls each phase makes."""
+
+    sequential: int = 2_000  # timed one by one, after `warmup` untimed ones
+    warmup: int = 200
+    calls: int = 20_000  # throughput phases
+    inflight: int = 64
+    loopback: int = 20_000  # per round; best of `rounds`
+    rounds: int = 3
+    workers: tuple[int, ...] = (1, 2, 4)
+
+
+QUICK = Sizes(sequential=50, warmup=10, calls=1_000, loopback=1_000, rounds=1)
+
+
+class BenchError(Exception):
+    """A phase could not be measured: a server died, refused to start, or timed out."""
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+class Progress:
+    """A ``\\r``-updated progress bar on stderr; one plain line per phase when not a terminal."""
+
+    WIDTH = 24
+
+    def __init__(self, phases: int, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.phases = phases
+        self.phase = 0
+        self.label = ""
+        self.total = 0
+        self.count = 0
+        self.started = 0.0
+        self.drawn = 0.0
+
+    def start(self, label: str, total: int) -> None:
+        """Begin a phase of ``total`` steps."""
+        self.phase += 1
+        self.label, self.total, self.count = label, total, 0
+        self.started = self.drawn = time.monotonic()
+        if self.tty:
+            self._draw(self.started)
+
+    def tick(self) -> None:
+        """One step done."""
+        self.count += 1
+        if self.tty:
+            now = time.monotonic()
+            if now - self.drawn >= 0.1:
+                self._draw(now)
+
+    def finish(self, summary: str = "") -> None:
+        """End the phase, with ``summary`` after the bar."""
+        self._draw(time.monotonic(), summary)
+        self.stream.write("\n")
+        self.stream.flush()
+
+    def _draw(self, now: float, summary: str = "") -> None:
+        self.drawn = now
+        done = min(self.count, self.total)
+        filled = self.WIDTH * done // self.total if self.total else self.WIDTH
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        line = (
+            f"[{self.phase}/{self.phases}] {self.label:<34} [{bar}] {done}/{self.total} "
+            f"{now - self.started:5.1f}s {summary}"
+        )
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{line}")
+            self.stream.flush()
+        elif summary:
+            self.stream.write(line)
+
+
+# --- CPU time from /proc ----------------------------------------------------------------------
+
+
+def _processes() -> dict[int, tuple[int, float]]:
+    """pid → (parent pid, CPU seconds in user and kernel mode) of every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # after the name: state ppid ... utime (14th field) stime (15th) of /proc/PID/stat
+            table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return table
+
+
+def tree_cpu(root: int | None) -> float:
+    """CPU seconds used so far by ``root`` and its descendants that are still alive."""
+    if root is None:
+        return 0.0
+    table = _processes()
+    total, todo, seen = 0.0, [root], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        todo += [child for child, (parent, _) in table.items() if parent == pid]
+    return total
+
+
+class Meter:
+    """Wall time and CPU time of this client, a server's process tree and the broker, from
+    the moment it is made."""
+
+    def __init__(self, server: int | None, broker: int | None) -> None:
+        self.server = server
+        self.broker = broker
+        self.server_cpu = tree_cpu(server)
+        self.broker_cpu = tree_cpu(broker)
+        self.client = time.process_time()
+        self.wall = time.perf_counter()
+
+    def per_call(self, calls: int) -> dict[str, float]:
+        """Seconds of wall time, and µs of CPU per call, since the start."""
+        wall = time.perf_counter() - self.wall
+        client = time.process_time() - self.client  # before reading /proc: that costs CPU
+        server = tree_cpu(self.server) - self.server_cpu
+        broker = tree_cpu(self.broker) - self.broker_cpu
+        return {
+            "seconds": round(wall, 3),
+            "client_cpu_us_per_call": round(client / calls * 1e6, 1),
+            "server_cpu_us_per_call": round(server / calls * 1e6, 1),
+            "broker_cpu_us_per_call": round(broker / calls * 1e6, 1),
+        }
+
+
+# --- server processes ---------------------------------------------------------------------
+
+
+class Servers:
+    """Server processes, each in a session of its own, stopped by PID."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, label: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in the repository, its output to ``<label>.log``."""
+        with open(self.log_dir / f"{label}.log", "wb") as log:
+            process = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.running[label] = process
+        return process
+
+    def check(self) -> None:
+        """Raise ``BenchError`` if a server has exited."""
+        for label, process in self.running.items():
+            if process.poll() is not None:
+                raise BenchError(
+                    f"server {label!r} exited with code {process.returncode}:\n{self.tail(label)}"
+                )
+
+    def tail(self, label: str, lines: int = 20) -> str:
+        """The end of a server's log."""
+        try:
+            text = (self.log_dir / f"{label}.log").read_text(errors="replace")
+        except OSError:
+            return "<no log>"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, label: str) -> None:
+        """SIGTERM the server's process group, then SIGKILL it if it does not exit in time."""
+        process = self.running.pop(label, None)
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # workers the supervisor left behind
+
+    def stop_all(self) -> None:
+        """Stop every server still running."""
+        for label in list(self.running):
+            self.stop(label)
+
+
+def atasks_argv(*extra: str, url: str) -> list[str]:
+    """The command line of an atasks echo server."""
+    return [
+        sys.executable,
+        *("-m", "atasks", "run", "dev/bench/echo.py", "--mode", "server"),
+        *("--url", url, "-q", "--grace", "1"),
+        *extra,
+    ]
+
+
+def baseline_argv(url: str) -> list[str]:
+    """The command line of a baseline echo server."""
+    return [sys.executable, "dev/bench/baseline.py", "--url", url]
+
+
+def events_option() -> bool:
+    """Whether ``atasks run`` has an ``--events`` option."""
+    done = subprocess.run(
+        [sys.executable, "-m", "atasks", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    return "--events" in done.stdout
+
+
+# --- phases --------------------------------------------------------------------------------
+
+
+async def guarded(coro: Coroutine[Any, Any, T], what: str, budget: float, servers: Servers) -> T:
+    """Await ``coro`` within ``budget`` seconds, giving up as soon as a server dies."""
+    task = asyncio.ensure_future(coro)
+    try:
+        async with asyncio.timeout(budget):
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done():
+                    servers.check()
+        return task.result()
+    except TimeoutError:
+        if task.done():
+            raise
+        raise BenchError(f"{what} did not finish within {budget:.0f}s") from None
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=10)
+
+
+def _budget(calls: int, per_call: float) -> float:
+    return 60.0 + calls * per_call
+
+
+async def wait_ready(call: Call, queue: str, consumers: int, url: str, servers: Servers) -> None:
+    """Call until a server answers, then wait for ``consumers`` consumers on ``queue``."""
+
+    async def ready() -> None:
+        while True:  # bounded by guarded()
+            try:
+                if await call(PAYLOAD) == PAYLOAD:
+                    break
+            except (atasks.JobNotFound, aio_pika.exceptions.PublishError):
+                await asyncio.sleep(0.1)
+        connection = await aio_pika.connect(url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            while True:
+                declared = await channel.declare_queue(queue, passive=True)
+                result = declared.declaration_result
+                if result is not None and result.consumer_count >= consumers:
+                    return
+                await asyncio.sleep(0.1)
+
+    await guarded(
+        ready(), f"waiting for {consumers} consumer(s) on {queue}", READY_TIMEOUT, servers
+    )
+
+
+@dataclass
+class Target:
+    """What a phase calls and where it reports: the call, the processes it meters."""
+
+    label: str
+    call: Call
+    server: int
+    broker: int | None
+    servers: Servers
+    progress: Progress
+
+    def meter(self) -> Meter:
+        """Start metering this client, the server's process tree and the broker."""
+        return Meter(self.server, self.broker)
+
+
+async def sequential(target: Target, sizes: Sizes) -> dict[str, float]:
+    """Latency of calls awaited one after another, after a warm-up."""
+
+    call, label, progress = target.call, target.label, target.progress
+
+    async def run() -> tuple[list[float], dict[str, float]]:
+        for _ in range(sizes.warmup):
+            await call(PAYLOAD)
+        progress.start(f"{label}: sequential", sizes.sequential)
+        latencies = []
+        meter = target.meter()
+        for _ in range(sizes.sequential):
+            t0 = time.perf_counter()
+            result = await call(PAYLOAD)
+            latencies.append(time.perf_counter() - t0)
+            if result != PAYLOAD:
+                raise BenchError(f"{label} echoed {result!r}")
+            progress.tick()
+        return latencies, meter.per_call(len(latencies))
+
+    latencies, stats = await guarded(
+        run(), f"{label} sequential", _budget(sizes.warmup + sizes.sequential, 0.05), target.servers
+    )
+    latencies.sort()
+    result = {
+        "calls": len(latencies),
+        "p50_us": round(_percentile(latencies, 0.50) * 1e6, 1),
+        "p99_us": round(_percentile(latencies, 0.99) * 1e6, 1),
+        "mean_us": round(sum(latencies) / len(latencies) * 1e6, 1),
+        **stats,
+    }
+    progress.finish(f"p50 {result['p50_us']:.0f}µs p99 {result['p99_us']:.0f}µs")
+    return result
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+async def throughput(target: Target, sizes: Sizes) -> dict[str, float]:
+    """Calls per second with ``sizes.inflight`` calls in flight, after a short warm-up."""
+    call, label, progress = target.call, target.label, target.progress
+
+    async def flood(total: int, tick: Callable[[], None]) -> None:
+        issued = 0
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < total:
+                issued += 1
+                result = await call(PAYLOAD)
+                if result != PAYLOAD:
+                    raise BenchError(f"{label} echoed {result!r}")
+                tick()
+
+        await asyncio.gather(*(worker() for _ in range(sizes.inflight)))
+
+    async def run() -> dict[str, float]:
+        await flood(sizes.inflight * 4, lambda: None)
+        progress.start(f"{label}: {sizes.inflight} in flight", sizes.calls)
+        meter = target.meter()
+        await flood(sizes.calls, progress.tick)
+        return meter.per_call(sizes.calls)
+
+    stats = await guarded(run(), f"{label} throughput", _budget(sizes.calls, 0.01), target.servers)
+    result = {
+        "calls": sizes.calls,
+        "inflight": sizes.inflight,
+        "calls_per_s": round(sizes.calls / stats["seconds"], 1),
+        **stats,
+    }
+    progress.finish(f"{result['calls_per_s']:.0f} calls/s")
+    return result
+
+
+async def loopback_overhead(sizes: Sizes, progress: Progress) -> dict[str, float]:
+    """Time per ``await echo(x)`` over the loopback transport minus per ``await echo.fn(x)``."""
+    fn = echo.echo.fn
+    progress.start("loopback vs direct", 2 * sizes.rounds)
+    await atasks.setup("loopback")
+    try:
+        async with asyncio.timeout(_budget(sizes.loopback * sizes.rounds * 2, 0.005)):
+            for _ in range(min(sizes.loopback, 1_000)):
+                await echo.echo(PAYLOAD)
+            best_loopback = best_direct = math.inf
+            for _ in range(sizes.rounds):
+                t0 = time.perf_counter()
+                for _ in range(sizes.loopback):
+                    await echo.echo(PAYLOAD)
+                best_loopback = min(best_loopback, time.perf_counter() - t0)
+                progress.tick()
+                t0 = time.perf_counter()
+                for _ in range(sizes.loopback):
+                    await fn(PAYLOAD)
+                best_direct = min(best_direct, time.perf_counter() - t0)
+                progress.tick()
+    finally:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await atasks.close(grace=1)
+    loopback_us = best_loopback / sizes.loopback * 1e6
+    direct_us = best_direct / sizes.loopback * 1e6
+    result = {
+        "calls": sizes.loopback,
+        "rounds": sizes.rounds,
+        "loopback_us_per_call": round(loopback_us, 2),
+        "direct_us_per_call": round(direct_us, 3),
+        "overhead_us_per_call": round(loopback_us - direct_us, 2),
+    }
+    progress.finish(f"overhead {result['overhead_us_per_call']:.1f}µs/call")
+    return result
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """One run: the broker, the servers, the sizes and the progress bar."""
+
+    url: str
+    broker: int | None
+    sizes: Sizes
+    servers: Servers
+    progress: Progress
+
+    def target(self, label: str, call: Call, server: subprocess.Popen[bytes]) -> Target:
+        """What a phase needs to call ``call`` and meter ``server``."""
+        return Target(label, call, server.pid, self.broker, self.servers, self.progress)
+
+    async def baseline(self) -> dict[str, Any]:
+        """Sequential and throughput phases against the baseline server."""
+        server = self.servers.start("baseline", baseline_argv(self.url))
+        client = baseline.BaselineClient(self.url)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await client.connect()
+            await wait_ready(client.call, baseline.QUEUE, 1, self.url, self.servers)
+            target = self.target("baseline", client.call, server)
+            return {
+                "sequential": await sequential(target, self.sizes),
+                "throughput": await throughput(target, self.sizes),
+            }
+        finally:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await client.close()
+            finally:
+                self.servers.stop("baseline")
+
+    async def atasks_server(
+        self, label: str, extra: tuple[str, ...], consumers: int
+    ) -> subprocess.Popen[bytes]:
+        """Start an atasks echo server and wait until ``consumers`` processes consume."""
+        server = self.servers.start(label, atasks_argv(*extra, url=self.url))
+        transport = atasks.get_transport()
+        assert isinstance(transport, AMQPTransport)
+        await wait_ready(
+            echo.echo, transport.queue_name(echo.NAME), consumers, self.url, self.servers
+        )
+        return server
+
+    async def atasks(self, events: bool) -> dict[str, Any]:
+        """Sequential, throughput, ``--workers N`` and (placeholder) events phases."""
+        async with asyncio.timeout(READY_TIMEOUT):
+            await atasks.setup("amqp", url=self.url)
+        try:
+            results: dict[str, Any] = {}
+            server = await self.atasks_server("atasks", (), 1)
+            try:
+                target = self.target("atasks", echo.echo, server)
+                results["sequential"] = await sequential(target, self.sizes)
+                results["throughput"] = await throughput(target, self.sizes)
+            finally:
+                self.servers.stop("atasks")
+            results["workers"] = {}
+            for count in self.sizes.workers:
+                label = f"atasks --workers {count}"
+                server = await self.atasks_server(label, ("--workers", str(count)), count)
+                try:
+                    target = self.target(label, echo.echo, server)
+                    results["workers"][str(count)] = await throughput(target, self.sizes)
+                finally:
+                    self.servers.stop(label)
+            results["events"] = await self.events(events)
+            return results
+        finally:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await atasks.close(grace=1)
+
+    # ---- PLACEHOLDER: events/tracking on --------------------------------------------------
+    # Runs once `atasks run --help` lists an --events option; until then the phase is skipped
+    # with a note. Adjust the server's arguments here when the option lands.
+    async def events(self, available: bool) -> dict[str, Any]:
+        """Throughput with event tracking on, once ``atasks run --events`` exists."""
+        if not available:
+            note = "`atasks run` has no --events option yet"
+            self.progress.start("atasks --events (placeholder)", 0)
+            self.progress.finish(f"skipped: {note}")
+            return {"skipped": True, "note": note}
+        label = "atasks --events"
+        server = await self.atasks_server(label, ("--events",), 1)
+        try:
+            result = await throughput(self.target(label, echo.echo, server), self.sizes)
+        finally:
+            self.servers.stop(label)
+        return {"skipped": False, "throughput": result}
+
+
+def _ratio(a: float, b: float) -> float | None:
+    """``a / b``, or ``None`` (JSON null) when ``b`` is zero."""
+    return round(a / b, 2) if b else None
+
+
+def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | None]:
+    """atasks / baseline for each headline number."""
+    seq, base_seq = ours["sequential"], theirs["sequential"]
+    thr, base_thr = ours["throughput"], theirs["throughput"]
+
+    def total(side: dict[str, float]) -> float:
+        keys = ("client_cpu_us_per_call", "server_cpu_us_per_call", "broker_cpu_us_per_call")
+        return sum(side[key] for key in keys)
+
+    return {
+        "p50": _ratio(seq["p50_us"], base_seq["p50_us"]),
+        "p99": _ratio(seq["p99_us"], base_seq["p99_us"]),
+        "throughput": _ratio(thr["calls_per_s"], base_thr["calls_per_s"]),
+        "client_cpu_per_call": _ratio(
+            thr["client_cpu_us_per_call"], base_thr["client_cpu_us_per_call"]
+        ),
+        "server_cpu_per_call": _ratio(
+            thr["server_cpu_us_per_call"], base_thr["server_cpu_us_per_call"]
+        ),
+        "broker_cpu_per_call": _ratio(
+            thr["broker_cpu_us_per_call"], base_thr["broker_cpu_us_per_call"]
+        ),
+        "total_cpu_per_call": _ratio(total(thr), total(base_thr)),
+    }
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    try:
+        rabbit = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rabbit = ""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "atasks": metadata.version("atasks"),
+        "aio_pika": metadata.version("aio-pika"),
+        "aiormq": metadata.version("aiormq"),
+        "rabbitmq": rabbit or "unknown",
+        "payload": f"str of {len(PAYLOAD)} characters",
+        "load_average_at_start": _load_average(),
+    }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average: other work on the machine skews every number."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def broker_pid(node: RabbitNode) -> int | None:
+    """The pid of the node's Erlang VM, from its pid file, if it wrote one."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((node.base / "rabbit.pid").read_text().strip())
+    return None
+
+
+async def measure(node: RabbitNode, sizes: Sizes, servers: Servers) -> dict[str, Any]:
+    """Every phase, in order: baseline, atasks, workers, events, loopback."""
+    events = events_option()
+    phases = 4 + len(sizes.workers) + 1 + 1
+    progress = Progress(phases)
+    bench = Bench(node.url, broker_pid(node), sizes, servers, progress)
+    started = time.monotonic()
+    results: dict[str, Any] = {"environment": environment(), "sizes": asdict(sizes)}
+    results["baseline"] = await bench.baseline()
+    ours = await bench.atasks(events)
+    results["workers"] = ours.pop("workers")
+    results["events"] = ours.pop("events")
+    results["atasks"] = ours
+    results["ratios"] = ratios(results["atasks"], results["baseline"])
+    results["loopback"] = await loopback_overhead(sizes, progress)
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    return results
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> str:
+    """The results as markdown tables, to paste into a README."""
+    ours, theirs, ratio = results["atasks"], results["baseline"], results["ratios"]
+    env, sizes = results["environment"], results["sizes"]
+    lines = [
+        f"atasks {env['atasks']}, aio-pika {env['aio_pika']}, aiormq {env['aiormq']}, "
+        f"RabbitMQ {env['rabbitmq']}, Python {env['python']}, {env['cpus']} CPUs; "
+        f"payload: {env['payload']}; client, servers and broker on this one machine "
+        f"(load average {env['load_average_at_start']} at the start).",
+        "",
+        "| | atasks | baseline (aio-pika) | atasks / baseline |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+
+    def row(name: str, a: float, b: float, r: float | None) -> None:
+        shown = "n/a" if r is None else f"{r:.2f}"
+        lines.append(f"| {name} | {a:,.0f} | {b:,.0f} | {shown} |")
+
+    seq, bseq = ours["sequential"], theirs["sequential"]
+    thr, bthr = ours["throughput"], theirs["throughput"]
+    row(
+        f"latency p50, sequential (µs; {seq['calls']:,} calls)",
+        seq["p50_us"],
+        bseq["p50_us"],
+        ratio["p50"],
+    )
+    row("latency p99, sequential (µs)", seq["p99_us"], bseq["p99_us"], ratio["p99"])
+    row(
+        f"throughput, {thr['inflight']} in flight (calls/s; {thr['calls']:,} calls)",
+        thr["calls_per_s"],
+        bthr["calls_per_s"],
+        ratio["throughput"],
+    )
+    for side, key in (("client", "client_cpu"), ("server", "server_cpu"), ("broker", "broker_cpu")):
+        row(
+            f"{side} CPU per call, under throughput (µs)",
+            thr[f"{key}_us_per_call"],
+            bthr[f"{key}_us_per_call"],
+            ratio[f"{key}_per_call"],
+        )
+    row(
+        "client + server + broker CPU per call (µs)",
+        sum(thr[f"{k}_us_per_call"] for k in ("client_cpu", "server_cpu", "broker_cpu")),
+        sum(bthr[f"{k}_us_per_call"] for k in ("client_cpu", "server_cpu", "broker_cpu")),
+        ratio["total_cpu_per_call"],
+    )
+    for side, key in (("client", "client_cpu"), ("server", "server_cpu")):
+        a, b = seq[f"{key}_us_per_call"], bseq[f"{key}_us_per_call"]
+        row(f"{side} CPU per call, sequential (µs)", a, b, _ratio(a, b))
+
+    lines += [
+        "",
+        f"| atasks run --workers N ({sizes['calls']:,} calls, {sizes['inflight']} in flight) "
+        "| calls/s | server CPU/call (µs) | client CPU/call (µs) | broker CPU/call (µs) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for count, w in results["workers"].items():
+        lines.append(
+            f"| {count} | {w['calls_per_s']:,.0f} | {w['server_cpu_us_per_call']:,.0f} | "
+            f"{w['client_cpu_us_per_call']:,.0f} | {w['broker_cpu_us_per_call']:,.0f} |"
+        )
+    loop = results["loopback"]
+    events = results["events"]
+    events_text = (
+        f"skipped ({events['note']})"
+        if events["skipped"]
+        else f"{events['throughput']['calls_per_s']:,.0f} calls/s"
+    )
+    lines += [
+        "",
+        "| loopback transport (no broker) | µs per call |",
+        "| --- | ---: |",
+        f"| `await echo(x)`, loopback | {loop['loopback_us_per_call']:.1f} |",
+        f"| `await echo.fn(x)`, direct | {loop['direct_us_per_call']:.2f} |",
+        f"| overhead of atasks per call | {loop['overhead_us_per_call']:.1f} |",
+        "",
+        f"Events/tracking on: {events_text}.",
+        "",
+        "Baseline: request confirmed, reply not; exclusive reply queue. atasks: request and "
+        "reply confirmed, request acked after its reply is confirmed; direct reply-to. Both: "
+        "durable request queue, transient messages, prefetch 64.",
+    ]
+    return "\n".join(lines)
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool]:
+    """The sizes and whether to print JSON."""
+    parser = argparse.ArgumentParser(
+        description="Benchmark atasks over a private RabbitMQ node against a minimal aio-pika RPC."
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--calls", type=int, metavar="N", help="calls per throughput phase")
+    parser.add_argument("--sequential", type=int, metavar="N", help="timed sequential calls")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else Sizes()
+    for name in ("calls", "sequential"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                parser.error(f"--{name} must be at least 1")
+            sizes = replace(sizes, **{name: value})
+    return sizes, args.json
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    """A temporary directory for the node and the logs; kept, and named, if the run fails."""
+    path = Path(tempfile.mkdtemp(prefix="atasks-bench-"))
+    try:
+        yield path
+    except BaseException:
+        print(f"logs kept in {path}", file=sys.stderr)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 on success, 1 when a phase could not be measured."""
+    sizes, as_json = parse_args(argv)
+    for key in [key for key in os.environ if key.startswith("ATASKS_")]:
+        del os.environ[key]  # the same settings on both sides: the defaults
+    try:
+        with workspace() as work:
+            servers = Servers(work)
+            node = RabbitNode(work / "rabbit")
+            print("starting a private RabbitMQ node...", file=sys.stderr, flush=True)
+            try:
+                took = node.start()
+                print(f"RabbitMQ up in {took:.1f}s at {node.url}", file=sys.stderr, flush=True)
+                results = asyncio.run(measure(node, sizes, servers))
+            finally:
+                servers.stop_all()
+                node.stop()
+    except BenchError as exc:
+        print(f"\nbench failed: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(results, allow_nan=False))
+    else:
+        print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -134,7 +134,7 @@ async def test_broker_restart_mid_run(tmp_path: Path) -> None:
             await wait_until_served(workload.ready)
             in_flight = [asyncio.ensure_future(workload.slow_pid(1.0)) for _ in range(5)]
             await asyncio.sleep(0.3)
-            node.restart()
+            await asyncio.to_thread(node.restart)
             outcomes = await asyncio.wait_for(
                 asyncio.gather(*in_flight, return_exceptions=True), 60
             )

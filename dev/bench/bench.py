@@ -53,6 +53,7 @@ PAYLOAD = "x" * 100  # the echoed value: a 100-character str
 READY_TIMEOUT = 60.0  # for a server to start consuming
 STOP_TIMEOUT = 15.0  # for a server process to exit after SIGTERM
 CLOSE_TIMEOUT = 30.0  # for a client to disconnect
+STALL_TIMEOUT = 30.0  # a phase fails when no call finishes for this long
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -284,15 +285,29 @@ def events_option() -> bool:
 # --- phases --------------------------------------------------------------------------------
 
 
-async def guarded(coro: Coroutine[Any, Any, T], what: str, budget: float, servers: Servers) -> T:
-    """Await ``coro`` within ``budget`` seconds, giving up as soon as a server dies."""
+async def guarded(
+    coro: Coroutine[Any, Any, T],
+    what: str,
+    budget: float,
+    servers: Servers,
+    heartbeat: Callable[[], int] | None = None,
+) -> T:
+    """Await ``coro`` within ``budget`` seconds, giving up as soon as a server dies or, with a
+    ``heartbeat`` (a count of calls done), as soon as no call finishes for ``STALL_TIMEOUT``."""
     task = asyncio.ensure_future(coro)
+    beat, last_beat = -1, time.monotonic()
     try:
         async with asyncio.timeout(budget):
             while not task.done():
                 await asyncio.wait({task}, timeout=0.5)
-                if not task.done():
-                    servers.check()
+                if task.done():
+                    break
+                servers.check()
+                now = time.monotonic()
+                if heartbeat is not None and heartbeat() != beat:
+                    beat, last_beat = heartbeat(), now
+                elif now - last_beat > STALL_TIMEOUT:
+                    raise BenchError(f"{what}: no call finished for {STALL_TIMEOUT:.0f}s")
         return task.result()
     except TimeoutError:
         if task.done():
@@ -343,6 +358,7 @@ class Target:
     broker: int | None
     servers: Servers
     progress: Progress
+    completed: int = 0  # calls done, warm-ups included: the heartbeat of guarded()
 
     def meter(self) -> Meter:
         """Start metering this client, the server's process tree and the broker."""
@@ -357,6 +373,7 @@ async def sequential(target: Target, sizes: Sizes) -> dict[str, float]:
     async def run() -> tuple[list[float], dict[str, float]]:
         for _ in range(sizes.warmup):
             await call(PAYLOAD)
+            target.completed += 1
         progress.start(f"{label}: sequential", sizes.sequential)
         latencies = []
         meter = target.meter()
@@ -366,11 +383,13 @@ async def sequential(target: Target, sizes: Sizes) -> dict[str, float]:
             latencies.append(time.perf_counter() - t0)
             if result != PAYLOAD:
                 raise BenchError(f"{label} echoed {result!r}")
+            target.completed += 1
             progress.tick()
         return latencies, meter.per_call(len(latencies))
 
+    budget = _budget(sizes.warmup + sizes.sequential, 0.05)
     latencies, stats = await guarded(
-        run(), f"{label} sequential", _budget(sizes.warmup + sizes.sequential, 0.05), target.servers
+        run(), f"{label} sequential", budget, target.servers, lambda: target.completed
     )
     latencies.sort()
     result = {
@@ -403,6 +422,7 @@ async def throughput(target: Target, sizes: Sizes) -> dict[str, float]:
                 result = await call(PAYLOAD)
                 if result != PAYLOAD:
                     raise BenchError(f"{label} echoed {result!r}")
+                target.completed += 1
                 tick()
 
         await asyncio.gather(*(worker() for _ in range(sizes.inflight)))
@@ -414,7 +434,10 @@ async def throughput(target: Target, sizes: Sizes) -> dict[str, float]:
         await flood(sizes.calls, progress.tick)
         return meter.per_call(sizes.calls)
 
-    stats = await guarded(run(), f"{label} throughput", _budget(sizes.calls, 0.01), target.servers)
+    budget = _budget(sizes.calls, 0.01)
+    stats = await guarded(
+        run(), f"{label} throughput", budget, target.servers, lambda: target.completed
+    )
     result = {
         "calls": sizes.calls,
         "inflight": sizes.inflight,

@@ -107,7 +107,7 @@ async def test_fuzzed_queue_leaves_the_server_serving(server: int, amqp_url: str
     assert growth < 20_000, f"server memory grew by {growth} KiB over 3000 bad messages"
 
 
-@atasks.atask(name="raw-peer")
+@atasks.atask(name="raw-peer", namespace="raw")
 async def raw_peer(x: int) -> int:
     return x
 
@@ -115,11 +115,11 @@ async def raw_peer(x: int) -> int:
 async def test_an_undecodable_reply_fails_only_its_call(amqp_url: str) -> None:
     """A hand-written peer answers the first call with garbage, sends a reply for no call,
     then answers the second call properly."""
-    await atasks.setup("amqp", url=amqp_url)
+    await atasks.setup("amqp", url=amqp_url, namespace="raw")
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue("atasks.default.raw-peer", auto_delete=True)
+        queue = await channel.declare_queue("atasks.raw.raw-peer", auto_delete=True)
         requests: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
         await queue.consume(requests.put, no_ack=True)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from atasks.router import Slots
+    from atasks.transport.base import ProgressSink
 
 
 @dataclass(slots=True)
@@ -21,6 +22,7 @@ class CallScope:
     name: str
     deadline: float | None
     slots: Slots | None = None
+    report: ProgressSink | None = None
     holds_slot: bool = False
     parked: bool = False
     children: int = 0

@@ -31,8 +31,9 @@ from atasks.errors import (
     NoCodecRegistered,
     RemoteError,
 )
+from atasks.events import Event, Progress, progress_listener
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
-from atasks.transport.base import Reply, Request, Transport
+from atasks.transport.base import ProgressSink, Reply, Request, Transport
 
 if TYPE_CHECKING:
     from atasks.tasks import ATask
@@ -106,6 +107,10 @@ class RouterStatistics:
     parked: int
     succeeded: int
     failed: int
+    started_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 class Router:
@@ -129,6 +134,7 @@ class Router:
         self._slots: Slots | None = None
         self._succeeded = 0
         self._failed = 0
+        self._started_at = 0.0
         bind_router(self, namespace)
 
     @property
@@ -157,6 +163,7 @@ class Router:
         scope = current_scope.get()
         deadline = effective_deadline(atask.timeout)
         body = await encode(codec, [list(args), kwargs])
+        listener = progress_listener()
         request = Request(
             name=atask.name,
             call_id=uuid.uuid4().hex,
@@ -164,6 +171,7 @@ class Router:
             body=body,
             parent_id=scope.call_id if scope is not None else None,
             deadline=deadline,
+            wants_progress=listener is not None,
         )
         slots = scope.slots if scope is not None else None
         if slots is not None:
@@ -172,12 +180,12 @@ class Router:
         resume = True
         try:
             if deadline is None:
-                reply = await transport.send_request(request)
+                reply = await transport.send_request(request, listener)
             else:
                 loop = asyncio.get_running_loop()
                 try:
                     async with asyncio.timeout_at(loop.time() + deadline - time.time()):
-                        reply = await transport.send_request(request)
+                        reply = await transport.send_request(request, listener)
                 except TimeoutError:
                     raise TimeoutError(
                         f"atask {atask.name!r} did not finish before its deadline"
@@ -215,6 +223,8 @@ class Router:
         transport = transport if transport is not None else self.transport
         self._slots = Slots(concurrency, transport.set_capacity)
         self._serving = transport
+        self._started_at = time.time()
+        transport.server_statistics = lambda: self.statistics().as_dict()
         self._served = list(namespace(self.namespace).atasks)
         for name in self._served:
             await transport.register_callback(name, self.handle)
@@ -247,33 +257,84 @@ class Router:
             parked=slots.parked if slots else 0,
             succeeded=self._succeeded,
             failed=self._failed,
+            started_at=self._started_at,
         )
 
     async def handle(self, request: Request) -> Reply:
         """Serve one request. Returns a reply for every outcome; only cancellation propagates."""
         codec = self.codec
+        serving = self._serving
+        events = serving if serving is not None and serving.events_enabled else None
+        received = time.monotonic()
+        if events is not None:
+            await self._emit(events, "received", request)
         try:
             atask, args, kwargs = await self._unpack(request, codec)
         except (JobNotFound, NoCodecRegistered, DecodeError) as exc:
             log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
-            self._failed += 1
-            return await _failure(request, codec, exc)
+            return await self._failed_with(request, codec, exc, events, received)
         try:
-            result = await self._run(atask, request, args, kwargs)
+            result = await self._run(atask, request, args, kwargs, events)
         except asyncio.CancelledError:
+            if events is not None:
+                await self._emit(events, "cancelled", request, received)
             raise
         except Exception as exc:
-            self._failed += 1
-            return await _failure(request, codec, exc)
+            return await self._failed_with(request, codec, exc, events, received)
         try:
             body = await encode(codec, result)
         except EncodeError as exc:
-            self._failed += 1
             failure = EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
             log.warning("call %s of %r: %s", request.call_id, request.name, failure)
-            return await _failure(request, codec, failure)
+            return await self._failed_with(request, codec, failure, events, received)
         self._succeeded += 1
+        if events is not None:
+            await self._emit(events, "succeeded", request, received)
         return Reply(call_id=request.call_id, ok=True, content_type=codec.content_type, body=body)
+
+    async def _failed_with(
+        self,
+        request: Request,
+        codec: Codec,
+        exc: Exception,
+        events: Transport | None,
+        received: float,
+    ) -> Reply:
+        self._failed += 1
+        reply = await _failure(request, codec, exc)
+        if events is not None:
+            error = f"{reply.error_type}: {reply.error_message}"
+            await self._emit(events, "failed", request, received, error=error)
+        return reply
+
+    async def _emit(
+        self,
+        events: Transport,
+        kind: str,
+        request: Request,
+        received: float | None = None,
+        *,
+        error: str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        event = Event(
+            kind=kind,
+            atask=request.name,
+            call_id=request.call_id,
+            parent_id=request.parent_id,
+            namespace=self.namespace,
+            duration=time.monotonic() - received if received is not None else None,
+            error=error,
+            progress=(
+                {"done": progress.done, "total": progress.total, "note": progress.note}
+                if progress is not None
+                else None
+            ),
+        )
+        try:
+            await events.publish_event(event)
+        except Exception as exc:  # events are best effort: never fail a call for one
+            log.debug("could not publish %s event of %s: %s", kind, request.call_id, exc)
 
     async def _unpack(
         self, request: Request, codec: Codec
@@ -297,15 +358,20 @@ class Router:
         request: Request,
         args: list[Any],
         kwargs: dict[str, Any],
+        events: Transport | None,
     ) -> Any:
         deadline = request.deadline
         if deadline is not None and deadline <= time.time():
             raise TimeoutError(f"atask {request.name!r} reached its deadline before it started")
         scope = CallScope(request.call_id, request.name, deadline, self._slots)
+        if events is not None or request.report is not None:
+            scope.report = self._reporter(request, events)
         token = current_scope.set(scope)
         try:
             if scope.slots is not None:
                 await scope.slots.acquire(scope)
+            if events is not None:
+                await self._emit(events, "started", request)
             if deadline is None:
                 return await atask.run(args, kwargs)
             loop = asyncio.get_running_loop()
@@ -315,6 +381,17 @@ class Router:
             if scope.slots is not None:
                 scope.slots.release(scope)
             current_scope.reset(token)
+
+    def _reporter(self, request: Request, events: Transport | None) -> ProgressSink:
+        caller = request.report
+
+        async def report(progress: Progress) -> None:
+            if events is not None:
+                await self._emit(events, "progress", request, progress=progress)
+            if caller is not None:
+                await caller(progress)
+
+        return report
 
 
 def get_router(namespace_name: str = DEFAULT) -> Router:

@@ -8,12 +8,18 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from atasks.errors import JobNotFound, NotConnected, TransportError
 from atasks.namespaces import DEFAULT, bind_transport
+
+if TYPE_CHECKING:
+    from atasks.events import Event, Progress, ProgressListener
+
+ProgressSink = Callable[["Progress"], Awaitable[None]]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -26,6 +32,9 @@ class Request:
     body: bytes
     parent_id: str | None = None
     deadline: float | None = None  # absolute, in time.time() seconds
+    wants_progress: bool = False
+    # Serve side only, set by the transport: carries progress reports back to the caller.
+    report: ProgressSink | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -55,8 +64,13 @@ class Transport(ABC):
     Constructing a transport binds it to ``namespace`` (``None`` leaves it detached).
     """
 
+    events_enabled = False
+    """Whether ``publish_event`` publishes anything; routers skip building events otherwise."""
+
     def __init__(self, *, namespace: str | None = DEFAULT) -> None:
         self.namespace = namespace
+        self.server_statistics: Callable[[], Mapping[str, Any]] | None = None
+        """Set by a serving router: what ``atasks inspect`` shows of this server."""
         if namespace is not None:
             bind_transport(self, namespace)
 
@@ -69,11 +83,14 @@ class Transport(ABC):
         """Stop serving and release every resource; pending calls fail. Idempotent."""
 
     @abstractmethod
-    async def send_request(self, request: Request) -> Reply:
+    async def send_request(
+        self, request: Request, on_progress: ProgressListener | None = None
+    ) -> Reply:
         """Deliver ``request`` to a server and wait for its reply.
 
         Raises ``JobNotFound`` when no server serves ``request.name``. Cancelling the awaiting
-        task cancels the call on its server.
+        task cancels the call on its server. With ``request.wants_progress``, the server's
+        progress reports reach ``on_progress``.
         """
 
     @abstractmethod
@@ -91,6 +108,9 @@ class Transport(ABC):
 
     def set_capacity(self, requests: int) -> None:  # noqa: B027 - optional hook
         """How many requests this server may hold at once (running plus waiting on children)."""
+
+    async def publish_event(self, event: Event) -> None:  # noqa: B027 - optional hook
+        """Publish a lifecycle event, where the transport has somewhere to publish it."""
 
     async def __aenter__(self) -> Transport:
         await self.connect()
@@ -128,7 +148,9 @@ class LoopbackTransport(Transport):
         await self.drain(0)
         self._connected = False
 
-    async def send_request(self, request: Request) -> Reply:
+    async def send_request(
+        self, request: Request, on_progress: ProgressListener | None = None
+    ) -> Reply:
         if not self._connected:
             raise NotConnected(f"{self!r} is not connected: await transport.connect() first")
         handler = self._handlers.get(request.name)
@@ -137,6 +159,13 @@ class LoopbackTransport(Transport):
                 f"no server serves atask {request.name!r} in this process: a loopback transport "
                 "reaches only atasks registered here and activated with router.activate()"
             )
+        if on_progress is not None:
+            listener = on_progress
+
+            async def report(progress: Progress) -> None:
+                listener(progress)
+
+            request.report = report
         task = asyncio.get_running_loop().create_task(
             handler(request), context=contextvars.Context()
         )

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aio_pika
@@ -42,8 +43,9 @@ from atasks.errors import (
     NotConnected,
     TransportError,
 )
+from atasks.events import SERVER_ID, Event, Progress, ProgressListener
 from atasks.namespaces import DEFAULT
-from atasks.transport.base import Reply, Request, RequestHandler, Transport
+from atasks.transport.base import ProgressSink, Reply, Request, RequestHandler, Transport
 
 log = logging.getLogger("atasks.amqp")
 
@@ -58,6 +60,7 @@ H_STATUS = "atasks-status"
 H_ERROR_TYPE = "atasks-error-type"
 H_ERROR_MESSAGE = "atasks-error-message"
 H_TRACEBACK = "atasks-traceback"
+H_PROGRESS = "atasks-progress"
 
 CONNECTION_ERRORS = (
     aiormq.exceptions.AMQPError,
@@ -97,8 +100,10 @@ class AMQPTransport(Transport):
         reconnect_wait: float = 30.0,
         connect_timeout: float = 10.0,
         persistent: bool = False,
+        events: bool = False,
     ) -> None:
         super().__init__(namespace=namespace)
+        self.events_enabled = events
         self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
         self.delivery_limit = delivery_limit
         self.max_message_size = max_message_size
@@ -110,6 +115,9 @@ class AMQPTransport(Transport):
         prefix = f"atasks.{namespace or DEFAULT}"
         self._queue_prefix = prefix + "."
         self._control_exchange_name = prefix + ".control"
+        self.events_exchange_name = prefix + ".events"
+        self._events_exchange: aio_pika.abc.AbstractExchange | None = None
+        self._started = time.time()
 
         self.state = State.NEW
         self._ready = asyncio.Event()
@@ -118,6 +126,7 @@ class AMQPTransport(Transport):
         self._serve_channel: AbstractChannel | None = None  # request consumers, qos
         self._reconnector: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._listeners: dict[str, ProgressListener] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
         self._handlers: dict[str, RequestHandler] = {}
@@ -164,6 +173,11 @@ class AMQPTransport(Transport):
             await control_queue.bind(control)
             await control_queue.consume(self._on_control, no_ack=True)
             serve_channel = await connection.channel(publisher_confirms=True)
+            if self.events_enabled:
+                events_channel = await connection.channel(publisher_confirms=False)
+                self._events_exchange = await events_channel.declare_exchange(
+                    self.events_exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+                )
             self._connection, self._channel, self._serve_channel = (
                 connection,
                 channel,
@@ -250,9 +264,14 @@ class AMQPTransport(Transport):
 
     # --- call side -----------------------------------------------------------------------
 
-    async def send_request(self, request: Request) -> Reply:
+    async def send_request(
+        self, request: Request, on_progress: ProgressListener | None = None
+    ) -> Reply:
         channel = await self._wait_ready()
         headers: dict[str, Any] = {}
+        if on_progress is not None:
+            headers[H_PROGRESS] = 1
+            self._listeners[request.call_id] = on_progress
         expiration = None
         if request.deadline is not None:
             headers[H_DEADLINE] = repr(request.deadline)  # AMQP floats are 32-bit
@@ -294,8 +313,14 @@ class AMQPTransport(Transport):
             raise
         finally:
             self._pending.pop(request.call_id, None)
+            if on_progress is not None:
+                self._listeners.pop(request.call_id, None)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        headers = message.headers or {}
+        if headers.get(H_STATUS) == "progress":
+            self._on_progress(message.correlation_id or "", headers)
+            return
         future = self._pending.pop(message.correlation_id or "", None)
         if future is None or future.done():
             log.debug("dropped a reply for unknown or finished call %s", message.correlation_id)
@@ -304,6 +329,27 @@ class AMQPTransport(Transport):
                 future.set_result(_reply_from(message))
             except Exception as exc:  # a malformed reply fails its one call only
                 future.set_exception(TransportError(f"malformed reply: {exc!r}"))
+
+    def _on_progress(self, call_id: str, headers: Mapping[str, Any]) -> None:
+        listener = self._listeners.get(call_id)
+        if listener is None:
+            return
+        try:
+            total = headers.get("total")
+            progress = Progress(
+                call_id=call_id,
+                atask=str(headers.get("atask", "")),
+                done=float(headers["done"]),
+                total=float(total) if total is not None else None,
+                note=str(headers.get("note", "")),
+            )
+        except (KeyError, TypeError, ValueError):
+            log.debug("dropped a malformed progress report for call %s", call_id)
+            return
+        try:
+            listener(progress)
+        except Exception:
+            log.exception("progress listener of call %s failed", call_id)
 
     async def _publish_cancel(self, call_id: str) -> None:
         try:
@@ -447,14 +493,43 @@ class AMQPTransport(Transport):
             deadline: float | None = float(str(headers[H_DEADLINE]))
         except (KeyError, ValueError):
             deadline = None
-        return Request(
+        request = Request(
             name=name,
             call_id=call_id,
             content_type=message.content_type or "",
             body=message.body,
             parent_id=parent if isinstance(parent, str) else None,
             deadline=deadline,
+            wants_progress=bool(headers.get(H_PROGRESS)),
         )
+        if request.wants_progress and message.reply_to:
+            request.report = self._progress_sink(message.reply_to, call_id)
+        return request
+
+    def _progress_sink(self, reply_to: str, call_id: str) -> ProgressSink:
+        async def report(progress: Progress) -> None:
+            assert self._serve_channel is not None
+            headers: dict[str, Any] = {
+                H_STATUS: "progress",
+                "atask": progress.atask,
+                "done": repr(progress.done),
+                "note": progress.note,
+            }
+            if progress.total is not None:
+                headers["total"] = repr(progress.total)
+            message = aio_pika.Message(b"", headers=headers, correlation_id=call_id)
+            await self._serve_channel.default_exchange.publish(
+                message, routing_key=reply_to, mandatory=False
+            )
+
+        return report
+
+    async def publish_event(self, event: Event) -> None:
+        exchange = self._events_exchange
+        if exchange is None or not self._ready.is_set():
+            return
+        message = aio_pika.Message(event.to_json(), content_type="application/json")
+        await exchange.publish(message, routing_key=f"{event.kind}.{event.atask}")
 
     async def _count_death(self, name: str, message: AbstractIncomingMessage) -> None:
         """A redelivered request: its server died holding it. Count the death, and either give
@@ -541,12 +616,39 @@ class AMQPTransport(Transport):
         )
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
-        if message.type == "cancel" and message.correlation_id:
+        if message.type == "inspect" and message.reply_to and self.server_statistics:
+            await self._answer_inspect(message.reply_to, message.correlation_id)
+        elif message.type == "cancel" and message.correlation_id:
             self._remember_cancelled(message.correlation_id)
             task = self._running.get(message.correlation_id)
             if task is not None:
                 log.debug("cancelling call %s at its caller's request", message.correlation_id)
                 task.cancel()
+
+    async def _answer_inspect(self, reply_to: str, correlation_id: str | None) -> None:
+        assert self.server_statistics is not None
+        host, _, pid = SERVER_ID.rpartition(":")
+        answer = {
+            **self.server_statistics(),
+            "server": SERVER_ID,
+            "host": host,
+            "pid": int(pid),
+            "uptime": time.time() - self._started,
+            "events": self.events_enabled,
+        }
+        try:
+            assert self._channel is not None
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(
+                    json.dumps(answer).encode(),
+                    content_type="application/json",
+                    correlation_id=correlation_id,
+                ),
+                routing_key=reply_to,
+                mandatory=False,
+            )
+        except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError) as exc:
+            log.debug("could not answer an inspect request: %s", exc)
 
     def _remember_cancelled(self, call_id: str) -> None:
         now = time.monotonic()

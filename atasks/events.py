@@ -1,0 +1,82 @@
+"""Lifecycle events of atask calls, published by servers that enable them, and progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from atasks.calls import current_scope
+
+KINDS = ("received", "started", "progress", "succeeded", "failed", "cancelled")
+SERVER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a running atask reported with ``atasks.progress()``."""
+
+    call_id: str
+    atask: str
+    done: float
+    total: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One step in the life of one call, as seen by the server that runs it."""
+
+    kind: str
+    atask: str
+    call_id: str
+    parent_id: str | None
+    namespace: str
+    server: str = SERVER_ID
+    timestamp: float = field(default_factory=time.time)
+    duration: float | None = None  # seconds since received, on the last event of a call
+    error: str | None = None
+    progress: dict[str, Any] | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Event:
+        fields = json.loads(data)
+        if not isinstance(fields, dict) or fields.get("kind") not in KINDS:
+            raise ValueError("not an atasks event")
+        return cls(**{name: fields.get(name) for name in cls.__dataclass_fields__})
+
+
+ProgressListener = Callable[[Progress], Any]
+_listener: ContextVar[ProgressListener | None] = ContextVar("atasks_progress", default=None)
+
+
+def progress_listener() -> ProgressListener | None:
+    return _listener.get()
+
+
+@asynccontextmanager
+async def observe_progress(listener: ProgressListener) -> AsyncIterator[None]:
+    """Atasks awaited inside send their ``atasks.progress()`` reports to ``listener``."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+async def progress(done: float, total: float | None = None, note: str = "") -> None:
+    """Report the progress of the atask running here: to the events stream, and to the
+    awaiting side if it observes progress. Does nothing outside an atask."""
+    scope = current_scope.get()
+    if scope is None or scope.report is None:
+        return
+    await scope.report(Progress(scope.call_id, scope.name, done, total, note))

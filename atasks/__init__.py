@@ -3,6 +3,7 @@
 Layers, each knowing only the one below: atask (tasks) → router → codec → transport.
 """
 
+from atasks.blocking import close_blocking, run_sync, setup_blocking
 from atasks.calls import current_call_id, current_deadline, deadline
 from atasks.codecs import Codec, JSONCodec, PickleCodec
 from atasks.errors import (
@@ -16,6 +17,7 @@ from atasks.errors import (
     RemoteError,
     TransportError,
 )
+from atasks.events import Event, Progress, observe_progress, progress
 from atasks.lifecycle import close, setup
 from atasks.namespaces import get_codec, get_transport, reset
 from atasks.router import Router, get_router
@@ -29,24 +31,31 @@ __all__ = [
     "DecodeError",
     "DeliveryLimitExceeded",
     "EncodeError",
+    "Event",
     "JSONCodec",
     "JobNotFound",
     "LoopbackTransport",
     "NoClientTransportRegistered",
     "NoCodecRegistered",
     "PickleCodec",
+    "Progress",
     "RemoteError",
     "Router",
     "Transport",
     "TransportError",
     "atask",
     "close",
+    "close_blocking",
     "current_call_id",
     "current_deadline",
     "deadline",
     "get_codec",
     "get_router",
     "get_transport",
+    "observe_progress",
+    "progress",
     "reset",
+    "run_sync",
     "setup",
+    "setup_blocking",
 ]

@@ -6,6 +6,7 @@ import ast
 import asyncio
 import importlib
 import inspect
+import json
 import logging
 import signal
 import sys
@@ -115,6 +116,12 @@ def main() -> None:
     metavar="BYTES",
     help="AMQP servers refuse larger requests (default 64 MiB).",
 )
+@click.option(
+    "--events",
+    is_flag=True,
+    envvar="ATASKS_EVENTS",
+    help="Servers publish lifecycle events (see `atasks events`).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def run(
@@ -128,6 +135,7 @@ def run(
     workers: int,
     grace: float,
     max_message_size: int | None,
+    events: bool,
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -151,6 +159,7 @@ def run(
             transport_options["url"] = url
             if max_message_size is not None:
                 transport_options["max_message_size"] = max_message_size
+            transport_options["events"] = events
         asyncio.run(
             _run(
                 modules, mode, transport_kind, transport_options, codec, kwargs, concurrency, grace
@@ -164,6 +173,55 @@ def run(
         if verbose:
             log.exception("atasks run failed")
         raise Failure(_one_line(exc)) from exc
+
+
+@main.command()
+@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
+@click.option("--namespace", default=DEFAULT, show_default=True)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0.1, max=60),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for answers; silent servers are left out.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list, for machines.")
+def inspect_command(url: str | None, namespace: str, wait: float, as_json: bool) -> None:
+    """Ask every live server what it is doing, and print a table."""
+    from atasks.monitor import format_inspect_table
+    from atasks.transport.backends.amqp import DEFAULT_URL
+    from atasks.transport.backends.amqp_monitor import inspect_servers
+
+    try:
+        servers = asyncio.run(inspect_servers(url or DEFAULT_URL, namespace, wait))
+    except Exception as exc:
+        raise Failure(f"cannot inspect: {_one_line(exc)}") from exc
+    click.echo(json.dumps(servers, indent=2) if as_json else format_inspect_table(servers))
+
+
+@main.command()
+@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
+@click.option("--namespace", default=DEFAULT, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line, for machines.")
+def events(url: str | None, namespace: str, as_json: bool) -> None:
+    """Stream the lifecycle events of servers run with --events, live, until Ctrl-C."""
+    from atasks.monitor import EventFormatter
+    from atasks.transport.backends.amqp import DEFAULT_URL
+    from atasks.transport.backends.amqp_monitor import stream_events
+
+    formatter = EventFormatter()
+
+    async def follow() -> None:
+        async for event in stream_events(url or DEFAULT_URL, namespace):
+            line = event.to_json().decode() if as_json else formatter.format(event)
+            click.echo(line)
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        raise Failure(f"cannot stream events: {_one_line(exc)}") from exc
 
 
 def _configure_logging(verbose: int, quiet: bool, *, server: bool) -> None:

@@ -1,0 +1,118 @@
+"""How ``atasks inspect`` and ``atasks events`` look to a person."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from atasks.events import Event
+
+COLOURS = {
+    "received": "bright_black",
+    "started": "cyan",
+    "progress": "blue",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
+MARKS = {
+    "received": "·",
+    "started": "▶",
+    "progress": "…",
+    "succeeded": "✓",
+    "failed": "✗",
+    "cancelled": "⊘",
+}
+COLUMNS = (
+    "host",
+    "pid",
+    "namespace",
+    "atasks",
+    "concurrency",
+    "in progress",
+    "done",
+    "failed",
+    "uptime",
+)
+
+
+def format_inspect_table(servers: list[dict[str, Any]]) -> str:
+    if not servers:
+        return "no server answered"
+    rows = [
+        (
+            str(s.get("host", "?")),
+            str(s.get("pid", "?")),
+            str(s.get("namespace", "?")),
+            _names(s.get("atasks", [])),
+            str(s.get("concurrency", "?")),
+            str(int(s.get("running", 0)) + int(s.get("parked", 0))),
+            str(s.get("succeeded", 0)),
+            str(s.get("failed", 0)),
+            _duration(float(s.get("uptime", 0))),
+        )
+        for s in servers
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def _names(atasks: list[str]) -> str:
+    text = ", ".join(name.rpartition(".")[2] for name in atasks)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.1f}ms"
+    if seconds < 120:
+        return f"{seconds:.2f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class EventFormatter:
+    """One line per event, indented by the event's depth in its call tree."""
+
+    MAX_CALLS = 100_000
+
+    def __init__(self) -> None:
+        self._depth: dict[str, int] = {}
+
+    def depth(self, event: Event) -> int:
+        depth = self._depth.get(event.call_id)
+        if depth is None:
+            parent = self._depth.get(event.parent_id) if event.parent_id else None
+            depth = parent + 1 if parent is not None else (1 if event.parent_id else 0)
+            self._depth[event.call_id] = depth
+            if len(self._depth) > self.MAX_CALLS:
+                del self._depth[next(iter(self._depth))]
+        return depth
+
+    def format(self, event: Event) -> str:
+        clock = time.strftime("%H:%M:%S", time.localtime(event.timestamp))
+        clock += f".{int(event.timestamp * 1000) % 1000:03d}"
+        kind = click.style(f"{MARKS[event.kind]} {event.kind:<9}", fg=COLOURS[event.kind])
+        name = event.atask.rpartition(".")[2] or event.atask
+        detail = ""
+        if event.duration is not None and event.kind in ("succeeded", "failed", "cancelled"):
+            detail += f" {_duration(event.duration)}"
+        if event.error:
+            detail += " " + click.style(event.error, fg="red")
+        if event.progress:
+            total = event.progress.get("total")
+            done = event.progress.get("done")
+            detail += f" {done:g}/{total:g}" if total is not None else f" {done:g}"
+            if event.progress.get("note"):
+                detail += f" {event.progress['note']}"
+        indent = "  " * self.depth(event)
+        return (
+            f"{clock} {indent}{kind} {click.style(name, bold=True)} "
+            f"[{event.call_id[:8]}]{detail}  {click.style(event.server, dim=True)}"
+        )

@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import atasks
 from atasks import atask
 
 
@@ -43,6 +44,25 @@ async def fanout(depth: int, wide_levels: int) -> int:
     width = 2 if wide_levels > 0 else 1
     children = [fanout(depth - 1, wide_levels - 1) for _ in range(width)]
     return 1 + sum(await asyncio.gather(*children))
+
+
+@atask
+async def nested(levels: int) -> list[str | None]:
+    """A chain of calls; returns the call ids from the innermost out."""
+    inner = await nested(levels - 1) if levels > 1 else []
+    return [*inner, atasks.current_call_id()]
+
+
+@atask
+async def count_up(steps: int) -> int:
+    for step in range(1, steps + 1):
+        await atasks.progress(step, steps, f"step {step}")
+    return steps
+
+
+@atask
+async def fail_with(message: str) -> None:
+    raise LookupError(message)
 
 
 @atask

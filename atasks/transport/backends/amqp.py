@@ -233,6 +233,8 @@ class AMQPTransport(Transport):
             reconnector.cancel()
         try:
             await self.drain(0)
+            if self._background:  # cancellations on their way to servers: let them go out
+                await asyncio.wait(set(self._background), timeout=1)
         finally:
             self._fail_pending(NotConnected(f"{self!r} was disconnected"))
             for task in list(self._background):

@@ -233,9 +233,9 @@ def _configure_logging(verbose: int, quiet: bool, *, server: bool) -> None:
     else:
         level = logging.INFO if verbose or server else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose < 2:
-        logging.getLogger("aiormq").setLevel(logging.WARNING)
-        logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    if verbose < 2:  # atasks says what matters (lost connection, reconnected) in one line
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+        logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
 
 
 def _worker_argv() -> list[str]:

@@ -59,6 +59,7 @@ def format_inspect_table(servers: list[dict[str, Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    lines = [line.rstrip() for line in lines]
     return "\n".join(lines)
 
 

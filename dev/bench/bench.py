@@ -9,8 +9,9 @@ Starts a private RabbitMQ node (``dev/rabbitnode.py``), then, for a 100-characte
 back: sequential latency (p50, p99) after a warm-up; throughput with 64 calls in flight; CPU
 time per call of this client process, of the server processes (``/proc/<pid>/stat``) and of
 the broker. The same for the baseline (``dev/bench/baseline.py``), ratios atasks/baseline,
-throughput with ``atasks run --workers 1, 2, 4``, and the loopback transport's overhead per
-call over a direct ``await echo.fn(x)``. Progress goes to stderr.
+throughput with ``atasks run --workers 1, 2, 4`` and with ``atasks run --events`` (skipped if
+that option does not exist), and the loopback transport's overhead per call over a direct
+``await echo.fn(x)``. Progress goes to stderr; the whole run takes a few minutes.
 """
 
 from __future__ import annotations
@@ -535,7 +536,7 @@ class Bench:
         return server
 
     async def atasks(self, events: bool) -> dict[str, Any]:
-        """Sequential, throughput, ``--workers N`` and (placeholder) events phases."""
+        """Sequential, throughput, ``--workers N`` and events-on phases."""
         async with asyncio.timeout(READY_TIMEOUT):
             await atasks.setup("amqp", url=self.url)
         try:
@@ -562,14 +563,15 @@ class Bench:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await atasks.close(grace=1)
 
-    # ---- PLACEHOLDER: events/tracking on --------------------------------------------------
-    # Runs once `atasks run --help` lists an --events option; until then the phase is skipped
-    # with a note. Adjust the server's arguments here when the option lands.
+    # ---- EVENTS/TRACKING ON -----------------------------------------------------------------
+    # Throughput of a server started with `atasks run --events` (lifecycle events published to
+    # the namespace's events exchange, with no consumer bound to it). Skipped, with a note, when
+    # `atasks run --help` lists no --events option.
     async def events(self, available: bool) -> dict[str, Any]:
-        """Throughput with event tracking on, once ``atasks run --events`` exists."""
+        """Throughput with ``atasks run --events``, if that option exists."""
         if not available:
             note = "`atasks run` has no --events option yet"
-            self.progress.start("atasks --events (placeholder)", 0)
+            self.progress.start("atasks --events", 0)
             self.progress.finish(f"skipped: {note}")
             return {"skipped": True, "note": note}
         label = "atasks --events"
@@ -735,11 +737,16 @@ def table(results: dict[str, Any]) -> str:
         )
     loop = results["loopback"]
     events = results["events"]
-    events_text = (
-        f"skipped ({events['note']})"
-        if events["skipped"]
-        else f"{events['throughput']['calls_per_s']:,.0f} calls/s"
-    )
+    if events["skipped"]:
+        events_text = f"skipped ({events['note']})"
+    else:
+        on = events["throughput"]
+        events_text = (
+            f"{on['calls_per_s']:,.0f} calls/s, server CPU {on['server_cpu_us_per_call']:,.0f} "
+            f"µs/call, broker CPU {on['broker_cpu_us_per_call']:,.0f} µs/call, client CPU "
+            f"{on['client_cpu_us_per_call']:,.0f} µs/call (no consumer bound to the events "
+            "exchange)"
+        )
     lines += [
         "",
         "| loopback transport (no broker) | µs per call |",
@@ -748,7 +755,7 @@ def table(results: dict[str, Any]) -> str:
         f"| `await echo.fn(x)`, direct | {loop['direct_us_per_call']:.2f} |",
         f"| overhead of atasks per call | {loop['overhead_us_per_call']:.1f} |",
         "",
-        f"Events/tracking on: {events_text}.",
+        f"Events on (`atasks run --events`): {events_text}.",
         "",
         "Baseline: request confirmed, reply not; exclusive reply queue. atasks: request and "
         "reply confirmed, request acked after its reply is confirmed; direct reply-to. Both: "

@@ -50,6 +50,21 @@ async def test_competing_servers_share_the_work(servers: Servers, client: None) 
     assert seen == pids
 
 
+async def test_two_services_on_one_broker_never_see_each_others_requests(
+    servers: Servers, client: None
+) -> None:
+    workload_server = servers.start()
+    scenarios_server = servers.start(workload="examples/scenarios.py")
+    await wait_until_served(workload.ready)
+    from examples import scenarios
+
+    assert await wait_until_served(scenarios.add, 2, 3) == 5
+    assert {await workload.pid() for _ in range(20)} == {workload_server.pid}
+    await delete_queues(servers.url, scenarios)
+    assert scenarios_server.poll() is None
+    assert "workload" not in servers.log(1)  # the scenarios server never saw a workload call
+
+
 async def test_request_waits_in_the_queue_while_no_server_runs(
     servers: Servers, client: None
 ) -> None:

@@ -131,8 +131,14 @@ async def test_events_show_a_nested_call_tree_with_parent_ids(
     watcher = asyncio.ensure_future(_collect(amqp_url, events))
     await asyncio.sleep(0.5)
     innermost, middle, outer = await workload.nested(3)
+    await workload.count_up(2)
     await asyncio.sleep(0.5)
     watcher.cancel()
+    progress = [e.progress for e in events if e.kind == "progress"]
+    assert progress == [
+        {"done": 1, "total": 2, "note": "step 1"},
+        {"done": 2, "total": 2, "note": "step 2"},
+    ]
     by_call = {e.call_id: e for e in events if e.atask == workload.nested.name}
     assert by_call[outer].parent_id is None
     assert by_call[middle].parent_id == outer

@@ -52,7 +52,8 @@ class Event:
         fields = json.loads(data)
         if not isinstance(fields, dict) or fields.get("kind") not in KINDS:
             raise ValueError("not an atasks event")
-        return cls(**{name: fields.get(name) for name in cls.__dataclass_fields__})
+        values: dict[str, Any] = {name: fields.get(name) for name in cls.__dataclass_fields__}
+        return cls(**values)
 
 
 ProgressListener = Callable[[Progress], Any]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,7 @@ class Reply:
     traceback: str = ""
 
 
-RequestHandler = Callable[[Request], Awaitable[Reply]]
+RequestHandler = Callable[[Request], Coroutine[Any, Any, Reply]]
 """Serves one request; never raises but ``CancelledError``."""
 
 

@@ -62,16 +62,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Sizes:
     """How many calls each phase makes."""
 
-    sequential: int = 2_000  # timed one by one, after `warmup` untimed ones
+    sequential: int = 2_000  # timed one by one per side, after `warmup` untimed ones
     warmup: int = 200
-    calls: int = 20_000  # throughput phases
+    calls: int = 20_000  # per side, in each throughput phase
     inflight: int = 64
-    loopback: int = 20_000  # per round; best of `rounds`
-    rounds: int = 3
+    loopback: int = 20_000  # per side
+    rounds: int = 5  # the sides of a comparison take turns, this many times each
     workers: tuple[int, ...] = (1, 2, 4)
 
 
-QUICK = Sizes(sequential=50, warmup=10, calls=1_000, loopback=1_000, rounds=1)
+QUICK = Sizes(sequential=50, warmup=10, calls=1_000, loopback=1_000, rounds=2)
 
 
 class BenchError(Exception):
@@ -168,6 +168,35 @@ def tree_cpu(root: int | None) -> float:
     return total
 
 
+@dataclass
+class Usage:
+    """Wall and CPU seconds some calls took, summed over rounds."""
+
+    calls: int = 0
+    wall: float = 0.0
+    client: float = 0.0
+    server: float = 0.0
+    broker: float = 0.0
+
+    def add(self, other: Usage) -> None:
+        """Count ``other``'s calls and seconds in too."""
+        self.calls += other.calls
+        self.wall += other.wall
+        self.client += other.client
+        self.server += other.server
+        self.broker += other.broker
+
+    def per_call(self) -> dict[str, float]:
+        """Seconds of wall time in all, and µs of CPU per call."""
+        calls = max(self.calls, 1)
+        return {
+            "seconds": round(self.wall, 3),
+            "client_cpu_us_per_call": round(self.client / calls * 1e6, 1),
+            "server_cpu_us_per_call": round(self.server / calls * 1e6, 1),
+            "broker_cpu_us_per_call": round(self.broker / calls * 1e6, 1),
+        }
+
+
 class Meter:
     """Wall time and CPU time of this client, a server's process tree and the broker, from
     the moment it is made."""
@@ -177,21 +206,16 @@ class Meter:
         self.broker = broker
         self.server_cpu = tree_cpu(server)
         self.broker_cpu = tree_cpu(broker)
-        self.client = time.process_time()
+        self.client = time.process_time()  # after reading /proc: that costs CPU too
         self.wall = time.perf_counter()
 
-    def per_call(self, calls: int) -> dict[str, float]:
-        """Seconds of wall time, and µs of CPU per call, since the start."""
+    def stop(self, calls: int) -> Usage:
+        """What ``calls`` calls took since the start."""
         wall = time.perf_counter() - self.wall
-        client = time.process_time() - self.client  # before reading /proc: that costs CPU
+        client = time.process_time() - self.client  # before reading /proc
         server = tree_cpu(self.server) - self.server_cpu
         broker = tree_cpu(self.broker) - self.broker_cpu
-        return {
-            "seconds": round(wall, 3),
-            "client_cpu_us_per_call": round(client / calls * 1e6, 1),
-            "server_cpu_us_per_call": round(server / calls * 1e6, 1),
-            "broker_cpu_us_per_call": round(broker / calls * 1e6, 1),
-        }
+        return Usage(calls, wall, client, server, broker)
 
 
 # --- server processes ---------------------------------------------------------------------
@@ -351,57 +375,30 @@ async def wait_ready(call: Call, queue: str, consumers: int, url: str, servers: 
 
 @dataclass
 class Target:
-    """What a phase calls and where it reports: the call, the processes it meters."""
+    """One side of a phase: what it calls, and the processes it meters."""
 
     label: str
     call: Call
     server: int
     broker: int | None
-    servers: Servers
-    progress: Progress
     completed: int = 0  # calls done, warm-ups included: the heartbeat of guarded()
 
     def meter(self) -> Meter:
         """Start metering this client, the server's process tree and the broker."""
         return Meter(self.server, self.broker)
 
+    async def echo(self) -> None:
+        """One call, checked."""
+        result = await self.call(PAYLOAD)
+        if result != PAYLOAD:
+            raise BenchError(f"{self.label} echoed {result!r}")
+        self.completed += 1
 
-async def sequential(target: Target, sizes: Sizes) -> dict[str, float]:
-    """Latency of calls awaited one after another, after a warm-up."""
 
-    call, label, progress = target.call, target.label, target.progress
-
-    async def run() -> tuple[list[float], dict[str, float]]:
-        for _ in range(sizes.warmup):
-            await call(PAYLOAD)
-            target.completed += 1
-        progress.start(f"{label}: sequential", sizes.sequential)
-        latencies = []
-        meter = target.meter()
-        for _ in range(sizes.sequential):
-            t0 = time.perf_counter()
-            result = await call(PAYLOAD)
-            latencies.append(time.perf_counter() - t0)
-            if result != PAYLOAD:
-                raise BenchError(f"{label} echoed {result!r}")
-            target.completed += 1
-            progress.tick()
-        return latencies, meter.per_call(len(latencies))
-
-    budget = _budget(sizes.warmup + sizes.sequential, 0.05)
-    latencies, stats = await guarded(
-        run(), f"{label} sequential", budget, target.servers, lambda: target.completed
-    )
-    latencies.sort()
-    result = {
-        "calls": len(latencies),
-        "p50_us": round(_percentile(latencies, 0.50) * 1e6, 1),
-        "p99_us": round(_percentile(latencies, 0.99) * 1e6, 1),
-        "mean_us": round(sum(latencies) / len(latencies) * 1e6, 1),
-        **stats,
-    }
-    progress.finish(f"p50 {result['p50_us']:.0f}µs p99 {result['p99_us']:.0f}µs")
-    return result
+def _chunks(total: int, rounds: int) -> list[int]:
+    """``total`` split into ``rounds`` (or fewer) positive parts as equal as can be."""
+    rounds = max(1, min(rounds, total))
+    return [total // rounds + (i < total % rounds) for i in range(rounds)]
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -409,75 +406,137 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-async def throughput(target: Target, sizes: Sizes) -> dict[str, float]:
-    """Calls per second with ``sizes.inflight`` calls in flight, after a short warm-up."""
-    call, label, progress = target.call, target.label, target.progress
+def _heartbeat(targets: list[Target]) -> Callable[[], int]:
+    return lambda: sum(target.completed for target in targets)
 
-    async def flood(total: int, tick: Callable[[], None]) -> None:
+
+async def sequential(
+    targets: list[Target], sizes: Sizes, servers: Servers, progress: Progress
+) -> dict[str, dict[str, float]]:
+    """Latency of calls awaited one after another, after a warm-up; the targets take turns."""
+
+    async def run() -> dict[str, tuple[list[float], Usage]]:
+        for target in targets:
+            for _ in range(sizes.warmup):
+                await target.echo()
+        progress.start("sequential: " + " / ".join(t.label for t in targets), 0)
+        progress.total = sizes.sequential * len(targets)
+        measured = {target.label: ([], Usage()) for target in targets}
+        for chunk in _chunks(sizes.sequential, sizes.rounds):
+            for target in targets:
+                latencies, usage = measured[target.label]
+                meter = target.meter()
+                for _ in range(chunk):
+                    t0 = time.perf_counter()
+                    await target.echo()
+                    latencies.append(time.perf_counter() - t0)
+                    progress.tick()
+                usage.add(meter.stop(chunk))
+        return measured
+
+    calls = (sizes.warmup + sizes.sequential) * len(targets)
+    measured = await guarded(
+        run(), "sequential calls", _budget(calls, 0.05), servers, _heartbeat(targets)
+    )
+    results = {}
+    for label, (latencies, usage) in measured.items():
+        latencies.sort()
+        results[label] = {
+            "calls": len(latencies),
+            "p50_us": round(_percentile(latencies, 0.50) * 1e6, 1),
+            "p99_us": round(_percentile(latencies, 0.99) * 1e6, 1),
+            "mean_us": round(sum(latencies) / len(latencies) * 1e6, 1),
+            **usage.per_call(),
+        }
+    progress.finish(
+        "; ".join(
+            f"{label} p50 {r['p50_us']:.0f}µs p99 {r['p99_us']:.0f}µs"
+            for label, r in results.items()
+        )
+    )
+    return results
+
+
+async def throughput(
+    targets: list[Target], sizes: Sizes, servers: Servers, progress: Progress
+) -> dict[str, dict[str, float]]:
+    """Calls per second with ``sizes.inflight`` calls in flight, after a short warm-up; the
+    targets take turns."""
+
+    async def flood(target: Target, total: int, tick: Callable[[], None]) -> None:
         issued = 0
 
         async def worker() -> None:
             nonlocal issued
             while issued < total:
                 issued += 1
-                result = await call(PAYLOAD)
-                if result != PAYLOAD:
-                    raise BenchError(f"{label} echoed {result!r}")
-                target.completed += 1
+                await target.echo()
                 tick()
 
         await asyncio.gather(*(worker() for _ in range(sizes.inflight)))
 
-    async def run() -> dict[str, float]:
-        await flood(sizes.inflight * 4, lambda: None)
-        progress.start(f"{label}: {sizes.inflight} in flight", sizes.calls)
-        meter = target.meter()
-        await flood(sizes.calls, progress.tick)
-        return meter.per_call(sizes.calls)
+    async def run() -> dict[str, Usage]:
+        for target in targets:
+            await flood(target, sizes.inflight * 4, lambda: None)
+        labels = " / ".join(target.label for target in targets)
+        progress.start(f"{labels}: {sizes.inflight} in flight", sizes.calls * len(targets))
+        usage = {target.label: Usage() for target in targets}
+        for chunk in _chunks(sizes.calls, sizes.rounds):
+            for target in targets:
+                meter = target.meter()
+                await flood(target, chunk, progress.tick)
+                usage[target.label].add(meter.stop(chunk))
+        return usage
 
-    budget = _budget(sizes.calls, 0.01)
-    stats = await guarded(
-        run(), f"{label} throughput", budget, target.servers, lambda: target.completed
+    calls = (sizes.inflight * 4 + sizes.calls) * len(targets)
+    usage = await guarded(
+        run(), "calls in flight", _budget(calls, 0.01), servers, _heartbeat(targets)
     )
-    result = {
-        "calls": sizes.calls,
-        "inflight": sizes.inflight,
-        "calls_per_s": round(sizes.calls / stats["seconds"], 1),
-        **stats,
+    results = {
+        label: {
+            "calls": used.calls,
+            "inflight": sizes.inflight,
+            "calls_per_s": round(used.calls / used.wall, 1),
+            **used.per_call(),
+        }
+        for label, used in usage.items()
     }
-    progress.finish(f"{result['calls_per_s']:.0f} calls/s")
-    return result
+    progress.finish(
+        "; ".join(f"{label} {r['calls_per_s']:.0f} calls/s" for label, r in results.items())
+    )
+    return results
 
 
 async def loopback_overhead(sizes: Sizes, progress: Progress) -> dict[str, float]:
-    """Time per ``await echo(x)`` over the loopback transport minus per ``await echo.fn(x)``."""
+    """Time per ``await echo(x)`` over the loopback transport minus per ``await echo.fn(x)``,
+    in rounds that take turns."""
     fn = echo.echo.fn
-    progress.start("loopback vs direct", 2 * sizes.rounds)
+    chunks = _chunks(sizes.loopback, sizes.rounds * 2)
+    progress.start("loopback vs direct", 2 * len(chunks))
     await atasks.setup("loopback")
     try:
-        async with asyncio.timeout(_budget(sizes.loopback * sizes.rounds * 2, 0.005)):
+        async with asyncio.timeout(_budget(sizes.loopback * 2, 0.005)):
             for _ in range(min(sizes.loopback, 1_000)):
                 await echo.echo(PAYLOAD)
-            best_loopback = best_direct = math.inf
-            for _ in range(sizes.rounds):
+            through_atasks = direct = 0.0
+            for chunk in chunks:
                 t0 = time.perf_counter()
-                for _ in range(sizes.loopback):
+                for _ in range(chunk):
                     await echo.echo(PAYLOAD)
-                best_loopback = min(best_loopback, time.perf_counter() - t0)
+                through_atasks += time.perf_counter() - t0
                 progress.tick()
                 t0 = time.perf_counter()
-                for _ in range(sizes.loopback):
+                for _ in range(chunk):
                     await fn(PAYLOAD)
-                best_direct = min(best_direct, time.perf_counter() - t0)
+                direct += time.perf_counter() - t0
                 progress.tick()
     finally:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await atasks.close(grace=1)
-    loopback_us = best_loopback / sizes.loopback * 1e6
-    direct_us = best_direct / sizes.loopback * 1e6
+    loopback_us = through_atasks / sizes.loopback * 1e6
+    direct_us = direct / sizes.loopback * 1e6
     result = {
         "calls": sizes.loopback,
-        "rounds": sizes.rounds,
         "loopback_us_per_call": round(loopback_us, 2),
         "direct_us_per_call": round(direct_us, 3),
         "overhead_us_per_call": round(loopback_us - direct_us, 2),
@@ -499,33 +558,9 @@ class Bench:
     servers: Servers
     progress: Progress
 
-    def target(self, label: str, call: Call, server: subprocess.Popen[bytes]) -> Target:
-        """What a phase needs to call ``call`` and meter ``server``."""
-        return Target(label, call, server.pid, self.broker, self.servers, self.progress)
-
-    async def baseline(self) -> dict[str, Any]:
-        """Sequential and throughput phases against the baseline server."""
-        server = self.servers.start("baseline", baseline_argv(self.url))
-        client = baseline.BaselineClient(self.url)
-        try:
-            async with asyncio.timeout(READY_TIMEOUT):
-                await client.connect()
-            await wait_ready(client.call, baseline.QUEUE, 1, self.url, self.servers)
-            target = self.target("baseline", client.call, server)
-            return {
-                "sequential": await sequential(target, self.sizes),
-                "throughput": await throughput(target, self.sizes),
-            }
-        finally:
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await client.close()
-            finally:
-                self.servers.stop("baseline")
-
     async def atasks_server(
-        self, label: str, extra: tuple[str, ...], consumers: int
-    ) -> subprocess.Popen[bytes]:
+        self, label: str, extra: tuple[str, ...] = (), consumers: int = 1
+    ) -> Target:
         """Start an atasks echo server and wait until ``consumers`` processes consume."""
         server = self.servers.start(label, atasks_argv(*extra, url=self.url))
         transport = atasks.get_transport()
@@ -533,35 +568,50 @@ class Bench:
         await wait_ready(
             echo.echo, transport.queue_name(echo.NAME), consumers, self.url, self.servers
         )
-        return server
+        return Target(label, echo.echo, server.pid, self.broker)
 
-    async def atasks(self, events: bool) -> dict[str, Any]:
-        """Sequential, throughput, ``--workers N`` and events-on phases."""
-        async with asyncio.timeout(READY_TIMEOUT):
-            await atasks.setup("amqp", url=self.url)
+    async def compare(self) -> dict[str, dict[str, Any]]:
+        """atasks and the baseline, both served at once, taking turns in every phase so that
+        a machine slowing down or speeding up weighs on both alike."""
+        base_server = self.servers.start("baseline", baseline_argv(self.url))
+        client = baseline.BaselineClient(self.url)
         try:
-            results: dict[str, Any] = {}
-            server = await self.atasks_server("atasks", (), 1)
-            try:
-                target = self.target("atasks", echo.echo, server)
-                results["sequential"] = await sequential(target, self.sizes)
-                results["throughput"] = await throughput(target, self.sizes)
-            finally:
-                self.servers.stop("atasks")
-            results["workers"] = {}
-            for count in self.sizes.workers:
-                label = f"atasks --workers {count}"
-                server = await self.atasks_server(label, ("--workers", str(count)), count)
-                try:
-                    target = self.target(label, echo.echo, server)
-                    results["workers"][str(count)] = await throughput(target, self.sizes)
-                finally:
-                    self.servers.stop(label)
-            results["events"] = await self.events(events)
-            return results
+            async with asyncio.timeout(READY_TIMEOUT):
+                await client.connect()
+            await wait_ready(client.call, baseline.QUEUE, 1, self.url, self.servers)
+            targets = [
+                Target("baseline", client.call, base_server.pid, self.broker),
+                await self.atasks_server("atasks"),
+            ]
+            seq = await sequential(targets, self.sizes, self.servers, self.progress)
+            thr = await throughput(targets, self.sizes, self.servers, self.progress)
+            return {
+                target.label: {"sequential": seq[target.label], "throughput": thr[target.label]}
+                for target in targets
+            }
         finally:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await atasks.close(grace=1)
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await client.close()
+            finally:
+                self.servers.stop_all()
+
+    async def alone(self, label: str, extra: tuple[str, ...], consumers: int) -> dict[str, float]:
+        """Throughput of one atasks server started with ``extra`` arguments."""
+        target = await self.atasks_server(label, extra, consumers)
+        try:
+            return (await throughput([target], self.sizes, self.servers, self.progress))[label]
+        finally:
+            self.servers.stop(label)
+
+    async def workers(self) -> dict[str, dict[str, float]]:
+        """Throughput with ``atasks run --workers N``."""
+        return {
+            str(count): await self.alone(
+                f"atasks --workers {count}", ("--workers", str(count)), count
+            )
+            for count in self.sizes.workers
+        }
 
     # ---- EVENTS/TRACKING ON -----------------------------------------------------------------
     # Throughput of a server started with `atasks run --events` (lifecycle events published to
@@ -574,13 +624,10 @@ class Bench:
             self.progress.start("atasks --events", 0)
             self.progress.finish(f"skipped: {note}")
             return {"skipped": True, "note": note}
-        label = "atasks --events"
-        server = await self.atasks_server(label, ("--events",), 1)
-        try:
-            result = await throughput(self.target(label, echo.echo, server), self.sizes)
-        finally:
-            self.servers.stop(label)
-        return {"skipped": False, "throughput": result}
+        return {
+            "skipped": False,
+            "throughput": await self.alone("atasks --events", ("--events",), 1),
+        }
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -653,19 +700,22 @@ def broker_pid(node: RabbitNode) -> int | None:
 
 
 async def measure(node: RabbitNode, sizes: Sizes, servers: Servers) -> dict[str, Any]:
-    """Every phase, in order: baseline, atasks, workers, events, loopback."""
+    """Every phase, in order: atasks against the baseline, workers, events, loopback."""
     events = events_option()
-    phases = 4 + len(sizes.workers) + 1 + 1
-    progress = Progress(phases)
+    progress = Progress(2 + len(sizes.workers) + 1 + 1)
     bench = Bench(node.url, broker_pid(node), sizes, servers, progress)
     started = time.monotonic()
     results: dict[str, Any] = {"environment": environment(), "sizes": asdict(sizes)}
-    results["baseline"] = await bench.baseline()
-    ours = await bench.atasks(events)
-    results["workers"] = ours.pop("workers")
-    results["events"] = ours.pop("events")
-    results["atasks"] = ours
-    results["ratios"] = ratios(results["atasks"], results["baseline"])
+    async with asyncio.timeout(READY_TIMEOUT):
+        await atasks.setup("amqp", url=node.url)
+    try:
+        results.update(await bench.compare())
+        results["ratios"] = ratios(results["atasks"], results["baseline"])
+        results["workers"] = await bench.workers()
+        results["events"] = await bench.events(events)
+    finally:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await atasks.close(grace=1)
     results["loopback"] = await loopback_overhead(sizes, progress)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     return results

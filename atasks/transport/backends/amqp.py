@@ -241,7 +241,7 @@ class AMQPTransport(Transport):
                 task.cancel()
             connection, self._connection = self._connection, None
             if connection is not None:
-                with contextlib.suppress(CONNECTION_ERRORS):
+                with contextlib.suppress(*CONNECTION_ERRORS):
                     await connection.close()
 
     def _fail_pending(self, exc: BaseException) -> None:
@@ -555,10 +555,9 @@ class AMQPTransport(Transport):
                 message.reply_to, _error_reply(message.correlation_id or "", error)
             )
             await message.ack()
-            return True
+            return
         headers[H_DELIVERIES] = deaths
         await self._requeue(name, message, headers)
-        return True
 
     async def _requeue(
         self, name: str, message: AbstractIncomingMessage, headers: dict[str, Any]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,11 +62,21 @@ async def deadline(seconds: float) -> AsyncIterator[None]:
 
 def effective_deadline(timeout: float | None) -> float | None:
     """The tightest of: the enclosing ``deadline()``, the serving call's deadline, ``timeout``."""
-    candidates = [_deadline.get()]
+    tightest = _deadline.get()
     scope = current_scope.get()
-    if scope is not None:
-        candidates.append(scope.deadline)
-    if timeout is not None:
-        candidates.append(time.time() + timeout)
-    present = [c for c in candidates if c is not None]
-    return min(present) if present else None
+    for candidate in (
+        scope.deadline if scope is not None else None,
+        time.time() + timeout if timeout is not None else None,
+    ):
+        if candidate is not None and (tightest is None or candidate < tightest):
+            tightest = candidate
+    return tightest
+
+
+_ids = itertools.count()
+_id_prefix = os.urandom(8).hex()
+
+
+def new_call_id() -> str:
+    """A call id unique across processes: a random per-process prefix and a counter."""
+    return f"{_id_prefix}{next(_ids):x}"

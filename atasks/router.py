@@ -14,13 +14,12 @@ import contextlib
 import logging
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from atasks import errors
-from atasks.calls import CallScope, current_scope, effective_deadline
+from atasks.calls import CallScope, current_scope, effective_deadline, new_call_id
 from atasks.codecs.base import Codec, decode, encode
 from atasks.errors import (
     CodecError,
@@ -166,7 +165,7 @@ class Router:
         listener = progress_listener()
         request = Request(
             name=atask.name,
-            call_id=uuid.uuid4().hex,
+            call_id=new_call_id(),
             content_type=codec.content_type,
             body=body,
             parent_id=scope.call_id if scope is not None else None,

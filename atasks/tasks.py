@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from atasks.namespaces import DEFAULT, register_atask
+from atasks.router import get_router
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,8 +42,6 @@ class ATask(Generic[P, R]):
         register_atask(self)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-        from atasks.router import get_router
-
         return get_router(self.namespace).call(self, args, kwargs)
 
     async def run(self, args: list[Any], kwargs: dict[str, Any]) -> R:

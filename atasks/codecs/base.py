@@ -54,6 +54,8 @@ async def encode(codec: Codec, obj: Any) -> bytes:
     """``codec.encode(obj)``, awaited if the codec is async, failures as ``EncodeError``."""
     try:
         content = codec.encode(obj)
+        if type(content) is bytes:  # the common, synchronous case
+            return content
         if inspect.isawaitable(content):
             content = await content
     except EncodeError:
@@ -69,8 +71,9 @@ async def decode(codec: Codec, content: bytes) -> Any:
     """``codec.decode(content)``, awaited if the codec is async, failures as ``DecodeError``."""
     try:
         obj = codec.decode(content)
-        if inspect.isawaitable(obj):
-            obj = await obj
+        if not inspect.isawaitable(obj):
+            return obj
+        obj = await obj
     except DecodeError:
         raise
     except Exception as exc:

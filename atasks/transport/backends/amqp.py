@@ -468,7 +468,7 @@ class AMQPTransport(Transport):
             await self._publish_reply(message.reply_to, reply)
             await message.ack()
         except asyncio.CancelledError:
-            await self._after_cancel(call_id, message)
+            await self._after_cancel(name, call_id, message)
         except CONNECTION_ERRORS as exc:
             log.warning("request %s of %r not finished: %s", call_id, name, exc)
 
@@ -589,11 +589,18 @@ class AMQPTransport(Transport):
             done.set()
             del self._requeueing[call_id]
 
-    async def _after_cancel(self, call_id: str | None, message: AbstractIncomingMessage) -> None:
+    async def _after_cancel(
+        self, name: str, call_id: str | None, message: AbstractIncomingMessage
+    ) -> None:
         try:
             if call_id is not None and call_id in self._cancelled:
                 await message.ack()  # cancelled by its caller: done with it
-            else:  # this server is shutting down: hand it to another server
+                return
+            # This server is shutting down: hand the request to another server. A fresh copy,
+            # not a nack, so that the next server does not count it as a server death.
+            try:
+                await self._requeue(name, message, dict(message.headers or {}))
+            except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError):
                 await message.nack(requeue=True)
         except CONNECTION_ERRORS:
             pass

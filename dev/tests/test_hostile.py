@@ -90,7 +90,7 @@ async def test_fuzzed_queue_leaves_the_server_serving(server: int, amqp_url: str
         async with asyncio.timeout(60):
             while len(answered) < expected:
                 await asyncio.sleep(0.05)
-        statuses = {m.headers.get("atasks-status") for m in answered}
+        statuses = {m.type for m in answered}
         errors = {m.headers.get("atasks-error-type") for m in answered}
         state = await channel.declare_queue(queue, passive=True)
         assert state.declaration_result.message_count == 0  # nothing requeued in a loop
@@ -131,9 +131,7 @@ async def test_an_undecodable_reply_fails_only_its_call(amqp_url: str) -> None:
 
         async def reply(to: aio_pika.abc.AbstractIncomingMessage, body: bytes, cid: str) -> None:
             await channel.default_exchange.publish(
-                aio_pika.Message(
-                    body, content_type=PICKLE, correlation_id=cid, headers={"atasks-status": "ok"}
-                ),
+                aio_pika.Message(body, content_type=PICKLE, correlation_id=cid, type="ok"),
                 routing_key=str(to.reply_to),
             )
 

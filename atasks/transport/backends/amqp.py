@@ -8,7 +8,8 @@ Wire protocol, per namespace ``ns``:
 - request: ``correlation_id`` = call id, ``reply_to`` = RabbitMQ direct reply-to,
   ``content_type`` = codec media type, ``expiration`` from the deadline, headers for the
   absolute deadline, the parent call and how many servers died holding it.
-- reply: to ``reply_to`` with the same ``correlation_id``; headers say ok or error.
+- reply: to ``reply_to`` with the same ``correlation_id``; its ``type`` says ``ok``, ``error``
+  (details in headers) or ``progress`` (a report before the outcome).
 - control exchange ``atasks.<ns>.control`` (fanout): cancellations by call id, seen by every
   server.
 
@@ -56,7 +57,6 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 H_DEADLINE = "atasks-deadline"
 H_PARENT = "atasks-parent"
 H_DELIVERIES = "atasks-deliveries"
-H_STATUS = "atasks-status"
 H_ERROR_TYPE = "atasks-error-type"
 H_ERROR_MESSAGE = "atasks-error-message"
 H_TRACEBACK = "atasks-traceback"
@@ -109,9 +109,7 @@ class AMQPTransport(Transport):
         self.max_message_size = max_message_size
         self.reconnect_wait = reconnect_wait
         self.connect_timeout = connect_timeout
-        self.delivery_mode = (
-            aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
-        )
+        self.delivery_mode = aio_pika.DeliveryMode.PERSISTENT if persistent else None
         prefix = f"atasks.{namespace or DEFAULT}"
         self._queue_prefix = prefix + "."
         self._control_exchange_name = prefix + ".control"
@@ -282,13 +280,12 @@ class AMQPTransport(Transport):
             headers[H_PARENT] = request.parent_id
         message = aio_pika.Message(
             request.body,
-            headers=headers,
+            headers=headers or None,
             content_type=request.content_type,
             delivery_mode=self.delivery_mode,
             correlation_id=request.call_id,
             reply_to=DIRECT_REPLY_TO,
             expiration=expiration,
-            type=request.name,
         )
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.call_id] = future
@@ -319,9 +316,8 @@ class AMQPTransport(Transport):
                 self._listeners.pop(request.call_id, None)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        headers = message.headers or {}
-        if headers.get(H_STATUS) == "progress":
-            self._on_progress(message.correlation_id or "", headers)
+        if message.type == "progress":
+            self._on_progress(message.correlation_id or "", message.headers or {})
             return
         future = self._pending.pop(message.correlation_id or "", None)
         if future is None or future.done():
@@ -512,14 +508,15 @@ class AMQPTransport(Transport):
         async def report(progress: Progress) -> None:
             assert self._serve_channel is not None
             headers: dict[str, Any] = {
-                H_STATUS: "progress",
                 "atask": progress.atask,
                 "done": repr(progress.done),
                 "note": progress.note,
             }
             if progress.total is not None:
                 headers["total"] = repr(progress.total)
-            message = aio_pika.Message(b"", headers=headers, correlation_id=call_id)
+            message = aio_pika.Message(
+                b"", headers=headers, type="progress", correlation_id=call_id
+            )
             await self._serve_channel.default_exchange.publish(
                 message, routing_key=reply_to, mandatory=False
             )
@@ -607,17 +604,20 @@ class AMQPTransport(Transport):
 
     async def _publish_reply(self, reply_to: str, reply: Reply) -> None:
         assert self._serve_channel is not None
-        headers: dict[str, Any] = {H_STATUS: "ok" if reply.ok else "error"}
+        headers: dict[str, Any] | None = None
         if not reply.ok:
-            headers[H_ERROR_TYPE] = reply.error_type
-            headers[H_ERROR_MESSAGE] = reply.error_message
-            headers[H_TRACEBACK] = reply.traceback
+            headers = {
+                H_ERROR_TYPE: reply.error_type,
+                H_ERROR_MESSAGE: reply.error_message,
+                H_TRACEBACK: reply.traceback,
+            }
         await self._serve_channel.default_exchange.publish(
             aio_pika.Message(
                 reply.body,
                 headers=headers,
                 content_type=reply.content_type,
                 correlation_id=reply.call_id,
+                type="ok" if reply.ok else "error",
             ),
             routing_key=reply_to,
             mandatory=False,
@@ -673,7 +673,7 @@ def _reply_from(message: AbstractIncomingMessage) -> Reply:
     headers = message.headers or {}
     return Reply(
         call_id=message.correlation_id or "",
-        ok=headers.get(H_STATUS) == "ok",
+        ok=message.type == "ok",
         content_type=message.content_type or "",
         body=message.body,
         error_type=str(headers.get(H_ERROR_TYPE, "")),

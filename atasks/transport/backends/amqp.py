@@ -26,17 +26,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 from atasks.errors import (
     DeliveryLimitExceeded,
@@ -114,7 +111,6 @@ class AMQPTransport(Transport):
         self._queue_prefix = prefix + "."
         self._control_exchange_name = prefix + ".control"
         self.events_exchange_name = prefix + ".events"
-        self._events_exchange: aio_pika.abc.AbstractExchange | None = None
         self._started = time.time()
 
         self.state = State.NEW
@@ -122,13 +118,18 @@ class AMQPTransport(Transport):
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None  # calls, replies, control
         self._serve_channel: AbstractChannel | None = None  # request consumers, qos
+        # The hot paths publish and consume on the aiormq channels underneath: aio-pika's
+        # message objects cost more than the rest of a call.
+        self._raw: aiormq.abc.AbstractChannel | None = None
+        self._serve_raw: aiormq.abc.AbstractChannel | None = None
+        self._events_raw: aiormq.abc.AbstractChannel | None = None
         self._reconnector: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._listeners: dict[str, ProgressListener] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
         self._handlers: dict[str, RequestHandler] = {}
-        self._consumers: dict[str, tuple[AbstractQueue, str]] = {}
+        self._consumers: dict[str, str] = {}  # atask name → consumer tag
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: dict[str, float] = {}
         self._requeueing: dict[str, asyncio.Event] = {}
@@ -160,8 +161,8 @@ class AMQPTransport(Transport):
         connection = await aio_pika.connect(self.url, timeout=self.connect_timeout)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
-            await replies.consume(self._on_reply, no_ack=True)
+            raw = await channel.get_underlay_channel()
+            await raw.basic_consume(DIRECT_REPLY_TO, self._on_reply, no_ack=True)
             control = await channel.declare_exchange(
                 self._control_exchange_name, aio_pika.ExchangeType.FANOUT, durable=True
             )
@@ -173,14 +174,17 @@ class AMQPTransport(Transport):
             serve_channel = await connection.channel(publisher_confirms=True)
             if self.events_enabled:
                 events_channel = await connection.channel(publisher_confirms=False)
-                self._events_exchange = await events_channel.declare_exchange(
+                await events_channel.declare_exchange(
                     self.events_exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
                 )
+                self._events_raw = await events_channel.get_underlay_channel()
             self._connection, self._channel, self._serve_channel = (
                 connection,
                 channel,
                 serve_channel,
             )
+            self._raw = raw
+            self._serve_raw = await serve_channel.get_underlay_channel()
             self._qos_applied = -1
             if self._capacity:
                 await self._apply_qos()
@@ -248,7 +252,7 @@ class AMQPTransport(Transport):
             if not future.done():
                 future.set_exception(exc)
 
-    async def _wait_ready(self) -> AbstractChannel:
+    async def _wait_ready(self) -> aiormq.abc.AbstractChannel:
         if self.state is State.NEW or self.state is State.CLOSED:
             raise NotConnected(f"{self!r} is not connected: await transport.connect() first")
         if not self._ready.is_set():
@@ -259,8 +263,8 @@ class AMQPTransport(Transport):
                     f"no connection to the broker at {_safe_url(self.url)} for "
                     f"{self.reconnect_wait:.0f}s"
                 ) from None
-        assert self._channel is not None
-        return self._channel
+        assert self._raw is not None
+        return self._raw
 
     # --- call side -----------------------------------------------------------------------
 
@@ -272,28 +276,28 @@ class AMQPTransport(Transport):
         if on_progress is not None:
             headers[H_PROGRESS] = 1
             self._listeners[request.call_id] = on_progress
-        expiration = None
         if request.deadline is not None:
             headers[H_DEADLINE] = repr(request.deadline)  # AMQP floats are 32-bit
-            expiration = max(request.deadline - time.time(), 0.001)
         if request.parent_id is not None:
             headers[H_PARENT] = request.parent_id
-        message = aio_pika.Message(
-            request.body,
+        properties = Basic.Properties(
             headers=headers or None,
             content_type=request.content_type,
             delivery_mode=self.delivery_mode,
             correlation_id=request.call_id,
             reply_to=DIRECT_REPLY_TO,
-            expiration=expiration,
+            expiration=_expiration(request.deadline),
         )
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.call_id] = future
         published = False
         try:
             try:
-                await channel.default_exchange.publish(
-                    message, routing_key=self.queue_name(request.name), mandatory=True
+                await channel.basic_publish(
+                    request.body,
+                    routing_key=self.queue_name(request.name),
+                    properties=properties,
+                    mandatory=True,
                 )
             except aiormq.exceptions.PublishError:
                 raise JobNotFound(
@@ -315,13 +319,14 @@ class AMQPTransport(Transport):
             if on_progress is not None:
                 self._listeners.pop(request.call_id, None)
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        if message.type == "progress":
-            self._on_progress(message.correlation_id or "", message.headers or {})
+    async def _on_reply(self, message: DeliveredMessage) -> None:
+        properties = message.header.properties
+        if properties.message_type == "progress":
+            self._on_progress(properties.correlation_id or "", properties.headers or {})
             return
-        future = self._pending.pop(message.correlation_id or "", None)
+        future = self._pending.pop(properties.correlation_id or "", None)
         if future is None or future.done():
-            log.debug("dropped a reply for unknown or finished call %s", message.correlation_id)
+            log.debug("dropped a reply for unknown or finished call %s", properties.correlation_id)
         else:
             try:
                 future.set_result(_reply_from(message))
@@ -352,12 +357,11 @@ class AMQPTransport(Transport):
     async def _publish_cancel(self, call_id: str) -> None:
         try:
             channel = await asyncio.wait_for(self._wait_ready(), 5)
-            exchange = await channel.get_exchange(self._control_exchange_name, ensure=False)
             await asyncio.wait_for(
-                exchange.publish(
-                    aio_pika.Message(b"", type="cancel", correlation_id=call_id),
-                    routing_key="",
-                    mandatory=False,
+                channel.basic_publish(
+                    b"",
+                    exchange=self._control_exchange_name,
+                    properties=Basic.Properties(message_type="cancel", correlation_id=call_id),
                 ),
                 5,
             )
@@ -378,18 +382,21 @@ class AMQPTransport(Transport):
 
     async def _consume(self, name: str) -> None:
         assert self._serve_channel is not None
+        assert self._serve_raw is not None
         await self._apply_qos()  # before the first delivery, not after a burst of them
-        queue = await self._serve_channel.declare_queue(self.queue_name(name), durable=True)
-        tag = await queue.consume(self._request_callback(name))
-        self._consumers[name] = (queue, tag)
+        await self._serve_channel.declare_queue(self.queue_name(name), durable=True)
+        ok = await self._serve_raw.basic_consume(
+            self.queue_name(name), self._request_callback(name)
+        )
+        assert ok.consumer_tag is not None
+        self._consumers[name] = ok.consumer_tag
 
     async def unregister_callback(self, name: str) -> None:
         self._handlers.pop(name, None)
-        consumer = self._consumers.pop(name, None)
-        if consumer is not None:
-            queue, tag = consumer
+        tag = self._consumers.pop(name, None)
+        if tag is not None and self._serve_raw is not None:
             try:
-                await queue.cancel(tag)
+                await self._serve_raw.basic_cancel(tag)
             except CONNECTION_ERRORS as exc:
                 log.debug("could not cancel consumer of %s: %s", name, exc)
 
@@ -420,9 +427,12 @@ class AMQPTransport(Transport):
                 return
             self._qos_applied = target
 
-    def _request_callback(self, name: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        async def on_request(message: AbstractIncomingMessage) -> None:
-            # aio-pika runs each delivery in a task of its own: that task is the call.
+    def _request_callback(
+        self, name: str
+    ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
+        async def on_request(delivered: DeliveredMessage) -> None:
+            # aiormq runs each delivery in a task of its own: that task is the call.
+            message = _Delivery(delivered)
             task = asyncio.current_task()
             assert task is not None
             key = message.correlation_id or f"?{id(task)}"
@@ -434,7 +444,7 @@ class AMQPTransport(Transport):
 
         return on_request
 
-    async def _serve(self, name: str, message: AbstractIncomingMessage) -> None:
+    async def _serve(self, name: str, message: _Delivery) -> None:
         call_id = message.correlation_id
         try:
             if not call_id or not message.reply_to:
@@ -468,7 +478,7 @@ class AMQPTransport(Transport):
         except CONNECTION_ERRORS as exc:
             log.warning("request %s of %r not finished: %s", call_id, name, exc)
 
-    def _request_from(self, name: str, message: AbstractIncomingMessage) -> Request | Reply:
+    def _request_from(self, name: str, message: _Delivery) -> Request | Reply:
         call_id = message.correlation_id or ""
         if len(message.body) > self.max_message_size:
             log.warning(
@@ -485,12 +495,9 @@ class AMQPTransport(Transport):
                     f"{self.max_message_size}-byte limit"
                 ),
             )
-        headers = message.headers or {}
+        headers = message.headers
         parent = headers.get(H_PARENT)
-        try:
-            deadline: float | None = float(str(headers[H_DEADLINE]))
-        except (KeyError, ValueError):
-            deadline = None
+        deadline = _deadline_from(headers)
         request = Request(
             name=name,
             call_id=call_id,
@@ -506,7 +513,6 @@ class AMQPTransport(Transport):
 
     def _progress_sink(self, reply_to: str, call_id: str) -> ProgressSink:
         async def report(progress: Progress) -> None:
-            assert self._serve_channel is not None
             headers: dict[str, Any] = {
                 "atask": progress.atask,
                 "done": repr(progress.done),
@@ -514,23 +520,29 @@ class AMQPTransport(Transport):
             }
             if progress.total is not None:
                 headers["total"] = repr(progress.total)
-            message = aio_pika.Message(
-                b"", headers=headers, type="progress", correlation_id=call_id
-            )
-            await self._serve_channel.default_exchange.publish(
-                message, routing_key=reply_to, mandatory=False
+            assert self._serve_raw is not None
+            await self._serve_raw.basic_publish(
+                b"",
+                routing_key=reply_to,
+                properties=Basic.Properties(
+                    headers=headers, message_type="progress", correlation_id=call_id
+                ),
             )
 
         return report
 
     async def publish_event(self, event: Event) -> None:
-        exchange = self._events_exchange
-        if exchange is None or not self._ready.is_set():
+        channel = self._events_raw
+        if channel is None or not self._ready.is_set():
             return
-        message = aio_pika.Message(event.to_json(), content_type="application/json")
-        await exchange.publish(message, routing_key=f"{event.kind}.{event.atask}")
+        await channel.basic_publish(
+            event.to_json(),
+            exchange=self.events_exchange_name,
+            routing_key=f"{event.kind}.{event.atask}",
+            properties=Basic.Properties(content_type="application/json"),
+        )
 
-    async def _count_death(self, name: str, message: AbstractIncomingMessage) -> None:
+    async def _count_death(self, name: str, message: _Delivery) -> None:
         """A redelivered request: its server died holding it. Count the death, and either give
         up on it or queue it again with the count."""
         headers = dict(message.headers or {})
@@ -556,39 +568,35 @@ class AMQPTransport(Transport):
         headers[H_DELIVERIES] = deaths
         await self._requeue(name, message, headers)
 
-    async def _requeue(
-        self, name: str, message: AbstractIncomingMessage, headers: dict[str, Any]
-    ) -> None:
+    async def _requeue(self, name: str, message: _Delivery, headers: dict[str, Any]) -> None:
         """Queue a copy of ``message`` again (confirmed), then ack the original.
 
         Until the ack is written, a copy reaching this server waits: run at once, a request
         that kills its server would take the unacked original down too, doubling it.
         """
-        assert self._serve_channel is not None
+        assert self._serve_raw is not None
         call_id = message.correlation_id or ""
         self._requeueing[call_id] = done = asyncio.Event()
-        copy = aio_pika.Message(
-            message.body,
+        deadline = _deadline_from(headers)
+        properties = message.properties
+        copy = Basic.Properties(
             headers=headers,
-            content_type=message.content_type,
-            delivery_mode=message.delivery_mode,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            expiration=message.expiration,
-            type=message.type,
+            content_type=properties.content_type,
+            delivery_mode=properties.delivery_mode,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            expiration=_expiration(deadline),
         )
         try:
-            await self._serve_channel.default_exchange.publish(
-                copy, routing_key=self.queue_name(name), mandatory=False
+            await self._serve_raw.basic_publish(
+                message.body, routing_key=self.queue_name(name), properties=copy
             )
             await message.ack()
         finally:
             done.set()
             del self._requeueing[call_id]
 
-    async def _after_cancel(
-        self, name: str, call_id: str | None, message: AbstractIncomingMessage
-    ) -> None:
+    async def _after_cancel(self, name: str, call_id: str | None, message: _Delivery) -> None:
         try:
             if call_id is not None and call_id in self._cancelled:
                 await message.ack()  # cancelled by its caller: done with it
@@ -603,7 +611,7 @@ class AMQPTransport(Transport):
             pass
 
     async def _publish_reply(self, reply_to: str, reply: Reply) -> None:
-        assert self._serve_channel is not None
+        assert self._serve_raw is not None
         headers: dict[str, Any] | None = None
         if not reply.ok:
             headers = {
@@ -611,16 +619,15 @@ class AMQPTransport(Transport):
                 H_ERROR_MESSAGE: reply.error_message,
                 H_TRACEBACK: reply.traceback,
             }
-        await self._serve_channel.default_exchange.publish(
-            aio_pika.Message(
-                reply.body,
+        await self._serve_raw.basic_publish(
+            reply.body,
+            routing_key=reply_to,
+            properties=Basic.Properties(
                 headers=headers,
                 content_type=reply.content_type,
                 correlation_id=reply.call_id,
-                type="ok" if reply.ok else "error",
+                message_type="ok" if reply.ok else "error",
             ),
-            routing_key=reply_to,
-            mandatory=False,
         )
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
@@ -669,12 +676,65 @@ class AMQPTransport(Transport):
             del self._cancelled[oldest]
 
 
-def _reply_from(message: AbstractIncomingMessage) -> Reply:
-    headers = message.headers or {}
+class _Delivery:
+    """A request as delivered: what a server reads of it, and how it settles it."""
+
+    __slots__ = ("body", "channel", "properties", "redelivered", "tag")
+
+    def __init__(self, delivered: DeliveredMessage) -> None:
+        self.body = delivered.body
+        self.channel = delivered.channel
+        self.properties = delivered.header.properties
+        self.tag = delivered.delivery_tag or 0
+        self.redelivered = bool(delivered.redelivered)
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.properties.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.properties.reply_to
+
+    @property
+    def content_type(self) -> str | None:
+        return self.properties.content_type
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self.properties.headers or {}
+
+    async def ack(self) -> None:
+        await self.channel.basic_ack(self.tag)
+
+    async def reject(self, *, requeue: bool) -> None:
+        await self.channel.basic_reject(self.tag, requeue=requeue)
+
+    async def nack(self, *, requeue: bool) -> None:
+        await self.channel.basic_nack(self.tag, requeue=requeue)
+
+
+def _deadline_from(headers: Mapping[str, Any]) -> float | None:
+    try:
+        return float(str(headers[H_DEADLINE]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _expiration(deadline: float | None) -> str | None:
+    """Per-message TTL in milliseconds, so the broker drops a request nobody awaits any more."""
+    if deadline is None:
+        return None
+    return str(max(int((deadline - time.time()) * 1000), 1))
+
+
+def _reply_from(message: DeliveredMessage) -> Reply:
+    properties = message.header.properties
+    headers = properties.headers or {}
     return Reply(
-        call_id=message.correlation_id or "",
-        ok=message.type == "ok",
-        content_type=message.content_type or "",
+        call_id=properties.correlation_id or "",
+        ok=properties.message_type == "ok",
+        content_type=properties.content_type or "",
         body=message.body,
         error_type=str(headers.get(H_ERROR_TYPE, "")),
         error_message=str(headers.get(H_ERROR_MESSAGE, "")),

@@ -14,7 +14,9 @@ from atasks.router import Router
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dev/, for rabbitnode
 
+import workload
 from rabbitnode import RabbitNode
+from servers import Servers, delete_queues
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,6 +40,18 @@ def amqp_url(rabbit: RabbitNode) -> str:
     if not rabbit.running:
         rabbit.start()
     return rabbit.url
+
+
+@pytest.fixture
+async def servers(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
+    """``atasks run`` server processes serving dev/tests/workload.py; stopped, and their queues
+    deleted, after the test. Their logs are printed, for when the test fails."""
+    started = Servers(amqp_url, tmp_path)
+    yield started
+    started.stop_all()
+    await delete_queues(amqp_url, workload)
+    for index in range(len(started.processes)):
+        print(f"--- server {index} ---\n{started.log(index)[-5000:]}")
 
 
 @pytest.fixture(params=["loopback", "amqp"])

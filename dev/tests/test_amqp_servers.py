@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,6 @@ import atasks
 from atasks.errors import DeliveryLimitExceeded, TransportError
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def servers(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
-    started = Servers(amqp_url, tmp_path)
-    yield started
-    started.stop_all()
-    for index in range(len(started.processes)):  # shown when the test fails
-        print(f"--- server {index} ---\n{started.log(index)}")
-    await delete_queues(amqp_url, workload)
 
 
 @pytest.fixture

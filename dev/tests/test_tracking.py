@@ -7,12 +7,11 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import workload
-from servers import REPO, Servers, delete_queues, wait_until_served
+from servers import REPO, Servers, wait_until_served
 
 import atasks
 from atasks.events import Event, Progress
@@ -20,16 +19,6 @@ from atasks.router import Router
 from atasks.transport.backends.amqp_monitor import stream_events
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def servers(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
-    started = Servers(amqp_url, tmp_path)
-    yield started
-    started.stop_all()
-    await delete_queues(amqp_url, workload)
-    for index in range(len(started.processes)):
-        print(f"--- server {index} ---\n{started.log(index)[-3000:]}")
 
 
 SYNC_SCRIPT = textwrap.dedent(

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from atasks.calls import current_scope
@@ -44,16 +44,31 @@ class Event:
     error: str | None = None
     progress: dict[str, Any] | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return json.dumps(self.as_dict(), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> Event:
-        fields = json.loads(data)
+    def from_dict(cls, fields: Any) -> Event:
         if not isinstance(fields, dict) or fields.get("kind") not in KINDS:
             raise ValueError("not an atasks event")
         values: dict[str, Any] = {name: fields.get(name) for name in cls.__dataclass_fields__}
         return cls(**values)
+
+
+def encode_batch(events: list[Event]) -> bytes:
+    """Events as one message body: a JSON list, oldest first."""
+    return json.dumps([event.as_dict() for event in events], separators=(",", ":")).encode()
+
+
+def decode_batch(body: bytes) -> list[Event]:
+    """The events of one message body; raises ``ValueError`` for anything else."""
+    items = json.loads(body)
+    if not isinstance(items, list):
+        raise ValueError("not a list of atasks events")
+    return [Event.from_dict(item) for item in items]
 
 
 ProgressListener = Callable[[Progress], Any]

@@ -11,7 +11,9 @@ Wire protocol, per namespace ``ns``:
 - reply: to ``reply_to`` with the same ``correlation_id``; its ``type`` says ``ok``, ``error``
   (details in headers) or ``progress`` (a report before the outcome).
 - control exchange ``atasks.<ns>.control`` (fanout): cancellations by call id, seen by every
-  server.
+  server, and ``atasks inspect`` requests.
+- events exchange ``atasks.<ns>.events`` (topic, with ``events=True``): lifecycle events, each
+  message a JSON list of them, at most one message per server every 50 ms.
 
 A server acks a request only after its reply is confirmed, so a server that dies mid-call leaves
 the request to another server; the number of such deaths is bounded by ``delivery_limit``.
@@ -41,7 +43,7 @@ from atasks.errors import (
     NotConnected,
     TransportError,
 )
-from atasks.events import SERVER_ID, Event, Progress, ProgressListener
+from atasks.events import SERVER_ID, Event, Progress, ProgressListener, encode_batch
 from atasks.namespaces import DEFAULT
 from atasks.transport.base import ProgressSink, Reply, Request, RequestHandler, Transport
 
@@ -58,6 +60,7 @@ H_ERROR_TYPE = "atasks-error-type"
 H_ERROR_MESSAGE = "atasks-error-message"
 H_TRACEBACK = "atasks-traceback"
 H_PROGRESS = "atasks-progress"
+EVENTS_FLUSH = 0.05  # seconds between two messages of batched events
 
 CONNECTION_ERRORS = (
     aiormq.exceptions.AMQPError,
@@ -126,6 +129,8 @@ class AMQPTransport(Transport):
         self._reconnector: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._listeners: dict[str, ProgressListener] = {}
+        self._event_batch: list[Event] = []
+        self._event_flush: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
         self._handlers: dict[str, RequestHandler] = {}
@@ -235,6 +240,9 @@ class AMQPTransport(Transport):
             reconnector.cancel()
         try:
             await self.drain(0)
+            if self._event_flush is not None:
+                self._event_flush.cancel()
+                await self._flush_events()
             if self._background:  # cancellations on their way to servers: let them go out
                 await asyncio.wait(set(self._background), timeout=1)
         finally:
@@ -532,15 +540,31 @@ class AMQPTransport(Transport):
         return report
 
     async def publish_event(self, event: Event) -> None:
-        channel = self._events_raw
-        if channel is None or not self._ready.is_set():
+        # Batched: one message per EVENTS_FLUSH seconds, not one per event, so that events
+        # cost servers and broker a fraction of what the calls themselves cost.
+        if self._events_raw is None:
             return
-        await channel.basic_publish(
-            event.to_json(),
-            exchange=self.events_exchange_name,
-            routing_key=f"{event.kind}.{event.atask}",
-            properties=Basic.Properties(content_type="application/json"),
-        )
+        self._event_batch.append(event)
+        if self._event_flush is None:
+            self._event_flush = asyncio.get_running_loop().call_later(
+                EVENTS_FLUSH, lambda: self._spawn(self._flush_events())
+            )
+
+    async def _flush_events(self) -> None:
+        self._event_flush = None
+        batch, self._event_batch = self._event_batch, []
+        channel = self._events_raw
+        if not batch or channel is None or not self._ready.is_set():
+            return
+        try:
+            await channel.basic_publish(
+                encode_batch(batch),
+                exchange=self.events_exchange_name,
+                routing_key="events",
+                properties=Basic.Properties(content_type="application/json"),
+            )
+        except CONNECTION_ERRORS as exc:
+            log.debug("dropped %d events: %s", len(batch), exc)
 
     async def _count_death(self, name: str, message: _Delivery) -> None:
         """A redelivered request: its server died holding it. Count the death, and either give

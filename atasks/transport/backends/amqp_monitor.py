@@ -10,7 +10,7 @@ from typing import Any
 
 import aio_pika
 
-from atasks.events import Event
+from atasks.events import Event, decode_batch
 from atasks.transport.backends.amqp import DIRECT_REPLY_TO
 
 
@@ -60,6 +60,8 @@ async def stream_events(url: str, namespace: str) -> AsyncIterator[Event]:
         async with queue.iterator(no_ack=True) as messages:
             async for message in messages:
                 try:
-                    yield Event.from_json(message.body)
+                    events = decode_batch(message.body)
                 except (ValueError, TypeError):
                     continue
+                for event in events:
+                    yield event

@@ -11,7 +11,8 @@ time per call of this client process, of the server processes (``/proc/<pid>/sta
 the broker. The same for the baseline (``dev/bench/baseline.py``), ratios atasks/baseline,
 throughput with ``atasks run --workers 1, 2, 4`` and with ``atasks run --events`` (skipped if
 that option does not exist), and the loopback transport's overhead per call over a direct
-``await echo.fn(x)``. Progress goes to stderr; the whole run takes a few minutes.
+``await echo.fn(x)``. Progress goes to stderr; the whole run takes a few minutes. See
+dev/bench/README.md.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ READY_TIMEOUT = 60.0  # for a server to start consuming
 STOP_TIMEOUT = 15.0  # for a server process to exit after SIGTERM
 CLOSE_TIMEOUT = 30.0  # for a client to disconnect
 STALL_TIMEOUT = 30.0  # a phase fails when no call finishes for this long
+OTHER_LOAD_WARNING = 5.0  # % of the machine's CPU used by other processes worth a warning
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -138,8 +140,9 @@ class Progress:
 # --- CPU time from /proc ----------------------------------------------------------------------
 
 
-def _processes() -> dict[int, tuple[int, float]]:
-    """pid → (parent pid, CPU seconds in user and kernel mode) of every process."""
+def _processes() -> dict[int, tuple[int, float, float]]:
+    """pid → (parent pid, CPU seconds in user and kernel mode, those of its reaped children)
+    of every process."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -147,13 +150,20 @@ def _processes() -> dict[int, tuple[int, float]]:
         with contextlib.suppress(OSError, IndexError, ValueError):
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            # after the name: state ppid ... utime (14th field) stime (15th) of /proc/PID/stat
-            table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK)
+            # after the name: state ppid ...; utime, stime, cutime, cstime are the 14th to 17th
+            # fields of /proc/PID/stat
+            utime, stime, cutime, cstime = map(int, fields[11:15])
+            table[int(entry)] = (
+                int(fields[1]),
+                (utime + stime) / CLK_TCK,
+                (cutime + cstime) / CLK_TCK,
+            )
     return table
 
 
-def tree_cpu(root: int | None) -> float:
-    """CPU seconds used so far by ``root`` and its descendants that are still alive."""
+def tree_cpu(root: int | None, *, reaped: bool = False) -> float:
+    """CPU seconds used so far by ``root`` and its live descendants, and with ``reaped`` by
+    the descendants that have exited and been waited for too."""
     if root is None:
         return 0.0
     table = _processes()
@@ -163,9 +173,38 @@ def tree_cpu(root: int | None) -> float:
         if pid in seen or pid not in table:
             continue
         seen.add(pid)
-        total += table[pid][1]
-        todo += [child for child, (parent, _) in table.items() if parent == pid]
+        _, own, children = table[pid]
+        total += own + (children if reaped else 0.0)
+        todo += [child for child, (parent, _, _) in table.items() if parent == pid]
     return total
+
+
+@dataclass
+class OtherLoad:
+    """How much CPU processes other than this one and its descendants use, from now on: a
+    machine busy with other work skews every number."""
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.busy = _machine_busy()
+        self.ours = tree_cpu(os.getpid(), reaped=True)
+
+    def percent(self) -> float:
+        """Their CPU time since the start, in % of all this machine's CPUs."""
+        wall = time.perf_counter() - self.wall
+        ours = tree_cpu(os.getpid(), reaped=True) - self.ours
+        theirs = max(0.0, _machine_busy() - self.busy - ours)
+        return round(100 * theirs / (wall * (os.cpu_count() or 1)), 1)
+
+
+def _machine_busy() -> float:
+    """CPU seconds every process has used since boot, from the first line of /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
+    except (OSError, ValueError):
+        return 0.0
+    return (user + nice + system + irq + softirq) / CLK_TCK
 
 
 @dataclass
@@ -419,8 +458,8 @@ async def sequential(
         for target in targets:
             for _ in range(sizes.warmup):
                 await target.echo()
-        progress.start("sequential: " + " / ".join(t.label for t in targets), 0)
-        progress.total = sizes.sequential * len(targets)
+        labels = " / ".join(target.label for target in targets)
+        progress.start(f"{labels}: sequential", sizes.sequential * len(targets))
         measured = {target.label: ([], Usage()) for target in targets}
         for chunk in _chunks(sizes.sequential, sizes.rounds):
             for target in targets:
@@ -705,6 +744,7 @@ async def measure(node: RabbitNode, sizes: Sizes, servers: Servers) -> dict[str,
     progress = Progress(2 + len(sizes.workers) + 1 + 1)
     bench = Bench(node.url, broker_pid(node), sizes, servers, progress)
     started = time.monotonic()
+    other_load = OtherLoad()
     results: dict[str, Any] = {"environment": environment(), "sizes": asdict(sizes)}
     async with asyncio.timeout(READY_TIMEOUT):
         await atasks.setup("amqp", url=node.url)
@@ -718,6 +758,7 @@ async def measure(node: RabbitNode, sizes: Sizes, servers: Servers) -> dict[str,
             await atasks.close(grace=1)
     results["loopback"] = await loopback_overhead(sizes, progress)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["environment"]["other_processes_cpu_percent"] = other_load.percent()
     return results
 
 
@@ -731,9 +772,13 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"atasks {env['atasks']}, aio-pika {env['aio_pika']}, aiormq {env['aiormq']}, "
         f"RabbitMQ {env['rabbitmq']}, Python {env['python']}, {env['cpus']} CPUs; "
-        f"payload: {env['payload']}; client, servers and broker on this one machine "
-        f"(load average {env['load_average_at_start']} at the start).",
+        f"payload: {env['payload']}; client, servers and broker on this one machine; other "
+        f"processes used {env['other_processes_cpu_percent']}% of its CPU during the run.",
         "",
+    ]
+    if env["other_processes_cpu_percent"] > OTHER_LOAD_WARNING:
+        lines += ["**Other work was running on this machine: these numbers are skewed.**", ""]
+    lines += [
         "| | atasks | baseline (aio-pika) | atasks / baseline |",
         "| --- | ---: | ---: | ---: |",
     ]
@@ -809,7 +854,9 @@ def table(results: dict[str, Any]) -> str:
         "",
         "Baseline: request confirmed, reply not; exclusive reply queue. atasks: request and "
         "reply confirmed, request acked after its reply is confirmed; direct reply-to. Both: "
-        "durable request queue, transient messages, prefetch 64.",
+        "durable request queue, transient messages, prefetch 64. Both servers run at once and "
+        f"the two sides take turns, {sizes['rounds']} rounds per phase; CPU is user + system "
+        "time from /proc (the client: this process).",
     ]
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -128,16 +128,25 @@ class Transport(ABC):
         return f"{type(self).__name__}(namespace={self.namespace!r})"
 
 
-class LoopbackTransport(Transport):
-    """Delivers every request to this process's own router, in a fresh task and context.
+INLINE_DEPTH = 16
 
-    Calls still go through the codec, so a loopback test catches what a broker would.
+
+class LoopbackTransport(Transport):
+    """Delivers every request to this process's own router, in a fresh context.
+
+    Calls still go through the codec, so a loopback test catches what a broker would. The
+    serving coroutine runs inside the awaiting task (no task of its own, for speed) but in a
+    context of its own, so nothing of the caller's context leaks into it, as over a broker.
+    Beyond ``INLINE_DEPTH`` nested calls in one task it gets a task, so recursion stays
+    unbounded.
     """
 
     def __init__(self, *, namespace: str | None = DEFAULT) -> None:
         super().__init__(namespace=namespace)
         self._handlers: dict[str, RequestHandler] = {}
-        self._running: set[asyncio.Task[Reply]] = set()
+        self._calls: dict[object, tuple[asyncio.Task[Any], asyncio.Future[None]]] = {}
+        self._stopping: set[asyncio.Task[Any]] = set()
+        self._inline_depth: dict[asyncio.Task[Any], int] = {}
         self._connected = False
 
     async def connect(self) -> None:
@@ -166,20 +175,37 @@ class LoopbackTransport(Transport):
                 listener(progress)
 
             request.report = report
-        task = asyncio.get_running_loop().create_task(
-            handler(request), context=contextvars.Context()
-        )
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        caller = asyncio.current_task()
+        assert caller is not None
+        depth = self._inline_depth.get(caller, 0)
+        context = contextvars.Context()
+        awaited: Awaitable[Reply]
+        if depth < INLINE_DEPTH:  # the fast path: no task, no trip through the event loop
+            serving, awaited = caller, _InContext(handler(request), context)
+            self._inline_depth[caller] = depth + 1
+        else:  # deep recursion: a task of its own keeps the stack flat
+            serving = asyncio.get_running_loop().create_task(handler(request), context=context)
+            awaited = serving
+        key, finished = object(), asyncio.get_running_loop().create_future()
+        self._calls[key] = (serving, finished)
         try:
-            return await task
+            return await awaited
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if serving is caller and caller in self._stopping:
+                caller.uncancel()
+            elif serving is caller or caller.cancelling():
                 raise
             raise TransportError(
                 f"the server stopped before atask {request.name!r} finished"
             ) from None
+        finally:
+            del self._calls[key]
+            finished.set_result(None)
+            if serving is caller:
+                if depth:
+                    self._inline_depth[caller] = depth
+                else:
+                    del self._inline_depth[caller]
 
     async def register_callback(self, name: str, handler: RequestHandler) -> None:
         self._handlers[name] = handler
@@ -188,9 +214,40 @@ class LoopbackTransport(Transport):
         self._handlers.pop(name, None)
 
     async def drain(self, grace: float) -> None:
-        if self._running and grace > 0:
-            await asyncio.wait(set(self._running), timeout=grace)
-        for task in list(self._running):
+        if self._calls and grace > 0:
+            await asyncio.wait({finished for _, finished in self._calls.values()}, timeout=grace)
+        if not self._calls:
+            return
+        tasks = {task for task, _ in self._calls.values()}
+        self._stopping |= tasks
+        for task in tasks:
             task.cancel()
-        if self._running:
-            await asyncio.wait(set(self._running))
+        try:
+            await asyncio.wait({finished for _, finished in self._calls.values()})
+        finally:
+            self._stopping -= tasks
+
+
+class _InContext:
+    """Await a coroutine inside the current task, but with every step run in ``context``."""
+
+    __slots__ = ("context", "coroutine")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Reply], context: contextvars.Context):
+        self.coroutine = coroutine
+        self.context = context
+
+    def __await__(self) -> Generator[Any, Any, Reply]:
+        run, send, throw = self.context.run, self.coroutine.send, self.coroutine.throw
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = run(send, value) if error is None else run(throw, error)
+            except StopIteration as stop:
+                result: Reply = stop.value
+                return result
+            try:
+                value, error = (yield step), None
+            except BaseException as exc:  # delivered into the coroutine at its next step
+                value, error = None, exc

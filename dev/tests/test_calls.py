@@ -97,8 +97,8 @@ async def test_sequential_awaits_inside_an_atask(served: Router) -> None:
     assert await sequence(20) == [2 * i for i in range(20)]
 
 
-async def test_recursion_depth_60(served: Router) -> None:
-    assert await chain(60) == 60
+async def test_deep_recursion(served: Router) -> None:
+    assert await chain(300) == 300
 
 
 async def test_recursive_fan_out_of_thousands(served: Router) -> None:

@@ -170,3 +170,14 @@ async def test_a_cancelled_queued_request_never_runs(served_serially: Router) ->
     await blocker
     await asyncio.sleep(0.3)
     assert f"{label} started" not in seen
+
+
+@pytest.mark.parametrize("depth", [0, 20])  # served inline, and past the inline depth
+async def test_a_stopping_loopback_server_fails_calls_in_progress_clearly(depth: int) -> None:
+    await atasks.setup("loopback")
+    call = asyncio.ensure_future(level(depth, 30))
+    await wait_seen("level0 started")
+    await atasks.close(grace=0.1)
+    with pytest.raises(atasks.TransportError, match="server stopped"):
+        await call
+    assert "level0 cancelled" in seen

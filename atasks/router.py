@@ -57,22 +57,21 @@ class Slots:
         if limit < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {limit}")
         self.limit = limit
+        self.running = 0
         self.parked = 0
         self._semaphore = asyncio.Semaphore(limit)
         self._on_capacity = on_capacity
         on_capacity(limit)
 
-    @property
-    def running(self) -> int:
-        return self.limit - self._semaphore._value
-
     async def acquire(self, scope: CallScope) -> None:
         await self._semaphore.acquire()
         scope.holds_slot = True
+        self.running += 1
 
     def release(self, scope: CallScope) -> None:
         if scope.holds_slot:
             scope.holds_slot = False
+            self.running -= 1
             self._semaphore.release()
 
     def park(self, scope: CallScope) -> None:

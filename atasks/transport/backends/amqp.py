@@ -373,7 +373,7 @@ class AMQPTransport(Transport):
                 ),
                 5,
             )
-        except (*CONNECTION_ERRORS, TransportError, TimeoutError) as exc:
+        except Exception as exc:  # best effort, in the background: aiormq may raise anything
             log.warning("could not send the cancellation of call %s: %s", call_id, exc)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -739,9 +739,12 @@ class _Delivery:
 
 
 def _deadline_from(headers: Mapping[str, Any]) -> float | None:
+    text = headers.get(H_DEADLINE)
+    if text is None:
+        return None
     try:
-        return float(str(headers[H_DEADLINE]))
-    except (KeyError, ValueError):
+        return float(str(text))
+    except ValueError:
         return None
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import aio_pika
 import pytest
 import workload
+from rabbitnode import RabbitNode
 from servers import Servers, delete_queues, wait_until_served
 
 import atasks
-from atasks.errors import DecodeError
+from atasks.errors import DecodeError, TransportError
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -141,3 +142,28 @@ async def test_an_undecodable_reply_fails_only_its_call(amqp_url: str) -> None:
         await reply(two, pickle.dumps("for nobody"), "no-such-call")
         await reply(two, pickle.dumps(2), str(two.correlation_id))
         assert await asyncio.wait_for(second, 5) == 2
+
+
+@atasks.atask(name="refused", namespace="full")
+async def refused() -> None: ...
+
+
+async def test_a_request_the_broker_refuses_is_an_error_at_the_caller(
+    rabbit: RabbitNode, amqp_url: str
+) -> None:
+    """A policy makes the broker nack every publish to this namespace's queues."""
+    await asyncio.to_thread(
+        rabbit.ctl,
+        "set_policy",
+        "atasks-test-full",
+        r"^atasks\.full\.",
+        '{"max-length": 0, "overflow": "reject-publish"}',
+        "--apply-to",
+        "queues",
+    )
+    try:
+        await atasks.setup("amqp", url=amqp_url, namespace="full", serve=True)
+        with pytest.raises(TransportError, match="refused"):
+            await asyncio.wait_for(refused(), 5)
+    finally:
+        await asyncio.to_thread(rabbit.ctl, "clear_policy", "atasks-test-full")

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import workload
 from rabbitnode import RabbitNode
-from servers import Servers, delete_queues, wait_until_served
+from servers import REPO, Servers, delete_queues, wait_until_served
 
 import atasks
 from atasks.errors import DeliveryLimitExceeded, TransportError
@@ -148,3 +150,38 @@ async def test_broker_restart_mid_run(tmp_path: Path) -> None:
             assert isinstance(result, int)
         finally:
             servers.stop_all()
+
+
+async def test_atasks_run_server_and_client_end_to_end(
+    servers: Servers, client: None, amqp_url: str
+) -> None:
+    from examples import scenarios
+
+    servers.start("--workers", "2", workload="examples/scenarios.py")
+    await wait_until_served(scenarios.withdraw, 10, 1)  # defined last: all are served
+    finished = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "atasks",
+            "run",
+            "examples/scenarios.py",
+            "--mode",
+            "client",
+            "--url",
+            amqp_url,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    await delete_queues(amqp_url, scenarios)
+    assert finished.returncode == 0, finished.stderr + servers.log(0)
+    assert finished.stdout.splitlines() == [
+        "sequence: 55",
+        "parallel: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
+        "recursion: fibonacci(10) = 55",
+        "error: NotEnoughMoney cannot withdraw 20 from 5",
+    ]

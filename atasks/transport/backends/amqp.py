@@ -479,7 +479,14 @@ class AMQPTransport(Transport):
                 )
             else:
                 reply = await handler(request)
-            await self._publish_reply(message.reply_to, reply)
+            try:
+                await self._publish_reply(message.reply_to, reply)
+            except aiormq.exceptions.DeliveryError as exc:
+                # The broker refused the reply: run the request again rather than leave its
+                # caller waiting (it counts towards the delivery limit).
+                log.warning("the broker refused the reply to %s (%s): requeued", call_id, exc)
+                await message.nack(requeue=True)
+                return
             await message.ack()
         except asyncio.CancelledError:
             await self._after_cancel(name, call_id, message)

@@ -28,6 +28,7 @@ class CallScope:
     holds_slot: bool = False
     parked: bool = False
     children: int = 0
+    done: bool = False
 
 
 current_scope: ContextVar[CallScope | None] = ContextVar("atasks_call", default=None)

@@ -83,15 +83,25 @@ class Slots:
             self.parked += 1
             self._on_capacity(self.limit + self.parked)
 
-    async def unpark(self, scope: CallScope, *, resume: bool) -> None:
-        """A child of ``scope`` is done; with ``resume`` wait for a slot to go on."""
+    async def unpark(self, scope: CallScope) -> None:
+        """A child of ``scope`` is done: once none is left, wait for a slot to go on."""
         scope.children -= 1
         if scope.children == 0 and scope.parked:
-            scope.parked = False
-            self.parked -= 1
-            self._on_capacity(self.limit + self.parked)
-            if resume:
+            self._unparked(scope)
+            if not scope.done:  # a child may outlive its parent (create_task, failed gather)
                 await self.acquire(scope)
+
+    def finish(self, scope: CallScope) -> None:
+        """``scope``'s atask has ended: give back what it holds, whatever its children do."""
+        scope.done = True
+        if scope.parked:
+            self._unparked(scope)
+        self.release(scope)
+
+    def _unparked(self, scope: CallScope) -> None:
+        scope.parked = False
+        self.parked -= 1
+        self._on_capacity(self.limit + self.parked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +185,6 @@ class Router:
         if slots is not None:
             assert scope is not None
             slots.park(scope)
-        resume = True
         try:
             if deadline is None:
                 reply = await transport.send_request(request, listener)
@@ -188,13 +197,12 @@ class Router:
                     raise TimeoutError(
                         f"atask {atask.name!r} did not finish before its deadline"
                     ) from None
-        except asyncio.CancelledError:
-            resume = False
-            raise
         finally:
             if slots is not None:
                 assert scope is not None
-                await slots.unpark(scope, resume=resume)
+                # Always take a slot again, even when this child was cancelled: the parent may
+                # go on (a timeout around one child), and must not run without a slot.
+                await slots.unpark(scope)
         return await self._outcome(reply, codec)
 
     async def _outcome(self, reply: Reply, codec: Codec) -> Any:
@@ -273,7 +281,14 @@ class Router:
             return await self._failed_with(request, codec, exc, events, received)
         try:
             result = await self._run(atask, request, args, kwargs, events)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():
+                # Raised by the atask itself (say, awaiting a task someone else cancelled):
+                # an outcome like any exception, not a cancellation of this call.
+                stray = RuntimeError(f"atask {request.name!r} raised CancelledError")
+                stray.__cause__ = exc
+                return await self._failed_with(request, codec, stray, events, received)
             if events is not None:
                 await self._emit(events, "cancelled", request, received)
             raise
@@ -377,7 +392,7 @@ class Router:
                 return await atask.run(args, kwargs)
         finally:
             if scope.slots is not None:
-                scope.slots.release(scope)
+                scope.slots.finish(scope)
             current_scope.reset(token)
 
     def _reporter(self, request: Request, events: Transport | None) -> ProgressSink:

@@ -181,3 +181,36 @@ async def test_a_stopping_loopback_server_fails_calls_in_progress_clearly(depth:
     with pytest.raises(atasks.TransportError, match="server stopped"):
         await call
     assert "level0 cancelled" in seen
+
+
+@atask
+async def fails_fast() -> None:
+    raise ValueError("first child fails")
+
+
+@atask
+async def parent_leaves_a_child_behind() -> None:
+    """gather() raises on the first failure and leaves the slow sibling running."""
+    await asyncio.gather(fails_fast(), occupy(0.3))
+
+
+async def test_a_child_that_outlives_its_parent_leaks_no_slot(served_serially: Router) -> None:
+    for _ in range(2):
+        with pytest.raises(ValueError, match="first child"):
+            await parent_leaves_a_child_behind()
+    await asyncio.sleep(0.5)  # the orphaned children finish
+    assert served_serially.statistics().running == 0
+    assert served_serially.statistics().parked == 0
+    await asyncio.wait_for(occupy(0), 5)  # the one slot is free
+
+
+@atask
+async def awaits_a_cancelled_future() -> None:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
+
+
+async def test_a_cancelled_error_raised_by_the_atask_is_a_failure(served: Router) -> None:
+    with pytest.raises(RuntimeError, match="raised CancelledError"):
+        await asyncio.wait_for(awaits_a_cancelled_future(), 10)

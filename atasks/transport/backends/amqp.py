@@ -117,6 +117,7 @@ class AMQPTransport(Transport):
         self._started = time.time()
 
         self.state = State.NEW
+        self._closing = False
         self._ready = asyncio.Event()
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None  # calls, replies, control
@@ -144,6 +145,10 @@ class AMQPTransport(Transport):
 
     def __repr__(self) -> str:
         return f"AMQPTransport({self.url!r}, namespace={self.namespace!r})"
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
 
     def queue_name(self, atask_name: str) -> str:
         return self._queue_prefix + atask_name
@@ -199,11 +204,13 @@ class AMQPTransport(Transport):
             await connection.close()
             raise
         connection.close_callbacks.add(self._on_connection_closed)
+        for used in (channel, serve_channel):
+            used.close_callbacks.add(self._on_channel_closed)
         self.state = State.CONNECTED
         self._ready.set()
 
     def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
-        if self.state is not State.CONNECTED:
+        if self.state is not State.CONNECTED or self._closing:
             return
         log.warning("lost the broker connection (%s); reconnecting", exc or "closed")
         self.state = State.RECONNECTING
@@ -217,12 +224,25 @@ class AMQPTransport(Transport):
         )
         self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
 
+    def _on_channel_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        # The broker closes a channel, not the connection, on e.g. an oversized message or a
+        # consumer timeout: start over with a new connection rather than half work.
+        connection = self._connection
+        if self.state is State.CONNECTED and not self._closing and connection is not None:
+            log.warning("the broker closed a channel (%s); reconnecting", exc)
+
+            async def close() -> None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+
+            self._spawn(close())
+
     async def _reconnect(self) -> None:
         delay = 0.1
         while self.state is State.RECONNECTING:
             try:
                 await self._open()
-            except (*CONNECTION_ERRORS, TimeoutError) as exc:
+            except Exception as exc:  # keep trying whatever the failure
                 log.debug("reconnect failed: %s; next try in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -231,10 +251,9 @@ class AMQPTransport(Transport):
                 return
 
     async def disconnect(self) -> None:
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self._closing:
             return
-        self.state = State.CLOSED
-        self._ready.clear()
+        self._closing = True  # no new calls; the connection still carries what is on its way
         reconnector, self._reconnector = self._reconnector, None
         if reconnector is not None:
             reconnector.cancel()
@@ -246,6 +265,8 @@ class AMQPTransport(Transport):
             if self._background:  # cancellations on their way to servers: let them go out
                 await asyncio.wait(set(self._background), timeout=1)
         finally:
+            self.state = State.CLOSED
+            self._ready.set()  # wakes calls waiting for a reconnect: they find it closed
             self._fail_pending(NotConnected(f"{self!r} was disconnected"))
             for task in list(self._background):
                 task.cancel()
@@ -271,6 +292,8 @@ class AMQPTransport(Transport):
                     f"no connection to the broker at {_safe_url(self.url)} for "
                     f"{self.reconnect_wait:.0f}s"
                 ) from None
+            if self.closed:  # disconnect() woke us
+                raise NotConnected(f"{self!r} was disconnected")
         assert self._raw is not None
         return self._raw
 
@@ -279,6 +302,8 @@ class AMQPTransport(Transport):
     async def send_request(
         self, request: Request, on_progress: ProgressListener | None = None
     ) -> Reply:
+        if self._closing:
+            raise NotConnected(f"{self!r} is disconnecting")
         channel = await self._wait_ready()
         headers: dict[str, Any] = {}
         if on_progress is not None:
@@ -298,7 +323,6 @@ class AMQPTransport(Transport):
         )
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.call_id] = future
-        published = False
         try:
             try:
                 await channel.basic_publish(
@@ -316,11 +340,10 @@ class AMQPTransport(Transport):
                 raise TransportError(f"the broker refused the request: {exc}") from exc
             except CONNECTION_ERRORS as exc:
                 raise TransportError(f"could not publish the request: {exc}") from exc
-            published = True
             return await future
         except asyncio.CancelledError:
-            if published:
-                self._spawn(self._publish_cancel(request.call_id))
+            # Even mid-publish: the request may be queued already.
+            self._spawn(self._publish_cancel(request.call_id))
             raise
         finally:
             self._pending.pop(request.call_id, None)
@@ -400,13 +423,13 @@ class AMQPTransport(Transport):
         self._consumers[name] = ok.consumer_tag
 
     async def unregister_callback(self, name: str) -> None:
-        self._handlers.pop(name, None)
         tag = self._consumers.pop(name, None)
         if tag is not None and self._serve_raw is not None:
             try:
                 await self._serve_raw.basic_cancel(tag)
             except CONNECTION_ERRORS as exc:
                 log.debug("could not cancel consumer of %s: %s", name, exc)
+        self._handlers.pop(name, None)
 
     async def drain(self, grace: float) -> None:
         running = set(self._running.values())
@@ -448,12 +471,14 @@ class AMQPTransport(Transport):
             try:
                 await self._serve(name, message)
             finally:
-                self._running.pop(key, None)
+                if self._running.get(key) is task:  # a requeued copy may have taken the key
+                    del self._running[key]
 
         return on_request
 
     async def _serve(self, name: str, message: _Delivery) -> None:
         call_id = message.correlation_id
+        replied = False
         try:
             if not call_id or not message.reply_to:
                 log.warning("dropped a request for %r without correlation_id or reply_to", name)
@@ -470,15 +495,12 @@ class AMQPTransport(Transport):
                 await self._count_death(name, message)
                 return
             handler = self._handlers.get(name)
+            if handler is None:  # delivered while this server stopped serving it
+                await self._requeue(name, message, message.headers)
+                return
             request = self._request_from(name, message)
-            if handler is None or isinstance(request, Reply):
-                reply = (
-                    request
-                    if isinstance(request, Reply)
-                    else _error_reply(call_id, JobNotFound(f"this server stopped serving {name!r}"))
-                )
-            else:
-                reply = await handler(request)
+            reply = request if isinstance(request, Reply) else await handler(request)
+            replied = True
             try:
                 await self._publish_reply(message.reply_to, reply)
             except aiormq.exceptions.DeliveryError as exc:
@@ -489,9 +511,11 @@ class AMQPTransport(Transport):
                 return
             await message.ack()
         except asyncio.CancelledError:
-            await self._after_cancel(name, call_id, message)
+            await self._after_cancel(name, call_id, message, replied=replied)
         except CONNECTION_ERRORS as exc:
             log.warning("request %s of %r not finished: %s", call_id, name, exc)
+            with contextlib.suppress(*CONNECTION_ERRORS):  # on a live channel, try again
+                await message.nack(requeue=True)
 
     def _request_from(self, name: str, message: _Delivery) -> Request | Reply:
         call_id = message.correlation_id or ""
@@ -625,12 +649,15 @@ class AMQPTransport(Transport):
             await message.ack()
         finally:
             done.set()
-            del self._requeueing[call_id]
+            if self._requeueing.get(call_id) is done:
+                del self._requeueing[call_id]
 
-    async def _after_cancel(self, name: str, call_id: str | None, message: _Delivery) -> None:
+    async def _after_cancel(
+        self, name: str, call_id: str | None, message: _Delivery, *, replied: bool
+    ) -> None:
         try:
-            if call_id is not None and call_id in self._cancelled:
-                await message.ack()  # cancelled by its caller: done with it
+            if replied or (call_id is not None and call_id in self._cancelled):
+                await message.ack()  # answered, or cancelled by its caller: done with it
                 return
             # This server is shutting down: hand the request to another server. A fresh copy,
             # not a nack, so that the next server does not count it as a server death.

@@ -78,6 +78,8 @@ def run_sync(awaitable: Coroutine[Any, Any, T], timeout: float | None = None) ->
         # The deadline ends the call in the loop; the margin only guards against a stuck loop.
         return future.result(None if timeout is None else timeout + 5)
     except concurrent.futures.TimeoutError:
+        if future.done():  # the call's own TimeoutError (its deadline, or a remote one)
+            raise
         future.cancel()
         raise TimeoutError("the atasks event loop did not answer in time") from None
     except BaseException:

@@ -353,8 +353,8 @@ async def _serve_until_signalled(mains: list[Coroutine[Any, Any, None]]) -> None
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        # The handlers stay until the process ends: a second signal must not kill the
+        # graceful shutdown that follows (atasks.close() with --grace).
 
 
 def _one_line(exc: BaseException) -> str:

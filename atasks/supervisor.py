@@ -33,7 +33,9 @@ async def _keep_running(slot: int, argv: list[str], stop: asyncio.Event) -> None
     delay = 0.5
     while not stop.is_set():
         started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(*argv)
+        # A session of its own: a terminal's Ctrl-C reaches the supervisor, which stops each
+        # worker once, with SIGTERM.
+        process = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
         log.info("worker %d started (pid %d)", slot, process.pid)
         waiter = asyncio.ensure_future(process.wait())
         stopper = asyncio.ensure_future(stop.wait())

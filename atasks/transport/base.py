@@ -216,16 +216,20 @@ class LoopbackTransport(Transport):
     async def drain(self, grace: float) -> None:
         if self._calls and grace > 0:
             await asyncio.wait({finished for _, finished in self._calls.values()}, timeout=grace)
-        if not self._calls:
-            return
-        tasks = {task for task, _ in self._calls.values()}
-        self._stopping |= tasks
-        for task in tasks:
-            task.cancel()
-        try:
-            await asyncio.wait({finished for _, finished in self._calls.values()})
-        finally:
-            self._stopping -= tasks
+        # Nested inline calls share a task, and one cancel ends only the innermost: cancel
+        # again until every call is over.
+        while self._calls:
+            tasks = {task for task, _ in self._calls.values()}
+            self._stopping |= tasks
+            try:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(
+                    {finished for _, finished in self._calls.values()},
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                self._stopping -= tasks
 
 
 class _InContext:

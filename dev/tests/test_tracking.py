@@ -172,11 +172,13 @@ async def test_inspect_sees_two_servers_and_their_calls_in_progress(
     pids = {servers.start().pid, servers.start().pid}
     await atasks.setup("amqp", url=amqp_url)
     await wait_until_served(workload.ready)
-    calls = [asyncio.ensure_future(workload.slow_pid(3)) for _ in range(6)]
+    async with asyncio.timeout(30):  # both servers up and answering
+        while {s["pid"] for s in json.loads(await _inspect(amqp_url, "--json"))} != pids:
+            await asyncio.sleep(0.2)
+    calls = [asyncio.ensure_future(workload.slow_pid(5)) for _ in range(6)]
     async with asyncio.timeout(30):
         while True:
-            answer = await _inspect(amqp_url, "--json")
-            table = json.loads(answer)
+            table = json.loads(await _inspect(amqp_url, "--json"))
             in_progress = sum(s["running"] + s["parked"] for s in table)
             if {s["pid"] for s in table} == pids and in_progress == 6:
                 break

@@ -655,6 +655,8 @@ class AMQPTransport(Transport):
     async def _after_cancel(
         self, name: str, call_id: str | None, message: _Delivery, *, replied: bool
     ) -> None:
+        if message.settled:  # cancelled while acking: nothing left to do
+            return
         try:
             if replied or (call_id is not None and call_id in self._cancelled):
                 await message.ack()  # answered, or cancelled by its caller: done with it
@@ -737,7 +739,7 @@ class AMQPTransport(Transport):
 class _Delivery:
     """A request as delivered: what a server reads of it, and how it settles it."""
 
-    __slots__ = ("body", "channel", "properties", "redelivered", "tag")
+    __slots__ = ("body", "channel", "properties", "redelivered", "settled", "tag")
 
     def __init__(self, delivered: DeliveredMessage) -> None:
         self.body = delivered.body
@@ -745,6 +747,7 @@ class _Delivery:
         self.properties = delivered.header.properties
         self.tag = delivered.delivery_tag or 0
         self.redelivered = bool(delivered.redelivered)
+        self.settled = False  # settling twice would make the broker close the channel
 
     @property
     def correlation_id(self) -> str | None:
@@ -763,13 +766,19 @@ class _Delivery:
         return self.properties.headers or {}
 
     async def ack(self) -> None:
-        await self.channel.basic_ack(self.tag)
+        if not self.settled:
+            self.settled = True
+            await self.channel.basic_ack(self.tag)
 
     async def reject(self, *, requeue: bool) -> None:
-        await self.channel.basic_reject(self.tag, requeue=requeue)
+        if not self.settled:
+            self.settled = True
+            await self.channel.basic_reject(self.tag, requeue=requeue)
 
     async def nack(self, *, requeue: bool) -> None:
-        await self.channel.basic_nack(self.tag, requeue=requeue)
+        if not self.settled:
+            self.settled = True
+            await self.channel.basic_nack(self.tag, requeue=requeue)
 
 
 def _deadline_from(headers: Mapping[str, Any]) -> float | None:

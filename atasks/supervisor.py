@@ -33,9 +33,10 @@ async def _keep_running(slot: int, argv: list[str], stop: asyncio.Event) -> None
     delay = 0.5
     while not stop.is_set():
         started = time.monotonic()
-        # A session of its own: a terminal's Ctrl-C reaches the supervisor, which stops each
-        # worker once, with SIGTERM.
-        process = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
+        # Same process group: killing the supervisor's group kills its workers too. A terminal's
+        # Ctrl-C reaches every worker as well as the supervisor's SIGTERM; a worker takes the
+        # second signal calmly (its handlers stay installed until it exits).
+        process = await asyncio.create_subprocess_exec(*argv)
         log.info("worker %d started (pid %d)", slot, process.pid)
         waiter = asyncio.ensure_future(process.wait())
         stopper = asyncio.ensure_future(stop.wait())

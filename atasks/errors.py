@@ -20,6 +20,12 @@ Every class takes a single message, so each one pickles and travels back to a ca
 from __future__ import annotations
 
 
+def type_name(exc: BaseException) -> str:
+    """How an exception's type travels: ``module.QualName`` (rebuilt by name on the caller)."""
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class ATasksError(Exception):
     """Root of every error raised by atasks."""
 

@@ -29,6 +29,7 @@ from atasks.errors import (
     JobNotFound,
     NoCodecRegistered,
     RemoteError,
+    type_name,
 )
 from atasks.events import Event, Progress, progress_listener
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
@@ -423,11 +424,6 @@ def _split_arguments(payload: Any) -> tuple[list[Any], dict[str, Any]]:
     ):
         return list(payload[0]), payload[1]
     raise DecodeError(f"a request must carry [args, kwargs], not {type(payload).__name__}")
-
-
-def type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 async def _failure(request: Request, codec: Codec, exc: Exception) -> Reply:

@@ -42,6 +42,7 @@ from atasks.errors import (
     JobNotFound,
     NotConnected,
     TransportError,
+    type_name,
 )
 from atasks.events import SERVER_ID, Event, Progress, ProgressListener, encode_batch
 from atasks.namespaces import DEFAULT
@@ -813,13 +814,12 @@ def _reply_from(message: DeliveredMessage) -> Reply:
 
 
 def _error_reply(call_id: str, exc: Exception) -> Reply:
-    cls = type(exc)
     return Reply(
         call_id=call_id,
         ok=False,
         content_type="",
         body=b"",
-        error_type=f"{cls.__module__}.{cls.__qualname__}",
+        error_type=type_name(exc),
         error_message=str(exc),
     )
 

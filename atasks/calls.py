@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -9,10 +10,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from atasks.router import Slots
+    from atasks.slots import Slots
     from atasks.transport.base import ProgressSink
 
 
@@ -25,9 +26,12 @@ class CallScope:
     deadline: float | None
     slots: Slots | None = None
     report: ProgressSink | None = None
+    owner: asyncio.Task[Any] | None = None  # the task that runs the atask's own code
     holds_slot: bool = False
-    parked: bool = False
-    children: int = 0
+    lent: bool = False  # its slot is lent while its calls are in flight
+    suspended: bool = False  # its own code is waiting for something
+    direct: int = 0  # calls in flight awaited by its own task
+    children: int = 0  # calls in flight made from other tasks (gather, create_task)
     done: bool = False
 
 

@@ -190,7 +190,7 @@ def inspect_command(url: str | None, namespace: str, wait: float, as_json: bool)
     """Ask every live server what it is doing, and print a table."""
     from atasks.monitor import format_inspect_table
     from atasks.transport.backends.amqp import DEFAULT_URL
-    from atasks.transport.backends.amqp_monitor import inspect_servers
+    from atasks.transport.backends.amqp.monitor import inspect_servers
 
     try:
         servers = asyncio.run(inspect_servers(url or DEFAULT_URL, namespace, wait))
@@ -207,7 +207,7 @@ def events(url: str | None, namespace: str, as_json: bool) -> None:
     """Stream the lifecycle events of servers run with --events, live, until Ctrl-C."""
     from atasks.monitor import EventFormatter
     from atasks.transport.backends.amqp import DEFAULT_URL
-    from atasks.transport.backends.amqp_monitor import stream_events
+    from atasks.transport.backends.amqp.monitor import stream_events
 
     formatter = EventFormatter()
 

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from atasks.errors import (
 )
 from atasks.events import Event, Progress, progress_listener
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
+from atasks.slots import Slots
 from atasks.transport.base import ProgressSink, Reply, Request, Transport
 
 if TYPE_CHECKING:
@@ -44,65 +44,6 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_GRACE = 10.0
 MESSAGE_LIMIT = 2_000
 TRACEBACK_LIMIT = 16_000
-
-
-class Slots:
-    """Bounds how many atasks run at once on a server.
-
-    An atask awaiting atasks gives its slot back while it waits and takes one again to go on, so
-    a saturated server never deadlocks on its own children. ``on_capacity`` learns how many
-    requests the server may hold: its limit plus the calls parked on children.
-    """
-
-    def __init__(self, limit: int, on_capacity: Callable[[int], None]) -> None:
-        if limit < 1:
-            raise ConfigurationError(f"concurrency must be at least 1, not {limit}")
-        self.limit = limit
-        self.running = 0
-        self.parked = 0
-        self._semaphore = asyncio.Semaphore(limit)
-        self._on_capacity = on_capacity
-        on_capacity(limit)
-
-    async def acquire(self, scope: CallScope) -> None:
-        await self._semaphore.acquire()
-        scope.holds_slot = True
-        self.running += 1
-
-    def release(self, scope: CallScope) -> None:
-        if scope.holds_slot:
-            scope.holds_slot = False
-            self.running -= 1
-            self._semaphore.release()
-
-    def park(self, scope: CallScope) -> None:
-        """``scope`` starts awaiting a child."""
-        scope.children += 1
-        if scope.children == 1 and scope.holds_slot:
-            self.release(scope)
-            scope.parked = True
-            self.parked += 1
-            self._on_capacity(self.limit + self.parked)
-
-    async def unpark(self, scope: CallScope) -> None:
-        """A child of ``scope`` is done: once none is left, wait for a slot to go on."""
-        scope.children -= 1
-        if scope.children == 0 and scope.parked:
-            self._unparked(scope)
-            if not scope.done:  # a child may outlive its parent (create_task, failed gather)
-                await self.acquire(scope)
-
-    def finish(self, scope: CallScope) -> None:
-        """``scope``'s atask has ended: give back what it holds, whatever its children do."""
-        scope.done = True
-        if scope.parked:
-            self._unparked(scope)
-        self.release(scope)
-
-    def _unparked(self, scope: CallScope) -> None:
-        scope.parked = False
-        self.parked -= 1
-        self._on_capacity(self.limit + self.parked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +124,10 @@ class Router:
             wants_progress=listener is not None,
         )
         slots = scope.slots if scope is not None else None
+        direct = False
         if slots is not None:
             assert scope is not None
-            slots.park(scope)
+            direct = slots.call_started(scope)
         try:
             if deadline is None:
                 reply = await transport.send_request(request, listener)
@@ -203,7 +145,7 @@ class Router:
                 assert scope is not None
                 # Always take a slot again, even when this child was cancelled: the parent may
                 # go on (a timeout around one child), and must not run without a slot.
-                await slots.unpark(scope)
+                await slots.call_ended(scope, direct)
         return await self._outcome(reply, codec)
 
     async def _outcome(self, reply: Reply, codec: Codec) -> Any:
@@ -228,7 +170,9 @@ class Router:
         if self._serving is not None:
             raise ConfigurationError(f"{self!r} is already serving through {self._serving!r}")
         transport = transport if transport is not None else self.transport
-        self._slots = Slots(concurrency, transport.set_capacity)
+        slots = Slots(concurrency)
+        transport.set_capacity(slots)
+        self._slots = slots
         self._serving = transport
         self._started_at = time.time()
         transport.server_statistics = lambda: self.statistics().as_dict()
@@ -269,6 +213,15 @@ class Router:
 
     async def handle(self, request: Request) -> Reply:
         """Serve one request. Returns a reply for every outcome; only cancellation propagates."""
+        try:
+            return await self._handle(request)
+        finally:
+            if request.slot_taken:  # taken by the transport, never adopted by a call
+                request.slot_taken = False
+                if self._slots is not None:
+                    self._slots.give_back_untaken()
+
+    async def _handle(self, request: Request) -> Reply:
         codec = self.codec
         serving = self._serving
         events = serving if serving is not None and serving.events_enabled else None
@@ -377,23 +330,31 @@ class Router:
         deadline = request.deadline
         if deadline is not None and deadline <= time.time():
             raise TimeoutError(f"atask {request.name!r} reached its deadline before it started")
-        scope = CallScope(request.call_id, request.name, deadline, self._slots)
+        slots = self._slots
+        scope = CallScope(request.call_id, request.name, deadline, slots)
+        scope.owner = asyncio.current_task()
         if events is not None or request.report is not None:
             scope.report = self._reporter(request, events)
         token = current_scope.set(scope)
         try:
-            if scope.slots is not None:
-                await scope.slots.acquire(scope)
+            if slots is not None:
+                if request.slot_taken:
+                    request.slot_taken = False
+                    scope.holds_slot = True
+                else:
+                    await slots.take(scope)
             if events is not None:
                 await self._emit(events, "started", request)
+            running = atask.run(args, kwargs)
+            work = slots.drive(running, scope) if slots is not None else running
             if deadline is None:
-                return await atask.run(args, kwargs)
+                return await work
             loop = asyncio.get_running_loop()
             async with asyncio.timeout_at(loop.time() + deadline - time.time()):
-                return await atask.run(args, kwargs)
+                return await work
         finally:
-            if scope.slots is not None:
-                scope.slots.finish(scope)
+            if slots is not None:
+                slots.finish(scope)
             current_scope.reset(token)
 
     def _reporter(self, request: Request, events: Transport | None) -> ProgressSink:

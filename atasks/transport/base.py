@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from atasks.errors import JobNotFound, NotConnected, TransportError
 from atasks.namespaces import DEFAULT, bind_transport
@@ -35,6 +35,9 @@ class Request:
     wants_progress: bool = False
     # Serve side only, set by the transport: carries progress reports back to the caller.
     report: ProgressSink | None = field(default=None, compare=False, repr=False)
+    # Serve side only: the transport took a slot of the server's capacity for this request,
+    # which the router's handler adopts (or gives back).
+    slot_taken: bool = field(default=False, compare=False, repr=False)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -56,6 +59,24 @@ class Reply:
 
 RequestHandler = Callable[[Request], Coroutine[Any, Any, Reply]]
 """Serves one request; never raises but ``CancelledError``."""
+
+
+class Capacity(Protocol):
+    """How many more atasks a serving router can start now, as its transport sees it."""
+
+    @property
+    def limit(self) -> int:
+        """The most atasks that run at once."""
+
+    @property
+    def free(self) -> int:
+        """How many could start right now."""
+
+    def try_take(self) -> bool:
+        """Take a slot for a request about to be handled, if one is free right now."""
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever ``free`` may have changed."""
 
 
 class Transport(ABC):
@@ -106,8 +127,8 @@ class Transport(ABC):
         """Wait up to ``grace`` seconds for requests in progress, then cancel the rest and hand
         their requests back for another server (where the transport can)."""
 
-    def set_capacity(self, requests: int) -> None:  # noqa: B027 - optional hook
-        """How many requests this server may hold at once (running plus waiting on children)."""
+    def set_capacity(self, capacity: Capacity) -> None:  # noqa: B027 - optional hook
+        """Learn the serving router's capacity, to take no more requests than it can start."""
 
     async def publish_event(self, event: Event) -> None:  # noqa: B027 - optional hook
         """Publish a lifecycle event, where the transport has somewhere to publish it."""

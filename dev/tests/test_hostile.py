@@ -151,19 +151,37 @@ async def refused() -> None: ...
 async def test_a_request_the_broker_refuses_is_an_error_at_the_caller(
     rabbit: RabbitNode, amqp_url: str
 ) -> None:
-    """A policy makes the broker nack every publish to this namespace's queues."""
+    """A length limit makes the broker nack publishes to a full queue (a quorum queue takes one
+    message past its limit before it refuses)."""
     await asyncio.to_thread(
         rabbit.ctl,
         "set_policy",
         "atasks-test-full",
         r"^atasks\.full\.",
-        '{"max-length": 0, "overflow": "reject-publish"}',
+        '{"max-length": 1}',
         "--apply-to",
         "queues",
     )
     try:
-        await atasks.setup("amqp", url=amqp_url, namespace="full", serve=True)
+        router = await atasks.setup("amqp", url=amqp_url, namespace="full", serve=True)
+        await router.deactivate()  # the queue stays, with nobody taking from it
+        queued = []
+        for count in (1, 2):  # one at a time: the limit is checked as each one arrives
+            queued.append(asyncio.ensure_future(refused()))
+            await wait_for_queue_length(amqp_url, "atasks.full.refused", count)
         with pytest.raises(TransportError, match="refused"):
-            await asyncio.wait_for(refused(), 5)
+            await asyncio.wait_for(refused(), 10)
+        for call in queued:
+            call.cancel()
     finally:
         await asyncio.to_thread(rabbit.ctl, "clear_policy", "atasks-test-full")
+
+
+async def wait_for_queue_length(url: str, queue: str, length: int) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection, asyncio.timeout(10):
+        channel = await connection.channel()
+        while (
+            await channel.declare_queue(queue, passive=True)
+        ).declaration_result.message_count < length:
+            await asyncio.sleep(0.02)

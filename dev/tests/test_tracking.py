@@ -17,7 +17,7 @@ from servers import REPO, Servers, wait_until_served
 import atasks
 from atasks.events import Event, Progress
 from atasks.router import Router
-from atasks.transport.backends.amqp_monitor import stream_events
+from atasks.transport.backends.amqp.monitor import stream_events
 
 pytestmark = pytest.mark.timeout(120)
 

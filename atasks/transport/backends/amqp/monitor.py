@@ -11,7 +11,7 @@ from typing import Any
 import aio_pika
 
 from atasks.events import Event, decode_batch
-from atasks.transport.backends.amqp import DIRECT_REPLY_TO
+from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology
 
 
 async def inspect_servers(url: str, namespace: str, wait: float = 1.0) -> list[dict[str, Any]]:
@@ -36,7 +36,7 @@ async def inspect_servers(url: str, namespace: str, wait: float = 1.0) -> list[d
         replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
         await replies.consume(on_answer, no_ack=True)
         try:
-            exchange = await channel.get_exchange(f"atasks.{namespace}.control", ensure=True)
+            exchange = await channel.get_exchange(Topology(namespace).control_exchange, ensure=True)
         except aio_pika.exceptions.ChannelClosed:
             return []  # no server of this namespace ever ran here
         await exchange.publish(
@@ -53,7 +53,7 @@ async def stream_events(url: str, namespace: str) -> AsyncIterator[Event]:
     async with connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(
-            f"atasks.{namespace}.events", aio_pika.ExchangeType.TOPIC, durable=True
+            Topology(namespace).events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(exchange, routing_key="#")

@@ -1,0 +1,188 @@
+"""The call side: publish requests, match replies and progress to awaiting calls, send
+cancellations, and tell callers whose requests were dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from atasks.errors import DeliveryLimitExceeded, JobNotFound, NotConnected, TransportError
+from atasks.events import ProgressListener
+from atasks.transport.backends.amqp import wire
+from atasks.transport.backends.amqp.connection import (
+    CONNECTION_ERRORS,
+    Channels,
+    Link,
+    describe,
+)
+from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
+from atasks.transport.base import Reply, Request
+
+log = logging.getLogger("atasks.amqp")
+
+CANCEL_TIMEOUT = 5.0
+NOT_NOTIFIED = ("expired",)  # its caller has already timed out
+
+
+class Caller:
+    """Sends requests through ``link`` and waits for their replies."""
+
+    def __init__(self, link: Link, topology: Topology, *, persistent: bool) -> None:
+        self.link = link
+        self.topology = topology
+        self.persistent = persistent
+        self.closing = False
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._listeners: dict[str, ProgressListener] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        link.on_open.append(self._on_open)
+        link.on_lost.append(self._on_lost)
+
+    async def _on_open(self, channels: Channels) -> None:
+        await declare_all(channels.connection, self.topology, [])
+        await channels.calls_raw.basic_consume(DIRECT_REPLY_TO, self._on_reply, no_ack=True)
+        await channels.calls_raw.basic_consume(
+            self.topology.dead_letter_notify_queue, self._on_dead_letter
+        )
+
+    def _on_lost(self) -> None:
+        self.fail_pending(
+            TransportError(
+                "lost the connection to the broker while awaiting the reply; "
+                "the atask may or may not have run"
+            )
+        )
+
+    def fail_pending(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    async def send_request(self, request: Request, on_progress: ProgressListener | None) -> Reply:
+        if self.closing:
+            raise NotConnected("the transport is disconnecting")
+        channels = await self.link.ready()
+        properties = wire.request_properties(request, DIRECT_REPLY_TO, persistent=self.persistent)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request.call_id] = future
+        if on_progress is not None:
+            self._listeners[request.call_id] = on_progress
+        try:
+            try:
+                await channels.calls_raw.basic_publish(
+                    request.body,
+                    routing_key=self.topology.request_queue(request.name),
+                    properties=properties,
+                    mandatory=True,
+                )
+            except aiormq.exceptions.PublishError:
+                raise JobNotFound(
+                    f"no server has ever served atask {request.name!r} in namespace "
+                    f"{self.topology.namespace!r}: start a server that registers it"
+                ) from None
+            except aiormq.exceptions.DeliveryError as exc:
+                raise TransportError(f"the broker refused the request: {describe(exc)}") from exc
+            except CONNECTION_ERRORS as exc:
+                raise TransportError(f"could not publish the request: {describe(exc)}") from exc
+            return await future
+        except asyncio.CancelledError:
+            # Even mid-publish: the request may be queued already.
+            self.spawn(self.publish_cancel(request.call_id))
+            raise
+        finally:
+            self._pending.pop(request.call_id, None)
+            if on_progress is not None:
+                self._listeners.pop(request.call_id, None)
+
+    async def _on_reply(self, message: DeliveredMessage) -> None:
+        properties = message.header.properties
+        call_id = properties.correlation_id or ""
+        if properties.message_type == wire.PROGRESS:
+            self._on_progress(call_id, properties)
+            return
+        future = self._pending.pop(call_id, None)
+        if future is None or future.done():
+            log.debug("dropped a reply for unknown or finished call %s", call_id)
+            return
+        try:
+            future.set_result(wire.reply_from(properties, message.body))
+        except Exception as exc:  # a malformed reply fails its one call only
+            future.set_exception(TransportError(f"malformed reply: {exc!r}"))
+
+    def _on_progress(self, call_id: str, properties: Basic.Properties) -> None:
+        listener = self._listeners.get(call_id)
+        if listener is None:
+            return
+        try:
+            progress = wire.progress_from(properties)
+        except ValueError:
+            log.debug("dropped a malformed progress report for call %s", call_id)
+            return
+        try:
+            listener(progress)
+        except Exception:
+            log.exception("progress listener of call %s failed", call_id)
+
+    async def _on_dead_letter(self, message: DeliveredMessage) -> None:
+        """A request the broker dead-lettered: tell its caller, wherever it waits."""
+        properties = message.header.properties
+        headers = properties.headers or {}
+        reason = str(headers.get(wire.FIRST_DEATH_REASON, ""))
+        queue = str(headers.get(wire.FIRST_DEATH_QUEUE, ""))
+        atask = queue.removeprefix(self.topology.prefix)
+        try:
+            if properties.reply_to and properties.correlation_id and reason not in NOT_NOTIFIED:
+                log.error(
+                    "request %s for %r was dead-lettered (%s) after %d deliveries",
+                    properties.correlation_id,
+                    atask,
+                    reason,
+                    self.topology.delivery_limit,
+                )
+                error = DeliveryLimitExceeded(
+                    f"atask {atask!r} was delivered {self.topology.delivery_limit} times and no "
+                    "server finished it (each died or lost its connection); it is kept in the "
+                    f"dead-letter queue {self.topology.dead_letter_queue!r}"
+                )
+                reply = wire.error_reply(properties.correlation_id, error)
+                await message.channel.basic_publish(
+                    reply.body,
+                    routing_key=properties.reply_to,
+                    properties=wire.reply_properties(reply),
+                )
+            await message.channel.basic_ack(message.delivery_tag or 0)
+        except CONNECTION_ERRORS as exc:  # unacked: the broker hands it out again
+            log.debug("could not pass on a dead letter: %s", describe(exc))
+
+    async def publish_cancel(self, call_id: str) -> None:
+        try:
+            channels = await asyncio.wait_for(self.link.ready(), CANCEL_TIMEOUT)
+            await asyncio.wait_for(
+                channels.calls_raw.basic_publish(
+                    b"",
+                    exchange=self.topology.control_exchange,
+                    properties=Basic.Properties(message_type="cancel", correlation_id=call_id),
+                ),
+                CANCEL_TIMEOUT,
+            )
+        except Exception as exc:  # best effort, in the background: aiormq may raise anything
+            log.warning("could not send the cancellation of call %s: %s", call_id, describe(exc))
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def finish_background(self, within: float) -> None:
+        """Let cancellations on their way out go, then drop what is left."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=within)
+        for task in list(self._background):
+            task.cancel()

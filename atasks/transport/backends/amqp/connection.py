@@ -1,0 +1,232 @@
+"""One broker connection and its channels, opened once however many callers ask, and opened
+again, with jittered back-off, whenever the broker closes it or one of its channels."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from atasks.errors import ATasksError, NotConnected, TransportError
+
+log = logging.getLogger("atasks.amqp")
+
+CONNECTION_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+)
+RECONNECT_FIRST = 0.1
+RECONNECT_MAX = 5.0
+
+
+class State(enum.Enum):
+    NEW = "new"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Channels:
+    """The channels of one connection. The hot paths use the aiormq channels underneath
+    aio-pika's: aio-pika's message objects cost more than the rest of a call."""
+
+    connection: AbstractConnection
+    calls: AbstractChannel  # requests out, replies and dead-letter notices in, control
+    calls_raw: aiormq.abc.AbstractChannel
+    serve_raw: aiormq.abc.AbstractChannel  # request consumers, replies out
+    events_raw: aiormq.abc.AbstractChannel | None
+
+
+OnOpen = Callable[[Channels], Awaitable[None]]
+
+
+class Link:
+    """Keeps one connection to the broker up.
+
+    ``on_open`` callbacks run, in order, on every new connection before it counts as ready: a
+    failing one fails the connect (first time) or the attempt (reconnect). ``on_lost`` callbacks
+    run when a live connection is lost.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        reconnect_wait: float,
+        events: bool,
+    ) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.reconnect_wait = reconnect_wait
+        self.events = events
+        self.state = State.NEW
+        self.channels: Channels | None = None
+        self.on_open: list[OnOpen] = []
+        self.on_lost: list[Callable[[], None]] = []
+        self._ready = asyncio.Event()
+        self._opening = asyncio.Lock()
+        self._reconnector: asyncio.Task[None] | None = None
+        self._closers: set[asyncio.Task[None]] = set()
+
+    @property
+    def safe_url(self) -> str:
+        return safe_url(self.url)
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def open(self) -> None:
+        """Connect, once: concurrent callers share the attempt; later calls return at once."""
+        async with self._opening:
+            if self.state is State.CLOSED:
+                raise NotConnected(f"the connection to {self.safe_url} is closed")
+            if self.state is not State.NEW:
+                return
+            try:
+                await self._open()
+            except ATasksError:
+                raise
+            except TimeoutError as exc:
+                raise TransportError(
+                    f"timed out connecting to {self.safe_url} after {self.connect_timeout:g}s"
+                ) from exc
+            except CONNECTION_ERRORS as exc:
+                raise TransportError(f"cannot connect to {self.safe_url}: {describe(exc)}") from exc
+
+    async def _open(self) -> None:
+        connection = await aio_pika.connect(self.url, timeout=self.connect_timeout)
+        try:
+            calls = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            serve = await connection.channel(publisher_confirms=True)
+            events_raw = None
+            if self.events:
+                events = await connection.channel(publisher_confirms=False)
+                events_raw = await events.get_underlay_channel()
+            channels = Channels(
+                connection=connection,
+                calls=calls,
+                calls_raw=await calls.get_underlay_channel(),
+                serve_raw=await serve.get_underlay_channel(),
+                events_raw=events_raw,
+            )
+            self.channels = channels
+            for callback in self.on_open:
+                await callback(channels)
+        except BaseException:
+            self.channels = None
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        connection.close_callbacks.add(self._on_connection_closed)
+        for channel in (calls, serve):
+            channel.close_callbacks.add(self._on_channel_closed)
+        self.state = State.CONNECTED
+        self._ready.set()
+
+    async def ready(self) -> Channels:
+        """The live channels; waits up to ``reconnect_wait`` for a lost connection to return."""
+        if self.state is State.NEW:
+            raise NotConnected("not connected: await transport.connect() first")
+        if not self._ready.is_set():
+            if self.state is State.CLOSED:
+                raise NotConnected("the transport was disconnected")
+            try:
+                await asyncio.wait_for(self._ready.wait(), self.reconnect_wait)
+            except TimeoutError:
+                raise TransportError(
+                    f"no connection to the broker at {self.safe_url} for {self.reconnect_wait:g}s"
+                ) from None
+        if self.state is State.CLOSED or self.channels is None:  # close() woke us
+            raise NotConnected("the transport was disconnected")
+        return self.channels
+
+    def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        if self.state is not State.CONNECTED:
+            return
+        log.warning("lost the broker connection (%s); reconnecting", describe(exc) or "closed")
+        self.state = State.RECONNECTING
+        self._ready.clear()
+        self.channels = None
+        for callback in self.on_lost:
+            callback()
+        self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
+
+    def _on_channel_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        # The broker closes a channel, not the connection, on e.g. a consumer timeout: start
+        # over with a new connection rather than go on half-working.
+        channels = self.channels
+        if self.state is State.CONNECTED and channels is not None:
+            log.warning("the broker closed a channel (%s); reconnecting", describe(exc))
+            task = asyncio.get_running_loop().create_task(_quietly_close(channels.connection))
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
+
+    async def _reconnect(self) -> None:
+        delay = RECONNECT_FIRST
+        while self.state is State.RECONNECTING:
+            try:
+                await self._open()
+            except Exception as exc:  # keep trying, whatever the failure
+                wait = random.uniform(delay / 2, delay)  # jitter: servers do not return in step
+                log.debug("reconnect failed: %s; next try in %.2fs", describe(exc), wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, RECONNECT_MAX)
+            else:
+                log.warning("reconnected to the broker")
+                return
+
+    async def close(self) -> None:
+        """Close for good; wakes everything waiting for the connection."""
+        self.state = State.CLOSED
+        reconnector, self._reconnector = self._reconnector, None
+        if reconnector is not None:
+            reconnector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconnector
+        self._ready.set()
+        channels, self.channels = self.channels, None
+        if channels is not None:
+            await _quietly_close(channels.connection)
+
+
+async def _quietly_close(connection: AbstractConnection) -> None:
+    with contextlib.suppress(Exception):
+        await connection.close()
+
+
+def describe(exc: BaseException | None) -> str:
+    """A broker or socket error in one line that says what happened."""
+    if exc is None:
+        return ""
+    text = str(exc).strip()
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return f"access refused (wrong user or password?): {text}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running on that port?)"
+    if not text or text == "None":
+        return type(exc).__name__
+    return text.splitlines()[0]
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

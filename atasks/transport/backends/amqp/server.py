@@ -1,0 +1,510 @@
+"""The serve side: consume request queues within the server's capacity, run each request through
+the router's handler, reply, and only then ack; cancellations, inspect requests and events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from atasks.errors import TransportError
+from atasks.events import SERVER_ID, Event, Progress, encode_batch
+from atasks.transport.backends.amqp import wire
+from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Channels, Link, describe
+from atasks.transport.backends.amqp.intake import Intake
+from atasks.transport.backends.amqp.topology import Topology, declare_all
+from atasks.transport.base import Capacity, ProgressSink, Reply, Request, RequestHandler
+
+log = logging.getLogger("atasks.amqp")
+
+EVENTS_FLUSH = 0.05  # seconds between two messages of batched events
+CANCELLED_KEPT = 100_000  # ids of cancelled calls remembered, at most…
+CANCELLED_FOR = 3600.0  # …and for at most this long
+UNBOUNDED_PREFETCH = 64  # served without a router's capacity (register_callback by hand)
+
+
+class Server:
+    """Serves the atasks registered with ``register`` through ``link``."""
+
+    def __init__(
+        self,
+        link: Link,
+        topology: Topology,
+        *,
+        max_message_size: int,
+        statistics: Callable[[], Mapping[str, Any] | None],
+    ) -> None:
+        self.link = link
+        self.topology = topology
+        self.max_message_size = max_message_size
+        self.statistics = statistics
+        self.started = time.time()
+        self.handlers: dict[str, RequestHandler] = {}
+        self._intakes: dict[str, Intake] = {}
+        self._capacity: Capacity | None = None
+        self._rebalancing: asyncio.Task[None] | None = None
+        self._rebalance_again = False
+        self._poked = False
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._cancelled: dict[str, float] = {}
+        self._requeueing: dict[str, asyncio.Event] = {}
+        self._control_consumer: str | None = None
+        self._event_batch: list[Event] = []
+        self._event_flush: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        link.on_open.append(self._on_open)
+        link.on_lost.append(self._on_lost)
+
+    # --- consumers and capacity ----------------------------------------------------------
+
+    async def _on_open(self, channels: Channels) -> None:
+        if not self.handlers:
+            return
+        await declare_all(channels.connection, self.topology, list(self.handlers))
+        await self._consume_control(channels)
+        for intake in self._intakes.values():
+            await self._fit(channels.serve_raw, intake)
+
+    def _on_lost(self) -> None:
+        self._control_consumer = None
+        for intake in self._intakes.values():
+            intake.reset()
+
+    async def _consume_control(self, channels: Channels) -> None:
+        queue = await channels.calls.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(self.topology.control_exchange)
+        ok = await channels.calls_raw.basic_consume(queue.name, self._on_control, no_ack=True)
+        self._control_consumer = ok.consumer_tag
+
+    async def register(self, name: str, handler: RequestHandler) -> None:
+        channels = await self.link.ready()
+        await declare_all(channels.connection, self.topology, [name])
+        if self._control_consumer is None:
+            await self._consume_control(channels)
+        self.handlers[name] = handler
+        self._intakes.setdefault(name, Intake(name))
+        self.rebalance()
+        await self._settled()
+
+    async def unregister(self, name: str) -> None:
+        self.handlers.pop(name, None)
+        intake = self._intakes.pop(name, None)
+        channels = self.link.channels
+        if intake is None or channels is None:
+            return
+        for tag in [*intake.stale, *([intake.tag] if intake.tag else [])]:
+            try:
+                await channels.serve_raw.basic_cancel(tag)
+            except CONNECTION_ERRORS as exc:
+                log.debug("could not cancel consumer of %s: %s", name, describe(exc))
+
+    def set_capacity(self, capacity: Capacity) -> None:
+        self._capacity = capacity
+        capacity.subscribe(self._poke)
+
+    def _poke(self) -> None:
+        # Slots change inside a handler, before it returns its reply and counts its delivery
+        # handled: look once that has happened, and once per turn of the loop.
+        if not self._poked:
+            self._poked = True
+            asyncio.get_running_loop().call_soon(self._poked_rebalance)
+
+    def _poked_rebalance(self) -> None:
+        self._poked = False
+        self.rebalance()
+
+    def rebalance(self) -> None:
+        """Bring every queue's consumer in line with the free slots, in the background; one
+        pass at a time, always converging on the latest state."""
+        if self._rebalancing is not None and not self._rebalancing.done():
+            self._rebalance_again = True
+            return
+        if not self._intakes or not self.link.is_ready:
+            return
+        if not any(intake.stale or intake.plan(self._free()) for intake in self._intakes.values()):
+            return
+        self._rebalancing = asyncio.get_running_loop().create_task(self._rebalance())
+
+    async def _settled(self) -> None:
+        while self._rebalancing is not None and not self._rebalancing.done():
+            await asyncio.shield(self._rebalancing)
+
+    def _free(self) -> int:
+        return self._capacity.free if self._capacity is not None else UNBOUNDED_PREFETCH
+
+    async def _rebalance(self) -> None:
+        self._rebalance_again = True
+        while self._rebalance_again:
+            self._rebalance_again = False
+            channels = self.link.channels
+            if channels is None:
+                return
+            try:
+                for intake in list(self._intakes.values()):
+                    await self._fit(channels.serve_raw, intake)
+            except CONNECTION_ERRORS as exc:  # the connection is going: reopening redoes this
+                log.debug("could not adjust consumers: %s", describe(exc))
+                return
+
+    async def _fit(self, channel: aiormq.abc.AbstractChannel, intake: Intake) -> None:
+        prefetch = intake.plan(self._free())
+        if prefetch is not None and intake.name in self.handlers:
+            # Per-consumer prefetch: applies to the consumers created after it on this channel.
+            await channel.basic_qos(prefetch_count=prefetch, global_=False)
+            ok = await channel.basic_consume(
+                self.topology.request_queue(intake.name), self._on_request(intake)
+            )
+            assert ok.consumer_tag is not None
+            intake.replaced(ok.consumer_tag, prefetch)
+        while intake.stale:
+            await channel.basic_cancel(intake.stale.pop())
+
+    # --- serving -------------------------------------------------------------------------
+
+    def _on_request(
+        self, intake: Intake
+    ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
+        async def on_request(delivered: DeliveredMessage) -> None:
+            # aiormq runs each delivery in a task of its own: that task is the call.
+            message = Delivery(delivered)
+            if message.consumer_tag is not None:
+                intake.delivered(message.consumer_tag)
+                message.counted = True
+            task = asyncio.current_task()
+            assert task is not None
+            key = message.correlation_id or f"?{id(task)}"
+            self._running[key] = task
+            try:
+                await self._serve(intake, message)
+            finally:
+                _handled(intake, message)
+                if self._running.get(key) is task:  # a requeued copy may have taken the key
+                    del self._running[key]
+
+        return on_request
+
+    async def _serve(self, intake: Intake, message: Delivery) -> None:
+        name = intake.name
+        call_id = message.correlation_id
+        replied = False
+        try:
+            if not call_id or not message.reply_to:
+                log.warning("dropped a request for %r without correlation_id or reply_to", name)
+                await message.reject(requeue=False)  # dead-lettered
+                return
+            requeueing = self._requeueing.get(call_id)
+            if requeueing is not None:  # our copy overtook the ack of its original
+                await requeueing.wait()
+            if call_id in self._cancelled:
+                log.debug("dropped request %s: cancelled before it ran", call_id)
+                await self._reply_and_ack(
+                    message, wire.error_reply(call_id, TransportError("cancelled by its caller"))
+                )
+                return
+            if message.redelivered and self.topology.queue_type == "classic":
+                await self._count_death(name, message)
+                return
+            handler = self.handlers.get(name)
+            if handler is None:  # delivered while this server stopped serving it
+                await self._requeue(name, message, message.headers)
+                return
+            request = self._request_from(name, message)
+            if isinstance(request, Reply):
+                await self._reply_and_ack(message, request)
+                return
+            capacity = self._capacity
+            if capacity is not None:
+                if capacity.try_take():
+                    request.slot_taken = True
+                elif not message.redelivered:  # a suspect of a server's death stays here
+                    await self._give_back(intake, message)
+                    return
+            try:
+                reply = await handler(request)
+            finally:
+                _handled(intake, message)  # before the reply's round trip: credit is back
+            replied = True
+            await self._reply_and_ack(message, reply)
+        except asyncio.CancelledError:
+            await self._after_cancel(name, call_id, message, replied=replied)
+        except CONNECTION_ERRORS as exc:
+            log.warning("request %s of %r not finished: %s", call_id, name, describe(exc))
+            with contextlib.suppress(*CONNECTION_ERRORS):  # on a live channel, try again
+                await message.nack(requeue=True)
+
+    def _request_from(self, name: str, message: Delivery) -> Request | Reply:
+        call_id = message.correlation_id or ""
+        size = len(message.body)
+        if size > self.max_message_size:
+            log.warning(
+                "refused request %s for %r: %d bytes over the %d-byte limit",
+                call_id,
+                name,
+                size,
+                self.max_message_size,
+            )
+            return wire.error_reply(
+                call_id,
+                TransportError(
+                    f"request of {size} bytes is over this server's "
+                    f"{self.max_message_size}-byte limit"
+                ),
+            )
+        request = wire.request_from(name, message.properties, message.body)
+        if request.wants_progress and message.reply_to:
+            request.report = self._progress_sink(message.reply_to)
+        return request
+
+    async def _reply_and_ack(self, message: Delivery, reply: Reply) -> None:
+        assert message.reply_to is not None
+        try:
+            await message.channel.basic_publish(
+                reply.body, routing_key=message.reply_to, properties=wire.reply_properties(reply)
+            )
+        except aiormq.exceptions.DeliveryError as exc:
+            # The broker refused the reply: run the request again rather than leave its caller
+            # waiting (it counts towards the delivery limit).
+            log.warning(
+                "the broker refused the reply to %s (%s): requeued", reply.call_id, describe(exc)
+            )
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+    def _progress_sink(self, reply_to: str) -> ProgressSink:
+        async def report(progress: Progress) -> None:
+            channels = self.link.channels
+            if channels is not None:
+                await channels.serve_raw.basic_publish(
+                    b"", routing_key=reply_to, properties=wire.progress_properties(progress)
+                )
+
+        return report
+
+    async def _give_back(self, intake: Intake, message: Delivery) -> None:
+        """No slot is free: return the request to its queue for another server, and take no
+        more from that queue until a slot frees."""
+        if intake.tag is not None and intake.tag == message.consumer_tag:
+            intake.pause()
+            self.rebalance()  # cancels the consumer
+        log.debug(
+            "no free slot for request %s of %r: handed back", message.correlation_id, intake.name
+        )
+        await self._requeue(intake.name, message, message.headers)
+
+    async def _count_death(self, name: str, message: Delivery) -> None:
+        """Classic queues: a redelivered request means its server died holding it. Count the
+        death in a header and queue a copy, or dead-letter it at the limit."""
+        deaths = wire.deaths(message.headers) + 1
+        if deaths >= self.topology.delivery_limit:
+            log.error(
+                "request %s for %r: %d servers died running it; dead-lettered",
+                message.correlation_id,
+                name,
+                deaths,
+            )
+            await message.reject(requeue=False)
+            return
+        await self._requeue(name, message, {**message.headers, wire.H_DELIVERIES: deaths})
+
+    async def _requeue(self, name: str, message: Delivery, headers: Mapping[str, Any]) -> None:
+        """Queue a fresh copy of ``message`` (confirmed), then ack the original: handing a request
+        back this way does not count as a delivery that failed.
+
+        Until the ack is written, a copy reaching this server waits: run at once, a request that
+        kills its server would take the unacked original down too, doubling it.
+        """
+        call_id = message.correlation_id or ""
+        self._requeueing[call_id] = done = asyncio.Event()
+        properties = message.properties
+        copy = Basic.Properties(
+            headers={k: v for k, v in headers.items() if not k.startswith("x-")} or None,
+            content_type=properties.content_type,
+            delivery_mode=properties.delivery_mode,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            expiration=wire.expiration(wire.deadline_from(headers)),
+        )
+        try:
+            await message.channel.basic_publish(
+                message.body, routing_key=self.topology.request_queue(name), properties=copy
+            )
+            await message.ack()
+        finally:
+            done.set()
+            if self._requeueing.get(call_id) is done:
+                del self._requeueing[call_id]
+
+    async def _after_cancel(
+        self, name: str, call_id: str | None, message: Delivery, *, replied: bool
+    ) -> None:
+        if message.settled:  # cancelled while acking: nothing left to do
+            return
+        try:
+            if replied or (call_id is not None and call_id in self._cancelled):
+                await message.ack()  # answered, or cancelled by its caller: done with it
+                return
+            # This server is shutting down: hand the request to another server.
+            try:
+                await self._requeue(name, message, message.headers)
+            except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError):
+                await message.nack(requeue=True)
+        except CONNECTION_ERRORS:
+            pass
+
+    async def drain(self, grace: float) -> None:
+        running = set(self._running.values())
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
+        for task in list(self._running.values()):
+            task.cancel()
+        if self._running:
+            await asyncio.wait(set(self._running.values()))
+
+    # --- control: cancellations and inspect ----------------------------------------------
+
+    async def _on_control(self, message: DeliveredMessage) -> None:
+        properties = message.header.properties
+        call_id = properties.correlation_id
+        if properties.message_type == "inspect" and properties.reply_to:
+            await self._answer_inspect(properties.reply_to, call_id)
+        elif properties.message_type == "cancel" and call_id:
+            self._remember_cancelled(call_id)
+            task = self._running.get(call_id)
+            if task is not None:
+                log.debug("cancelling call %s at its caller's request", call_id)
+                task.cancel()
+
+    async def _answer_inspect(self, reply_to: str, correlation_id: str | None) -> None:
+        statistics = self.statistics()
+        channels = self.link.channels
+        if statistics is None or channels is None:
+            return
+        host, _, pid = SERVER_ID.rpartition(":")
+        answer = {
+            **statistics,
+            "server": SERVER_ID,
+            "host": host,
+            "pid": int(pid),
+            "uptime": time.time() - self.started,
+            "events": self.link.events,
+        }
+        try:
+            await channels.calls_raw.basic_publish(
+                json.dumps(answer).encode(),
+                routing_key=reply_to,
+                properties=Basic.Properties(
+                    content_type="application/json", correlation_id=correlation_id
+                ),
+            )
+        except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError) as exc:
+            log.debug("could not answer an inspect request: %s", describe(exc))
+
+    def _remember_cancelled(self, call_id: str) -> None:
+        now = time.monotonic()
+        self._cancelled[call_id] = now
+        while self._cancelled:  # forget the oldest
+            oldest, at = next(iter(self._cancelled.items()))
+            if len(self._cancelled) <= CANCELLED_KEPT and now - at < CANCELLED_FOR:
+                break
+            del self._cancelled[oldest]
+
+    # --- events --------------------------------------------------------------------------
+
+    def publish_event(self, event: Event) -> None:
+        # Batched: one message per EVENTS_FLUSH seconds, not one per event, so that events cost
+        # servers and broker a fraction of what the calls themselves cost.
+        self._event_batch.append(event)
+        if self._event_flush is None:
+            self._event_flush = asyncio.get_running_loop().call_later(
+                EVENTS_FLUSH, self._spawn_flush
+            )
+
+    def _spawn_flush(self) -> None:
+        task = asyncio.ensure_future(self.flush_events())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def flush_events(self) -> None:
+        if self._event_flush is not None:
+            self._event_flush.cancel()
+        self._event_flush = None
+        batch, self._event_batch = self._event_batch, []
+        channels = self.link.channels
+        if not batch or channels is None or channels.events_raw is None:
+            return
+        try:
+            await channels.events_raw.basic_publish(
+                encode_batch(batch),
+                exchange=self.topology.events_exchange,
+                routing_key="events",
+                properties=Basic.Properties(content_type="application/json"),
+            )
+        except CONNECTION_ERRORS as exc:
+            log.debug("dropped %d events: %s", len(batch), describe(exc))
+
+
+def _handled(intake: Intake, message: Delivery) -> None:
+    if message.counted and message.consumer_tag is not None:
+        message.counted = False
+        intake.handled(message.consumer_tag)
+
+
+class Delivery:
+    """A request as delivered: what a server reads of it, and how it settles it once."""
+
+    __slots__ = (
+        "body",
+        "channel",
+        "consumer_tag",
+        "counted",
+        "properties",
+        "redelivered",
+        "settled",
+        "tag",
+    )
+
+    def __init__(self, delivered: DeliveredMessage) -> None:
+        self.body = delivered.body
+        self.channel = delivered.channel
+        self.properties: Basic.Properties = delivered.header.properties
+        self.tag = delivered.delivery_tag or 0
+        self.consumer_tag: str | None = getattr(delivered.delivery, "consumer_tag", None)
+        self.redelivered = bool(delivered.redelivered)
+        self.settled = False  # settling twice would make the broker close the channel
+        self.counted = False  # in its consumer's live deliveries
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.properties.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.properties.reply_to
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self.properties.headers or {}
+
+    async def ack(self) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.channel.basic_ack(self.tag)
+
+    async def reject(self, *, requeue: bool) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.channel.basic_reject(self.tag, requeue=requeue)
+
+    async def nack(self, *, requeue: bool) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.channel.basic_nack(self.tag, requeue=requeue)

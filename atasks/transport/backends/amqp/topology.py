@@ -1,0 +1,158 @@
+"""What a namespace is made of on the broker: names, and the arguments each queue is declared
+with. Shared by the transport and by ``atasks inspect`` / ``atasks events``.
+
+Per namespace ``ns``:
+
+- ``atasks.<ns>.<atask>``: one request queue per atask (quorum by default), declared by its
+  servers, with the broker's delivery limit and at-least-once dead-lettering;
+- ``atasks.<ns>.control``: fanout exchange for cancellations and inspect requests, each server
+  binds an exclusive queue to it;
+- ``atasks.<ns>.events``: topic exchange for lifecycle events;
+- ``atasks-dead.<ns>``: fanout exchange for dead letters, bound to the queue
+  ``atasks-dead.<ns>`` (kept for people, expiring after ``dead_letter_ttl``) and to
+  ``atasks-dead.<ns>.notify`` (consumed by every transport of the namespace, which tells the
+  awaiting caller). Internal queues start with ``atasks-`` so no atask name can collide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from atasks.errors import ConfigurationError
+
+QueueType = Literal["quorum", "classic"]
+QUEUE_TYPES: tuple[QueueType, ...] = ("quorum", "classic")
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names and declare arguments for one namespace."""
+
+    namespace: str
+    queue_type: QueueType = "quorum"
+    delivery_limit: int = 5
+    dead_letter_ttl: float = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigurationError(
+                f"queue_type must be one of {', '.join(QUEUE_TYPES)}, not {self.queue_type!r}"
+            )
+        if self.delivery_limit < 1:
+            raise ConfigurationError(
+                f"delivery_limit must be at least 1, not {self.delivery_limit}"
+            )
+
+    @property
+    def prefix(self) -> str:
+        return f"atasks.{self.namespace}."
+
+    def request_queue(self, atask_name: str) -> str:
+        return self.prefix + atask_name
+
+    @property
+    def control_exchange(self) -> str:
+        return self.prefix + "control"
+
+    @property
+    def events_exchange(self) -> str:
+        return self.prefix + "events"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"atasks-dead.{self.namespace}"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"atasks-dead.{self.namespace}"
+
+    @property
+    def dead_letter_notify_queue(self) -> str:
+        return f"atasks-dead.{self.namespace}.notify"
+
+    def request_queue_arguments(self) -> dict[str, Any]:
+        """Quorum: the broker counts deliveries and dead-letters a request delivered
+        ``delivery_limit`` times without an ack (at least once: nothing is lost on the way).
+        Classic: atasks counts server deaths in a header and rejects at the limit."""
+        arguments: dict[str, Any] = {
+            "x-queue-type": self.queue_type,
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+        }
+        if self.queue_type == "quorum":
+            arguments["x-delivery-limit"] = self.delivery_limit - 1  # returns, not deliveries
+            arguments["x-dead-letter-strategy"] = "at-least-once"
+            arguments["x-overflow"] = "reject-publish"  # at-least-once dead-lettering needs it
+        return arguments
+
+    async def declare_request_queue(self, channel: AbstractChannel, atask_name: str) -> None:
+        name = self.request_queue(atask_name)
+        await _declare(channel, name, durable=True, arguments=self.request_queue_arguments())
+
+    async def declare_dead_letters(self, channel: AbstractChannel) -> None:
+        exchange = await channel.declare_exchange(
+            self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        kept = await _declare(
+            channel,
+            self.dead_letter_queue,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": int(self.dead_letter_ttl * 1000),
+            },
+        )
+        notify = await _declare(
+            channel,
+            self.dead_letter_notify_queue,
+            durable=True,
+            arguments={"x-queue-type": "quorum"},
+        )
+        await kept.bind(exchange)
+        await notify.bind(exchange)
+
+
+async def declare_all(
+    connection: AbstractConnection, topology: Topology, atask_names: list[str]
+) -> None:
+    """Declare the namespace's exchanges, its dead letters and the request queues of
+    ``atask_names``, on a channel of their own: a queue that exists with other arguments closes
+    only that channel."""
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.declare_exchange(
+            topology.control_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        await channel.declare_exchange(
+            topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await topology.declare_dead_letters(channel)
+        for name in atask_names:
+            await topology.declare_request_queue(channel, name)
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def _declare(
+    channel: AbstractChannel, name: str, *, durable: bool, arguments: dict[str, Any]
+) -> aio_pika.abc.AbstractQueue:
+    try:
+        return await channel.declare_queue(name, durable=durable, arguments=arguments)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise ConfigurationError(
+            f"queue {name!r} already exists with other arguments ({_reason(exc)}); "
+            f"it was declared by an earlier atasks version or with another queue_type. "
+            f"Let it drain, then delete it (rabbitmqctl delete_queue {name}) and start the "
+            "servers again; or keep it with AMQPTransport(queue_type=...) matching it"
+        ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc.args[0]) if exc.args else str(exc)
+    return text.removeprefix("PRECONDITION_FAILED - ")

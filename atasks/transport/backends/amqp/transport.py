@@ -1,0 +1,126 @@
+"""``AMQPTransport``: the connection, the call side and the serve side put together."""
+
+from __future__ import annotations
+
+import os
+
+from atasks.errors import ConfigurationError, NotConnected
+from atasks.events import Event, ProgressListener
+from atasks.namespaces import DEFAULT
+from atasks.transport.backends.amqp.client import Caller
+from atasks.transport.backends.amqp.connection import Link, State, safe_url
+from atasks.transport.backends.amqp.intake import MAX_PREFETCH
+from atasks.transport.backends.amqp.server import Server
+from atasks.transport.backends.amqp.topology import QueueType, Topology
+from atasks.transport.base import Capacity, Reply, Request, RequestHandler, Transport
+
+URL_ENV = "ATASKS_URL"
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+BACKGROUND_WAIT = 1.0  # seconds disconnect() lets cancellations and events get out
+
+
+class AMQPTransport(Transport):
+    """Sends and serves atasks through a RabbitMQ broker (3.10 and newer, 4.x included).
+
+    ``url`` defaults to ``$ATASKS_URL``, then ``amqp://guest:guest@127.0.0.1:5672/``. The
+    transport reconnects by itself after losing the broker; calls awaiting a reply when the
+    connection drops fail with ``TransportError`` (the atask may still have run).
+
+    ``queue_type``: request queues are ``"quorum"`` (durable, replicated in a cluster; the
+    default) or ``"classic"``. ``delivery_limit``: a request delivered this many times without
+    being finished (each server died holding it) is dead-lettered and its caller gets
+    ``DeliveryLimitExceeded``. ``dead_letter_ttl``: seconds a dead letter is kept.
+    ``max_message_size``: larger requests are refused with an error reply. ``reconnect_wait``:
+    how long a call waits for a lost connection to come back before failing. ``persistent``:
+    requests survive a broker restart (quorum queues keep every message anyway).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str | None = DEFAULT,
+        queue_type: QueueType = "quorum",
+        delivery_limit: int = 5,
+        dead_letter_ttl: float = 7 * 24 * 3600.0,
+        max_message_size: int = 64 * 1024 * 1024,
+        reconnect_wait: float = 30.0,
+        connect_timeout: float = 10.0,
+        persistent: bool = False,
+        events: bool = False,
+    ) -> None:
+        # Everything repr() shows is set before the base class binds the namespace.
+        self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+        self.namespace = namespace
+        self.events_enabled = events
+        self.topology = Topology(
+            namespace or DEFAULT,
+            queue_type=queue_type,
+            delivery_limit=delivery_limit,
+            dead_letter_ttl=dead_letter_ttl,
+        )
+        self._link = Link(
+            self.url,
+            connect_timeout=connect_timeout,
+            reconnect_wait=reconnect_wait,
+            events=events,
+        )
+        self._caller = Caller(self._link, self.topology, persistent=persistent)
+        self._server = Server(
+            self._link,
+            self.topology,
+            max_message_size=max_message_size,
+            statistics=lambda: self.server_statistics() if self.server_statistics else None,
+        )
+        super().__init__(namespace=namespace)
+
+    def __repr__(self) -> str:
+        return f"AMQPTransport({safe_url(self.url)!r}, namespace={self.namespace!r})"
+
+    @property
+    def closed(self) -> bool:
+        return self._link.state is State.CLOSED
+
+    def queue_name(self, atask_name: str) -> str:
+        return self.topology.request_queue(atask_name)
+
+    async def connect(self) -> None:
+        await self._link.open()
+
+    async def disconnect(self) -> None:
+        if self._caller.closing or self.closed:
+            return
+        self._caller.closing = True  # no new calls; the connection still carries what is out
+        try:
+            await self._server.drain(0)
+            await self._server.flush_events()
+            await self._caller.finish_background(BACKGROUND_WAIT)
+        finally:
+            await self._link.close()
+            self._caller.fail_pending(NotConnected(f"{self!r} was disconnected"))
+
+    async def send_request(
+        self, request: Request, on_progress: ProgressListener | None = None
+    ) -> Reply:
+        return await self._caller.send_request(request, on_progress)
+
+    async def register_callback(self, name: str, handler: RequestHandler) -> None:
+        await self._server.register(name, handler)
+
+    async def unregister_callback(self, name: str) -> None:
+        await self._server.unregister(name)
+
+    async def drain(self, grace: float) -> None:
+        await self._server.drain(grace)
+
+    def set_capacity(self, capacity: Capacity) -> None:
+        if capacity.limit > MAX_PREFETCH:
+            raise ConfigurationError(
+                f"concurrency {capacity.limit} is over {MAX_PREFETCH}, the most AMQP's prefetch "
+                "can count"
+            )
+        self._server.set_capacity(capacity)
+
+    async def publish_event(self, event: Event) -> None:
+        if self.events_enabled:
+            self._server.publish_event(event)

@@ -1,0 +1,156 @@
+"""How requests, replies and progress reports look as AMQP properties: pure functions, no I/O.
+
+A request carries ``correlation_id`` = call id, ``reply_to``, ``content_type`` = codec media type,
+``expiration`` from the deadline and a few headers; a reply's ``type`` says ``ok``, ``error``
+(details in headers) or ``progress`` (a report before the outcome).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pamqp.commands import Basic
+
+from atasks.errors import type_name
+from atasks.events import Progress
+from atasks.transport.base import Reply, Request
+
+H_DEADLINE = "atasks-deadline"
+H_PARENT = "atasks-parent"
+H_PROGRESS = "atasks-progress"
+H_DELIVERIES = "atasks-deliveries"  # classic queues only: how many servers died holding it
+H_ERROR_TYPE = "atasks-error-type"
+H_ERROR_MESSAGE = "atasks-error-message"
+H_TRACEBACK = "atasks-traceback"
+BROKER_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues
+FIRST_DEATH_REASON = "x-first-death-reason"
+FIRST_DEATH_QUEUE = "x-first-death-queue"
+
+PERSISTENT = 2
+OK, ERROR, PROGRESS = "ok", "error", "progress"
+
+
+def request_properties(request: Request, reply_to: str, *, persistent: bool) -> Basic.Properties:
+    headers: dict[str, Any] = {}
+    if request.wants_progress:
+        headers[H_PROGRESS] = 1
+    if request.deadline is not None:
+        headers[H_DEADLINE] = repr(request.deadline)  # AMQP floats are 32-bit: a string
+    if request.parent_id is not None:
+        headers[H_PARENT] = request.parent_id
+    return Basic.Properties(
+        headers=headers or None,
+        content_type=request.content_type,
+        delivery_mode=PERSISTENT if persistent else None,
+        correlation_id=request.call_id,
+        reply_to=reply_to,
+        expiration=expiration(request.deadline),
+    )
+
+
+def request_from(name: str, properties: Basic.Properties, body: bytes) -> Request:
+    """The request a delivery carries; nonsense headers are ignored."""
+    headers = properties.headers or {}
+    parent = headers.get(H_PARENT)
+    return Request(
+        name=name,
+        call_id=properties.correlation_id or "",
+        content_type=properties.content_type or "",
+        body=body,
+        parent_id=parent if isinstance(parent, str) else None,
+        deadline=deadline_from(headers),
+        wants_progress=bool(headers.get(H_PROGRESS)),
+    )
+
+
+def reply_properties(reply: Reply) -> Basic.Properties:
+    headers: dict[str, Any] | None = None
+    if not reply.ok:
+        headers = {
+            H_ERROR_TYPE: reply.error_type,
+            H_ERROR_MESSAGE: reply.error_message,
+            H_TRACEBACK: reply.traceback,
+        }
+    return Basic.Properties(
+        headers=headers,
+        content_type=reply.content_type,
+        correlation_id=reply.call_id,
+        message_type=OK if reply.ok else ERROR,
+    )
+
+
+def reply_from(properties: Basic.Properties, body: bytes) -> Reply:
+    headers = properties.headers or {}
+    return Reply(
+        call_id=properties.correlation_id or "",
+        ok=properties.message_type == OK,
+        content_type=properties.content_type or "",
+        body=body,
+        error_type=str(headers.get(H_ERROR_TYPE, "")),
+        error_message=str(headers.get(H_ERROR_MESSAGE, "")),
+        traceback=str(headers.get(H_TRACEBACK, "")),
+    )
+
+
+def error_reply(call_id: str, exc: Exception) -> Reply:
+    """A failed reply that carries only the exception's type name and message."""
+    return Reply(
+        call_id=call_id,
+        ok=False,
+        content_type="",
+        body=b"",
+        error_type=type_name(exc),
+        error_message=str(exc),
+    )
+
+
+def progress_properties(progress: Progress) -> Basic.Properties:
+    headers: dict[str, Any] = {
+        "atask": progress.atask,
+        "done": repr(progress.done),
+        "note": progress.note,
+    }
+    if progress.total is not None:
+        headers["total"] = repr(progress.total)
+    return Basic.Properties(headers=headers, message_type=PROGRESS, correlation_id=progress.call_id)
+
+
+def progress_from(properties: Basic.Properties) -> Progress:
+    """The report a progress message carries; raises ``ValueError`` when it is malformed."""
+    headers = properties.headers or {}
+    try:
+        total = headers.get("total")
+        return Progress(
+            call_id=properties.correlation_id or "",
+            atask=str(headers.get("atask", "")),
+            done=float(str(headers["done"])),
+            total=float(str(total)) if total is not None else None,
+            note=str(headers.get("note", "")),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed progress report: {exc!r}") from exc
+
+
+def deadline_from(headers: Mapping[str, Any]) -> float | None:
+    text = headers.get(H_DEADLINE)
+    if text is None:
+        return None
+    try:
+        return float(str(text))
+    except ValueError:
+        return None
+
+
+def expiration(deadline: float | None) -> str | None:
+    """Per-message TTL in milliseconds, so the broker drops a request nobody awaits any more."""
+    if deadline is None:
+        return None
+    return str(max(int((deadline - time.time()) * 1000), 1))
+
+
+def deaths(headers: Mapping[str, Any]) -> int:
+    """How many servers died holding a classic-queue request (counted by atasks itself)."""
+    count = headers.get(H_DELIVERIES, 0)
+    return count if isinstance(count, int) and count >= 0 else 0

@@ -33,7 +33,8 @@ client    run each module's `async def aiomain(**options)`, sending atasks to se
 loopback  serve and call in this one process (the default; needs no broker)
 
 Every option can also come from the environment: ATASKS_MODE, ATASKS_TRANSPORT, ATASKS_URL,
-ATASKS_CODEC, ATASKS_CONCURRENCY, ATASKS_WORKERS, ATASKS_GRACE, ATASKS_MAX_MESSAGE_SIZE;
+ATASKS_CODEC, ATASKS_CONCURRENCY, ATASKS_WORKERS, ATASKS_GRACE, ATASKS_MAX_MESSAGE_SIZE,
+ATASKS_QUEUE_TYPE;
 ATASKS_SECRET signs pickle.
 """
 
@@ -117,6 +118,14 @@ def main() -> None:
     help="AMQP servers refuse larger requests (default 64 MiB).",
 )
 @click.option(
+    "--queue-type",
+    type=click.Choice(["quorum", "classic"]),
+    default="quorum",
+    envvar="ATASKS_QUEUE_TYPE",
+    show_default=True,
+    help="RabbitMQ request queues: quorum (replicated, broker-counted deliveries) or classic.",
+)
+@click.option(
     "--events",
     is_flag=True,
     envvar="ATASKS_EVENTS",
@@ -135,6 +144,7 @@ def run(
     workers: int,
     grace: float,
     max_message_size: int | None,
+    queue_type: str,
     events: bool,
     verbose: int,
     quiet: bool,
@@ -160,6 +170,7 @@ def run(
             if max_message_size is not None:
                 transport_options["max_message_size"] = max_message_size
             transport_options["events"] = events
+            transport_options["queue_type"] = queue_type
         asyncio.run(
             _run(
                 modules, mode, transport_kind, transport_options, codec, kwargs, concurrency, grace

@@ -80,3 +80,16 @@ async def wait_until_served(atask: atasks.ATask, *args: object, within: float = 
                 return await atask(*args)
             except JobNotFound:
                 await asyncio.sleep(0.1)
+
+
+async def wait_for_consumers(url: str, queue: str, count: int, within: float = 30) -> None:
+    """Wait until ``queue`` has at least ``count`` consumers."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    async with connection, asyncio.timeout(within):
+        channel = await connection.channel()
+        while (
+            await channel.declare_queue(queue, passive=True)
+        ).declaration_result.consumer_count < count:
+            await asyncio.sleep(0.05)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aio_pika
 import pytest
 import workload
 from rabbitnode import RabbitNode
@@ -88,17 +89,29 @@ async def test_sigkill_mid_call_loses_nothing(
     assert survivor in pids - {victim}
 
 
-async def test_a_request_that_kills_every_server_is_given_up(
-    servers: Servers, client: None
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_a_request_that_kills_every_server_is_dead_lettered(
+    servers: Servers, amqp_url: str, queue_type: str
 ) -> None:
-    supervisor = servers.start("--workers", "2")
+    await atasks.setup("amqp", url=amqp_url, queue_type=queue_type)
+    kept = await queue_length(amqp_url, "atasks-dead.default")
+    supervisor = servers.start("--workers", "2", "--queue-type", queue_type)
     await wait_until_served(workload.ready)
-    with pytest.raises(DeliveryLimitExceeded, match="kill_my_server"):
+    with pytest.raises(DeliveryLimitExceeded, match=r"kill_my_server.*5 times"):
         await asyncio.wait_for(workload.kill_my_server(), 90)
     assert await workload.pid() != supervisor.pid  # restarted workers still serve
+    assert await queue_length(amqp_url, "atasks-dead.default") == kept + 1
     supervisor.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(supervisor.wait, 30) == 0
     assert "died" in servers.log(0)
+
+
+async def queue_length(url: str, queue: str) -> int:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count or 0
 
 
 async def test_graceful_shutdown_finishes_work_and_returns_the_rest(

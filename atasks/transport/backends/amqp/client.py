@@ -134,8 +134,10 @@ class Caller:
         """A request the broker dead-lettered: tell its caller, wherever it waits."""
         properties = message.header.properties
         headers = properties.headers or {}
-        reason = str(headers.get(wire.FIRST_DEATH_REASON, ""))
-        queue = str(headers.get(wire.FIRST_DEATH_QUEUE, ""))
+        reason = wire.dead_reason(headers)
+        queue = str(
+            headers.get(wire.FIRST_DEATH_QUEUE) or getattr(message.delivery, "routing_key", "")
+        )
         atask = queue.removeprefix(self.topology.prefix)
         try:
             if properties.reply_to and properties.correlation_id and reason not in NOT_NOTIFIED:

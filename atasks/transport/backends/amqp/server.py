@@ -197,8 +197,10 @@ class Server:
         replied = False
         try:
             if not call_id or not message.reply_to:
-                log.warning("dropped a request for %r without correlation_id or reply_to", name)
-                await message.reject(requeue=False)  # dead-lettered
+                log.warning(
+                    "dead-lettered a request for %r without correlation_id or reply_to", name
+                )
+                await self._dead_letter(name, message, "rejected")
                 return
             requeueing = self._requeueing.get(call_id)
             if requeueing is not None:  # our copy overtook the ack of its original
@@ -311,9 +313,31 @@ class Server:
                 name,
                 deaths,
             )
-            await message.reject(requeue=False)
+            await self._dead_letter(name, message, "delivery_limit")
             return
         await self._requeue(name, message, {**message.headers, wire.H_DELIVERIES: deaths})
+
+    async def _dead_letter(self, name: str, message: Delivery, reason: str) -> None:
+        """Quorum queues dead-letter a rejected message themselves (at least once); for a
+        classic queue, atasks publishes it to the dead letters (confirmed), then acks it."""
+        if self.topology.queue_type == "quorum":
+            await message.reject(requeue=False)
+            return
+        properties = message.properties
+        headers = {**message.headers, wire.H_DEAD_REASON: reason}
+        await message.channel.basic_publish(
+            message.body,
+            exchange=self.topology.dead_letter_exchange,
+            routing_key=self.topology.request_queue(name),
+            properties=Basic.Properties(
+                headers=headers,
+                content_type=properties.content_type,
+                delivery_mode=wire.PERSISTENT,
+                correlation_id=properties.correlation_id,
+                reply_to=properties.reply_to,
+            ),
+        )
+        await message.ack()
 
     async def _requeue(self, name: str, message: Delivery, headers: Mapping[str, Any]) -> None:
         """Queue a fresh copy of ``message`` (confirmed), then ack the original: handing a request

@@ -79,16 +79,17 @@ class Topology:
     def request_queue_arguments(self) -> dict[str, Any]:
         """Quorum: the broker counts deliveries and dead-letters a request delivered
         ``delivery_limit`` times without an ack (at least once: nothing is lost on the way).
-        Classic: atasks counts server deaths in a header and rejects at the limit."""
-        arguments: dict[str, Any] = {
-            "x-queue-type": self.queue_type,
+        Classic: declared as atasks 0.2 did, so its queues keep working; atasks counts server
+        deaths in a header and dead-letters at the limit itself."""
+        if self.queue_type == "classic":
+            return {}
+        return {
+            "x-queue-type": "quorum",
             "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-delivery-limit": self.delivery_limit - 1,  # counts returns, not deliveries
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",  # at-least-once dead-lettering needs it
         }
-        if self.queue_type == "quorum":
-            arguments["x-delivery-limit"] = self.delivery_limit - 1  # returns, not deliveries
-            arguments["x-dead-letter-strategy"] = "at-least-once"
-            arguments["x-overflow"] = "reject-publish"  # at-least-once dead-lettering needs it
-        return arguments
 
     async def declare_request_queue(self, channel: AbstractChannel, atask_name: str) -> None:
         name = self.request_queue(atask_name)

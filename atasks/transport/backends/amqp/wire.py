@@ -26,6 +26,7 @@ H_ERROR_MESSAGE = "atasks-error-message"
 H_TRACEBACK = "atasks-traceback"
 BROKER_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues
 FIRST_DEATH_REASON = "x-first-death-reason"
+H_DEAD_REASON = "atasks-dead-reason"  # classic queues: dead-lettered by atasks, not the broker
 FIRST_DEATH_QUEUE = "x-first-death-queue"
 
 PERSISTENT = 2
@@ -154,3 +155,8 @@ def deaths(headers: Mapping[str, Any]) -> int:
     """How many servers died holding a classic-queue request (counted by atasks itself)."""
     count = headers.get(H_DELIVERIES, 0)
     return count if isinstance(count, int) and count >= 0 else 0
+
+
+def dead_reason(headers: Mapping[str, Any]) -> str:
+    """Why a dead letter died: ``delivery_limit``, ``rejected``, ``expired``…"""
+    return str(headers.get(H_DEAD_REASON) or headers.get(FIRST_DEATH_REASON) or "")

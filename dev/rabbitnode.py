@@ -3,13 +3,21 @@
 Runs Debian's scripts in /usr/lib/rabbitmq/bin directly (no /usr/sbin wrappers, no systemd).
 Data, logs, config and HOME (so the Erlang cookie) live in one base directory; the node has its
 own epmd, node name and free ports, and listens on 127.0.0.1 only.
-``python dev/rabbitnode.py [BASE_DIR]`` runs one by hand until Ctrl-C.
+
+``RabbitNode(root=DIR)`` runs the broker installed in another Debian root instead (e.g. sid's
+RabbitMQ 4.x, see dev/rabbitmq4.py): epmd, the server and rabbitmqctl run through
+``chroot DIR``, and the files the broker reads and writes live in a directory inside DIR.
+That needs root (chroot, and mounting /proc in DIR).
+
+``python dev/rabbitnode.py [BASE_DIR] [--root DIR]`` runs one by hand until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -43,16 +51,41 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _amqp_ready(port: int) -> bool:
-    """True if the port answers the AMQP 0-9-1 header with Connection.Start."""
+def _amqp_version(port: int) -> str | None:
+    """The server's version if the port answers the AMQP 0-9-1 header with Connection.Start
+    ("" if that carries no version), else None."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s, s.makefile("rb") as f:
             s.sendall(AMQP_HEADER)
-            data = f.read(11)  # frame header (7) + class and method id (4)
+            header = f.read(7)  # frame type, channel, payload size
+            payload = f.read(int.from_bytes(header[3:7]))
     except OSError:
-        return False
+        return None
     # frame type 1 (method), channel 0, class 10 (connection), method 10 (start)
-    return data[:3] == b"\x01\0\0" and data[7:11] == b"\0\x0a\0\x0a"
+    if header[:3] != b"\x01\0\0" or payload[:4] != b"\0\x0a\0\x0a":
+        return None
+    return _server_property(payload[10 : 10 + int.from_bytes(payload[6:10])], b"version")
+
+
+def _server_property(table: bytes, key: bytes) -> str:
+    """A string entry of an AMQP field table ("" if absent). Knows the types RabbitMQ puts in
+    Connection.Start's server properties: S (long string), F (table), t (boolean)."""
+    at = 0
+    while at < len(table):
+        name = table[at + 1 : at + 1 + table[at]]
+        at += 1 + table[at]
+        kind = table[at : at + 1]
+        at += 1
+        if kind in (b"S", b"F"):
+            size = int.from_bytes(table[at : at + 4])
+            if name == key and kind == b"S":
+                return table[at + 4 : at + 4 + size].decode(errors="replace")
+            at += 4 + size
+        elif kind == b"t":
+            at += 1
+        else:
+            break
+    return ""
 
 
 def _epmd_ready(port: int) -> bool:
@@ -88,28 +121,45 @@ def _tree(root: int) -> set[tuple[int, str]]:
 
 
 class RabbitNode:
-    """A private RabbitMQ node: own data dir, HOME, epmd, ports and node name."""
+    """A private RabbitMQ node: own data dir, HOME, epmd, ports and node name.
+
+    ``base_dir`` holds the node's log (``node.log``); a temporary one, removed by ``close()``,
+    when not given. Without ``root`` the node's data, config and HOME live there too, and the
+    broker is the host's. With ``root``, a Debian root directory with rabbitmq-server
+    installed, the broker is that root's, run through chroot, and its data, config and HOME
+    live in ``data``, a temporary directory inside the root that ``close()`` removes.
+    """
 
     def __init__(
         self,
         base_dir: str | os.PathLike[str] | None = None,
+        *,
+        root: str | os.PathLike[str] | None = None,
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
     ) -> None:
+        self.root = Path(root).resolve() if root is not None else None
+        if self.root is not None and not (self.root / RABBIT_BIN.relative_to("/")).is_dir():
+            raise FileNotFoundError(f"no rabbitmq-server installed in {self.root}")
         self._owned = base_dir is None  # a temp dir of ours: close() removes it
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="atasks-rabbit-"))
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.data = self.base
+        if self.root is not None:  # where the chroot'd broker can see it
+            self.data = Path(tempfile.mkdtemp(prefix="atasks-rabbit-", dir=self.root / "tmp"))
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.nodename = f"atasks-test-{secrets.token_hex(4)}@localhost"
         self.port, self.dist_port, self.epmd_port = _free_ports(3)
         self.log_path = self.base / "node.log"
+        self.version: str | None = None  # as the running node announces it, once started
         self._node: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
         for sub in ("home", "mnesia", "log", "conf.d"):
-            (self.base / sub).mkdir(parents=True, exist_ok=True)
-        (self.base / "enabled_plugins").write_text("[].\n")
-        (self.base / "rabbitmq-env.conf").write_text("")
-        (self.base / "rabbitmq.conf").write_text(
+            (self.data / sub).mkdir(parents=True, exist_ok=True)
+        (self.data / "enabled_plugins").write_text("[].\n")
+        (self.data / "rabbitmq-env.conf").write_text("")
+        (self.data / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "disk_free_limit.absolute = 1MB\n"
             "vm_memory_high_watermark.relative = 0.8\n"
@@ -128,28 +178,29 @@ class RabbitNode:
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for the node's processes (also usable for rabbitmqctl)."""
+        """Environment for the node's processes (also usable for rabbitmqctl). Its paths are
+        as the broker sees them: inside the root, if there is one."""
         skip = ("RABBITMQ_", "ERL_", "NOTIFY_SOCKET")
         env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
-        b = self.base
+        d = self.data if self.root is None else "/" / self.data.relative_to(self.root)
         env.update(
-            HOME=str(b / "home"),
+            HOME=str(d / "home"),
             ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS="127.0.0.1",
-            ERL_CRASH_DUMP=str(b / "erl_crash.dump"),
+            ERL_CRASH_DUMP=str(d / "erl_crash.dump"),
             RABBITMQ_NODENAME=self.nodename,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(b / "mnesia"),
-            RABBITMQ_LOG_BASE=str(b / "log"),
+            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
+            RABBITMQ_LOG_BASE=str(d / "log"),
             RABBITMQ_LOGS="-",  # to stdout, which is node.log
-            RABBITMQ_CONFIG_FILE=str(b / "rabbitmq.conf"),
-            RABBITMQ_CONFIG_FILES=str(b / "conf.d"),
-            RABBITMQ_ADVANCED_CONFIG_FILE=str(b / "advanced.config"),
-            RABBITMQ_CONF_ENV_FILE=str(b / "rabbitmq-env.conf"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(b / "enabled_plugins"),
-            RABBITMQ_PID_FILE=str(b / "rabbit.pid"),
+            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
+            RABBITMQ_CONFIG_FILES=str(d / "conf.d"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),
+            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
+            RABBITMQ_PID_FILE=str(d / "rabbit.pid"),
             RABBITMQ_SCHEDULER_BIND_TYPE="u",  # several nodes: don't pin to cores
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=LOOPBACK_ERL_ARGS,
             RABBITMQ_CTL_ERL_ARGS=LOOPBACK_ERL_ARGS,
@@ -158,7 +209,7 @@ class RabbitNode:
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """Run ``rabbitmqctl ARGS`` against this node and return its stdout."""
-        argv = [str(RABBIT_BIN / "rabbitmqctl"), "-n", self.nodename, *args]
+        argv = self._command(str(RABBIT_BIN / "rabbitmqctl"), "-n", self.nodename, *args)
         done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
         if done.returncode:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr}")
@@ -172,14 +223,16 @@ class RabbitNode:
         t0 = time.monotonic()
         deadline = t0 + self.start_timeout
         try:
-            self._epmd = self._spawn(["epmd", "-port", str(self.epmd_port)])
+            self._prepare_root()
+            self._epmd = self._spawn(self._command("epmd", "-port", str(self.epmd_port)))
             while not _epmd_ready(self.epmd_port):
                 self._check(self._epmd, "epmd", deadline)
                 time.sleep(0.02)
-            self._node = self._spawn([str(RABBIT_BIN / "rabbitmq-server")])
-            while not _amqp_ready(self.port):
+            self._node = self._spawn(self._command(str(RABBIT_BIN / "rabbitmq-server")))
+            while (version := _amqp_version(self.port)) is None:
                 self._check(self._node, "rabbitmq-server", deadline)
                 time.sleep(0.05)
+            self.version = version or "unknown"
         except BaseException:
             self.stop()
             raise
@@ -195,8 +248,11 @@ class RabbitNode:
         return time.monotonic() - t0
 
     def close(self) -> None:
-        """Stop, and remove the base directory if this node created it."""
+        """Stop, and remove the base directory if this node created it, and the data
+        directory in the root."""
         self.stop()
+        if self.root is not None:
+            shutil.rmtree(self.data, ignore_errors=True)
         if self._owned:
             shutil.rmtree(self.base, ignore_errors=True)
 
@@ -206,6 +262,29 @@ class RabbitNode:
         self.stop()
         self.start()
         return time.monotonic() - t0
+
+    def _command(self, *argv: str) -> list[str]:
+        """``argv``, run inside the root if there is one."""
+        return list(argv) if self.root is None else ["/usr/sbin/chroot", str(self.root), *argv]
+
+    def _prepare_root(self) -> None:
+        """Give the root what its broker needs from the host, if not done yet: /proc mounted
+        (a reboot unmounts it) and the host's /etc/hosts, so that the node's and the CLI's
+        host names resolve. Runs under a lock: nodes may start at once in other processes."""
+        if self.root is None:
+            return
+        if os.geteuid() != 0:
+            raise PermissionError(f"a broker in {self.root} runs through chroot: needs root")
+        with open(self.root / "tmp" / ".atasks-prepare.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            proc = self.root / "proc"
+            if not os.path.ismount(proc):
+                subprocess.run(
+                    ["mount", "-t", "proc", "proc", str(proc)], check=True, capture_output=True
+                )
+            hosts, copy = Path("/etc/hosts"), self.root / "etc" / "hosts"
+            if not copy.exists() or copy.read_bytes() != hosts.read_bytes():
+                shutil.copyfile(hosts, copy)
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         with open(self.log_path, "ab") as log:
@@ -271,12 +350,19 @@ def _close_all() -> None:
 
 def main() -> None:
     """CLI: start a node, print its URL, stop it on Ctrl-C or SIGTERM."""
+    parser = argparse.ArgumentParser(description="Run a private RabbitMQ node until Ctrl-C.")
+    parser.add_argument("base_dir", nargs="?", help="for its log (and data, without --root)")
+    parser.add_argument("--root", help="run the broker installed in this Debian root")
+    args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    node = RabbitNode(sys.argv[1] if len(sys.argv) > 1 else None)
+    node = RabbitNode(args.base_dir, root=args.root)
     try:
         took = node.start()
         print(node.url, flush=True)
-        print(f"node {node.nodename}, dir {node.base}, up in {took:.1f}s; Ctrl-C stops")
+        print(
+            f"RabbitMQ {node.version}, node {node.nodename}, log {node.log_path}, data "
+            f"{node.data}, up in {took:.1f}s; Ctrl-C stops"
+        )
         while True:
             signal.pause()
     except KeyboardInterrupt:

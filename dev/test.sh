@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Install everything the tests need (Debian's rabbitmq-server included), then lint and run them.
-# The tests start their own private RabbitMQ node; no system broker is used or started.
+# Install everything the tests need, then lint and run them. The AMQP tests run on two brokers:
+# RabbitMQ 3.x (Debian's rabbitmq-server on this machine) and RabbitMQ 4.x (Debian sid's, in a
+# root directory built once by dev/rabbitmq4.py with mmdebstrap and cached in
+# ${XDG_CACHE_HOME:-~/.cache}/atasks/rabbitmq-sid; the tests run it through chroot, so as root).
+# The tests start their own private RabbitMQ nodes; no system broker is used or started.
 # Extra arguments go to pytest, e.g. ./dev/test.sh -k amqp -x
+# Environment:
+#   ATASKS_BROKERS=3 or =4     only the AMQP tests on that broker (default: 3,4, both; CI: both)
+#   ATASKS_RABBITMQ4_ROOT=DIR  the 4.x root to use (default: the cached one, built if missing)
+#   ATASKS_SID_MIRROR=URL      a Debian mirror for building the 4.x root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ATASKS_EXTRAS=test
@@ -15,6 +22,13 @@ if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
     trap 'as_root rm -f "$policy"' EXIT
   fi
   apt_install rabbitmq-server
+fi
+if [[ ${ATASKS_BROKERS:-3,4} == *4* && -z ${ATASKS_RABBITMQ4_ROOT:-} ]]; then
+  if ! command -v mmdebstrap >/dev/null; then
+    apt_install mmdebstrap
+  fi
+  root4=$(.venv/bin/python dev/rabbitmq4.py)
+  export ATASKS_RABBITMQ4_ROOT=$root4
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -4,15 +4,17 @@
     .venv/bin/python dev/bench/bench.py            # full run, a few minutes; prints a table
     .venv/bin/python dev/bench/bench.py --quick    # tiny counts: a smoke test
     .venv/bin/python dev/bench/bench.py --json     # one JSON object on stdout instead
+    .venv/bin/python dev/bench/bench.py --broker 4 # on RabbitMQ 4.x (dev/rabbitmq4.py)
 
-Starts a private RabbitMQ node (``dev/rabbitnode.py``), then, for a 100-character str echoed
-back: sequential latency (p50, p99) after a warm-up; throughput with 64 calls in flight; CPU
-time per call of this client process, of the server processes (``/proc/<pid>/stat``) and of
-the broker. The same for the baseline (``dev/bench/baseline.py``), ratios atasks/baseline,
-throughput with ``atasks run --workers 1, 2, 4`` and with ``atasks run --events`` (skipped if
-that option does not exist), and the loopback transport's overhead per call over a direct
-``await echo.fn(x)``. Progress goes to stderr; the whole run takes a few minutes. See
-dev/bench/README.md.
+Starts a private RabbitMQ node (``dev/rabbitnode.py``): Debian's rabbitmq-server on this
+machine, or with ``--broker 4`` Debian sid's from the root dev/rabbitmq4.py builds. Then, for
+a 100-character str echoed back: sequential latency (p50, p99) after a warm-up; throughput
+with 64 calls in flight; CPU time per call of this client process, of the server processes
+(``/proc/<pid>/stat``) and of the broker. The same for the baseline
+(``dev/bench/baseline.py``), ratios atasks/baseline, throughput with ``atasks run --workers 1,
+2, 4`` and with ``atasks run --events`` (skipped if that option does not exist), and the
+loopback transport's overhead per call over a direct ``await echo.fn(x)``. Progress goes to
+stderr; the whole run takes a few minutes. See dev/bench/README.md.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # dev/bench/, for echo
 import aio_pika
 import baseline
 import echo
+import rabbitmq4
 from rabbitnode import RabbitNode
 
 import atasks
@@ -700,24 +703,15 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | No
     }
 
 
-def environment() -> dict[str, Any]:
+def environment(node: RabbitNode) -> dict[str, Any]:
     """What the numbers were measured on."""
-    try:
-        rabbit = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rabbit = ""
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "atasks": metadata.version("atasks"),
         "aio_pika": metadata.version("aio-pika"),
         "aiormq": metadata.version("aiormq"),
-        "rabbitmq": rabbit or "unknown",
+        "rabbitmq": node.version or "unknown",
         "payload": f"str of {len(PAYLOAD)} characters",
         "load_average_at_start": _load_average(),
     }
@@ -734,7 +728,7 @@ def _load_average() -> float | None:
 def broker_pid(node: RabbitNode) -> int | None:
     """The pid of the node's Erlang VM, from its pid file, if it wrote one."""
     with contextlib.suppress(OSError, ValueError):
-        return int((node.base / "rabbit.pid").read_text().strip())
+        return int((node.data / "rabbit.pid").read_text().strip())
     return None
 
 
@@ -745,7 +739,7 @@ async def measure(node: RabbitNode, sizes: Sizes, servers: Servers) -> dict[str,
     bench = Bench(node.url, broker_pid(node), sizes, servers, progress)
     started = time.monotonic()
     other_load = OtherLoad()
-    results: dict[str, Any] = {"environment": environment(), "sizes": asdict(sizes)}
+    results: dict[str, Any] = {"environment": environment(node), "sizes": asdict(sizes)}
     async with asyncio.timeout(READY_TIMEOUT):
         await atasks.setup("amqp", url=node.url)
     try:
@@ -864,8 +858,9 @@ def table(results: dict[str, Any]) -> str:
 # --- command line --------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool]:
-    """The sizes and whether to print JSON."""
+def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None]:
+    """The sizes, whether to print JSON, and the root directory of the broker (None: this
+    machine's)."""
     parser = argparse.ArgumentParser(
         description="Benchmark atasks over a private RabbitMQ node against a minimal aio-pika RPC."
     )
@@ -873,6 +868,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool]:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--calls", type=int, metavar="N", help="calls per throughput phase")
     parser.add_argument("--sequential", type=int, metavar="N", help="timed sequential calls")
+    parser.add_argument(
+        "--broker",
+        choices=["3", "4"],
+        default="3",
+        help="RabbitMQ 3.x: this machine's rabbitmq-server (default); 4.x: Debian sid's, from the "
+        "root dev/rabbitmq4.py builds ($ATASKS_RABBITMQ4_ROOT or its cache)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     for name in ("calls", "sequential"):
@@ -881,7 +883,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool]:
             if value < 1:
                 parser.error(f"--{name} must be at least 1")
             sizes = replace(sizes, **{name: value})
-    return sizes, args.json
+    root = rabbitmq4.find() if args.broker == "4" else None
+    if args.broker == "4" and root is None:
+        parser.error("no RabbitMQ 4.x root: build it with `python3 dev/rabbitmq4.py` (as root)")
+    return sizes, args.json, root
 
 
 @contextlib.contextmanager
@@ -898,21 +903,25 @@ def workspace() -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 on success, 1 when a phase could not be measured."""
-    sizes, as_json = parse_args(argv)
+    sizes, as_json, root = parse_args(argv)
     for key in [key for key in os.environ if key.startswith("ATASKS_")]:
         del os.environ[key]  # the same settings on both sides: the defaults
     try:
         with workspace() as work:
             servers = Servers(work)
-            node = RabbitNode(work / "rabbit")
+            node = RabbitNode(work / "rabbit", root=root)
             print("starting a private RabbitMQ node...", file=sys.stderr, flush=True)
             try:
                 took = node.start()
-                print(f"RabbitMQ up in {took:.1f}s at {node.url}", file=sys.stderr, flush=True)
+                print(
+                    f"RabbitMQ {node.version} up in {took:.1f}s at {node.url}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results = asyncio.run(measure(node, sizes, servers))
             finally:
                 servers.stop_all()
-                node.stop()
+                node.close()
     except BenchError as exc:
         print(f"\nbench failed: {exc}", file=sys.stderr)
         return 1

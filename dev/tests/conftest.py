@@ -1,10 +1,18 @@
-"""Fixtures: clean namespaces per test, a private RabbitMQ node per session, and ``served``,
-which sets up the default namespace over loopback or AMQP so behaviour tests run on both."""
+"""Fixtures: clean namespaces per test, a private RabbitMQ node per session and broker, and
+``served``, which sets up the default namespace over loopback or AMQP so behaviour tests run on
+both.
+
+Every test that uses a broker (``rabbit``, ``amqp_url``, ``rabbit_factory``, or ``served``
+over AMQP) runs once per broker in ``ATASKS_BROKERS``: ``3``, ``4`` or ``3,4`` (the default).
+``rabbitmq3`` is Debian's rabbitmq-server on this machine; ``rabbitmq4`` is Debian sid's, in
+the root directory that dev/rabbitmq4.py builds (``$ATASKS_RABBITMQ4_ROOT``, or its cache).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,11 +22,60 @@ from atasks.router import Router
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dev/, for rabbitnode
 
+import rabbitmq4
 import workload
 from rabbitnode import RabbitNode
 from servers import Servers, delete_queues
 
 REPO = Path(__file__).resolve().parents[2]
+BROKERS = {"3": "rabbitmq3", "4": "rabbitmq4"}  # ATASKS_BROKERS's values, and test ids
+_versions: dict[str, str] = {}  # broker -> the version its node announced, for the summary
+
+
+def _brokers() -> list[str]:
+    """The brokers chosen by ATASKS_BROKERS."""
+    wanted = os.environ.get("ATASKS_BROKERS", "3,4").replace(",", " ").split()
+    if not wanted or set(wanted) - BROKERS.keys():
+        raise pytest.UsageError(f"ATASKS_BROKERS={' '.join(wanted)!r}: say 3, 4 or 3,4")
+    return [name for key, name in BROKERS.items() if key in wanted]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _brokers()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each test using a broker, once per broker; ``served`` tests also once over loopback.
+    Session scope: pytest groups the tests by broker, so one node runs at a time."""
+    brokers = _brokers()
+    if "transport_kind" in metafunc.fixturenames:
+        params = [pytest.param(None, id="loopback")]
+        params += [pytest.param(name, id=f"amqp-{name}") for name in brokers]
+        metafunc.parametrize("broker", params, scope="session")
+    elif "broker" in metafunc.fixturenames:
+        metafunc.parametrize("broker", brokers, scope="session")
+
+
+def broker_root(broker: str) -> Path | None:
+    """The root directory of the broker's node: None for the system's."""
+    if broker == "rabbitmq3":
+        return None
+    root = rabbitmq4.find()
+    if root is None:
+        where = os.environ.get("ATASKS_RABBITMQ4_ROOT") or rabbitmq4.default_path()
+        pytest.fail(
+            f"no RabbitMQ 4.x root at {where}: build it with `python3 dev/rabbitmq4.py` (as root; "
+            "./dev/test.sh does it), or run only the 3.x tests with ATASKS_BROKERS=3",
+            pytrace=False,
+        )
+    return root
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _versions:
+        terminalreporter.write_sep("-", "brokers the tests ran on")
+    for broker, version in _versions.items():
+        terminalreporter.write_line(f"{broker}: RabbitMQ {version}")
 
 
 @pytest.fixture(autouse=True)
@@ -29,10 +86,37 @@ async def clean_namespaces() -> AsyncIterator[None]:
 
 
 @pytest.fixture(scope="session")
-def rabbit() -> Iterator[RabbitNode]:
-    """A private RabbitMQ node on a free loopback port, for the whole session."""
-    with RabbitNode() as node:
+def rabbit(broker: str | None, pytestconfig: pytest.Config) -> Iterator[RabbitNode]:
+    """A private node of the ``broker`` on a free loopback port, for the whole session."""
+    assert broker is not None, "a loopback test asked for a broker"
+    node = RabbitNode(root=broker_root(broker))
+    try:
+        took = node.start()
+        _versions[broker] = str(node.version)
+        plugins = pytestconfig.pluginmanager
+        reporter = plugins.get_plugin("terminalreporter")
+        capture = plugins.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():  # the line shows in CI's log
+                reporter.write_line(f"{broker}: RabbitMQ {node.version} up in {took:.1f}s")
         yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture
+def rabbit_factory(broker: str) -> Iterator[Callable[[Path], RabbitNode]]:
+    """Makes nodes of the ``broker``, not yet started, each with its log in the directory it is
+    given; closes them after the test."""
+    nodes: list[RabbitNode] = []
+
+    def make(base_dir: Path) -> RabbitNode:
+        nodes.append(RabbitNode(base_dir, root=broker_root(broker)))
+        return nodes[-1]
+
+    yield make
+    for node in nodes:
+        node.close()
 
 
 @pytest.fixture
@@ -54,9 +138,10 @@ async def servers(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
         print(f"--- server {index} ---\n{started.log(index)[-5000:]}")
 
 
-@pytest.fixture(params=["loopback", "amqp"])
-def transport_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture
+def transport_kind(broker: str | None) -> str:
+    """``loopback``, or ``amqp`` on the ``broker`` (see pytest_generate_tests)."""
+    return "loopback" if broker is None else "amqp"
 
 
 async def _serve(request: pytest.FixtureRequest, kind: str, concurrency: int) -> Router:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aio_pika
@@ -144,8 +145,10 @@ async def test_nested_fan_out_does_not_deadlock_at_concurrency_4(
     assert calls == 2**10 - 1 + 2**9 * 6
 
 
-async def test_broker_restart_mid_run(tmp_path: Path) -> None:
-    with RabbitNode(tmp_path / "rabbit") as node:
+async def test_broker_restart_mid_run(
+    rabbit_factory: Callable[[Path], RabbitNode], tmp_path: Path
+) -> None:
+    with rabbit_factory(tmp_path / "rabbit") as node:
         servers = Servers(node.url, tmp_path)
         try:
             servers.start()

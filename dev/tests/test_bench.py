@@ -1,5 +1,6 @@
-"""The benchmark runs end to end (``dev/bench/bench.py --quick --json``) and reports every
-number it promises. Its numbers are never compared with any speed: only their presence."""
+"""The benchmark runs end to end (``dev/bench/bench.py --quick --json``), on each broker, and
+reports every number it promises. Its numbers are never compared with any speed: only their
+presence."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, broker_root
 from rabbitnode import RABBIT_BIN
 
 pytestmark = [
@@ -39,9 +40,17 @@ def positive(section: dict[str, Any], keys: tuple[str, ...]) -> None:
 
 
 @pytest.fixture(scope="module")
-def report() -> dict[str, Any]:
+def report(broker: str) -> dict[str, Any]:
+    broker_root(broker)  # fails, saying how to build it, if the broker's root is missing
     done = subprocess.run(
-        [sys.executable, "dev/bench/bench.py", "--quick", "--json"],
+        [
+            sys.executable,
+            "dev/bench/bench.py",
+            "--quick",
+            "--json",
+            "--broker",
+            broker.removeprefix("rabbitmq"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -76,3 +85,7 @@ def test_loopback_and_events(report: dict[str, Any]) -> None:
     events = report["events"]
     assert events["skipped"] is True or "throughput" in events
     assert report["environment"]["cpus"] >= 1
+
+
+def test_the_broker_is_the_one_asked_for(report: dict[str, Any], broker: str) -> None:
+    assert report["environment"]["rabbitmq"].startswith(f"{broker.removeprefix('rabbitmq')}.")

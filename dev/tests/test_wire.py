@@ -1,0 +1,73 @@
+"""The AMQP wire format, without a broker: requests, replies and progress round-trip."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from pamqp.commands import Basic
+
+from atasks.events import Progress
+from atasks.transport.backends.amqp import wire
+from atasks.transport.base import Reply, Request
+
+
+def test_a_request_round_trips_with_its_exact_deadline() -> None:
+    deadline = time.time() + 12.345678901
+    request = Request(
+        name="resize",
+        call_id="c1",
+        content_type="application/json",
+        body=b"[[1],{}]",
+        parent_id="p1",
+        deadline=deadline,
+        wants_progress=True,
+    )
+    properties = wire.request_properties(request, "reply-here", persistent=True)
+    assert properties.delivery_mode == wire.PERSISTENT
+    assert properties.reply_to == "reply-here"
+    assert 12_000 <= int(properties.expiration or 0) <= 12_346
+    back = wire.request_from("resize", properties, request.body)
+    assert back == request  # the deadline to the last bit: it travels as a string
+
+
+def test_nonsense_headers_are_ignored() -> None:
+    properties = Basic.Properties(
+        correlation_id="c2",
+        headers={wire.H_DEADLINE: "soon", wire.H_PARENT: 42, wire.H_DELIVERIES: "many"},
+    )
+    request = wire.request_from("x", properties, b"")
+    assert (request.deadline, request.parent_id) == (None, None)
+    assert wire.deaths(properties.headers or {}) == 0
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(call_id="c3", ok=True, content_type="application/json", body=b"7"),
+        Reply(
+            call_id="c4",
+            ok=False,
+            content_type="application/json",
+            body=b"",
+            error_type="builtins.KeyError",
+            error_message="'k'",
+            traceback="Traceback...",
+        ),
+    ],
+)
+def test_a_reply_round_trips(reply: Reply) -> None:
+    assert wire.reply_from(wire.reply_properties(reply), reply.body) == reply
+
+
+def test_progress_round_trips_and_malformed_progress_is_refused() -> None:
+    progress = Progress(call_id="c5", atask="import", done=3.0, total=10.0, note="rows")
+    assert wire.progress_from(wire.progress_properties(progress)) == progress
+    with pytest.raises(ValueError, match="malformed"):
+        wire.progress_from(Basic.Properties(correlation_id="c5", headers={"atask": "x"}))
+
+
+def test_dead_reason_from_the_broker_or_from_atasks() -> None:
+    assert wire.dead_reason({wire.FIRST_DEATH_REASON: "delivery_limit"}) == "delivery_limit"
+    assert wire.dead_reason({wire.H_DEAD_REASON: "rejected"}) == "rejected"
+    assert wire.dead_reason({}) == ""

@@ -1,7 +1,8 @@
 """The baseline atasks is measured against: a minimal RPC written directly on aio-pika.
 
 Server (``python dev/bench/baseline.py --url URL``): consumes the request queue ``QUEUE`` —
-durable, like atasks' request queues, with transient messages — at a prefetch of 64 (atasks'
+durable, of the queue type atasks' request queues have (``--queue-type``, quorum by default),
+with transient messages — at a prefetch of 64 (atasks'
 default concurrency), publishes the body back to ``reply_to`` with the request's
 ``correlation_id``, then acks the request. Replies are not confirmed.
 
@@ -32,13 +33,15 @@ PREFETCH = 64
 CONNECT_TIMEOUT = 10.0
 
 
-async def serve(url: str, stop: asyncio.Event) -> None:
+async def serve(url: str, stop: asyncio.Event, queue_type: str = "quorum") -> None:
     """Answer every request on ``QUEUE`` with its own body until ``stop`` is set."""
     connection = await aio_pika.connect(url, timeout=CONNECT_TIMEOUT)
     async with connection:
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=PREFETCH)
-        queue = await channel.declare_queue(QUEUE, durable=True)
+        queue = await channel.declare_queue(
+            QUEUE, durable=True, arguments={"x-queue-type": queue_type}
+        )
         exchange = channel.default_exchange
 
         async def on_request(message: AbstractIncomingMessage) -> None:
@@ -104,19 +107,21 @@ class BaselineClient:
             future.set_result(message.body)
 
 
-async def _main(url: str) -> None:
+async def _main(url: str, queue_type: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await serve(url, stop)
+    await serve(url, stop, queue_type)
 
 
 def main() -> None:
     """CLI: serve the baseline until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="AMQP URL of the broker")
-    asyncio.run(_main(parser.parse_args().url))
+    parser.add_argument("--queue-type", choices=["quorum", "classic"], default="quorum")
+    args = parser.parse_args()
+    asyncio.run(_main(args.url, args.queue_type))
 
 
 if __name__ == "__main__":

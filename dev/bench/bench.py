@@ -322,19 +322,19 @@ class Servers:
             self.stop(label)
 
 
-def atasks_argv(*extra: str, url: str) -> list[str]:
+def atasks_argv(*extra: str, url: str, queue_type: str) -> list[str]:
     """The command line of an atasks echo server."""
     return [
         sys.executable,
         *("-m", "atasks", "run", "dev/bench/echo.py", "--mode", "server"),
-        *("--url", url, "-q", "--grace", "1"),
+        *("--url", url, "-q", "--grace", "1", "--queue-type", queue_type),
         *extra,
     ]
 
 
-def baseline_argv(url: str) -> list[str]:
+def baseline_argv(url: str, queue_type: str) -> list[str]:
     """The command line of a baseline echo server."""
-    return [sys.executable, "dev/bench/baseline.py", "--url", url]
+    return [sys.executable, "dev/bench/baseline.py", "--url", url, "--queue-type", queue_type]
 
 
 def events_option() -> bool:
@@ -599,12 +599,15 @@ class Bench:
     sizes: Sizes
     servers: Servers
     progress: Progress
+    queue_type: str
 
     async def atasks_server(
         self, label: str, extra: tuple[str, ...] = (), consumers: int = 1
     ) -> Target:
         """Start an atasks echo server and wait until ``consumers`` processes consume."""
-        server = self.servers.start(label, atasks_argv(*extra, url=self.url))
+        server = self.servers.start(
+            label, atasks_argv(*extra, url=self.url, queue_type=self.queue_type)
+        )
         transport = atasks.get_transport()
         assert isinstance(transport, AMQPTransport)
         await wait_ready(
@@ -615,7 +618,7 @@ class Bench:
     async def compare(self) -> dict[str, dict[str, Any]]:
         """atasks and the baseline, both served at once, taking turns in every phase so that
         a machine slowing down or speeding up weighs on both alike."""
-        base_server = self.servers.start("baseline", baseline_argv(self.url))
+        base_server = self.servers.start("baseline", baseline_argv(self.url, self.queue_type))
         client = baseline.BaselineClient(self.url)
         try:
             async with asyncio.timeout(READY_TIMEOUT):
@@ -703,9 +706,10 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | No
     }
 
 
-def environment(node: RabbitNode) -> dict[str, Any]:
+def environment(node: RabbitNode, queue_type: str) -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
+        "queue_type": queue_type,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "atasks": metadata.version("atasks"),
@@ -732,14 +736,19 @@ def broker_pid(node: RabbitNode) -> int | None:
     return None
 
 
-async def measure(node: RabbitNode, sizes: Sizes, servers: Servers) -> dict[str, Any]:
+async def measure(
+    node: RabbitNode, sizes: Sizes, servers: Servers, queue_type: str
+) -> dict[str, Any]:
     """Every phase, in order: atasks against the baseline, workers, events, loopback."""
     events = events_option()
     progress = Progress(2 + len(sizes.workers) + 1 + 1)
-    bench = Bench(node.url, broker_pid(node), sizes, servers, progress)
+    bench = Bench(node.url, broker_pid(node), sizes, servers, progress, queue_type)
     started = time.monotonic()
     other_load = OtherLoad()
-    results: dict[str, Any] = {"environment": environment(node), "sizes": asdict(sizes)}
+    results: dict[str, Any] = {
+        "environment": environment(node, queue_type),
+        "sizes": asdict(sizes),
+    }
     async with asyncio.timeout(READY_TIMEOUT):
         await atasks.setup("amqp", url=node.url)
     try:
@@ -765,7 +774,8 @@ def table(results: dict[str, Any]) -> str:
     env, sizes = results["environment"], results["sizes"]
     lines = [
         f"atasks {env['atasks']}, aio-pika {env['aio_pika']}, aiormq {env['aiormq']}, "
-        f"RabbitMQ {env['rabbitmq']}, Python {env['python']}, {env['cpus']} CPUs; "
+        f"RabbitMQ {env['rabbitmq']} ({env['queue_type']} request queues on both sides), "
+        f"Python {env['python']}, {env['cpus']} CPUs; "
         f"payload: {env['payload']}; client, servers and broker on this one machine; other "
         f"processes used {env['other_processes_cpu_percent']}% of its CPU during the run.",
         "",
@@ -858,9 +868,9 @@ def table(results: dict[str, Any]) -> str:
 # --- command line --------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None]:
-    """The sizes, whether to print JSON, and the root directory of the broker (None: this
-    machine's)."""
+def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None, str]:
+    """The sizes, whether to print JSON, the root directory of the broker (None: this
+    machine's) and the request queues' type."""
     parser = argparse.ArgumentParser(
         description="Benchmark atasks over a private RabbitMQ node against a minimal aio-pika RPC."
     )
@@ -875,6 +885,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None]
         help="RabbitMQ 3.x: this machine's rabbitmq-server (default); 4.x: Debian sid's, from the "
         "root dev/rabbitmq4.py builds ($ATASKS_RABBITMQ4_ROOT or its cache)",
     )
+    parser.add_argument(
+        "--queue-type",
+        choices=["quorum", "classic"],
+        default="quorum",
+        help="request queues of both atasks and the baseline (default: quorum, atasks' default)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     for name in ("calls", "sequential"):
@@ -886,7 +902,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None]
     root = rabbitmq4.find() if args.broker == "4" else None
     if args.broker == "4" and root is None:
         parser.error("no RabbitMQ 4.x root: build it with `python3 dev/rabbitmq4.py` (as root)")
-    return sizes, args.json, root
+    return sizes, args.json, root, args.queue_type
 
 
 @contextlib.contextmanager
@@ -903,7 +919,9 @@ def workspace() -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 on success, 1 when a phase could not be measured."""
-    sizes, as_json, root = parse_args(argv)
+    sizes, as_json, root, queue_type = parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so the servers and the node are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     for key in [key for key in os.environ if key.startswith("ATASKS_")]:
         del os.environ[key]  # the same settings on both sides: the defaults
     try:
@@ -918,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                results = asyncio.run(measure(node, sizes, servers))
+                results = asyncio.run(measure(node, sizes, servers, queue_type))
             finally:
                 servers.stop_all()
                 node.close()

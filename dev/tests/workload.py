@@ -66,6 +66,14 @@ async def fail_with(message: str) -> None:
 
 
 @atask
+async def double_after(value: int, seconds: float, markers: str) -> int:
+    """Mark that it runs (a file named ``value`` in ``markers``), sleep, return twice the value."""
+    (Path(markers) / str(value)).touch()
+    await asyncio.sleep(seconds)
+    return 2 * value
+
+
+@atask
 async def ready() -> int:
     """Defined last: servers register atasks in definition order, so once this one is served,
     every atask above has its queue."""

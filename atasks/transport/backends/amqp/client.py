@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Literal
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from atasks.errors import DeliveryLimitExceeded, JobNotFound, NotConnected, TransportError
+from atasks.errors import (
+    ConfigurationError,
+    DeliveryLimitExceeded,
+    JobNotFound,
+    NotConnected,
+    TransportError,
+)
 from atasks.events import ProgressListener
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import (
@@ -28,36 +37,81 @@ log = logging.getLogger("atasks.amqp")
 
 CANCEL_TIMEOUT = 5.0
 NOT_NOTIFIED = ("expired",)  # its caller has already timed out
+Replies = Literal["durable", "direct"]
+REPLIES: tuple[Replies, ...] = ("durable", "direct")
 
 
 class Caller:
-    """Sends requests through ``link`` and waits for their replies."""
+    """Sends requests through ``link`` and waits for their replies.
 
-    def __init__(self, link: Link, topology: Topology, *, persistent: bool) -> None:
+    Durable replies: this caller's own quorum queue takes them (it outlives a broker restart or
+    a lost connection, and expires once nobody has used it for a while), calls in flight wait
+    for the connection to come back, and a request whose publish was not confirmed is published
+    again (its call id makes a second reply a duplicate, dropped). Direct replies: RabbitMQ's
+    direct reply-to, at most once, so a lost connection fails the calls in flight.
+    """
+
+    def __init__(
+        self, link: Link, topology: Topology, *, persistent: bool, replies: Replies
+    ) -> None:
+        if replies not in REPLIES:
+            raise ConfigurationError(
+                f"replies must be one of {', '.join(REPLIES)}, not {replies!r}"
+            )
         self.link = link
         self.topology = topology
         self.persistent = persistent
+        self.durable = replies == "durable"
+        client = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+        self.reply_to = topology.reply_queue(client) if self.durable else DIRECT_REPLY_TO
         self.closing = False
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._listeners: dict[str, ProgressListener] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._give_up: asyncio.TimerHandle | None = None
         link.on_open.append(self._on_open)
         link.on_lost.append(self._on_lost)
 
     async def _on_open(self, channels: Channels) -> None:
-        await declare_all(channels.connection, self.topology, [])
-        await channels.calls_raw.basic_consume(DIRECT_REPLY_TO, self._on_reply, no_ack=True)
+        await declare_all(
+            channels.connection,
+            self.topology,
+            [],
+            reply_queue=self.reply_to if self.durable else None,
+            reply_queue_expires=self.link.reconnect_wait,
+        )
+        await channels.calls_raw.basic_consume(
+            self.reply_to, self._on_reply, no_ack=not self.durable
+        )
         await channels.calls_raw.basic_consume(
             self.topology.dead_letter_notify_queue, self._on_dead_letter
         )
+        if self._give_up is not None:
+            self._give_up.cancel()
+            self._give_up = None
 
     def _on_lost(self) -> None:
-        self.fail_pending(
-            TransportError(
-                "lost the connection to the broker while awaiting the reply; "
-                "the atask may or may not have run"
+        if not self.durable:
+            self.fail_pending(
+                TransportError(
+                    "lost the connection to the broker while awaiting the reply; "
+                    "the atask may or may not have run (durable replies survive this)"
+                )
             )
-        )
+        elif self._give_up is None:
+            self._give_up = asyncio.get_running_loop().call_later(
+                self.link.reconnect_wait, self._no_connection
+            )
+
+    def _no_connection(self) -> None:
+        self._give_up = None
+        if not self.link.is_ready:
+            self.fail_pending(
+                TransportError(
+                    f"no connection to the broker for {self.link.reconnect_wait:g}s while "
+                    "awaiting the reply; the atask may or may not have run"
+                )
+            )
 
     def fail_pending(self, exc: BaseException) -> None:
         pending, self._pending = self._pending, {}
@@ -69,28 +123,37 @@ class Caller:
         if self.closing:
             raise NotConnected("the transport is disconnecting")
         channels = await self.link.ready()
-        properties = wire.request_properties(request, DIRECT_REPLY_TO, persistent=self.persistent)
+        properties = wire.request_properties(request, self.reply_to, persistent=self.persistent)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.call_id] = future
         if on_progress is not None:
             self._listeners[request.call_id] = on_progress
         try:
-            try:
-                await channels.calls_raw.basic_publish(
-                    request.body,
-                    routing_key=self.topology.request_queue(request.name),
-                    properties=properties,
-                    mandatory=True,
-                )
-            except aiormq.exceptions.PublishError:
-                raise JobNotFound(
-                    f"no server has ever served atask {request.name!r} in namespace "
-                    f"{self.topology.namespace!r}: start a server that registers it"
-                ) from None
-            except aiormq.exceptions.DeliveryError as exc:
-                raise TransportError(f"the broker refused the request: {describe(exc)}") from exc
-            except CONNECTION_ERRORS as exc:
-                raise TransportError(f"could not publish the request: {describe(exc)}") from exc
+            while True:
+                try:
+                    await channels.calls_raw.basic_publish(
+                        request.body,
+                        routing_key=self.topology.request_queue(request.name),
+                        properties=properties,
+                        mandatory=True,
+                    )
+                    break
+                except aiormq.exceptions.PublishError:
+                    raise JobNotFound(
+                        f"no server has ever served atask {request.name!r} in namespace "
+                        f"{self.topology.namespace!r}: start a server that registers it"
+                    ) from None
+                except aiormq.exceptions.DeliveryError as exc:
+                    raise TransportError(
+                        f"the broker refused the request: {describe(exc)}"
+                    ) from exc
+                except CONNECTION_ERRORS as exc:
+                    if not self.durable:
+                        raise TransportError(
+                            f"could not publish the request: {describe(exc)}"
+                        ) from exc
+                    # Unconfirmed: publish it again once reconnected (at least once).
+                    channels = await self.link.renewed(channels)
             return await future
         except asyncio.CancelledError:
             # Even mid-publish: the request may be queued already.
@@ -106,15 +169,20 @@ class Caller:
         call_id = properties.correlation_id or ""
         if properties.message_type == wire.PROGRESS:
             self._on_progress(call_id, properties)
-            return
-        future = self._pending.pop(call_id, None)
-        if future is None or future.done():
-            log.debug("dropped a reply for unknown or finished call %s", call_id)
-            return
-        try:
-            future.set_result(wire.reply_from(properties, message.body))
-        except Exception as exc:  # a malformed reply fails its one call only
-            future.set_exception(TransportError(f"malformed reply: {exc!r}"))
+        else:
+            future = self._pending.pop(call_id, None)
+            if future is None or future.done():
+                log.debug("dropped a reply for unknown or finished call %s", call_id)
+            else:
+                try:
+                    future.set_result(wire.reply_from(properties, message.body))
+                except Exception as exc:  # a malformed reply fails its one call only
+                    future.set_exception(TransportError(f"malformed reply: {exc!r}"))
+        if self.durable:  # after the call has it: lost before this, it comes again
+            try:
+                await message.channel.basic_ack(message.delivery_tag or 0)
+            except CONNECTION_ERRORS as exc:
+                log.debug("could not ack a reply: %s", describe(exc))
 
     def _on_progress(self, call_id: str, properties: Basic.Properties) -> None:
         listener = self._listeners.get(call_id)

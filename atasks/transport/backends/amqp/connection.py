@@ -53,22 +53,26 @@ OnOpen = Callable[[Channels], Awaitable[None]]
 
 
 class Link:
-    """Keeps one connection to the broker up.
+    """Keeps one connection to the broker up, failing over between the nodes of a cluster.
 
-    ``on_open`` callbacks run, in order, on every new connection before it counts as ready: a
-    failing one fails the connect (first time) or the attempt (reconnect). ``on_lost`` callbacks
-    run when a live connection is lost.
+    ``urls`` are tried in turn, starting after the one that was lost. ``on_open`` callbacks run,
+    in order, on every new connection before it counts as ready: a failing one fails the connect
+    (first time) or the attempt (reconnect). ``on_lost`` callbacks run when a live connection is
+    lost.
     """
 
     def __init__(
         self,
-        url: str,
+        urls: list[str],
         *,
         connect_timeout: float,
         reconnect_wait: float,
         events: bool,
     ) -> None:
-        self.url = url
+        if not urls:
+            raise ValueError("no broker URL")
+        self.urls = urls
+        self.url = urls[0]  # the one connected to, or tried last
         self.connect_timeout = connect_timeout
         self.reconnect_wait = reconnect_wait
         self.events = events
@@ -77,6 +81,7 @@ class Link:
         self.on_open: list[OnOpen] = []
         self.on_lost: list[Callable[[], None]] = []
         self._ready = asyncio.Event()
+        self._changed = asyncio.Event()  # set, then replaced, at every new connection
         self._opening = asyncio.Lock()
         self._reconnector: asyncio.Task[None] | None = None
         self._closers: set[asyncio.Task[None]] = set()
@@ -84,6 +89,10 @@ class Link:
     @property
     def safe_url(self) -> str:
         return safe_url(self.url)
+
+    @property
+    def safe_urls(self) -> str:
+        return ",".join(map(safe_url, self.urls))
 
     @property
     def is_ready(self) -> bool:
@@ -102,13 +111,37 @@ class Link:
                 raise
             except TimeoutError as exc:
                 raise TransportError(
-                    f"timed out connecting to {self.safe_url} after {self.connect_timeout:g}s"
+                    f"timed out connecting to {self.safe_urls} after {self.connect_timeout:g}s"
                 ) from exc
             except CONNECTION_ERRORS as exc:
-                raise TransportError(f"cannot connect to {self.safe_url}: {describe(exc)}") from exc
+                raise TransportError(
+                    f"cannot connect to {self.safe_urls}: {describe(exc)}"
+                ) from exc
 
     async def _open(self) -> None:
-        connection = await aio_pika.connect(self.url, timeout=self.connect_timeout)
+        """Connect to the first node that answers, starting with the current one."""
+        start = self.urls.index(self.url)
+        failure: BaseException | None = None
+        for url in self.urls[start:] + self.urls[:start]:
+            self.url = url
+            try:
+                await self._open_at(url)
+                return
+            except ATasksError:
+                raise
+            except (TimeoutError, *CONNECTION_ERRORS) as exc:
+                failure = exc
+                if len(self.urls) > 1:
+                    log.debug("cannot connect to %s: %s", safe_url(url), describe(exc))
+        assert failure is not None
+        raise failure
+
+    def _next_url(self) -> None:
+        """After losing a node, try the next one first."""
+        self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+
+    async def _open_at(self, url: str) -> None:
+        connection = await aio_pika.connect(url, timeout=self.connect_timeout)
         try:
             calls = await connection.channel(publisher_confirms=True, on_return_raises=True)
             serve = await connection.channel(publisher_confirms=True)
@@ -136,6 +169,8 @@ class Link:
             channel.close_callbacks.add(self._on_channel_closed)
         self.state = State.CONNECTED
         self._ready.set()
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def ready(self) -> Channels:
         """The live channels; waits up to ``reconnect_wait`` for a lost connection to return."""
@@ -154,10 +189,27 @@ class Link:
             raise NotConnected("the transport was disconnected")
         return self.channels
 
+    async def renewed(self, old: Channels) -> Channels:
+        """Channels other than ``old``, which just failed: waits for the reconnection."""
+        deadline = asyncio.get_running_loop().time() + self.reconnect_wait
+        while True:
+            channels = await self.ready()
+            if channels is not old:
+                return channels
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._changed.wait()
+            except TimeoutError:
+                raise TransportError(
+                    f"no working connection to the broker at {self.safe_url} for "
+                    f"{self.reconnect_wait:g}s"
+                ) from None
+
     def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
         if self.state is not State.CONNECTED:
             return
         log.warning("lost the broker connection (%s); reconnecting", describe(exc) or "closed")
+        self._next_url()
         self.state = State.RECONNECTING
         self._ready.clear()
         self.channels = None
@@ -198,6 +250,7 @@ class Link:
             with contextlib.suppress(asyncio.CancelledError):
                 await reconnector
         self._ready.set()
+        self._changed.set()
         channels, self.channels = self.channels, None
         if channels is not None:
             await _quietly_close(channels.connection)

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiormq
@@ -29,6 +30,18 @@ EVENTS_FLUSH = 0.05  # seconds between two messages of batched events
 CANCELLED_KEPT = 100_000  # ids of cancelled calls remembered, at most…
 CANCELLED_FOR = 3600.0  # …and for at most this long
 UNBOUNDED_PREFETCH = 64  # served without a router's capacity (register_callback by hand)
+KEPT_MAX = 100_000  # replies kept for a lost connection, at most…
+KEPT_FOR = 600.0  # …and for at most this long
+
+
+@dataclass(slots=True)
+class Kept:
+    """A reply that could not be sent when its call finished: the connection was gone."""
+
+    reply_to: str
+    reply: Reply
+    sent: bool = False
+    at: float = field(default_factory=time.monotonic)
 
 
 class Server:
@@ -56,6 +69,8 @@ class Server:
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: dict[str, float] = {}
         self._requeueing: dict[str, asyncio.Event] = {}
+        self._inflight: dict[str, asyncio.Future[Reply]] = {}
+        self._kept: dict[str, Kept] = {}
         self._control_consumer: str | None = None
         self._event_batch: list[Event] = []
         self._event_flush: asyncio.TimerHandle | None = None
@@ -66,6 +81,8 @@ class Server:
     # --- consumers and capacity ----------------------------------------------------------
 
     async def _on_open(self, channels: Channels) -> None:
+        if self._kept:
+            self._spawn(self._send_kept())  # once the connection counts as ready
         if not self.handlers:
             return
         await declare_all(channels.connection, self.topology, list(self.handlers))
@@ -173,21 +190,22 @@ class Server:
         self, intake: Intake
     ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         async def on_request(delivered: DeliveredMessage) -> None:
-            # aiormq runs each delivery in a task of its own: that task is the call.
+            # The call gets a task of its own, not aiormq's: a lost connection ends aiormq's
+            # tasks, and a call should finish and keep its reply for the next connection.
             message = Delivery(delivered)
             if message.consumer_tag is not None:
                 intake.delivered(message.consumer_tag)
                 message.counted = True
-            task = asyncio.current_task()
-            assert task is not None
+            task = asyncio.get_running_loop().create_task(self._serve(intake, message))
             key = message.correlation_id or f"?{id(task)}"
             self._running[key] = task
-            try:
-                await self._serve(intake, message)
-            finally:
+
+            def forget(done: asyncio.Task[None]) -> None:
                 _handled(intake, message)
-                if self._running.get(key) is task:  # a requeued copy may have taken the key
+                if self._running.get(key) is done:  # a requeued copy may have taken the key
                     del self._running[key]
+
+            task.add_done_callback(forget)
 
         return on_request
 
@@ -211,6 +229,10 @@ class Server:
                     message, wire.error_reply(call_id, TransportError("cancelled by its caller"))
                 )
                 return
+            known = await self._known_outcome(call_id)
+            if known is not None:  # run here already, its first delivery lost with a connection
+                await self._reply_and_ack(message, known)
+                return
             if message.redelivered and self.topology.queue_type == "classic":
                 await self._count_death(name, message)
                 return
@@ -229,12 +251,17 @@ class Server:
                 elif not message.redelivered:  # a suspect of a server's death stays here
                     await self._give_back(intake, message)
                     return
+            inflight: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+            self._inflight[call_id] = inflight
             try:
                 reply = await handler(request)
+                inflight.set_result(reply)
             finally:
+                inflight.cancel()  # no-op once it has the reply
+                del self._inflight[call_id]
                 _handled(intake, message)  # before the reply's round trip: credit is back
             replied = True
-            await self._reply_and_ack(message, reply)
+            await self._send_reply(message, reply)
         except asyncio.CancelledError:
             await self._after_cancel(name, call_id, message, replied=replied)
         except CONNECTION_ERRORS as exc:
@@ -264,6 +291,63 @@ class Server:
         if request.wants_progress and message.reply_to:
             request.report = self._progress_sink(message.reply_to)
         return request
+
+    async def _known_outcome(self, call_id: str) -> Reply | None:
+        """The reply of a call this server ran, or is running, for an earlier delivery."""
+        kept = self._kept.get(call_id)
+        if kept is not None:
+            return kept.reply
+        inflight = self._inflight.get(call_id)
+        if inflight is None:
+            return None
+        try:
+            return await asyncio.shield(inflight)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return None  # that run was cancelled: this delivery runs it afresh
+
+    async def _send_reply(self, message: Delivery, reply: Reply) -> None:
+        """Reply and ack; with the connection gone, keep the reply to send once reconnected
+        (the broker delivers the request again, and the kept reply answers it)."""
+        try:
+            await self._reply_and_ack(message, reply)
+        except CONNECTION_ERRORS as exc:
+            assert message.reply_to is not None
+            log.info(
+                "kept the reply to %s until the broker is back (%s)", reply.call_id, describe(exc)
+            )
+            self._keep(Kept(message.reply_to, reply))
+            if self.link.is_ready:  # back already: the old channel had simply gone
+                await self._send_kept()
+
+    def _keep(self, kept: Kept) -> None:
+        now = time.monotonic()
+        self._kept[kept.reply.call_id] = kept
+        while self._kept:  # forget the oldest
+            oldest = next(iter(self._kept.values()))
+            if len(self._kept) <= KEPT_MAX and now - oldest.at < KEPT_FOR:
+                break
+            del self._kept[oldest.reply.call_id]
+
+    async def _send_kept(self) -> None:
+        channels = self.link.channels
+        if channels is None:
+            return
+        for kept in list(self._kept.values()):
+            if kept.sent:
+                continue
+            try:
+                await channels.serve_raw.basic_publish(
+                    kept.reply.body,
+                    routing_key=kept.reply_to,
+                    properties=wire.reply_properties(kept.reply),
+                )
+                kept.sent = True
+            except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError) as exc:
+                log.debug("could not send kept reply %s yet: %s", kept.reply.call_id, describe(exc))
+                return
 
     async def _reply_and_ack(self, message: Delivery, reply: Reply) -> None:
         assert message.reply_to is not None
@@ -453,7 +537,10 @@ class Server:
             )
 
     def _spawn_flush(self) -> None:
-        task = asyncio.ensure_future(self.flush_events())
+        self._spawn(self.flush_events())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -8,6 +8,8 @@ Per namespace ``ns``:
 - ``atasks.<ns>.control``: fanout exchange for cancellations and inspect requests, each server
   binds an exclusive queue to it;
 - ``atasks.<ns>.events``: topic exchange for lifecycle events;
+- ``atasks-replies.<ns>.<host>.<pid>.<random>``: each caller's reply queue (quorum, expiring
+  once unused), unless it uses direct reply-to;
 - ``atasks-dead.<ns>``: fanout exchange for dead letters, bound to the queue
   ``atasks-dead.<ns>`` (kept for people, expiring after ``dead_letter_ttl``) and to
   ``atasks-dead.<ns>.notify`` (consumed by every transport of the namespace, which tells the
@@ -28,6 +30,7 @@ from atasks.errors import ConfigurationError
 QueueType = Literal["quorum", "classic"]
 QUEUE_TYPES: tuple[QueueType, ...] = ("quorum", "classic")
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+REPLY_QUEUE_GRACE = 60.0  # seconds a reply queue outlives its caller's patience
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class Topology:
 
     def request_queue(self, atask_name: str) -> str:
         return self.prefix + atask_name
+
+    def reply_queue(self, client: str) -> str:
+        return f"atasks-replies.{self.namespace}.{client}"
 
     @property
     def control_exchange(self) -> str:
@@ -119,7 +125,12 @@ class Topology:
 
 
 async def declare_all(
-    connection: AbstractConnection, topology: Topology, atask_names: list[str]
+    connection: AbstractConnection,
+    topology: Topology,
+    atask_names: list[str],
+    *,
+    reply_queue: str | None = None,
+    reply_queue_expires: float = 0.0,
 ) -> None:
     """Declare the namespace's exchanges, its dead letters and the request queues of
     ``atask_names``, on a channel of their own: a queue that exists with other arguments closes
@@ -133,6 +144,16 @@ async def declare_all(
             topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
         await topology.declare_dead_letters(channel)
+        if reply_queue is not None:
+            # Replicated and persistent, so replies outlive a broker restart or the loss of a
+            # node; gone once unused for longer than a caller waits for its connection.
+            expires = int((reply_queue_expires + REPLY_QUEUE_GRACE) * 1000)
+            await _declare(
+                channel,
+                reply_queue,
+                durable=True,
+                arguments={"x-queue-type": "quorum", "x-expires": expires},
+            )
         for name in atask_names:
             await topology.declare_request_queue(channel, name)
     finally:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from atasks.errors import ConfigurationError, NotConnected
 from atasks.events import Event, ProgressListener
 from atasks.namespaces import DEFAULT
-from atasks.transport.backends.amqp.client import Caller
+from atasks.transport.backends.amqp.client import Caller, Replies
 from atasks.transport.backends.amqp.connection import Link, State, safe_url
 from atasks.transport.backends.amqp.intake import MAX_PREFETCH
 from atasks.transport.backends.amqp.server import Server
@@ -22,9 +23,14 @@ BACKGROUND_WAIT = 1.0  # seconds disconnect() lets cancellations and events get 
 class AMQPTransport(Transport):
     """Sends and serves atasks through a RabbitMQ broker (3.10 and newer, 4.x included).
 
-    ``url`` defaults to ``$ATASKS_URL``, then ``amqp://guest:guest@127.0.0.1:5672/``. The
-    transport reconnects by itself after losing the broker; calls awaiting a reply when the
-    connection drops fail with ``TransportError`` (the atask may still have run).
+    ``url`` defaults to ``$ATASKS_URL``, then ``amqp://guest:guest@127.0.0.1:5672/``; several
+    URLs (a list, or comma-separated) are the nodes of a cluster, tried in turn. The transport
+    reconnects by itself after losing the broker. With ``replies="durable"`` (the default) calls
+    in flight survive it: replies wait in a quorum queue of this transport's own until it is
+    back, requests not yet confirmed are published again, and a server that lost its connection
+    keeps finished replies and sends them once reconnected. ``replies="direct"`` uses RabbitMQ's
+    direct reply-to: faster, but a call in flight when the connection drops fails with
+    ``TransportError`` (the atask may still have run).
 
     ``queue_type``: request queues are ``"quorum"`` (durable, replicated in a cluster; the
     default) or ``"classic"``. ``delivery_limit``: a request delivered this many times without
@@ -32,25 +38,27 @@ class AMQPTransport(Transport):
     ``DeliveryLimitExceeded``. ``dead_letter_ttl``: seconds a dead letter is kept.
     ``max_message_size``: larger requests are refused with an error reply. ``reconnect_wait``:
     how long a call waits for a lost connection to come back before failing. ``persistent``:
-    requests survive a broker restart (quorum queues keep every message anyway).
+    requests survive a broker restart on classic queues too (quorum queues keep every message).
     """
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         namespace: str | None = DEFAULT,
         queue_type: QueueType = "quorum",
+        replies: Replies = "durable",
         delivery_limit: int = 5,
         dead_letter_ttl: float = 7 * 24 * 3600.0,
         max_message_size: int = 64 * 1024 * 1024,
         reconnect_wait: float = 30.0,
         connect_timeout: float = 10.0,
-        persistent: bool = False,
+        persistent: bool = True,
         events: bool = False,
     ) -> None:
         # Everything repr() shows is set before the base class binds the namespace.
-        self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+        self.urls = parse_urls(url or os.environ.get(URL_ENV) or DEFAULT_URL)
+        self.url = self.urls[0]
         self.namespace = namespace
         self.events_enabled = events
         self.topology = Topology(
@@ -60,12 +68,12 @@ class AMQPTransport(Transport):
             dead_letter_ttl=dead_letter_ttl,
         )
         self._link = Link(
-            self.url,
+            self.urls,
             connect_timeout=connect_timeout,
             reconnect_wait=reconnect_wait,
             events=events,
         )
-        self._caller = Caller(self._link, self.topology, persistent=persistent)
+        self._caller = Caller(self._link, self.topology, persistent=persistent, replies=replies)
         self._server = Server(
             self._link,
             self.topology,
@@ -75,7 +83,8 @@ class AMQPTransport(Transport):
         super().__init__(namespace=namespace)
 
     def __repr__(self) -> str:
-        return f"AMQPTransport({safe_url(self.url)!r}, namespace={self.namespace!r})"
+        urls = ",".join(map(safe_url, self.urls))
+        return f"AMQPTransport({urls!r}, namespace={self.namespace!r})"
 
     @property
     def closed(self) -> bool:
@@ -124,3 +133,12 @@ class AMQPTransport(Transport):
     async def publish_event(self, event: Event) -> None:
         if self.events_enabled:
             self._server.publish_event(event)
+
+
+def parse_urls(url: str | Sequence[str]) -> list[str]:
+    """Broker URLs from a list, or from one comma-separated string."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    urls = [part.strip() for part in parts if part.strip()]
+    if not urls:
+        raise ConfigurationError("no broker URL given")
+    return urls

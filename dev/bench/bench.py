@@ -706,10 +706,11 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | No
     }
 
 
-def environment(node: RabbitNode, queue_type: str) -> dict[str, Any]:
+def environment(node: RabbitNode, queue_type: str, replies: str) -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
         "queue_type": queue_type,
+        "replies": replies,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "atasks": metadata.version("atasks"),
@@ -737,7 +738,7 @@ def broker_pid(node: RabbitNode) -> int | None:
 
 
 async def measure(
-    node: RabbitNode, sizes: Sizes, servers: Servers, queue_type: str
+    node: RabbitNode, sizes: Sizes, servers: Servers, queue_type: str, replies: str
 ) -> dict[str, Any]:
     """Every phase, in order: atasks against the baseline, workers, events, loopback."""
     events = events_option()
@@ -746,11 +747,11 @@ async def measure(
     started = time.monotonic()
     other_load = OtherLoad()
     results: dict[str, Any] = {
-        "environment": environment(node, queue_type),
+        "environment": environment(node, queue_type, replies),
         "sizes": asdict(sizes),
     }
     async with asyncio.timeout(READY_TIMEOUT):
-        await atasks.setup("amqp", url=node.url)
+        await atasks.setup("amqp", url=node.url, replies=replies)
     try:
         results.update(await bench.compare())
         results["ratios"] = ratios(results["atasks"], results["baseline"])
@@ -774,7 +775,8 @@ def table(results: dict[str, Any]) -> str:
     env, sizes = results["environment"], results["sizes"]
     lines = [
         f"atasks {env['atasks']}, aio-pika {env['aio_pika']}, aiormq {env['aiormq']}, "
-        f"RabbitMQ {env['rabbitmq']} ({env['queue_type']} request queues on both sides), "
+        f"RabbitMQ {env['rabbitmq']} ({env['queue_type']} request queues on both sides; "
+        f"atasks replies: {env['replies']}), "
         f"Python {env['python']}, {env['cpus']} CPUs; "
         f"payload: {env['payload']}; client, servers and broker on this one machine; other "
         f"processes used {env['other_processes_cpu_percent']}% of its CPU during the run.",
@@ -856,9 +858,15 @@ def table(results: dict[str, Any]) -> str:
         "",
         f"Events on (`atasks run --events`): {events_text}.",
         "",
-        "Baseline: request confirmed, reply not; exclusive reply queue. atasks: request and "
-        "reply confirmed, request acked after its reply is confirmed; direct reply-to. Both: "
-        "durable request queue, transient messages, prefetch 64. Both servers run at once and "
+        "Baseline: transient messages, request confirmed, reply not; exclusive reply queue; "
+        "prefetch 64. atasks: persistent requests, request and reply confirmed, request acked "
+        "after its reply is confirmed; "
+        + (
+            "a durable quorum reply queue per client (replies outlive a lost connection)."
+            if env["replies"] == "durable"
+            else "direct reply-to."
+        )
+        + f" Both: durable {env['queue_type']} request queue. Both servers run at once and "
         f"the two sides take turns, {sizes['rounds']} rounds per phase; CPU is user + system "
         "time from /proc (the client: this process).",
     ]
@@ -868,7 +876,7 @@ def table(results: dict[str, Any]) -> str:
 # --- command line --------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None, str]:
+def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None, str, str]:
     """The sizes, whether to print JSON, the root directory of the broker (None: this
     machine's) and the request queues' type."""
     parser = argparse.ArgumentParser(
@@ -891,6 +899,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None,
         default="quorum",
         help="request queues of both atasks and the baseline (default: quorum, atasks' default)",
     )
+    parser.add_argument(
+        "--replies",
+        choices=["durable", "direct"],
+        default="durable",
+        help="how atasks' client takes replies (default: durable, atasks' default)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     for name in ("calls", "sequential"):
@@ -902,7 +916,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None,
     root = rabbitmq4.find() if args.broker == "4" else None
     if args.broker == "4" and root is None:
         parser.error("no RabbitMQ 4.x root: build it with `python3 dev/rabbitmq4.py` (as root)")
-    return sizes, args.json, root, args.queue_type
+    return sizes, args.json, root, args.queue_type, args.replies
 
 
 @contextlib.contextmanager
@@ -919,7 +933,7 @@ def workspace() -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 on success, 1 when a phase could not be measured."""
-    sizes, as_json, root, queue_type = parse_args(argv)
+    sizes, as_json, root, queue_type, replies = parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers and the node are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     for key in [key for key in os.environ if key.startswith("ATASKS_")]:
@@ -936,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                results = asyncio.run(measure(node, sizes, servers, queue_type))
+                results = asyncio.run(measure(node, sizes, servers, queue_type, replies))
             finally:
                 servers.stop_all()
                 node.close()

@@ -115,7 +115,7 @@ def main() -> None:
     default=None,
     envvar="ATASKS_MAX_MESSAGE_SIZE",
     metavar="BYTES",
-    help="AMQP servers refuse larger requests (default 64 MiB).",
+    help="Largest request or reply (default: RabbitMQ's own, 16 MiB on 4.x, 128 MiB on 3.x).",
 )
 @click.option(
     "--queue-type",

@@ -74,6 +74,16 @@ async def double_after(value: int, seconds: float, markers: str) -> int:
 
 
 @atask
+async def blob(size: int) -> bytes:
+    return b"x" * size
+
+
+@atask
+async def length(data: bytes) -> int:
+    return len(data)
+
+
+@atask
 async def ready() -> int:
     """Defined last: servers register atasks in definition order, so once this one is served,
     every atask above has its queue."""

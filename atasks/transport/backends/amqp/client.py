@@ -18,6 +18,7 @@ from pamqp.commands import Basic
 from atasks.errors import (
     ConfigurationError,
     DeliveryLimitExceeded,
+    EncodeError,
     JobNotFound,
     NotConnected,
     TransportError,
@@ -123,6 +124,13 @@ class Caller:
         if self.closing:
             raise NotConnected("the transport is disconnecting")
         channels = await self.link.ready()
+        size, limit = len(request.body), self.link.max_message_size
+        if size > limit:  # the broker would close the channel, and every call on it with it
+            raise EncodeError(
+                f"the arguments of atask {request.name!r} are {size} bytes, over the "
+                f"{limit}-byte message size limit (AMQPTransport(max_message_size=...), "
+                "within the broker's own max_message_size)"
+            )
         properties = wire.request_properties(request, self.reply_to, persistent=self.persistent)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.call_id] = future

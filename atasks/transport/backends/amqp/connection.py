@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import logging
 import random
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ CONNECTION_ERRORS = (
 )
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 5.0
+MIB = 1024 * 1024
 
 
 class State(enum.Enum):
@@ -68,9 +71,12 @@ class Link:
         connect_timeout: float,
         reconnect_wait: float,
         events: bool,
+        max_message_size: int | None = None,
     ) -> None:
         if not urls:
             raise ValueError("no broker URL")
+        self.configured_max_message_size = max_message_size
+        self.broker_version = ""
         self.urls = urls
         self.url = urls[0]  # the one connected to, or tried last
         self.connect_timeout = connect_timeout
@@ -98,6 +104,15 @@ class Link:
     def is_ready(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def max_message_size(self) -> int:
+        """The largest message the broker takes: as configured, else its version's default
+        (RabbitMQ 4.x: 16 MiB; 3.x: 128 MiB)."""
+        if self.configured_max_message_size is not None:
+            return self.configured_max_message_size
+        major = self.broker_version.split(".", 1)[0]
+        return 128 * MIB if major.isdigit() and int(major) < 4 else 16 * MIB
+
     async def open(self) -> None:
         """Connect, once: concurrent callers share the attempt; later calls return at once."""
         async with self._opening:
@@ -111,11 +126,12 @@ class Link:
                 raise
             except TimeoutError as exc:
                 raise TransportError(
-                    f"timed out connecting to {self.safe_urls} after {self.connect_timeout:g}s"
+                    f"cannot connect to {self.safe_url}: timed out after "
+                    f"{self.connect_timeout:g}s (the port answers, the broker does not)"
                 ) from exc
             except CONNECTION_ERRORS as exc:
                 raise TransportError(
-                    f"cannot connect to {self.safe_urls}: {describe(exc)}"
+                    f"cannot connect to {self.safe_url}: {describe(exc, self.url)}"
                 ) from exc
 
     async def _open(self) -> None:
@@ -132,7 +148,7 @@ class Link:
             except (TimeoutError, *CONNECTION_ERRORS) as exc:
                 failure = exc
                 if len(self.urls) > 1:
-                    log.debug("cannot connect to %s: %s", safe_url(url), describe(exc))
+                    log.debug("cannot connect to %s: %s", safe_url(url), describe(exc, url))
         assert failure is not None
         raise failure
 
@@ -143,6 +159,9 @@ class Link:
     async def _open_at(self, url: str) -> None:
         connection = await aio_pika.connect(url, timeout=self.connect_timeout)
         try:
+            if connection.transport is not None:
+                properties = connection.transport.connection.server_properties
+                self.broker_version = str(properties.get("version") or "")
             calls = await connection.channel(publisher_confirms=True, on_return_raises=True)
             serve = await connection.channel(publisher_confirms=True)
             events_raw = None
@@ -261,15 +280,24 @@ async def _quietly_close(connection: AbstractConnection) -> None:
         await connection.close()
 
 
-def describe(exc: BaseException | None) -> str:
+def describe(exc: BaseException | None, url: str | None = None) -> str:
     """A broker or socket error in one line that says what happened."""
     if exc is None:
         return ""
     text = str(exc).strip()
     if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
         return f"access refused (wrong user or password?): {text}"
-    if isinstance(exc, ConnectionRefusedError):
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
         return "connection refused (is the broker running on that port?)"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if "Connection.Close" in text and "Connection.OpenOk" in text:  # refused while opening
+        vhost = urllib.parse.unquote(urllib.parse.urlsplit(url or "").path[1:]) or "/"
+        return (
+            f"the broker refused virtual host {vhost!r} (it does not exist, or this user may "
+            "not use it)"
+        )
     if not text or text == "None":
         return type(exc).__name__
     return text.splitlines()[0]

@@ -16,7 +16,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from atasks.errors import TransportError
+from atasks.errors import EncodeError, TransportError
 from atasks.events import SERVER_ID, Event, Progress, encode_batch
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Channels, Link, describe
@@ -52,12 +52,10 @@ class Server:
         link: Link,
         topology: Topology,
         *,
-        max_message_size: int,
         statistics: Callable[[], Mapping[str, Any] | None],
     ) -> None:
         self.link = link
         self.topology = topology
-        self.max_message_size = max_message_size
         self.statistics = statistics
         self.started = time.time()
         self.handlers: dict[str, RequestHandler] = {}
@@ -271,21 +269,18 @@ class Server:
 
     def _request_from(self, name: str, message: Delivery) -> Request | Reply:
         call_id = message.correlation_id or ""
-        size = len(message.body)
-        if size > self.max_message_size:
+        size, limit = len(message.body), self.link.max_message_size
+        if size > limit:
             log.warning(
                 "refused request %s for %r: %d bytes over the %d-byte limit",
                 call_id,
                 name,
                 size,
-                self.max_message_size,
+                limit,
             )
             return wire.error_reply(
                 call_id,
-                TransportError(
-                    f"request of {size} bytes is over this server's "
-                    f"{self.max_message_size}-byte limit"
-                ),
+                TransportError(f"request of {size} bytes is over this server's {limit}-byte limit"),
             )
         request = wire.request_from(name, message.properties, message.body)
         if request.wants_progress and message.reply_to:
@@ -311,6 +306,18 @@ class Server:
     async def _send_reply(self, message: Delivery, reply: Reply) -> None:
         """Reply and ack; with the connection gone, keep the reply to send once reconnected
         (the broker delivers the request again, and the kept reply answers it)."""
+        size, limit = len(reply.body), self.link.max_message_size
+        if size > limit:  # the broker would close the channel, and every call on it with it
+            log.warning(
+                "the reply to %s is %d bytes, over the %d-byte limit", reply.call_id, size, limit
+            )
+            reply = wire.error_reply(
+                reply.call_id,
+                EncodeError(
+                    f"the {'result' if reply.ok else 'exception'} is {size} bytes, over the "
+                    f"{limit}-byte message size limit"
+                ),
+            )
         try:
             await self._reply_and_ack(message, reply)
         except CONNECTION_ERRORS as exc:

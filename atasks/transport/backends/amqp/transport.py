@@ -36,7 +36,9 @@ class AMQPTransport(Transport):
     default) or ``"classic"``. ``delivery_limit``: a request delivered this many times without
     being finished (each server died holding it) is dead-lettered and its caller gets
     ``DeliveryLimitExceeded``. ``dead_letter_ttl``: seconds a dead letter is kept.
-    ``max_message_size``: larger requests are refused with an error reply. ``reconnect_wait``:
+    ``max_message_size``: the largest request or reply, checked before publishing so that one
+    oversize call fails alone (by default the broker's own default: 16 MiB on RabbitMQ 4.x,
+    128 MiB on 3.x; set it to your broker's ``max_message_size``). ``reconnect_wait``:
     how long a call waits for a lost connection to come back before failing. ``persistent``:
     requests survive a broker restart on classic queues too (quorum queues keep every message).
     """
@@ -50,7 +52,7 @@ class AMQPTransport(Transport):
         replies: Replies = "durable",
         delivery_limit: int = 5,
         dead_letter_ttl: float = 7 * 24 * 3600.0,
-        max_message_size: int = 64 * 1024 * 1024,
+        max_message_size: int | None = None,
         reconnect_wait: float = 30.0,
         connect_timeout: float = 10.0,
         persistent: bool = True,
@@ -72,12 +74,12 @@ class AMQPTransport(Transport):
             connect_timeout=connect_timeout,
             reconnect_wait=reconnect_wait,
             events=events,
+            max_message_size=max_message_size,
         )
         self._caller = Caller(self._link, self.topology, persistent=persistent, replies=replies)
         self._server = Server(
             self._link,
             self.topology,
-            max_message_size=max_message_size,
             statistics=lambda: self.server_statistics() if self.server_statistics else None,
         )
         super().__init__(namespace=namespace)

@@ -34,7 +34,7 @@ loopback  serve and call in this one process (the default; needs no broker)
 
 Every option can also come from the environment: ATASKS_MODE, ATASKS_TRANSPORT, ATASKS_URL,
 ATASKS_CODEC, ATASKS_CONCURRENCY, ATASKS_WORKERS, ATASKS_GRACE, ATASKS_MAX_MESSAGE_SIZE,
-ATASKS_QUEUE_TYPE;
+ATASKS_QUEUE_TYPE, ATASKS_CONSUMER_TIMEOUT;
 ATASKS_SECRET signs pickle.
 """
 
@@ -118,6 +118,15 @@ def main() -> None:
     help="Largest request or reply (default: RabbitMQ's own, 16 MiB on 4.x, 128 MiB on 3.x).",
 )
 @click.option(
+    "--consumer-timeout",
+    type=click.FloatRange(min=1),
+    default=None,
+    envvar="ATASKS_CONSUMER_TIMEOUT",
+    metavar="SECONDS",
+    help="The broker's consumer_timeout (RabbitMQ's default: 1800); calls running longer than "
+    "half of it are leased, not held.",
+)
+@click.option(
     "--queue-type",
     type=click.Choice(["quorum", "classic"]),
     default="quorum",
@@ -144,6 +153,7 @@ def run(
     workers: int,
     grace: float,
     max_message_size: int | None,
+    consumer_timeout: float | None,
     queue_type: str,
     events: bool,
     verbose: int,
@@ -171,6 +181,8 @@ def run(
                 transport_options["max_message_size"] = max_message_size
             transport_options["events"] = events
             transport_options["queue_type"] = queue_type
+            if consumer_timeout is not None:
+                transport_options["consumer_timeout"] = consumer_timeout
         asyncio.run(
             _run(
                 modules, mode, transport_kind, transport_options, codec, kwargs, concurrency, grace

@@ -84,6 +84,15 @@ async def length(data: bytes) -> int:
 
 
 @atask
+async def count_run(tally: str, seconds: float) -> int:
+    """Add a line to ``tally`` each time it runs, then sleep."""
+    with open(tally, "a") as lines:  # noqa: ASYNC230 - tiny, and a test
+        lines.write(f"{os.getpid()}\n")
+    await asyncio.sleep(seconds)
+    return os.getpid()
+
+
+@atask
 async def ready() -> int:
     """Defined last: servers register atasks in definition order, so once this one is served,
     every atask above has its queue."""

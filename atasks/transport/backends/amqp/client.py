@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, Literal
 
 import aiormq
@@ -238,6 +238,33 @@ class Caller:
             await message.channel.basic_ack(message.delivery_tag or 0)
         except CONNECTION_ERRORS as exc:  # unacked: the broker hands it out again
             log.debug("could not pass on a dead letter: %s", describe(exc))
+
+    async def ask(
+        self, exchange: str, message_type: str, headers: Mapping[str, Any], within: float
+    ) -> Reply | None:
+        """Publish a question to ``exchange`` and wait up to ``within`` seconds for the first
+        answer, which comes like a reply; ``None`` when none comes."""
+        query = f"?{secrets.token_hex(8)}"
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[query] = future
+        try:
+            async with asyncio.timeout(within):
+                channels = await self.link.ready()
+                await channels.calls_raw.basic_publish(
+                    b"",
+                    exchange=exchange,
+                    properties=Basic.Properties(
+                        headers=dict(headers),
+                        message_type=message_type,
+                        correlation_id=query,
+                        reply_to=self.reply_to,
+                    ),
+                )
+                return await future
+        except (TimeoutError, TransportError, *CONNECTION_ERRORS):
+            return None
+        finally:
+            self._pending.pop(query, None)
 
     async def publish_cancel(self, call_id: str) -> None:
         try:

@@ -292,6 +292,11 @@ def describe(exc: BaseException | None, url: str | None = None) -> str:
         return "connection refused (is the broker running on that port?)"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if "delivery acknowledgement" in text and "timed out" in text:
+        return (
+            "the broker's consumer timeout: a call was held longer than it allows; give "
+            "AMQPTransport(consumer_timeout=...) or --consumer-timeout the broker's value"
+        )
     if "Connection.Close" in text and "Connection.OpenOk" in text:  # refused while opening
         vhost = urllib.parse.unquote(urllib.parse.urlsplit(url or "").path[1:]) or "/"
         return (

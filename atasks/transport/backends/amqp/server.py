@@ -21,6 +21,7 @@ from atasks.events import SERVER_ID, Event, Progress, encode_batch
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Channels, Link, describe
 from atasks.transport.backends.amqp.intake import Intake
+from atasks.transport.backends.amqp.lease import LEASE, Ask, Leases
 from atasks.transport.backends.amqp.topology import Topology, declare_all
 from atasks.transport.base import Capacity, ProgressSink, Reply, Request, RequestHandler
 
@@ -53,12 +54,15 @@ class Server:
         topology: Topology,
         *,
         statistics: Callable[[], Mapping[str, Any] | None],
+        consumer_timeout: float,
+        ask: Ask,
     ) -> None:
         self.link = link
         self.topology = topology
         self.statistics = statistics
         self.started = time.time()
         self.handlers: dict[str, RequestHandler] = {}
+        self._leases = Leases(link, topology, consumer_timeout, ask)
         self._intakes: dict[str, Intake] = {}
         self._capacity: Capacity | None = None
         self._rebalancing: asyncio.Task[None] | None = None
@@ -227,7 +231,13 @@ class Server:
                     message, wire.error_reply(call_id, TransportError("cancelled by its caller"))
                 )
                 return
-            known = await self._known_outcome(call_id)
+            if wire.H_LEASE_HOLDER in message.headers and await self._leases.still_held(
+                message.properties
+            ):  # an expired lease of a call its holder still runs, or has run
+                await message.ack()
+                return
+            with self._leases.holding(name, message):
+                known = await self._known_outcome(call_id)
             if known is not None:  # run here already, its first delivery lost with a connection
                 await self._reply_and_ack(message, known)
                 return
@@ -252,7 +262,8 @@ class Server:
             inflight: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
             self._inflight[call_id] = inflight
             try:
-                reply = await handler(request)
+                with self._leases.holding(name, message):
+                    reply = await handler(request)
                 inflight.set_result(reply)
             finally:
                 inflight.cancel()  # no-op once it has the reply
@@ -476,6 +487,7 @@ class Server:
             pass
 
     async def drain(self, grace: float) -> None:
+        self._leases.stop()  # what is leased, the lease queue keeps
         running = set(self._running.values())
         if running and grace > 0:
             await asyncio.wait(running, timeout=grace)
@@ -491,12 +503,27 @@ class Server:
         call_id = properties.correlation_id
         if properties.message_type == "inspect" and properties.reply_to:
             await self._answer_inspect(properties.reply_to, call_id)
+        elif properties.message_type == LEASE and properties.reply_to:
+            if self._leases.answers(properties.headers or {}):
+                await self._answer(properties.reply_to, call_id, b"held")
         elif properties.message_type == "cancel" and call_id:
             self._remember_cancelled(call_id)
             task = self._running.get(call_id)
             if task is not None:
                 log.debug("cancelling call %s at its caller's request", call_id)
                 task.cancel()
+
+    async def _answer(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        channels = self.link.channels
+        if channels is None or correlation_id is None:
+            return
+        reply = Reply(call_id=correlation_id, ok=True, content_type="", body=body)
+        try:
+            await channels.calls_raw.basic_publish(
+                body, routing_key=reply_to, properties=wire.reply_properties(reply)
+            )
+        except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError) as exc:
+            log.debug("could not answer a %s query: %s", LEASE, describe(exc))
 
     async def _answer_inspect(self, reply_to: str, correlation_id: str | None) -> None:
         statistics = self.statistics()

@@ -10,6 +10,8 @@ Per namespace ``ns``:
 - ``atasks.<ns>.events``: topic exchange for lifecycle events;
 - ``atasks-replies.<ns>.<host>.<pid>.<random>``: each caller's reply queue (quorum, expiring
   once unused), unless it uses direct reply-to;
+- ``atasks-leases.<ns>``: fanout exchange and unconsumed queue where leases of long calls wait
+  and expire back to their request queue (see ``lease``);
 - ``atasks-dead.<ns>``: fanout exchange for dead letters, bound to the queue
   ``atasks-dead.<ns>`` (kept for people, expiring after ``dead_letter_ttl``) and to
   ``atasks-dead.<ns>.notify`` (consumed by every transport of the namespace, which tells the
@@ -82,6 +84,14 @@ class Topology:
     def dead_letter_notify_queue(self) -> str:
         return f"atasks-dead.{self.namespace}.notify"
 
+    @property
+    def lease_exchange(self) -> str:
+        return f"atasks-leases.{self.namespace}"
+
+    @property
+    def lease_queue(self) -> str:
+        return f"atasks-leases.{self.namespace}"
+
     def request_queue_arguments(self) -> dict[str, Any]:
         """Quorum: the broker counts deliveries and dead-letters a request delivered
         ``delivery_limit`` times without an ack (at least once: nothing is lost on the way).
@@ -123,6 +133,25 @@ class Topology:
         await kept.bind(exchange)
         await notify.bind(exchange)
 
+    async def declare_leases(self, channel: AbstractChannel) -> None:
+        """Leases of long calls wait here, unconsumed, and expire back to their request queue
+        (dead-lettered through the default exchange under their own routing key)."""
+        exchange = await channel.declare_exchange(
+            self.lease_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        queue = await _declare(
+            channel,
+            self.lease_queue,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        await queue.bind(exchange)
+
 
 async def declare_all(
     connection: AbstractConnection,
@@ -144,6 +173,7 @@ async def declare_all(
             topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
         await topology.declare_dead_letters(channel)
+        await topology.declare_leases(channel)
         if reply_queue is not None:
             # Replicated and persistent, so replies outlive a broker restart or the loss of a
             # node; gone once unused for longer than a caller waits for its connection.

@@ -39,7 +39,10 @@ class AMQPTransport(Transport):
     ``max_message_size``: the largest request or reply, checked before publishing so that one
     oversize call fails alone (by default the broker's own default: 16 MiB on RabbitMQ 4.x,
     128 MiB on 3.x; set it to your broker's ``max_message_size``). ``reconnect_wait``:
-    how long a call waits for a lost connection to come back before failing. ``persistent``:
+    how long a call waits for a lost connection to come back before failing.
+    ``consumer_timeout``: the broker's (RabbitMQ's default: 30 minutes); a call running longer
+    than half of it is leased rather than held, so it may run for hours (see ``lease``).
+    ``persistent``:
     requests survive a broker restart on classic queues too (quorum queues keep every message).
     """
 
@@ -55,6 +58,7 @@ class AMQPTransport(Transport):
         max_message_size: int | None = None,
         reconnect_wait: float = 30.0,
         connect_timeout: float = 10.0,
+        consumer_timeout: float = 1800.0,
         persistent: bool = True,
         events: bool = False,
     ) -> None:
@@ -81,6 +85,8 @@ class AMQPTransport(Transport):
             self._link,
             self.topology,
             statistics=lambda: self.server_statistics() if self.server_statistics else None,
+            consumer_timeout=consumer_timeout,
+            ask=self._caller.ask,
         )
         super().__init__(namespace=namespace)
 

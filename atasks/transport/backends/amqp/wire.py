@@ -27,6 +27,8 @@ H_TRACEBACK = "atasks-traceback"
 BROKER_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues
 FIRST_DEATH_REASON = "x-first-death-reason"
 H_DEAD_REASON = "atasks-dead-reason"  # classic queues: dead-lettered by atasks, not the broker
+H_LEASE_HOLDER = "atasks-lease-holder"  # the server running a leased call
+H_LEASE_CALL = "atasks-lease-call"  # in a query to a lease holder: which call
 FIRST_DEATH_QUEUE = "x-first-death-queue"
 
 PERSISTENT = 2

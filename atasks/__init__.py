@@ -8,28 +8,37 @@ from atasks.calls import current_call_id, current_deadline, deadline
 from atasks.codecs import Codec, JSONCodec, PickleCodec
 from atasks.errors import (
     ATasksError,
+    CodecError,
+    ConfigurationError,
     DecodeError,
     DeliveryLimitExceeded,
+    DuplicateATask,
     EncodeError,
     JobNotFound,
     NoClientTransportRegistered,
     NoCodecRegistered,
+    NotConnected,
     RemoteError,
     TransportError,
 )
-from atasks.events import Event, Progress, observe_progress, progress
+from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
 from atasks.lifecycle import close, setup
 from atasks.namespaces import get_codec, get_transport, reset
 from atasks.router import Router, get_router
 from atasks.tasks import ATask, atask
 from atasks.transport.base import LoopbackTransport, Transport
+from atasks.transport.classic import ClassicAdapter
 
 __all__ = [
     "ATask",
     "ATasksError",
+    "ClassicAdapter",
     "Codec",
+    "CodecError",
+    "ConfigurationError",
     "DecodeError",
     "DeliveryLimitExceeded",
+    "DuplicateATask",
     "EncodeError",
     "Event",
     "JSONCodec",
@@ -37,6 +46,7 @@ __all__ = [
     "LoopbackTransport",
     "NoClientTransportRegistered",
     "NoCodecRegistered",
+    "NotConnected",
     "PickleCodec",
     "Progress",
     "RemoteError",
@@ -49,6 +59,7 @@ __all__ = [
     "current_call_id",
     "current_deadline",
     "deadline",
+    "deliver_progress",
     "get_codec",
     "get_router",
     "get_transport",

@@ -82,6 +82,16 @@ _ids = itertools.count()
 _id_prefix = os.urandom(8).hex()
 
 
+def _new_id_prefix() -> None:
+    """A forked child gets a prefix of its own: with its parent's, both would issue the same ids."""
+    global _ids, _id_prefix
+    _ids = itertools.count()
+    _id_prefix = os.urandom(8).hex()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def new_call_id() -> str:
     """A call id unique across processes: a random per-process prefix and a counter."""
     return f"{_id_prefix}{next(_ids):x}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import os
 import socket
 import time
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atasks.calls import current_scope
+
+log = logging.getLogger("atasks.events")
 
 KINDS = ("received", "started", "progress", "succeeded", "failed", "cancelled")
 SERVER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -72,6 +76,8 @@ def decode_batch(body: bytes) -> list[Event]:
 
 
 ProgressListener = Callable[[Progress], Any]
+"""Called with each progress report: a plain function, or an ``async def`` (awaited)."""
+
 _listener: ContextVar[ProgressListener | None] = ContextVar("atasks_progress", default=None)
 
 
@@ -79,9 +85,28 @@ def progress_listener() -> ProgressListener | None:
     return _listener.get()
 
 
+async def deliver_progress(listener: ProgressListener, progress: Progress) -> None:
+    """Hand ``progress`` to ``listener``, awaiting it if it is async. A listener that raises is
+    logged, never propagated: a failing observer must not fail the call it observes.
+
+    Every transport delivers progress reports through this one function, so they behave alike.
+    """
+    try:
+        result = listener(progress)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception(
+            "progress listener %r failed on a report of call %s; the call goes on",
+            listener,
+            progress.call_id,
+        )
+
+
 @asynccontextmanager
 async def observe_progress(listener: ProgressListener) -> AsyncIterator[None]:
-    """Atasks awaited inside send their ``atasks.progress()`` reports to ``listener``."""
+    """Atasks awaited inside send their ``atasks.progress()`` reports to ``listener``, a plain
+    function or an ``async def``. An exception raised by the listener is logged and ignored."""
     token = _listener.set(listener)
     try:
         yield

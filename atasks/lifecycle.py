@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from atasks.codecs import CODECS, Codec
 from atasks.errors import ConfigurationError
-from atasks.namespaces import DEFAULT, namespace, namespaces, reset
+from atasks.namespaces import DEFAULT, namespaces, reset
+from atasks.namespaces import namespace as _namespace
 from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Router, get_router
 from atasks.transport.base import LoopbackTransport, Transport
 
@@ -29,7 +31,7 @@ def make_codec(kind: str, *, namespace: str, key: str | bytes | None = None) -> 
     if kind == "pickle":
         from atasks.codecs import PickleCodec
 
-        return PickleCodec(key, namespace=namespace)
+        return PickleCodec(namespace, key=key)
     if key is not None:
         raise ConfigurationError(f"codec {kind!r} takes no key")
     return CODECS[kind](namespace=namespace)
@@ -50,28 +52,63 @@ async def setup(
 
     ``serve`` defaults to ``True`` for the loopback transport (it reaches only this process) and
     ``False`` otherwise. Returns the namespace's router.
+
+    All or nothing: if any step fails, the namespace keeps the codec and transport it had, and
+    a transport made here is disconnected.
     """
-    if isinstance(codec, str):
-        make_codec(codec, namespace=namespace, key=key)
-    if isinstance(transport, str):
-        serve = transport == "loopback" if serve is None else serve
-        transport = make_transport(transport, namespace=namespace, url=url, **transport_options)
-    await transport.connect()
-    router = get_router(namespace)
-    if serve:
-        await router.activate(transport, concurrency=concurrency)
+    ns = _namespace(namespace)
+    before = (ns.codec, ns.transport, list(ns.replaced))
+    made: Transport | None = None
+    try:
+        if isinstance(codec, str):
+            make_codec(codec, namespace=namespace, key=key)
+        if isinstance(transport, str):
+            serve = transport == "loopback" if serve is None else serve
+            transport = made = make_transport(
+                transport, namespace=namespace, url=url, **transport_options
+            )
+        await transport.connect()
+        router = get_router(namespace)
+        if serve:
+            await router.activate(transport, concurrency=concurrency)
+    except BaseException:
+        ns.codec, ns.transport, ns.replaced[:] = before
+        if made is not None:
+            with contextlib.suppress(Exception):
+                await made.disconnect()
+        raise
     return router
 
 
 async def close(namespace_name: str | None = None, *, grace: float = DEFAULT_GRACE) -> None:
     """Stop serving, disconnect and forget the codec, transport and router of one namespace
     (or every namespace). Registered atasks stay registered. Idempotent."""
-    targets = namespaces() if namespace_name is None else [namespace(namespace_name)]
+    targets = namespaces() if namespace_name is None else [_namespace(namespace_name)]
     for ns in targets:
+        transports = [ns.transport, *ns.replaced]
         try:
             if ns.router is not None:
+                transports.append(ns.router.serving)
                 await ns.router.deactivate(grace)
         finally:
-            if ns.transport is not None:
-                await ns.transport.disconnect()
-            reset(ns.name)
+            try:
+                await _disconnect_all(transports)
+            finally:
+                reset(ns.name)
+
+
+async def _disconnect_all(transports: list[Transport | None]) -> None:
+    """Disconnect each transport once, all of them even if one fails (its error is raised)."""
+    done: list[Transport] = []
+    failure: BaseException | None = None
+    for transport in transports:
+        if transport is None or any(transport is seen for seen in done):
+            continue
+        done.append(transport)
+        try:
+            with contextlib.suppress(NotImplementedError):  # a 2019 transport: nothing to do
+                await transport.disconnect()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure

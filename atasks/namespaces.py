@@ -1,13 +1,18 @@
 """The single owner of global state: per namespace, one codec, one transport, one router and the
 atasks registered in it.
 
-Constructing a codec or transport with a ``namespace`` records it here and does nothing else (no
-I/O, no event loop). Binding a *different* object to an occupied slot is an error naming both;
-binding an equal codec again is a no-op. ``reset()`` forgets bindings so tests can start clean.
+Constructing a codec or transport with a ``namespace`` records it here once the object is fully
+built (``BindOnConstruction``), and does nothing else: no I/O, no event loop. As in the 2019
+design, the newest codec or transport of a namespace is the one installed; replacing a different
+one logs a WARNING naming both. A router already serving keeps the transport it was activated
+with until it is deactivated. ``reset()`` forgets bindings so tests can start clean.
 """
 
 from __future__ import annotations
 
+import logging
+from abc import ABCMeta
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +29,8 @@ if TYPE_CHECKING:
     from atasks.tasks import ATask
     from atasks.transport.base import Transport
 
+log = logging.getLogger("atasks.namespaces")
+
 DEFAULT = "default"
 
 
@@ -36,9 +43,34 @@ class Namespace:
     transport: Transport | None = None
     router: Router | None = None
     atasks: dict[str, ATask[Any, Any]] = field(default_factory=dict)
+    replaced: list[Transport] = field(default_factory=list)
+    """Transports that a newer one replaced: ``atasks.close()`` disconnects them too."""
+    on_atask: list[Callable[[ATask[Any, Any]], None]] = field(default_factory=list)
+    """Called with each atask registered from now on (a serving router starts serving it)."""
 
 
 _namespaces: dict[str, Namespace] = {}
+
+
+class BindOnConstruction(ABCMeta):
+    """Metaclass of codecs and transports: once ``__init__`` has run to its end — a subclass's
+    attributes included — the new object binds itself to its namespace (``_bind()``).
+
+    Binding after construction means that nothing here ever sees a half-built object (its
+    ``repr``, say, in a warning). A subclass may declare methods it still lacks in ``_missing()``:
+    constructing it is then a ``TypeError``, as with abstract methods.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        missing: tuple[str, ...] = cls._missing()  # type: ignore[attr-defined]
+        if missing:
+            raise TypeError(
+                f"Can't instantiate {cls.__name__} without an implementation of "
+                f"{', '.join(missing)}"
+            )
+        instance = super().__call__(*args, **kwargs)
+        instance._bind()
+        return instance
 
 
 def namespace(name: str = DEFAULT) -> Namespace:
@@ -55,23 +87,26 @@ def namespaces() -> list[Namespace]:
 
 
 def bind_codec(codec: Codec, name: str) -> None:
+    """Install ``codec`` in namespace ``name``, replacing (and naming, if different) the old."""
     ns = namespace(name)
-    if ns.codec is not None and ns.codec is not codec and ns.codec != codec:
-        raise ConfigurationError(
-            f"namespace {name!r} already has codec {ns.codec!r}; cannot also bind {codec!r}. "
-            "Use another namespace, or atasks.reset() first."
-        )
-    if ns.codec is None:
-        ns.codec = codec
+    old = ns.codec
+    if old is not None and old is not codec and old != codec:
+        log.warning("namespace %r: codec %r replaced by %r", name, old, codec)
+    ns.codec = codec
 
 
 def bind_transport(transport: Transport, name: str) -> None:
+    """Install ``transport`` in namespace ``name``; the one it replaces is kept for ``close()``.
+
+    A router serving through the old transport goes on with it until it is deactivated.
+    """
     ns = namespace(name)
-    if ns.transport is not None and ns.transport is not transport:
-        raise ConfigurationError(
-            f"namespace {name!r} already has transport {ns.transport!r}; cannot also bind "
-            f"{transport!r}. Use another namespace, or await atasks.close() first."
-        )
+    old = ns.transport
+    if old is not None and old is not transport:
+        log.warning("namespace %r: transport %r replaced by %r", name, old, transport)
+        ns.replaced.append(old)
+    if transport in ns.replaced:
+        ns.replaced.remove(transport)
     ns.transport = transport
 
 
@@ -94,29 +129,31 @@ def register_atask(atask: ATask[Any, Any]) -> None:
             "Give one of them another name with @atask(name=...)."
         )
     ns.atasks[atask.name] = atask
+    for listener in list(ns.on_atask):
+        listener(atask)
 
 
 def get_codec(namespace_name: str = DEFAULT) -> Codec:
-    """The codec bound to a namespace."""
-    codec = namespace(namespace_name).codec
-    if codec is None:
+    """The codec installed in a namespace."""
+    ns = _namespaces.get(namespace_name)  # looking up creates nothing
+    if ns is None or ns.codec is None:
         raise NoCodecRegistered(
             f"namespace {namespace_name!r} has no codec: construct one, e.g. "
-            f"PickleCodec(namespace={namespace_name!r}), or call atasks.setup()."
+            f"PickleCodec({namespace_name!r}), or call atasks.setup()."
         )
-    return codec
+    return ns.codec
 
 
 def get_transport(namespace_name: str = DEFAULT) -> Transport:
-    """The transport bound to a namespace."""
-    transport = namespace(namespace_name).transport
-    if transport is None:
+    """The transport installed in a namespace."""
+    ns = _namespaces.get(namespace_name)
+    if ns is None or ns.transport is None:
         raise NoClientTransportRegistered(
             f"namespace {namespace_name!r} has no transport to send atasks through: construct "
-            f"one, e.g. LoopbackTransport(namespace={namespace_name!r}) and await its connect(), "
+            f"one, e.g. LoopbackTransport({namespace_name!r}) and await its connect(), "
             "or call atasks.setup()."
         )
-    return transport
+    return ns.transport
 
 
 def reset(namespace_name: str | None = None) -> None:
@@ -124,6 +161,11 @@ def reset(namespace_name: str | None = None) -> None:
 
     This does no I/O: await ``atasks.close()`` first to stop serving and disconnect.
     """
-    targets = namespaces() if namespace_name is None else [namespace(namespace_name)]
+    if namespace_name is None:
+        targets = namespaces()
+    else:
+        found = _namespaces.get(namespace_name)
+        targets = [found] if found is not None else []
     for ns in targets:
         ns.codec = ns.transport = ns.router = None
+        ns.replaced.clear()

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from atasks import errors
 from atasks.calls import CallScope, current_scope, effective_deadline, new_call_id
 from atasks.codecs.base import Codec, decode, encode
+from atasks.codecs.pickle_codec import PickleCodec
 from atasks.errors import (
     CodecError,
-    ConfigurationError,
     DecodeError,
     EncodeError,
     JobNotFound,
@@ -34,11 +34,13 @@ from atasks.events import Event, Progress, progress_listener
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
 from atasks.slots import Slots
 from atasks.transport.base import ProgressSink, Reply, Request, Transport
+from atasks.transport.classic import ClassicAdapter, modern
 
 if TYPE_CHECKING:
     from atasks.tasks import ATask
 
 log = logging.getLogger("atasks.router")
+_unsigned_pickle_warned = False  # the warning about unsigned pickle on a broker: once a process
 
 DEFAULT_CONCURRENCY = 64
 DEFAULT_GRACE = 10.0
@@ -67,6 +69,11 @@ class Router:
     """Sends calls of a namespace's atasks and, once activated, serves them.
 
     ``codec`` and ``transport`` default to those bound to ``namespace`` at the time of each call.
+    A transport written to the 2019 interface (``Transport.classic``) is reached through its
+    ``ClassicAdapter``: no deadline, cancellation or progress crosses it.
+
+    Each request carries the atask name and call id inside its encoded payload (signed, with a
+    signing codec), and a server refuses a request whose payload names another atask or call.
     """
 
     def __init__(
@@ -82,6 +89,8 @@ class Router:
         self._serving: Transport | None = None
         self._served: list[str] = []
         self._slots: Slots | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._registering: set[asyncio.Task[None]] = set()
         self._succeeded = 0
         self._failed = 0
         self._started_at = 0.0
@@ -110,13 +119,18 @@ class Router:
         """Run ``atask(*args, **kwargs)`` on a server and return its result."""
         codec = self.codec
         transport = self.transport
+        if transport.classic:
+            transport = modern(transport)
+        if self._registering:  # an atask imported since activate(): served once registered
+            await asyncio.wait(set(self._registering))
         scope = current_scope.get()
         deadline = effective_deadline(atask.timeout)
-        body = await encode(codec, [list(args), kwargs])
+        call_id = new_call_id()
+        body = await encode(codec, [list(args), kwargs, atask.name, call_id])
         listener = progress_listener()
         request = Request(
             name=atask.name,
-            call_id=new_call_id(),
+            call_id=call_id,
             content_type=codec.content_type,
             body=body,
             parent_id=scope.call_id if scope is not None else None,
@@ -163,22 +177,38 @@ class Router:
     async def activate(
         self, transport: Transport | None = None, *, concurrency: int = DEFAULT_CONCURRENCY
     ) -> None:
-        """Serve every atask registered in this namespace through ``transport``.
+        """Serve every atask registered in this namespace through ``transport``, and those
+        registered later (imported after this call) as they come.
 
         At most ``concurrency`` atasks run at once; one awaiting other atasks does not count.
+        Activating again with the same transport does nothing; with another one, the router
+        stops serving through the first (as in 2019).
         """
+        transport = modern(transport if transport is not None else self.transport)
+        if self._serving is transport:
+            return
         if self._serving is not None:
-            raise ConfigurationError(f"{self!r} is already serving through {self._serving!r}")
-        transport = transport if transport is not None else self.transport
+            log.info("%r: switching from %r to %r", self, self._serving, transport)
+            await self.deactivate()
         slots = Slots(concurrency)
         transport.set_capacity(slots)
         self._slots = slots
         self._serving = transport
+        self._loop = asyncio.get_running_loop()
         self._started_at = time.time()
         transport.server_statistics = lambda: self.statistics().as_dict()
-        self._served = list(namespace(self.namespace).atasks)
-        for name in self._served:
-            await transport.register_callback(name, self.handle)
+        self._check_codec(self.serving or transport)
+        ns = namespace(self.namespace)
+        self._served = []
+        ns.on_atask.append(self._on_new_atask)
+        try:
+            for name in list(ns.atasks):
+                if name not in self._served:
+                    self._served.append(name)
+                    await transport.register_callback(name, self.handle)
+        except BaseException:
+            await self.deactivate(0)
+            raise
         log.info(
             "serving %d atasks of namespace %r (concurrency %d)",
             len(self._served),
@@ -192,11 +222,79 @@ class Router:
         transport, self._serving = self._serving, None
         if transport is None:
             return
+        with contextlib.suppress(ValueError):
+            namespace(self.namespace).on_atask.remove(self._on_new_atask)
         try:
+            if self._registering:
+                await asyncio.wait(set(self._registering))
             for name in self._served:
                 await transport.unregister_callback(name)
         finally:
             await transport.drain(grace)
+
+    @property
+    def serving(self) -> Transport | None:
+        """The transport this router serves through (a 2019-style one, not its adapter)."""
+        serving = self._serving
+        return serving.inner if isinstance(serving, ClassicAdapter) else serving
+
+    def _on_new_atask(self, atask: ATask[Any, Any]) -> None:
+        """An atask was registered while this router serves: serve it too. Any thread."""
+        loop = self._loop
+        if self._serving is None or loop is None or loop.is_closed():
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._register_soon(atask.name)
+        else:
+            loop.call_soon_threadsafe(self._register_soon, atask.name)
+
+    def _register_soon(self, name: str) -> None:
+        transport = self._serving
+        if transport is None or name in self._served:
+            return
+        self._served.append(name)
+        task = asyncio.get_running_loop().create_task(
+            transport.register_callback(name, self.handle)
+        )
+        self._registering.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._registering.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("could not serve atask %r: %s", name, task.exception())
+
+        task.add_done_callback(done)
+
+    def _check_codec(self, transport: Transport) -> None:
+        """Say at start what would otherwise surprise: no codec, or unsigned pickle on a broker."""
+        global _unsigned_pickle_warned
+        try:
+            codec = self.codec
+        except NoCodecRegistered:
+            log.warning(
+                "%r serves without a codec: every request is answered with NoCodecRegistered "
+                "until one is installed (e.g. PickleCodec(%r))",
+                self,
+                self.namespace,
+            )
+            return
+        if (
+            isinstance(codec, PickleCodec)
+            and not codec.signed
+            and not transport.in_process
+            and not _unsigned_pickle_warned
+        ):
+            _unsigned_pickle_warned = True
+            log.warning(
+                "serving unsigned pickle through %r: anyone who can publish to the broker can "
+                "run code in this process. Sign it with PickleCodec(key=...) or ATASKS_SECRET "
+                "on every client and server, or use JSONCodec.",
+                transport,
+            )
 
     def statistics(self) -> RouterStatistics:
         slots = self._slots
@@ -222,13 +320,14 @@ class Router:
                     self._slots.give_back_untaken()
 
     async def _handle(self, request: Request) -> Reply:
-        codec = self.codec
         serving = self._serving
         events = serving if serving is not None and serving.events_enabled else None
         received = time.monotonic()
         if events is not None:
             await self._emit(events, "received", request)
+        codec: Codec | None = None
         try:
+            codec = self.codec
             atask, args, kwargs = await self._unpack(request, codec)
         except (JobNotFound, NoCodecRegistered, DecodeError) as exc:
             log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
@@ -262,7 +361,7 @@ class Router:
     async def _failed_with(
         self,
         request: Request,
-        codec: Codec,
+        codec: Codec | None,
         exc: Exception,
         events: Transport | None,
         received: float,
@@ -316,7 +415,7 @@ class Router:
                 f"request is {request.content_type!r} but this server's codec is "
                 f"{codec.content_type!r}: configure the same codec (and key) everywhere"
             )
-        args, kwargs = _split_arguments(await decode(codec, request.body))
+        args, kwargs = _split_arguments(await decode(codec, request.body), request)
         return atask, args, kwargs
 
     async def _run(
@@ -375,25 +474,42 @@ def get_router(namespace_name: str = DEFAULT) -> Router:
     return router if router is not None else Router(namespace=namespace_name)
 
 
-def _split_arguments(payload: Any) -> tuple[list[Any], dict[str, Any]]:
-    if (
+def _split_arguments(payload: Any, request: Request) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments in a request's payload, ``[args, kwargs, atask name, call id]``, once the
+    name and id are those the request arrived with: a (signed) request replayed into another
+    atask's queue, or under another call id, is refused."""
+    if not (
         isinstance(payload, list | tuple)
-        and len(payload) == 2
+        and len(payload) == 4
         and isinstance(payload[0], list | tuple)
         and isinstance(payload[1], dict)
         and all(isinstance(key, str) for key in payload[1])
     ):
-        return list(payload[0]), payload[1]
-    raise DecodeError(f"a request must carry [args, kwargs], not {type(payload).__name__}")
+        raise DecodeError(
+            f"a request must carry [args, kwargs, atask name, call id], not {_shape(payload)}"
+        )
+    args, kwargs, name, call_id = payload
+    if name != request.name or call_id != request.call_id:
+        raise DecodeError(
+            f"refused: the payload was made for atask {name!r} call {call_id!r} but arrived "
+            f"as atask {request.name!r} call {request.call_id!r} (replayed or misrouted)"
+        )
+    return list(args), kwargs
 
 
-async def _failure(request: Request, codec: Codec, exc: Exception) -> Reply:
+def _shape(payload: Any) -> str:
+    if isinstance(payload, list | tuple):
+        return f"a {type(payload).__name__} of {len(payload)}"
+    return type(payload).__name__
+
+
+async def _failure(request: Request, codec: Codec | None, exc: Exception) -> Reply:
     try:
         message = str(exc)
     except Exception:  # a broken __str__ must not break the reply
         message = f"<unprintable {type(exc).__name__}>"
     body = b""
-    if request.content_type == codec.content_type:
+    if codec is not None and request.content_type == codec.content_type:
         try:
             body = await encode(codec, exc)
             await decode(codec, body)  # some exceptions pickle but fail to unpickle
@@ -403,7 +519,7 @@ async def _failure(request: Request, codec: Codec, exc: Exception) -> Reply:
     return Reply(
         call_id=request.call_id,
         ok=False,
-        content_type=codec.content_type,
+        content_type=codec.content_type if codec is not None else "",
         body=body,
         error_type=type_name(exc),
         error_message=message[:MESSAGE_LIMIT],

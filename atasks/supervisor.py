@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
+
+from atasks.runner import WORKER_ENV
 
 log = logging.getLogger("atasks.supervisor")
 
@@ -15,7 +18,11 @@ STOP_TIMEOUT = 60.0
 
 
 def supervise(workers: int, argv: list[str]) -> int:
-    """Keep ``workers`` copies of ``argv`` running until signalled; returns an exit code."""
+    """Keep ``workers`` copies of ``argv`` running until signalled; returns an exit code.
+
+    ``argv`` must run one worker (``--workers 1``). Workers do not inherit ``ATASKS_WORKERS``,
+    and ``ATASKS_WORKER`` tells them they are supervised, so none becomes a supervisor itself.
+    """
     return asyncio.run(_supervise(workers, argv))
 
 
@@ -29,6 +36,12 @@ async def _supervise(workers: int, argv: list[str]) -> int:
     return 0
 
 
+def worker_environment(slot: int) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "ATASKS_WORKERS"}
+    env[WORKER_ENV] = str(slot)
+    return env
+
+
 async def _keep_running(slot: int, argv: list[str], stop: asyncio.Event) -> None:
     delay = 0.5
     while not stop.is_set():
@@ -36,7 +49,7 @@ async def _keep_running(slot: int, argv: list[str], stop: asyncio.Event) -> None
         # Same process group: killing the supervisor's group kills its workers too. A terminal's
         # Ctrl-C reaches every worker as well as the supervisor's SIGTERM; a worker takes the
         # second signal calmly (its handlers stay installed until it exits).
-        process = await asyncio.create_subprocess_exec(*argv)
+        process = await asyncio.create_subprocess_exec(*argv, env=worker_environment(slot))
         log.info("worker %d started (pid %d)", slot, process.pid)
         waiter = asyncio.ensure_future(process.wait())
         stopper = asyncio.ensure_future(stop.wait())

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from atasks.namespaces import DEFAULT, register_atask
 from atasks.router import get_router
@@ -14,11 +14,21 @@ from atasks.router import get_router
 P = ParamSpec("P")
 R = TypeVar("R")
 
+OPTIONS = ("name", "namespace", "timeout")
+"""What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
+is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
+
+
+async def _coroutine_function() -> None:
+    """Its code object marks atasks as coroutine functions for ``inspect`` (see ``ATask``)."""
+
 
 class ATask(Generic[P, R]):
     """An atask: calling it returns a coroutine that runs the function on a server.
 
     A plain ``def`` runs in a thread pool on the serving side; the caller awaits it all the same.
+    So an atask is a coroutine function: ``inspect.iscoroutinefunction(atask)`` is true, and
+    ``inspect.signature(atask)`` is the function's.
     """
 
     def __init__(
@@ -28,7 +38,6 @@ class ATask(Generic[P, R]):
         name: str | None = None,
         namespace: str = DEFAULT,
         timeout: float | None = None,
-        **options: Any,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@atask needs a function, not {fn!r}")
@@ -36,9 +45,15 @@ class ATask(Generic[P, R]):
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.namespace = namespace
         self.timeout = timeout
-        self.options = options
         self._is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
+        # Python 3.11's inspect.iscoroutinefunction() accepts a function-like object whose
+        # __code__ is flagged as a coroutine's; 3.12+ also reads markcoroutinefunction's mark.
+        self.__code__ = _coroutine_function.__code__
+        self.__defaults__ = None
+        self.__kwdefaults__ = None
+        if hasattr(inspect, "markcoroutinefunction"):
+            inspect.markcoroutinefunction(self)
         register_atask(self)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
@@ -72,6 +87,16 @@ def _where(fn: Callable[..., Any]) -> tuple[str, str, str, int]:
     )
 
 
+class ATaskDecorator(Protocol):
+    """What ``atask(name=..., ...)`` returns: a decorator keeping the function's signature."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> ATask[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> ATask[P, R]: ...
+
+
 @overload
 def atask(fn: Callable[P, Awaitable[R]], /) -> ATask[P, R]: ...
 
@@ -88,26 +113,23 @@ def atask(
     name: str | None = None,
     namespace: str = DEFAULT,
     timeout: float | None = None,
-    **options: Any,
-) -> Callable[[Callable[P, Awaitable[R]] | Callable[P, R]], ATask[P, R]]: ...
+) -> ATaskDecorator: ...
 
 
-def atask(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    namespace: str = DEFAULT,
-    timeout: float | None = None,
-    **options: Any,
-) -> Any:
+def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
-    ``<module>.<qualname>``.
+    ``<module>.<qualname>``. Any other option is a ``TypeError``.
     """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unknown @atask option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
+            f"@atask takes {', '.join(OPTIONS)}"
+        )
 
     def wrap(f: Callable[..., Any]) -> ATask[Any, Any]:
-        return ATask(f, name=name, namespace=namespace, timeout=timeout, **options)
+        return ATask(f, **options)
 
     return wrap(fn) if fn is not None else wrap

@@ -3,57 +3,106 @@
 from __future__ import annotations
 
 import inspect
-from abc import ABC, abstractmethod
-from collections.abc import Awaitable
-from typing import Any
+import re
+from typing import Any, ClassVar
 
 from atasks.errors import DecodeError, EncodeError
-from atasks.namespaces import DEFAULT, bind_codec
+from atasks.namespaces import DEFAULT, BindOnConstruction, bind_codec
 
 
-class Codec(ABC):
+class Codec(metaclass=BindOnConstruction):
     """Turns call arguments, results and exceptions into bytes and back.
 
-    Subclasses set ``content_type`` and implement ``encode``/``decode``, either plain or ``async``.
-    Constructing a codec binds it to ``namespace`` (``None`` leaves it detached).
+    A subclass implements ``encode``/``decode`` — ``async`` as the 2019 README shows them, or
+    plain — or the synchronous ``dumps``/``loads``, on top of which the base class provides
+    awaitable ``encode``/``decode``. The router calls ``dumps``/``loads`` directly where they are
+    the implementation, so a synchronous codec costs no await per call.
+
+    ``content_type`` travels with every message; it defaults to one derived from the class name.
+    Constructing a codec installs it in ``namespace`` (``None`` leaves it detached); the bare
+    ``Codec()`` can be constructed, and its methods raise ``NotImplementedError``.
     """
 
-    content_type: str
+    content_type: str = "application/x-atasks-codec"
+    _derived_content_type: ClassVar[bool] = True
+    _fast_encode: ClassVar[bool] = False
+    _fast_decode: ClassVar[bool] = False
 
-    def __init__(self, *, namespace: str | None = DEFAULT) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "content_type" in vars(cls):
+            cls._derived_content_type = False
+        elif cls._derived_content_type:  # not set by this class, nor by a parent: its own
+            name = re.sub(r"[^A-Za-z0-9.+-]", "-", cls.__qualname__)
+            cls.content_type = f"application/x-atasks-codec; name={name}"
+        # The router's fast path: call dumps/loads directly where encode/decode are the base's.
+        cls._fast_encode = cls.encode is Codec.encode and cls.dumps is not Codec.dumps
+        cls._fast_decode = cls.decode is Codec.decode and cls.loads is not Codec.loads
+
+    @classmethod
+    def _missing(cls) -> tuple[str, ...]:
+        if cls is Codec:
+            return ()
+        missing = []
+        if cls.encode is Codec.encode and cls.dumps is Codec.dumps:
+            missing.append("encode (or dumps)")
+        if cls.decode is Codec.decode and cls.loads is Codec.loads:
+            missing.append("decode (or loads)")
+        return tuple(missing)
+
+    def __init__(self, namespace: str | None = DEFAULT) -> None:
         self.namespace = namespace
-        if namespace is not None:
-            bind_codec(self, namespace)
 
-    @abstractmethod
-    def encode(self, obj: Any) -> bytes | Awaitable[bytes]:
-        """Bytes for ``obj``; raise ``EncodeError`` when it cannot be encoded."""
+    def _bind(self) -> None:
+        if self.namespace is not None:
+            bind_codec(self, self.namespace)
 
-    @abstractmethod
-    def decode(self, content: bytes) -> Any:
-        """The object behind ``content``; raise ``DecodeError`` when it cannot be decoded."""
+    async def encode(self, obj: Any) -> bytes:
+        """Bytes for ``obj``; raise ``EncodeError`` when it cannot be encoded.
 
-    def _identity(self) -> tuple[Any, ...]:
-        """What makes two codecs of one class interchangeable."""
-        return ()
+        Overrides may be ``async`` or plain.
+        """
+        return self.dumps(obj)
+
+    async def decode(self, content: bytes) -> Any:
+        """The object behind ``content``; raise ``DecodeError`` when it cannot be decoded.
+
+        Overrides may be ``async`` or plain.
+        """
+        return self.loads(content)
+
+    def dumps(self, obj: Any) -> bytes:
+        """``encode`` without awaiting, for codecs that never need to."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement encoding")
+
+    def loads(self, content: bytes) -> Any:
+        """``decode`` without awaiting, for codecs that never need to."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement decoding")
+
+    def _identity(self) -> tuple[Any, ...] | None:
+        """What makes two codecs of one class interchangeable; ``None``: only the same object."""
+        return None
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
         assert isinstance(other, Codec)
-        return self._identity() == other._identity()
+        mine = self._identity()
+        return self is other if mine is None else mine == other._identity()
 
     def __hash__(self) -> int:
-        return hash((type(self), self._identity()))
+        mine = self._identity()
+        return id(self) if mine is None else hash((type(self), mine))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(namespace={self.namespace!r})"
 
 
 async def encode(codec: Codec, obj: Any) -> bytes:
-    """``codec.encode(obj)``, awaited if the codec is async, failures as ``EncodeError``."""
+    """``codec``'s bytes for ``obj``, without an await where the codec is synchronous; failures
+    as ``EncodeError``."""
     try:
-        content = codec.encode(obj)
+        content: Any = codec.dumps(obj) if codec._fast_encode else codec.encode(obj)
         if type(content) is bytes:  # the common, synchronous case
             return content
         if inspect.isawaitable(content):
@@ -68,12 +117,14 @@ async def encode(codec: Codec, obj: Any) -> bytes:
 
 
 async def decode(codec: Codec, content: bytes) -> Any:
-    """``codec.decode(content)``, awaited if the codec is async, failures as ``DecodeError``."""
+    """The object ``codec`` reads in ``content``, without an await where the codec is
+    synchronous; failures as ``DecodeError``."""
     try:
+        if codec._fast_decode:
+            return codec.loads(content)
         obj = codec.decode(content)
-        if not inspect.isawaitable(obj):
-            return obj
-        obj = await obj
+        if inspect.isawaitable(obj):
+            obj = await obj
     except DecodeError:
         raise
     except Exception as exc:

@@ -18,14 +18,17 @@ class JSONCodec(Codec):
 
     content_type: str = "application/json"
 
-    def encode(self, obj: Any) -> bytes:
+    def dumps(self, obj: Any) -> bytes:
         try:
             return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"not JSON: {exc}") from exc
 
-    def decode(self, content: bytes) -> Any:
+    def loads(self, content: bytes) -> Any:
         try:
             return json.loads(content)
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodeError(f"invalid JSON: {exc}") from exc
+
+    def _identity(self) -> tuple[Any, ...]:
+        return ()

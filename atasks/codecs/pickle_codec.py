@@ -9,7 +9,7 @@ import pickle
 from typing import Any
 
 from atasks.codecs.base import Codec
-from atasks.errors import DecodeError, EncodeError
+from atasks.errors import ConfigurationError, DecodeError, EncodeError
 from atasks.namespaces import DEFAULT
 
 SECRET_ENV = "ATASKS_SECRET"
@@ -22,24 +22,34 @@ class PickleCodec(Codec):
 
     Unsigned pickle lets anyone who can publish to your broker run code in your servers. Pass
     ``key`` (or set ``ATASKS_SECRET``) to sign every message with HMAC-SHA256: a message with a
-    missing or wrong signature is rejected before anything is unpickled.
+    missing or wrong signature is rejected before anything is unpickled. The router puts the
+    atask name and call id inside each signed request, so a request replayed into another
+    atask's queue, or under another call id, is refused.
+
+    ``key=""`` is a ``ConfigurationError``: an empty key signs nothing. An empty
+    ``ATASKS_SECRET`` counts as unset (unsigned).
     """
 
     content_type: str = "application/x-python-pickle"
 
-    def __init__(self, key: str | bytes | None = None, *, namespace: str | None = DEFAULT) -> None:
+    def __init__(self, namespace: str | None = DEFAULT, *, key: str | bytes | None = None) -> None:
         if key is None:
             key = os.environ.get(SECRET_ENV) or None
+        elif not key:
+            raise ConfigurationError(
+                "PickleCodec(key=...) needs a non-empty key: an empty one would sign nothing. "
+                "Leave key out for unsigned pickle."
+            )
         self._key = key.encode() if isinstance(key, str) else key
         if self._key is not None:
             self.content_type = "application/x-python-pickle; signed=hmac-sha256"
-        super().__init__(namespace=namespace)
+        super().__init__(namespace)
 
     @property
     def signed(self) -> bool:
         return self._key is not None
 
-    def encode(self, obj: Any) -> bytes:
+    def dumps(self, obj: Any) -> bytes:
         try:
             data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
@@ -48,7 +58,7 @@ class PickleCodec(Codec):
             return data
         return hmac.digest(self._key, data, _DIGEST) + data
 
-    def decode(self, content: bytes) -> Any:
+    def loads(self, content: bytes) -> Any:
         if self._key is not None:
             signature, content = content[:_SIGNATURE_SIZE], content[_SIGNATURE_SIZE:]
             expected = hmac.digest(self._key, content, _DIGEST)

@@ -1,5 +1,23 @@
 """Transports: how requests reach servers and replies come back."""
 
-from atasks.transport.base import LoopbackTransport, Reply, Request, RequestHandler, Transport
+from atasks.namespaces import get_transport
+from atasks.transport.base import (
+    ClassicCallback,
+    LoopbackTransport,
+    Reply,
+    Request,
+    RequestHandler,
+    Transport,
+)
+from atasks.transport.classic import ClassicAdapter
 
-__all__ = ["LoopbackTransport", "Reply", "Request", "RequestHandler", "Transport"]
+__all__ = [
+    "ClassicAdapter",
+    "ClassicCallback",
+    "LoopbackTransport",
+    "Reply",
+    "Request",
+    "RequestHandler",
+    "Transport",
+    "get_transport",
+]

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from abc import ABC, abstractmethod
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, overload
 
 from atasks.errors import JobNotFound, NotConnected, TransportError
-from atasks.namespaces import DEFAULT, bind_transport
+from atasks.events import deliver_progress
+from atasks.namespaces import DEFAULT, BindOnConstruction, bind_transport, get_transport
 
 if TYPE_CHECKING:
     from atasks.events import Event, Progress, ProgressListener
@@ -60,6 +61,34 @@ class Reply:
 RequestHandler = Callable[[Request], Coroutine[Any, Any, Reply]]
 """Serves one request; never raises but ``CancelledError``."""
 
+ClassicCallback = Callable[[str, bytes], Awaitable[bytes]]
+"""The 2019 interface's request callback: ``callback(atask_name, content) -> reply content``."""
+
+_CLASSIC_METHODS = ("connect", "disconnect", "send_request")
+_METHODS = (*_CLASSIC_METHODS, "register_callback", "unregister_callback", "drain")
+
+__all__ = [
+    "ClassicCallback",
+    "LoopbackTransport",
+    "Reply",
+    "Request",
+    "RequestHandler",
+    "Transport",
+    "get_transport",
+]
+
+
+def _takes_name_and_content(send_request: Callable[..., Any]) -> bool:
+    """Whether ``send_request`` is the 2019 ``(self, name, content)``: two required arguments
+    after ``self``, where this interface's ``(self, request, on_progress=None)`` has one."""
+    try:
+        parameters = list(inspect.signature(send_request).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters if p.kind in positional and p.default is p.empty]
+    return len(required) == 2
+
 
 class Capacity(Protocol):
     """How many more atasks a serving router can start now, as its transport sees it."""
@@ -79,31 +108,64 @@ class Capacity(Protocol):
         """Call ``listener`` whenever ``free`` may have changed."""
 
 
-class Transport(ABC):
+class Transport(metaclass=BindOnConstruction):
     """Carries requests to servers and replies back.
 
-    Constructing a transport binds it to ``namespace`` (``None`` leaves it detached).
+    Two interfaces, told apart by ``send_request``'s signature when a subclass is defined
+    (``classic`` can also be set in the class body):
+
+    - this one: ``send_request(request, on_progress) -> Reply``, ``register_callback(name,
+      handler)``, ``unregister_callback(name)``, ``drain(grace)`` — with deadlines, cancellation
+      and progress. A subclass implements all of them, and ``connect``/``disconnect``.
+    - the 2019 one (``classic``): ``send_request(name, content) -> bytes`` and the inherited
+      ``register_callback(callback)``, which stores ``callback(name, content) -> bytes`` in
+      ``self.callback`` for the transport to call with each request it receives;
+      ``unregister_callback()`` clears it. A subclass implements ``connect``, ``disconnect`` and
+      ``send_request``. Routers reach such a transport through ``ClassicAdapter``, which packs
+      each call into one message and back; it carries no deadline, cancellation or progress.
+
+    Constructing a transport installs it in ``namespace`` (``None`` leaves it detached). The bare
+    ``Transport()`` can be constructed, and its methods raise ``NotImplementedError``.
     """
 
     events_enabled = False
     """Whether ``publish_event`` publishes anything; routers skip building events otherwise."""
+    classic: ClassVar[bool] = True
+    """Whether this transport is written to the 2019 interface (set for each subclass)."""
+    in_process: ClassVar[bool] = False
+    """Whether requests never leave this process (nobody else can send any)."""
 
-    def __init__(self, *, namespace: str | None = DEFAULT) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "classic" not in vars(cls):
+            cls.classic = _takes_name_and_content(cls.send_request)
+
+    @classmethod
+    def _missing(cls) -> tuple[str, ...]:
+        if cls is Transport:
+            return ()
+        required = _CLASSIC_METHODS if cls.classic else _METHODS
+        return tuple(name for name in required if getattr(cls, name) is getattr(Transport, name))
+
+    def __init__(self, namespace: str | None = DEFAULT) -> None:
         self.namespace = namespace
+        self.callback: ClassicCallback | None = None
+        """The 2019 interface: what ``register_callback(callback)`` stored."""
         self.server_statistics: Callable[[], Mapping[str, Any]] | None = None
         """Set by a serving router: what ``atasks inspect`` shows of this server."""
-        if namespace is not None:
-            bind_transport(self, namespace)
 
-    @abstractmethod
+    def _bind(self) -> None:
+        if self.namespace is not None:
+            bind_transport(self, self.namespace)
+
     async def connect(self) -> None:
         """Get ready to send and serve. Idempotent."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement connect()")
 
-    @abstractmethod
     async def disconnect(self) -> None:
         """Stop serving and release every resource; pending calls fail. Idempotent."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement disconnect()")
 
-    @abstractmethod
     async def send_request(
         self, request: Request, on_progress: ProgressListener | None = None
     ) -> Reply:
@@ -113,24 +175,52 @@ class Transport(ABC):
         task cancels the call on its server. With ``request.wants_progress``, the server's
         progress reports reach ``on_progress``.
         """
+        raise NotImplementedError(f"{type(self).__name__} does not implement send_request()")
 
-    @abstractmethod
-    async def register_callback(self, name: str, handler: RequestHandler) -> None:
-        """Start serving requests for atask ``name`` with ``handler``."""
+    if TYPE_CHECKING:
 
-    @abstractmethod
-    async def unregister_callback(self, name: str) -> None:
-        """Stop taking new requests for ``name``; those in progress go on."""
+        async def register_callback(self, name: str, handler: RequestHandler) -> None:
+            """Start serving requests for atask ``name`` with ``handler``."""
 
-    @abstractmethod
+        async def unregister_callback(self, name: str) -> None:
+            """Stop taking new requests for ``name``; those in progress go on."""
+
+    else:  # at run time the base also takes the 2019 forms, for transports written to them
+
+        async def register_callback(self, *args):
+            """Start serving requests for atask ``name`` with ``handler``: ``(name, handler)``.
+
+            The 2019 form ``register_callback(callback)`` stores ``callback`` in
+            ``self.callback``.
+            """
+            if len(args) == 1 and callable(args[0]):
+                self.callback = args[0]
+                return
+            raise NotImplementedError(
+                f"{type(self).__name__} does not implement register_callback(name, handler)"
+            )
+
+        async def unregister_callback(self, *args):
+            """Stop taking new requests for ``name``; those in progress go on.
+
+            The 2019 form ``unregister_callback()`` clears ``self.callback``.
+            """
+            if not args:
+                self.callback = None
+                return
+            raise NotImplementedError(
+                f"{type(self).__name__} does not implement unregister_callback(name)"
+            )
+
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for requests in progress, then cancel the rest and hand
         their requests back for another server (where the transport can)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement drain()")
 
-    def set_capacity(self, capacity: Capacity) -> None:  # noqa: B027 - optional hook
+    def set_capacity(self, capacity: Capacity) -> None:
         """Learn the serving router's capacity, to take no more requests than it can start."""
 
-    async def publish_event(self, event: Event) -> None:  # noqa: B027 - optional hook
+    async def publish_event(self, event: Event) -> None:
         """Publish a lifecycle event, where the transport has somewhere to publish it."""
 
     async def __aenter__(self) -> Transport:
@@ -160,10 +250,17 @@ class LoopbackTransport(Transport):
     context of its own, so nothing of the caller's context leaks into it, as over a broker.
     Beyond ``INLINE_DEPTH`` nested calls in one task it gets a task, so recursion stays
     unbounded.
+
+    It also speaks the 2019 interface: ``register_callback(callback)`` then
+    ``send_request(name, content)`` awaits ``callback(name, content)`` and returns its bytes
+    (without ``connect()``, as in 2019).
     """
 
-    def __init__(self, *, namespace: str | None = DEFAULT) -> None:
-        super().__init__(namespace=namespace)
+    classic = False
+    in_process = True
+
+    def __init__(self, namespace: str | None = DEFAULT) -> None:
+        super().__init__(namespace)
         self._handlers: dict[str, RequestHandler] = {}
         self._calls: dict[object, tuple[asyncio.Task[Any], asyncio.Future[None]]] = {}
         self._stopping: set[asyncio.Task[Any]] = set()
@@ -175,12 +272,21 @@ class LoopbackTransport(Transport):
 
     async def disconnect(self) -> None:
         self._handlers.clear()
+        self.callback = None
         await self.drain(0)
         self._connected = False
 
+    @overload
     async def send_request(
         self, request: Request, on_progress: ProgressListener | None = None
-    ) -> Reply:
+    ) -> Reply: ...
+
+    @overload
+    async def send_request(self, request: str, on_progress: bytes) -> bytes: ...
+
+    async def send_request(self, request: Any, on_progress: Any = None) -> Any:
+        if type(request) is str:  # the 2019 interface: name, content
+            return await self._send_classic(request, on_progress)
         if not self._connected:
             raise NotConnected(f"{self!r} is not connected: await transport.connect() first")
         handler = self._handlers.get(request.name)
@@ -193,7 +299,7 @@ class LoopbackTransport(Transport):
             listener = on_progress
 
             async def report(progress: Progress) -> None:
-                listener(progress)
+                await deliver_progress(listener, progress)
 
             request.report = report
         caller = asyncio.current_task()
@@ -228,11 +334,31 @@ class LoopbackTransport(Transport):
                 else:
                     del self._inline_depth[caller]
 
-    async def register_callback(self, name: str, handler: RequestHandler) -> None:
-        self._handlers[name] = handler
+    async def _send_classic(self, name: str, content: bytes) -> bytes:
+        callback = self.callback
+        if callback is None:
+            raise JobNotFound(
+                f"nothing serves {name!r} through {self!r}: register_callback(callback) first"
+            )
+        return await callback(name, content)
 
-    async def unregister_callback(self, name: str) -> None:
-        self._handlers.pop(name, None)
+    @overload
+    async def register_callback(self, name: str, handler: RequestHandler) -> None: ...
+
+    @overload
+    async def register_callback(self, name: ClassicCallback) -> None: ...
+
+    async def register_callback(self, name: Any, handler: Any = None) -> None:
+        if handler is None:  # the 2019 interface: one callback for every name
+            self.callback = name
+        else:
+            self._handlers[name] = handler
+
+    async def unregister_callback(self, name: str | None = None) -> None:
+        if name is None:
+            self.callback = None
+        else:
+            self._handlers.pop(name, None)
 
     async def drain(self, grace: float) -> None:
         if self._calls and grace > 0:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import atasks
@@ -93,3 +94,29 @@ async def wait_for_consumers(url: str, queue: str, count: int, within: float = 3
             await channel.declare_queue(queue, passive=True)
         ).declaration_result.consumer_count < count:
             await asyncio.sleep(0.05)
+
+
+async def publish_probe(url: str, token: str, namespace: str = "default") -> None:
+    """Publish one made-up event, atask ``probe.<token>``, on the events exchange of
+    ``namespace``: whoever sees it is subscribed."""
+    import aio_pika
+
+    from atasks.events import Event, encode_batch
+
+    event = Event(
+        kind="received", atask=f"probe.{token}", call_id=token, parent_id=None, namespace=namespace
+    )
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            f"atasks.{namespace}.events", aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await exchange.publish(aio_pika.Message(encode_batch([event])), routing_key="events")
+
+
+async def until(condition: Callable[[], bool], within: float = 30, every: float = 0.02) -> None:
+    """Wait until ``condition()`` holds, checking every ``every`` seconds."""
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(every)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import atasks
 from atasks import atask
 from atasks.codecs import JSONCodec, PickleCodec
 from atasks.errors import (
-    ConfigurationError,
     DuplicateATask,
     NoClientTransportRegistered,
     NoCodecRegistered,
@@ -82,11 +83,17 @@ async def test_calling_without_set_up_fails_clearly() -> None:
         await plain(1)
 
 
-def test_binding_a_different_codec_names_both() -> None:
+def test_the_newest_codec_is_installed_and_replacing_a_different_one_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     PickleCodec(namespace="codec-ns")
-    PickleCodec(namespace="codec-ns")  # an equal codec: no-op
-    with pytest.raises(ConfigurationError, match=r"PickleCodec.*JSONCodec"):
-        JSONCodec(namespace="codec-ns")
+    PickleCodec(namespace="codec-ns")  # an equal codec: installed without a word
+    assert not caplog.records
+    newest = JSONCodec(namespace="codec-ns")
+    assert atasks.get_codec("codec-ns") is newest
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert re.search(r"PickleCodec.*replaced by JSONCodec", record.getMessage())
 
 
 def test_detached_objects_bind_nothing() -> None:

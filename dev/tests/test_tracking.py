@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import workload
-from servers import REPO, Servers, wait_until_served
+from servers import REPO, Servers, publish_probe, until, wait_until_served
 
 import atasks
 from atasks.events import Event, Progress
@@ -73,8 +74,7 @@ async def test_a_sync_script_calls_a_server_from_many_threads(
     await wait_until_served(workload.ready)
     marker = tmp_path / "marker"
     events: list[Event] = []
-    watcher = asyncio.ensure_future(_collect(amqp_url, events))
-    await asyncio.sleep(0.5)  # subscribed
+    watcher = await _watch(amqp_url, events)
     script = tmp_path / "sync_client.py"
     script.write_text(SYNC_SCRIPT)
     result = await asyncio.to_thread(
@@ -94,21 +94,36 @@ async def test_a_sync_script_calls_a_server_from_many_threads(
     assert out["error"] == ["LookupError", "no such key"]
     assert 0.5 <= out["timeout_after"] < 3
     assert "await" in out["in_loop"]
+
     # the timed-out call ended on the server too: cancelled by its caller, or by its deadline
-    await asyncio.sleep(1)
+    def ended() -> list[str | None]:
+        return [
+            e.error if e.kind == "failed" else e.kind
+            for e in events
+            if e.atask == workload.mark_then_sleep.name and e.kind in ("cancelled", "failed")
+        ]
+
+    await until(lambda: bool(ended()), within=10)
     watcher.cancel()
-    ended = [
-        e.error if e.kind == "failed" else e.kind
-        for e in events
-        if e.atask == workload.mark_then_sleep.name and e.kind in ("cancelled", "failed")
-    ]
-    assert ended, [(e.kind, e.atask) for e in events]
-    assert ended[0] == "cancelled" or ended[0].startswith("builtins.TimeoutError")
+    first = ended()[0]
+    assert first == "cancelled" or str(first).startswith("builtins.TimeoutError")
 
 
 async def _collect(url: str, into: list[Event]) -> None:
     async for event in stream_events(url, "default"):
         into.append(event)
+
+
+async def _watch(url: str, into: list[Event]) -> asyncio.Future[None]:
+    """Collect the events of the default namespace into ``into``, once subscribed: a probe
+    event (atask ``probe.<token>``) is published until one arrives."""
+    watcher = asyncio.ensure_future(_collect(url, into))
+    token = uuid.uuid4().hex
+    async with asyncio.timeout(30):
+        while not any(e.call_id == token for e in into):
+            await publish_probe(url, token)
+            await asyncio.sleep(0.05)
+    return watcher
 
 
 async def test_events_show_a_nested_call_tree_with_parent_ids(
@@ -118,11 +133,15 @@ async def test_events_show_a_nested_call_tree_with_parent_ids(
     await atasks.setup("amqp", url=amqp_url)
     await wait_until_served(workload.ready)
     events: list[Event] = []
-    watcher = asyncio.ensure_future(_collect(amqp_url, events))
-    await asyncio.sleep(0.5)
+    watcher = await _watch(amqp_url, events)
     innermost, middle, outer = await workload.nested(3)
     await workload.count_up(2)
-    await asyncio.sleep(0.5)
+    await until(
+        lambda: (
+            sum(e.atask == workload.count_up.name and e.kind == "succeeded" for e in events) == 1
+            and sum(e.kind == "succeeded" and e.call_id == outer for e in events) == 1
+        )
+    )
     watcher.cancel()
     progress = [e.progress for e in events if e.kind == "progress"]
     assert progress == [
@@ -144,22 +163,42 @@ async def test_events_command_prints_an_indented_tree(servers: Servers, amqp_url
     servers.start("--events")
     await atasks.setup("amqp", url=amqp_url)
     await wait_until_served(workload.ready)
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "atasks", "events", "--url", amqp_url],
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "atasks",
+        "events",
+        "--url",
+        amqp_url,
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
+    assert watcher.stdout is not None
+    output: list[str] = []
+
+    async def read() -> None:
+        assert watcher.stdout is not None
+        async for line in watcher.stdout:
+            output.append(line.decode())
+
+    reader = asyncio.ensure_future(read())
     try:
-        await asyncio.sleep(2)  # subscribed
+        token = uuid.uuid4().hex
+        async with asyncio.timeout(30):  # subscribed once it prints a probe of ours
+            while not any(token[:8] in line for line in output):
+                await publish_probe(amqp_url, token)
+                await asyncio.sleep(0.1)
         await workload.nested(3)
-        await asyncio.sleep(1)
+        await until(lambda: sum("nested" in line for line in output) >= 9)
     finally:
         watcher.terminate()
-        output, errors = await asyncio.to_thread(watcher.communicate, timeout=10)
-    lines = [line for line in output.splitlines() if "nested" in line]
-    assert len(lines) == 9, output + errors
+        await asyncio.wait_for(watcher.wait(), 10)
+        await asyncio.wait_for(reader, 10)
+        assert watcher.stderr is not None
+        errors = (await watcher.stderr.read()).decode()
+    lines = [line for line in output if "nested" in line]
+    assert len(lines) == 9, "".join(output) + errors
     succeeded = [line for line in lines if "succeeded" in line]
     indents = sorted(
         len(line.split("✓")[0]) - len(line.split("✓")[0].rstrip()) for line in succeeded

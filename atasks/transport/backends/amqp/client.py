@@ -23,7 +23,7 @@ from atasks.errors import (
     NotConnected,
     TransportError,
 )
-from atasks.events import ProgressListener
+from atasks.events import ProgressListener, deliver_progress
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import (
     CONNECTION_ERRORS,
@@ -68,7 +68,8 @@ class Caller:
         self.closing = False
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._listeners: dict[str, ProgressListener] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        self._progress: dict[str, asyncio.Future[None]] = {}  # the last report of each call
         self._give_up: asyncio.TimerHandle | None = None
         link.on_open.append(self._on_open)
         link.on_lost.append(self._on_lost)
@@ -201,10 +202,19 @@ class Caller:
         except ValueError:
             log.debug("dropped a malformed progress report for call %s", call_id)
             return
-        try:
-            listener(progress)
-        except Exception:
-            log.exception("progress listener of call %s failed", call_id)
+        # In the background, so a slow listener never holds up replies; one after the other
+        # for each call, so its reports arrive in order.
+        previous = self._progress.get(call_id)
+        delivery = asyncio.ensure_future(_after(previous, deliver_progress(listener, progress)))
+        self._progress[call_id] = delivery
+        self._background.add(delivery)
+
+        def done(task: asyncio.Future[None]) -> None:
+            self._background.discard(task)
+            if self._progress.get(call_id) is task:
+                del self._progress[call_id]
+
+        delivery.add_done_callback(done)
 
     async def _on_dead_letter(self, message: DeliveredMessage) -> None:
         """A request the broker dead-lettered: tell its caller, wherever it waits."""
@@ -291,3 +301,9 @@ class Caller:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):
             task.cancel()
+
+
+async def _after(previous: asyncio.Future[None] | None, then: Awaitable[None]) -> None:
+    if previous is not None:
+        await asyncio.wait({previous})
+    await then

@@ -263,7 +263,11 @@ class Server:
             self._inflight[call_id] = inflight
             try:
                 with self._leases.holding(name, message):
-                    reply = await handler(request)
+                    try:
+                        reply = await handler(request)
+                    except Exception as exc:  # a handler breaking its contract: still answer
+                        log.exception("the handler of %r failed on request %s", name, call_id)
+                        reply = wire.error_reply(call_id, exc)
                 inflight.set_result(reply)
             finally:
                 inflight.cancel()  # no-op once it has the reply

@@ -1,0 +1,288 @@
+"""What ``atasks run`` and Django's ``manage.py run_atask`` both do: import modules of atasks,
+set up every namespace they use, then serve them, run each module's ``aiomain``, or both.
+
+The command lines only parse their flags into ``RunOptions`` and call ``run()``.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from atasks.errors import ATasksError
+from atasks.lifecycle import close, make_codec, make_transport
+from atasks.namespaces import DEFAULT, namespace, namespaces
+from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE, get_router
+
+log = logging.getLogger("atasks.runner")
+
+MODES = ("server", "client", "loopback")
+TRANSPORTS = ("loopback", "amqp")
+WORKER_ENV = "ATASKS_WORKER"
+"""Set in each supervised worker's environment: a worker never supervises workers itself."""
+
+
+class RunFailure(Exception):
+    """A one-line error for the person at the command line; its traceback only on request."""
+
+
+class RunUsageError(RunFailure):
+    """The command line asks for something impossible."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options of one run, as both command lines take them."""
+
+    mode: str = "loopback"
+    transport: str | None = None
+    """``loopback`` or ``amqp``; ``None`` picks loopback in loopback mode, amqp otherwise."""
+    url: str | None = None
+    codec: str = "pickle"
+    concurrency: int = DEFAULT_CONCURRENCY
+    workers: int = 1
+    grace: float = DEFAULT_GRACE
+    max_message_size: int | None = None
+    consumer_timeout: float | None = None
+    queue_type: str = "quorum"
+    events: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The ``-o KEY=VALUE`` options, for ``aiomain``."""
+
+    @property
+    def transport_kind(self) -> str:
+        return self.transport or ("loopback" if self.mode == "loopback" else "amqp")
+
+    def check(self) -> None:
+        """Raise ``RunUsageError`` for options that cannot work together."""
+        if self.mode not in MODES:
+            raise RunUsageError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.transport_kind not in TRANSPORTS:
+            raise RunUsageError(f"unknown transport {self.transport!r}: use loopback or amqp")
+        if self.transport_kind == "loopback" and self.mode != "loopback":
+            raise RunUsageError(
+                f"--mode {self.mode} needs a transport that leaves the process: "
+                "use --transport amqp"
+            )
+        if self.workers > 1 and self.mode != "server":
+            raise RunUsageError("--workers applies to --mode server only")
+
+    def command_options(self) -> dict[str, Any]:
+        """The command's own options, as ``aiomain`` receives them (the 2019 command passed its
+        options to ``aiomain(**options)``)."""
+        return {
+            "mode": self.mode,
+            "transport": self.transport_kind,
+            "url": self.url,
+            "codec": self.codec,
+            "concurrency": self.concurrency,
+            "workers": self.workers,
+            "grace": self.grace,
+            "max_message_size": self.max_message_size,
+            "consumer_timeout": self.consumer_timeout,
+            "queue_type": self.queue_type,
+            "events": self.events,
+        }
+
+    def worker_flags(self) -> list[str]:
+        """This run's options as flags of a supervised worker's command line (``--workers 1``);
+        both command lines take them alike."""
+        flags = ["--mode", self.mode, "--transport", self.transport_kind, "--codec", self.codec]
+        flags += ["--concurrency", str(self.concurrency), "--grace", repr(self.grace)]
+        flags += ["--workers", "1", "--queue-type", self.queue_type]
+        if self.url is not None:
+            flags += ["--url", self.url]
+        if self.max_message_size is not None:
+            flags += ["--max-message-size", str(self.max_message_size)]
+        if self.consumer_timeout is not None:
+            flags += ["--consumer-timeout", repr(self.consumer_timeout)]
+        if self.events:
+            flags.append("--events")
+        return flags
+
+
+def run(
+    targets: list[str] | tuple[str, ...],
+    options: RunOptions,
+    worker_argv: Callable[[], list[str]],
+) -> int:
+    """Run ``targets`` as ``options`` say; returns the exit code. With ``workers`` > 1, runs
+    ``worker_argv()`` (a command line with ``--workers 1``) that many times under a supervisor.
+
+    Raises ``RunFailure`` (one line) for what the user can fix.
+    """
+    options.check()
+    if options.workers > 1:
+        if os.environ.get(WORKER_ENV):
+            raise RunUsageError(f"a supervised worker cannot supervise workers ({WORKER_ENV})")
+        from atasks.supervisor import supervise
+
+        return supervise(options.workers, worker_argv())
+    modules = [load(target) for target in targets]
+    asyncio.run(_run(modules, options))
+    return 0
+
+
+def parse_option(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE``: the value as a Python literal, else as a string."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.isidentifier():
+        raise RunUsageError(f"-o takes KEY=VALUE with KEY a Python name, not {item!r}")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def configure_logging(verbose: int, quiet: bool, *, server: bool) -> None:
+    """Servers say what they do; clients speak only of trouble unless -v."""
+    if quiet:
+        level = logging.WARNING
+    elif verbose > 1:
+        level = logging.DEBUG
+    else:
+        level = logging.INFO if verbose or server else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("atasks").setLevel(level)
+    if verbose < 2:  # atasks says what matters (lost connection, reconnected) in one line
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+        logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
+
+
+def load(target: str) -> ModuleType:
+    """Import a file or a module. A file gets the name its package path gives it, so that
+    ``pkg/mod.py`` and ``pkg.mod`` name their atasks alike."""
+    path = Path(target)
+    if target.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise RunFailure(f"no such file: {target}")
+        name, root = _module_name(path.resolve())
+    else:
+        name, root = target, Path.cwd()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            raise RunFailure(f"no module named {name!r} (from {target!r})") from exc
+        raise RunFailure(f"cannot import {target}: {one_line(exc)}") from exc
+    except Exception as exc:
+        raise RunFailure(f"cannot import {target}: {one_line(exc)}") from exc
+
+
+def _module_name(path: Path) -> tuple[str, Path]:
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return ".".join(parts), folder
+
+
+def aiomain_arguments(
+    aiomain: Callable[..., Any], command: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``aiomain`` is called with: the command's options it takes (all of them if it takes
+    ``**options``) and every ``-o`` option, which wins over a command option of the same name."""
+    parameters = inspect.signature(aiomain).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        taken = dict(command)
+    else:
+        named = {
+            p.name
+            for p in parameters
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        }
+        taken = {key: value for key, value in command.items() if key in named}
+    return {**taken, **extra}
+
+
+async def _run(modules: list[ModuleType], options: RunOptions) -> None:
+    transport_options: dict[str, Any] = {}
+    if options.transport_kind == "amqp":
+        transport_options["url"] = options.url
+        if options.max_message_size is not None:
+            transport_options["max_message_size"] = options.max_message_size
+        transport_options["events"] = options.events
+        transport_options["queue_type"] = options.queue_type
+        if options.consumer_timeout is not None:
+            transport_options["consumer_timeout"] = options.consumer_timeout
+    names = {ns.name for ns in namespaces() if ns.atasks} | {DEFAULT}
+    try:
+        for name in sorted(names):
+            if namespace(name).codec is None:
+                make_codec(options.codec, namespace=name)
+            transport = namespace(name).transport or make_transport(
+                options.transport_kind, namespace=name, **transport_options
+            )
+            await transport.connect()
+            if options.mode != "client":
+                await get_router(name).activate(transport, concurrency=options.concurrency)
+        command = options.command_options()
+        mains = [
+            _aiomain(module, command, options.extra)
+            for module in modules
+            if hasattr(module, "aiomain")
+        ]
+        if options.mode == "server":
+            await _serve_until_signalled(mains)
+        else:
+            await asyncio.gather(*mains)
+    finally:
+        await close(grace=options.grace)
+
+
+async def _aiomain(module: ModuleType, command: dict[str, Any], extra: dict[str, Any]) -> None:
+    aiomain = module.aiomain
+    if not inspect.iscoroutinefunction(aiomain):
+        raise RunFailure(f"{module.__name__}.aiomain must be an async def")
+    try:
+        await aiomain(**aiomain_arguments(aiomain, command, extra))
+    except TypeError as exc:
+        if "argument" in str(exc) and "aiomain()" in str(exc):
+            raise RunFailure(f"{module.__name__}.aiomain: {exc}") from exc
+        raise
+
+
+async def _serve_until_signalled(mains: list[Coroutine[Any, Any, None]]) -> None:
+    """Serve until SIGINT or SIGTERM; an aiomain that fails stops the server with its error."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving; SIGINT or SIGTERM stops")
+    stopper = asyncio.ensure_future(stop.wait())
+    pending: set[asyncio.Future[Any]] = {stopper, *map(asyncio.ensure_future, mains)}
+    try:
+        while not stop.is_set():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        log.info("stopping: finishing calls in progress")
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        # The handlers stay until the process ends: a second signal must not kill the
+        # graceful shutdown that follows (atasks.close() with --grace).
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` in one line: its message, prefixed by its type unless it is one of ours."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if isinstance(exc, ATasksError | RunFailure):
+        return first or type(exc).__name__
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

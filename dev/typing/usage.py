@@ -1,0 +1,58 @@
+"""Typed use of the public API, checked by mypy (setup.cfg ``[mypy] files``), never run.
+
+A decorated atask keeps its function's signature, with or without decorator arguments: each
+``# type: ignore[...]`` below marks a call that must be an error, and strict mode's
+``warn_unused_ignores`` fails the check if it is not.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import assert_type
+
+import atasks
+from atasks import ATask, atask
+from atasks.codecs import Codec, PickleCodec, get_codec
+from atasks.transport.base import LoopbackTransport, Transport, get_transport
+
+
+@atask
+async def plain(x: int, label: str = "") -> str:
+    return f"{label}{x}"
+
+
+@atask(name="usage.named", timeout=5)
+async def named(x: int, *, scale: float = 1.0) -> float:
+    return x * scale
+
+
+@atask(namespace="usage")
+def blocking(path: str) -> bytes:
+    return path.encode()
+
+
+async def calls() -> None:
+    typed: ATask[[int], str] = plain  # the default of label makes it optional
+    assert_type(typed.name, str)
+    assert_type(await plain(1), str)
+    assert_type(await named(2, scale=0.5), float)
+    assert_type(await blocking("/tmp"), bytes)
+    await named("two")  # type: ignore[arg-type]
+    await named(2, scale="big")  # type: ignore[arg-type]
+    await plain()  # type: ignore[call-arg]
+    assert inspect.iscoroutinefunction(named)
+
+
+def unknown_option() -> None:
+    atask(retries=3)  # type: ignore[call-overload]
+
+
+async def set_up_as_in_2019() -> None:
+    codec: Codec = PickleCodec("usage")
+    assert get_codec("usage") is codec
+    transport: Transport = LoopbackTransport("usage")
+    await transport.connect()
+    assert get_transport("usage") is transport
+    assert_type(await PickleCodec(key="k").encode([1]), bytes)
+    PickleCodec("usage", "key")  # type: ignore[call-arg]
+    await atasks.get_router("usage").activate(transport)

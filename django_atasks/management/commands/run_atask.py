@@ -1,0 +1,181 @@
+"""``manage.py run_atask``: the 2019 command line of atasks, running what ``atasks run`` runs.
+
+    python manage.py run_atask FILE_OR_MODULE... [-M MODE] [-T TRANSPORT] [-U URL] [-o KEY=VALUE...]
+
+Also takes ``atasks run``'s ``--codec``, ``--concurrency``, ``--workers``, ``--grace``,
+``--max-message-size`` and ``--events``, with the same ``ATASKS_*`` environment defaults, and
+Django's ``-v``: 0 quiet, 1 normal, 2 and 3 more logging and tracebacks on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from atasks import runner
+from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE
+from atasks.runner import MODES, TRANSPORTS, RunFailure, RunOptions, one_line, parse_option
+
+log = logging.getLogger("django_atasks")
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(f"ATASKS_{name}", default)
+
+
+class Command(BaseCommand):
+    help = (
+        "Import FILE_OR_MODULE... (files or modules with @atask definitions and an optional "
+        "`async def aiomain`) and serve them (-M server), call them (-M client), or both "
+        "(-M loopback, the default), as `atasks run` does. aiomain receives the command's "
+        "options that it names (all of them with **options) and the -o ones."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("targets", metavar="FILE_OR_MODULE", nargs="+")
+        parser.add_argument(
+            "-M",
+            "--mode",
+            choices=MODES,
+            default=_env("MODE", "loopback"),
+            help="server: serve until SIGINT/SIGTERM; client: run aiomain against servers; "
+            "loopback (the default): both, in this process.",
+        )
+        parser.add_argument(
+            "-T",
+            "--transport",
+            choices=TRANSPORTS,
+            default=_env("TRANSPORT", None),
+            help="How calls travel. Default: loopback in loopback mode, amqp otherwise.",
+        )
+        parser.add_argument("-U", "--url", default=_env("URL", None), help="Broker URL (amqp).")
+        parser.add_argument(
+            "-o",
+            "--option",
+            dest="extra",
+            nargs="*",
+            action="extend",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Passed to aiomain(); values are Python literals or strings.",
+        )
+        parser.add_argument(
+            "--codec",
+            choices=("pickle", "json"),
+            default=_env("CODEC", "pickle"),
+            help="How values are encoded (default pickle).",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=_env("CONCURRENCY", str(DEFAULT_CONCURRENCY)),
+            help=f"Atasks one server process runs at once (default {DEFAULT_CONCURRENCY}).",
+        )
+        parser.add_argument(
+            "--workers", type=int, default=None, help="Server processes (default 1)."
+        )
+        parser.add_argument(
+            "--grace",
+            type=float,
+            default=_env("GRACE", str(DEFAULT_GRACE)),
+            help=f"Seconds a stopping server lets calls finish (default {DEFAULT_GRACE:g}).",
+        )
+        parser.add_argument(
+            "--max-message-size",
+            type=int,
+            default=_env("MAX_MESSAGE_SIZE", None),
+            help="Largest request or reply (default: RabbitMQ's own, 16 MiB on 4.x, 128 MiB "
+            "on 3.x).",
+        )
+        parser.add_argument(
+            "--consumer-timeout",
+            type=float,
+            default=_env("CONSUMER_TIMEOUT", None),
+            help="The broker's consumer_timeout in seconds (default 1800): longer calls are "
+            "leased, not held.",
+        )
+        parser.add_argument(
+            "--queue-type",
+            choices=["quorum", "classic"],
+            default=_env("QUEUE_TYPE", "quorum"),
+            help="RabbitMQ request queues (default quorum).",
+        )
+        parser.add_argument(
+            "--events",
+            action="store_true",
+            default=bool(_env("EVENTS", "")),
+            help="Servers publish lifecycle events (see `atasks events`).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        verbosity = int(options["verbosity"])
+        mode = options["mode"]
+        runner.configure_logging(max(verbosity - 1, 0), verbosity == 0, server=mode == "server")
+        try:
+            workers = options["workers"]
+            if workers is None:
+                # ATASKS_WORKERS is for servers: a client or loopback run ignores it.
+                workers = int(_env("WORKERS", "1") or 1) if mode == "server" else 1
+            run_options = RunOptions(
+                mode=mode,
+                transport=options["transport"],
+                url=options["url"],
+                codec=options["codec"],
+                concurrency=options["concurrency"],
+                workers=workers,
+                grace=options["grace"],
+                max_message_size=options["max_message_size"],
+                consumer_timeout=options["consumer_timeout"],
+                queue_type=options["queue_type"],
+                events=options["events"],
+                extra=dict(parse_option(item) for item in options["extra"]),
+            )
+            code = runner.run(
+                options["targets"],
+                run_options,
+                lambda: _worker_argv(options["targets"], run_options, options),
+            )
+        except RunFailure as exc:
+            if verbosity > 1:
+                log.exception("run_atask failed")
+            raise CommandError(str(exc)) from exc
+        except (CommandError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if verbosity > 1:
+                log.exception("run_atask failed")
+            raise CommandError(one_line(exc)) from exc
+        if code:
+            raise CommandError(f"workers' supervisor exited with {code}", returncode=code)
+
+
+def _worker_argv(targets: list[str], run: RunOptions, options: dict[str, Any]) -> list[str]:
+    """One supervised worker's command line: ``python -m django run_atask`` with this run's
+    options, ``--workers 1``, these settings and the folder they are imported from."""
+    argv = [sys.executable, "-m", "django", "run_atask", *targets, *run.worker_flags()]
+    argv += ["--verbosity", str(options["verbosity"])]
+    if options["extra"]:
+        argv += ["-o", *options["extra"]]
+    module = settings.SETTINGS_MODULE
+    argv += ["--settings", module]
+    folder = _import_root(module)
+    if folder is not None:
+        argv += ["--pythonpath", str(folder)]
+    return argv
+
+
+def _import_root(module: str) -> Path | None:
+    """The folder on ``sys.path`` from which ``module`` was imported."""
+    spec = importlib.util.find_spec(module.partition(".")[0])
+    if spec is None or spec.origin is None:
+        return None
+    origin = Path(spec.origin)
+    return origin.parent.parent if origin.name == "__init__.py" else origin.parent

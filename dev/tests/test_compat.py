@@ -347,6 +347,8 @@ def test_aiomain_receives_the_command_options(tmp_path: Path) -> None:
         "workers": 1,
         "grace": 10.0,
         "max_message_size": None,
+        "consumer_timeout": None,
+        "queue_type": "quorum",
         "events": False,
         "n": 3,
     }

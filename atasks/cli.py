@@ -90,7 +90,7 @@ def main() -> None:
 )
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=65_535),
     default=DEFAULT_CONCURRENCY,
     envvar="ATASKS_CONCURRENCY",
     show_default=True,

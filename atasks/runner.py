@@ -31,6 +31,8 @@ MODES = ("server", "client", "loopback")
 TRANSPORTS = ("loopback", "amqp")
 WORKER_ENV = "ATASKS_WORKER"
 """Set in each supervised worker's environment: a worker never supervises workers itself."""
+READY_FD_ENV = "ATASKS_READY_FD"
+"""A supervised worker writes a line to this file descriptor once it serves."""
 
 
 class RunFailure(Exception):
@@ -237,11 +239,23 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             if hasattr(module, "aiomain")
         ]
         if options.mode == "server":
+            announce_ready()
             await _serve_until_signalled(mains)
         else:
             await asyncio.gather(*mains)
     finally:
         await close(grace=options.grace)
+
+
+def announce_ready() -> None:
+    """Tell a supervisor, through the pipe it gave, that this worker serves."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is not None and fd.isdigit():
+        try:
+            os.write(int(fd), b"ready\n")
+            os.close(int(fd))
+        except OSError:
+            pass
 
 
 async def _aiomain(module: ModuleType, command: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO
+from rabbitnode import RabbitNode
 
 
 def atasks_run(
@@ -99,3 +101,61 @@ def test_import_error_in_a_module_is_reported(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot import" in result.stderr
     assert "not_a_real_dependency" in result.stderr
+
+
+def test_an_out_of_range_concurrency_is_one_line() -> None:
+    result = atasks_run("examples/scenarios.py", "--concurrency", "70000")
+    assert result.returncode == 2
+    assert "70000 is not in the range 1<=x<=65535" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_workers_that_cannot_start_make_the_supervisor_exit_non_zero(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('no database configured')\n")
+    result = atasks_run(str(broken), "--mode", "server", "--workers", "2", "--url", amqp_url)
+    assert result.returncode == 1
+    assert "no database configured" in result.stderr.splitlines()[-1]
+
+
+def test_a_wrong_password_makes_the_supervisor_exit_non_zero(rabbit: RabbitNode) -> None:
+    url = f"amqp://guest:wrong@127.0.0.1:{rabbit.port}/"
+    result = atasks_run("dev/tests/workload.py", "--mode", "server", "--workers", "2", "--url", url)
+    assert result.returncode == 1
+    assert "access refused" in result.stderr.splitlines()[-1]
+
+
+def test_sigterm_after_a_start_up_failure_exits_non_zero(tmp_path: Path, amqp_url: str) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('no database configured')\n")
+    supervisor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "atasks",
+            "run",
+            str(broken),
+            "--mode",
+            "server",
+            "--workers",
+            "5",
+            "--url",
+            amqp_url,
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert supervisor.stderr is not None
+        for line in supervisor.stderr:  # until the first failure is reported
+            if "failed at start-up" in line:
+                break
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(30) == 1
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        supervisor.stderr.close()

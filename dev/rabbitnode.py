@@ -2,7 +2,8 @@
 
 Runs Debian's scripts in /usr/lib/rabbitmq/bin directly (no /usr/sbin wrappers, no systemd).
 Data, logs, config and HOME (so the Erlang cookie) live in one base directory; the node has its
-own epmd, node name and free ports, and listens on 127.0.0.1 only.
+own epmd, node name and free ports, and listens on 127.0.0.1 only. The nodes of a cluster
+(dev/rabbitcluster.py) share one ``Epmd`` and one cookie instead.
 
 ``RabbitNode(root=DIR)`` runs the broker installed in another Debian root instead (e.g. sid's
 RabbitMQ 4.x, see dev/rabbitmq4.py): epmd, the server and rabbitmqctl run through
@@ -34,7 +35,7 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 LOOPBACK_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
 
-_live: weakref.WeakSet[RabbitNode] = weakref.WeakSet()
+_live: weakref.WeakSet[RabbitNode | Epmd] = weakref.WeakSet()
 _ports_taken: set[int] = set()  # handed out in this process, not yet bound
 
 
@@ -120,6 +121,125 @@ def _tree(root: int) -> set[tuple[int, str]]:
     return found
 
 
+def _clean_env() -> dict[str, str]:
+    """This process's environment without what would point a broker elsewhere."""
+    skip = ("RABBITMQ_", "ERL_", "NOTIFY_SOCKET")
+    return {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+
+
+def _in_root(root: Path | None, *argv: str) -> list[str]:
+    """``argv``, run inside ``root`` if there is one."""
+    return list(argv) if root is None else ["/usr/sbin/chroot", str(root), *argv]
+
+
+def _prepare_root(root: Path | None) -> None:
+    """Give the root what its broker needs from the host, if not done yet: /proc mounted (a
+    reboot unmounts it) and the host's /etc/hosts, so that the node's and the CLI's host names
+    resolve. Runs under a lock: nodes may start at once in other processes or threads."""
+    if root is None:
+        return
+    if os.geteuid() != 0:
+        raise PermissionError(f"a broker in {root} runs through chroot: needs root")
+    with open(root / "tmp" / ".atasks-prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = root / "proc"
+        if not os.path.ismount(proc):
+            subprocess.run(
+                ["mount", "-t", "proc", "proc", str(proc)], check=True, capture_output=True
+            )
+        hosts, copy = Path("/etc/hosts"), root / "etc" / "hosts"
+        if not copy.exists() or copy.read_bytes() != hosts.read_bytes():
+            shutil.copyfile(hosts, copy)
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own, its output appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=log_path.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _check(proc: subprocess.Popen[bytes], what: str, deadline: float, log_path: Path) -> None:
+    """Raise, with the log's tail, if ``proc`` died or time is up."""
+    rc = proc.poll()
+    if rc is None and time.monotonic() < deadline:
+        return
+    why = f"exited with code {rc}" if rc is not None else "did not come up in time"
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()[-40:]
+    except OSError:
+        lines = ["<no log>"]
+    tail = "\n".join(lines)
+    raise RuntimeError(f"{what} {why}; {log_path}:\n{tail}")
+
+
+def _kill(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM proc's group and wait up to ``grace`` seconds (0: not at all), then SIGKILL what
+    is left of its whole tree (erl_child_setup & co. have sessions of their own)."""
+    if proc is None:
+        return
+    tree = _tree(proc.pid)
+    if grace > 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while (left := tree & _procs().keys()) and time.monotonic() < deadline:
+        for pid, _ in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+    proc.wait()
+
+
+class Epmd:
+    """Erlang's port mapper daemon on a free loopback port, run inside ``root`` if given: one
+    per node, or one shared by the nodes of a cluster, which find each other through it (and
+    rabbitmqctl finds them). Its output goes to ``log_path``."""
+
+    def __init__(self, log_path: Path, *, root: Path | None = None) -> None:
+        self.log_path = log_path
+        self.root = root
+        (self.port,) = _free_ports(1)
+        self._proc: subprocess.Popen[bytes] | None = None
+        _live.add(self)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, deadline: float) -> None:
+        """Start it unless it runs; block until it answers (raise past ``deadline``)."""
+        if self.running:
+            return
+        self.stop()
+        _prepare_root(self.root)
+        env = {**_clean_env(), "ERL_EPMD_ADDRESS": "127.0.0.1"}
+        self._proc = _spawn(
+            _in_root(self.root, "epmd", "-port", str(self.port)), env, self.log_path
+        )
+        while not _epmd_ready(self.port):
+            _check(self._proc, f"epmd on port {self.port}", deadline, self.log_path)
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        _kill(proc, grace=5)
+
+    def close(self) -> None:
+        self.stop()
+
+
 class RabbitNode:
     """A private RabbitMQ node: own data dir, HOME, epmd, ports and node name.
 
@@ -128,6 +248,10 @@ class RabbitNode:
     broker is the host's. With ``root``, a Debian root directory with rabbitmq-server
     installed, the broker is that root's, run through chroot, and its data, config and HOME
     live in ``data``, a temporary directory inside the root that ``close()`` removes.
+
+    ``epmd``: an epmd shared with other nodes (a cluster's), which this node starts if it is
+    not running but never stops; without it the node has its own. ``cookie``: the Erlang
+    cookie, which the nodes of a cluster share; without it Erlang makes one at first start.
     """
 
     def __init__(
@@ -135,6 +259,8 @@ class RabbitNode:
         base_dir: str | os.PathLike[str] | None = None,
         *,
         root: str | os.PathLike[str] | None = None,
+        epmd: Epmd | None = None,
+        cookie: str | None = None,
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
     ) -> None:
@@ -150,13 +276,18 @@ class RabbitNode:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.nodename = f"atasks-test-{secrets.token_hex(4)}@localhost"
-        self.port, self.dist_port, self.epmd_port = _free_ports(3)
+        self.port, self.dist_port = _free_ports(2)
         self.log_path = self.base / "node.log"
         self.version: str | None = None  # as the running node announces it, once started
         self._node: subprocess.Popen[bytes] | None = None
-        self._epmd: subprocess.Popen[bytes] | None = None
+        self._own_epmd = epmd is None
+        self.epmd = epmd or Epmd(self.base / "epmd.log", root=self.root)
         for sub in ("home", "mnesia", "log", "conf.d"):
             (self.data / sub).mkdir(parents=True, exist_ok=True)
+        if cookie is not None:
+            cookie_file = self.data / "home" / ".erlang.cookie"
+            cookie_file.write_text(cookie)
+            cookie_file.chmod(0o400)  # Erlang refuses a cookie others may read
         (self.data / "enabled_plugins").write_text("[].\n")
         (self.data / "rabbitmq-env.conf").write_text("")
         (self.data / "rabbitmq.conf").write_text(
@@ -172,6 +303,10 @@ class RabbitNode:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
     @property
+    def epmd_port(self) -> int:
+        return self.epmd.port
+
+    @property
     def running(self) -> bool:
         """True while the node's process is alive."""
         return self._node is not None and self._node.poll() is None
@@ -180,8 +315,7 @@ class RabbitNode:
     def env(self) -> dict[str, str]:
         """Environment for the node's processes (also usable for rabbitmqctl). Its paths are
         as the broker sees them: inside the root, if there is one."""
-        skip = ("RABBITMQ_", "ERL_", "NOTIFY_SOCKET")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+        env = _clean_env()
         d = self.data if self.root is None else "/" / self.data.relative_to(self.root)
         env.update(
             HOME=str(d / "home"),
@@ -209,28 +343,25 @@ class RabbitNode:
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """Run ``rabbitmqctl ARGS`` against this node and return its stdout."""
-        argv = self._command(str(RABBIT_BIN / "rabbitmqctl"), "-n", self.nodename, *args)
+        argv = _in_root(self.root, str(RABBIT_BIN / "rabbitmqctl"), "-n", self.nodename, *args)
         done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
         if done.returncode:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr}")
         return done.stdout
 
     def start(self) -> float:
-        """Start epmd and the node; block until AMQP answers. Returns seconds."""
+        """Start epmd (unless it runs) and the node; block until AMQP answers. Returns seconds."""
         if self.running:
             return 0.0
-        self.stop()  # reap leftovers of a crashed run
+        self.kill()  # reap leftovers of a crashed run
         t0 = time.monotonic()
         deadline = t0 + self.start_timeout
         try:
-            self._prepare_root()
-            self._epmd = self._spawn(self._command("epmd", "-port", str(self.epmd_port)))
-            while not _epmd_ready(self.epmd_port):
-                self._check(self._epmd, "epmd", deadline)
-                time.sleep(0.02)
-            self._node = self._spawn(self._command(str(RABBIT_BIN / "rabbitmq-server")))
+            self.epmd.start(deadline)
+            server = _in_root(self.root, str(RABBIT_BIN / "rabbitmq-server"))
+            self._node = _spawn(server, self.env, self.log_path)
             while (version := _amqp_version(self.port)) is None:
-                self._check(self._node, "rabbitmq-server", deadline)
+                _check(self._node, f"rabbitmq-server for {self.nodename}", deadline, self.log_path)
                 time.sleep(0.05)
             self.version = version or "unknown"
         except BaseException:
@@ -239,13 +370,19 @@ class RabbitNode:
         return time.monotonic() - t0
 
     def stop(self) -> float:
-        """Stop the node, then its epmd, leaving no process. Returns seconds."""
+        """Stop the node, then its epmd if its own, leaving no process. Returns seconds."""
         t0 = time.monotonic()
         node, self._node = self._node, None
-        epmd, self._epmd = self._epmd, None
-        self._kill(node)
-        self._kill(epmd)
+        _kill(node, grace=self.stop_timeout)
+        if self._own_epmd:
+            self.epmd.stop()
         return time.monotonic() - t0
+
+    def kill(self) -> None:
+        """Crash the node: SIGKILL its whole process tree at once, no clean shutdown. Its epmd
+        runs on, as it would on a host; ``start()`` brings the node back."""
+        node, self._node = self._node, None
+        _kill(node, grace=0)
 
     def close(self) -> None:
         """Stop, and remove the base directory if this node created it, and the data
@@ -262,73 +399,6 @@ class RabbitNode:
         self.stop()
         self.start()
         return time.monotonic() - t0
-
-    def _command(self, *argv: str) -> list[str]:
-        """``argv``, run inside the root if there is one."""
-        return list(argv) if self.root is None else ["/usr/sbin/chroot", str(self.root), *argv]
-
-    def _prepare_root(self) -> None:
-        """Give the root what its broker needs from the host, if not done yet: /proc mounted
-        (a reboot unmounts it) and the host's /etc/hosts, so that the node's and the CLI's
-        host names resolve. Runs under a lock: nodes may start at once in other processes."""
-        if self.root is None:
-            return
-        if os.geteuid() != 0:
-            raise PermissionError(f"a broker in {self.root} runs through chroot: needs root")
-        with open(self.root / "tmp" / ".atasks-prepare.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            proc = self.root / "proc"
-            if not os.path.ismount(proc):
-                subprocess.run(
-                    ["mount", "-t", "proc", "proc", str(proc)], check=True, capture_output=True
-                )
-            hosts, copy = Path("/etc/hosts"), self.root / "etc" / "hosts"
-            if not copy.exists() or copy.read_bytes() != hosts.read_bytes():
-                shutil.copyfile(hosts, copy)
-
-    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        with open(self.log_path, "ab") as log:
-            return subprocess.Popen(
-                argv,
-                env=self.env,
-                cwd=self.base,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def _check(self, proc: subprocess.Popen[bytes], what: str, deadline: float) -> None:
-        """Raise, with the log's tail, if ``proc`` died or time is up."""
-        rc = proc.poll()
-        if rc is None and time.monotonic() < deadline:
-            return
-        why = f"exited with code {rc}" if rc is not None else "did not come up in time"
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()[-40:]
-        except OSError:
-            lines = ["<no log>"]
-        tail = "\n".join(lines)
-        raise RuntimeError(f"{what} for {self.nodename} {why}; {self.log_path}:\n{tail}")
-
-    def _kill(self, proc: subprocess.Popen[bytes] | None) -> None:
-        """SIGTERM proc's group, wait (bounded), SIGKILL what is left of its tree."""
-        if proc is None:
-            return
-        tree = _tree(proc.pid)  # erl_child_setup & co. have sessions of their own
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(self.stop_timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 5
-        while (left := tree & _procs().keys()) and time.monotonic() < deadline:
-            for pid, _ in left:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
 
     def __enter__(self) -> RabbitNode:
         self.start()

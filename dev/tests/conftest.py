@@ -1,15 +1,18 @@
-"""Fixtures: clean namespaces per test, a private RabbitMQ node per session and broker, and
-``served``, which sets up the default namespace over loopback or AMQP so behaviour tests run on
-both.
+"""Fixtures: clean namespaces per test, a private RabbitMQ node per session and broker, a
+3-node cluster per test module and broker, and ``served``, which sets up the default namespace
+over loopback or AMQP so behaviour tests run on both.
 
-Every test that uses a broker (``rabbit``, ``amqp_url``, ``rabbit_factory``, or ``served``
-over AMQP) runs once per broker in ``ATASKS_BROKERS``: ``3``, ``4`` or ``3,4`` (the default).
-``rabbitmq3`` is Debian's rabbitmq-server on this machine; ``rabbitmq4`` is Debian sid's, in
-the root directory that dev/rabbitmq4.py builds (``$ATASKS_RABBITMQ4_ROOT``, or its cache).
+Every test that uses a broker (``rabbit``, ``amqp_url``, ``rabbit_factory``, ``rabbit_cluster``,
+or ``served`` over AMQP) runs once per broker in ``ATASKS_BROKERS``: ``3``, ``4`` or ``3,4``
+(the default). ``rabbitmq3`` is Debian's rabbitmq-server on this machine; ``rabbitmq4`` is
+Debian sid's, in the root directory that dev/rabbitmq4.py builds (``$ATASKS_RABBITMQ4_ROOT``,
+or its cache).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dev/, for rabbit
 
 import rabbitmq4
 import workload
+from rabbitcluster import RabbitCluster
 from rabbitnode import RabbitNode
 from servers import Servers, delete_queues
 
@@ -85,6 +89,15 @@ async def clean_namespaces() -> AsyncIterator[None]:
     await atasks.close(grace=1)
 
 
+def _announce(config: pytest.Config, line: str) -> None:
+    """Write ``line`` to the terminal as the tests run, so that it shows in CI's log."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def rabbit(broker: str | None, pytestconfig: pytest.Config) -> Iterator[RabbitNode]:
     """A private node of the ``broker`` on a free loopback port, for the whole session."""
@@ -93,15 +106,48 @@ def rabbit(broker: str | None, pytestconfig: pytest.Config) -> Iterator[RabbitNo
     try:
         took = node.start()
         _versions[broker] = str(node.version)
-        plugins = pytestconfig.pluginmanager
-        reporter = plugins.get_plugin("terminalreporter")
-        capture = plugins.get_plugin("capturemanager")
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():  # the line shows in CI's log
-                reporter.write_line(f"{broker}: RabbitMQ {node.version} up in {took:.1f}s")
+        _announce(pytestconfig, f"{broker}: RabbitMQ {node.version} up in {took:.1f}s")
         yield node
     finally:
         node.close()
+
+
+@pytest.fixture(scope="module")
+def _module_cluster(broker: str, pytestconfig: pytest.Config) -> Iterator[RabbitCluster]:
+    cluster = RabbitCluster(root=broker_root(broker))
+    try:
+        took = cluster.start()
+        _versions[broker] = str(cluster.version)
+        _announce(
+            pytestconfig,
+            f"{broker}: {len(cluster.nodes)}-node cluster of RabbitMQ {cluster.version} "
+            f"up in {took:.1f}s",
+        )
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+async def rabbit_cluster(_module_cluster: RabbitCluster) -> RabbitCluster:
+    """A cluster of 3 private nodes of the ``broker``, shared by the tests of a module (it
+    takes some 10s to form). Each test gets it with every node running in it and no queue left
+    by an earlier test; it may kill and restart nodes."""
+    import aio_pika
+
+    cluster = _module_cluster
+    for index, node in enumerate(cluster.nodes):
+        if not node.running:  # left down by a test that failed
+            await asyncio.to_thread(cluster.restart, index)
+    listed = await asyncio.to_thread(
+        cluster.nodes[0].ctl, "list_queues", "name", "--formatter", "json"
+    )
+    connection = await aio_pika.connect(cluster.nodes[0].url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in json.loads(listed):
+            await channel.queue_delete(queue["name"])
+    return cluster
 
 
 @pytest.fixture

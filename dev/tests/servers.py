@@ -53,6 +53,17 @@ class Servers:
     def log(self, index: int) -> str:
         return (self.log_dir / f"server-{index}.log").read_text(errors="replace")
 
+    async def wait_serving(self, index: int, within: float = 30) -> None:
+        """Until server ``index`` serves: every request queue of its atasks declared. A call
+        published while its quorum queue is being declared may be refused (nacked) by the
+        broker, so calling until one gets through (``wait_until_served``) is not enough."""
+        process = self.processes[index]
+        async with asyncio.timeout(within):
+            while "atasks.cli: serving;" not in self.log(index):
+                if process.poll() is not None:
+                    raise RuntimeError(f"server {index} exited:\n{self.log(index)[-5000:]}")
+                await asyncio.sleep(0.05)
+
     def stop_all(self) -> None:
         for process in self.processes:
             if process.poll() is None:

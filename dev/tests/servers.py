@@ -59,7 +59,7 @@ class Servers:
         broker, so calling until one gets through (``wait_until_served``) is not enough."""
         process = self.processes[index]
         async with asyncio.timeout(within):
-            while "atasks.cli: serving;" not in self.log(index):
+            while "serving; SIGINT or SIGTERM stops" not in self.log(index):
                 if process.poll() is not None:
                     raise RuntimeError(f"server {index} exited:\n{self.log(index)[-5000:]}")
                 await asyncio.sleep(0.05)

@@ -37,6 +37,8 @@ from atasks.transport.base import Reply, Request
 log = logging.getLogger("atasks.amqp")
 
 CANCEL_TIMEOUT = 5.0
+REFUSALS = 4  # a request the broker refuses this many times in a row fails
+REFUSED_WAIT = 0.1  # seconds before publishing a refused request again, times the refusals
 NOT_NOTIFIED = ("expired",)  # its caller has already timed out
 Replies = Literal["durable", "direct"]
 REPLIES: tuple[Replies, ...] = ("durable", "direct")
@@ -137,6 +139,7 @@ class Caller:
         self._pending[request.call_id] = future
         if on_progress is not None:
             self._listeners[request.call_id] = on_progress
+        refusals = 0
         try:
             while True:
                 try:
@@ -153,9 +156,14 @@ class Caller:
                         f"{self.topology.namespace!r}: start a server that registers it"
                     ) from None
                 except aiormq.exceptions.DeliveryError as exc:
-                    raise TransportError(
-                        f"the broker refused the request: {describe(exc)}"
-                    ) from exc
+                    # A quorum queue refuses messages for a moment while it is being declared;
+                    # a full one goes on refusing them.
+                    refusals += 1
+                    if refusals >= REFUSALS:
+                        raise TransportError(
+                            f"the broker refused the request {refusals} times: {describe(exc)}"
+                        ) from exc
+                    await asyncio.sleep(REFUSED_WAIT * refusals)
                 except CONNECTION_ERRORS as exc:
                     if not self.durable:
                         raise TransportError(

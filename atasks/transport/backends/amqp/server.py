@@ -73,6 +73,8 @@ class Server:
         self._requeueing: dict[str, asyncio.Event] = {}
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
         self._kept: dict[str, Kept] = {}
+        self._sending_kept = False
+        self._send_kept_again = False
         self._control_consumer: str | None = None
         self._event_batch: list[Event] = []
         self._event_flush: asyncio.TimerHandle | None = None
@@ -354,22 +356,32 @@ class Server:
             del self._kept[oldest.reply.call_id]
 
     async def _send_kept(self) -> None:
-        channels = self.link.channels
-        if channels is None:
+        """Send every kept reply not sent yet, once each: one pass at a time, and another pass
+        if more were kept meanwhile."""
+        if self._sending_kept:
+            self._send_kept_again = True
             return
-        for kept in list(self._kept.values()):
-            if kept.sent:
-                continue
-            try:
-                await channels.serve_raw.basic_publish(
-                    kept.reply.body,
-                    routing_key=kept.reply_to,
-                    properties=wire.reply_properties(kept.reply),
-                )
-                kept.sent = True
-            except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError) as exc:
-                log.debug("could not send kept reply %s yet: %s", kept.reply.call_id, describe(exc))
-                return
+        self._sending_kept = True
+        try:
+            self._send_kept_again = True
+            while self._send_kept_again:
+                self._send_kept_again = False
+                channels = self.link.channels
+                if channels is None:
+                    return
+                for kept in [kept for kept in self._kept.values() if not kept.sent]:
+                    try:
+                        await channels.serve_raw.basic_publish(
+                            kept.reply.body,
+                            routing_key=kept.reply_to,
+                            properties=wire.reply_properties(kept.reply),
+                        )
+                    except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError) as exc:
+                        log.debug("could not send kept replies yet: %s", describe(exc))
+                        return  # the next connection tries again
+                    kept.sent = True
+        finally:
+            self._sending_kept = False
 
     async def _reply_and_ack(self, message: Delivery, reply: Reply) -> None:
         assert message.reply_to is not None

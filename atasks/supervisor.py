@@ -1,9 +1,10 @@
 """Run N server processes, restart any that dies, and stop them all on SIGINT/SIGTERM.
 
-A worker that dies after it started serving is restarted (with back-off if it keeps dying
-young). Workers that die before they ever serve — a module that fails to import, a wrong
-password — are not: after ``workers`` such failures in a row the supervisor gives up and exits
-non-zero with the last worker's error, as it does when stopped after such a failure.
+A worker that dies after it started serving, or is killed by a signal, is restarted (with
+back-off if it keeps dying young). Workers that exit with an error before they ever serve — a
+module that fails to import, a wrong password — are not: after ``workers`` such failures in a
+row the supervisor gives up and exits non-zero with the last worker's error, as it does when
+stopped after such a failure.
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ async def _keep_running(slot: int, argv: list[str], pool: Pool) -> None:
             log.info("worker %d (pid %d) stopped", slot, process.pid)
             return
         await relay
-        if await served:
+        # Killed by a signal (a poison request, the OOM killer…) is no start-up failure, even
+        # before the worker could say it serves: only exiting with an error is.
+        if await served or (process.returncode or 0) < 0:
             log.error(
                 "worker %d (pid %d) died with exit code %s; restarting",
                 slot,

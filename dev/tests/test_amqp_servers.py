@@ -8,17 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import aio_pika
 import pytest
 import workload
-from rabbitnode import RabbitNode
 from servers import REPO, Servers, delete_queues, wait_until_served
 
 import atasks
-from atasks.errors import DeliveryLimitExceeded, TransportError
+from atasks.errors import DeliveryLimitExceeded
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -143,29 +141,6 @@ async def test_nested_fan_out_does_not_deadlock_at_concurrency_4(
     # 16 levels: two children each for the top 9, then one: 2**10 - 1 + 2**9 * 6 = 4095 calls
     calls = await asyncio.wait_for(workload.fanout(15, 9), 100)
     assert calls == 2**10 - 1 + 2**9 * 6
-
-
-async def test_broker_restart_mid_run(
-    rabbit_factory: Callable[[Path], RabbitNode], tmp_path: Path
-) -> None:
-    with rabbit_factory(tmp_path / "rabbit") as node:
-        servers = Servers(node.url, tmp_path)
-        try:
-            servers.start()
-            await atasks.setup("amqp", url=node.url)
-            await wait_until_served(workload.ready)
-            in_flight = [asyncio.ensure_future(workload.slow_pid(1.0)) for _ in range(5)]
-            await asyncio.sleep(0.3)
-            await asyncio.to_thread(node.restart)
-            outcomes = await asyncio.wait_for(
-                asyncio.gather(*in_flight, return_exceptions=True), 60
-            )
-            for outcome in outcomes:  # each completed, or failed clearly
-                assert isinstance(outcome, int | TransportError), outcome
-            result = await wait_until_served(workload.ready, within=60)  # reconnected
-            assert isinstance(result, int)
-        finally:
-            servers.stop_all()
 
 
 async def test_atasks_run_server_and_client_end_to_end(

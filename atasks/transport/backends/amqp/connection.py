@@ -77,6 +77,7 @@ class Link:
             raise ValueError("no broker URL")
         self.configured_max_message_size = max_message_size
         self.broker_version = ""
+        self.lost_because: BaseException | None = None  # why the last connection ended
         self.urls = urls
         self.url = urls[0]  # the one connected to, or tried last
         self.connect_timeout = connect_timeout
@@ -187,6 +188,7 @@ class Link:
         for channel in (calls, serve):
             channel.close_callbacks.add(self._on_channel_closed)
         self.state = State.CONNECTED
+        self.lost_because = None
         self._ready.set()
         self._changed.set()
         self._changed = asyncio.Event()
@@ -227,6 +229,8 @@ class Link:
     def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
         if self.state is not State.CONNECTED:
             return
+        if self.lost_because is None:  # not closed by us over a channel the broker closed
+            self.lost_because = exc
         log.warning("lost the broker connection (%s); reconnecting", describe(exc) or "closed")
         self._next_url()
         self.state = State.RECONNECTING
@@ -241,6 +245,7 @@ class Link:
         # over with a new connection rather than go on half-working.
         channels = self.channels
         if self.state is State.CONNECTED and channels is not None:
+            self.lost_because = exc
             log.warning("the broker closed a channel (%s); reconnecting", describe(exc))
             task = asyncio.get_running_loop().create_task(_quietly_close(channels.connection))
             self._closers.add(task)
@@ -292,7 +297,7 @@ def describe(exc: BaseException | None, url: str | None = None) -> str:
         return "connection refused (is the broker running on that port?)"
     if isinstance(exc, TimeoutError):
         return "timed out"
-    if "delivery acknowledgement" in text and "timed out" in text:
+    if is_consumer_timeout(exc):
         return (
             "the broker's consumer timeout: a call was held longer than it allows; give "
             "AMQPTransport(consumer_timeout=...) or --consumer-timeout the broker's value"
@@ -306,6 +311,12 @@ def describe(exc: BaseException | None, url: str | None = None) -> str:
     if not text or text == "None":
         return type(exc).__name__
     return text.splitlines()[0]
+
+
+def is_consumer_timeout(exc: BaseException | None) -> bool:
+    """Whether the broker closed a channel for a delivery held past its consumer timeout."""
+    text = str(exc)
+    return "delivery acknowledgement" in text and "timed out" in text
 
 
 def safe_url(url: str) -> str:

@@ -138,6 +138,20 @@ class Leases:
             )
         return answer is not None
 
+    def learn_timeout(self, held: float) -> None:
+        """The broker's consumer timeout closed a channel on a delivery held ``held`` seconds:
+        its timeout is shorter than this server was told. Lease sooner from now on."""
+        term = held / 3
+        if 0 < term < self.term:
+            log.warning(
+                "the broker's consumer timeout is about %.0fs, shorter than this server was told "
+                "(%.0fs): leasing calls after %.0fs from now on; set --consumer-timeout",
+                held,
+                self.term * 2,
+                term,
+            )
+            self.term = term
+
     def answers(self, headers: Mapping[str, Any]) -> bool:
         """Whether this server holds the lease a query asks about."""
         return (

@@ -19,7 +19,13 @@ from pamqp.commands import Basic
 from atasks.errors import EncodeError, TransportError
 from atasks.events import SERVER_ID, Event, Progress, encode_batch
 from atasks.transport.backends.amqp import wire
-from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Channels, Link, describe
+from atasks.transport.backends.amqp.connection import (
+    CONNECTION_ERRORS,
+    Channels,
+    Link,
+    describe,
+    is_consumer_timeout,
+)
 from atasks.transport.backends.amqp.intake import Intake
 from atasks.transport.backends.amqp.lease import LEASE, Ask, Leases
 from atasks.transport.backends.amqp.topology import Topology, declare_all
@@ -69,6 +75,7 @@ class Server:
         self._rebalance_again = False
         self._poked = False
         self._running: dict[str, asyncio.Task[Any]] = {}
+        self._held: dict[int, Delivery] = {}  # every delivery being served, settled or not
         self._cancelled: dict[str, float] = {}
         self._requeueing: dict[str, asyncio.Event] = {}
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
@@ -98,6 +105,10 @@ class Server:
         self._control_consumer = None
         for intake in self._intakes.values():
             intake.reset()
+        if is_consumer_timeout(self.link.lost_because):
+            now = time.monotonic()
+            held = [now - d.received for d in self._held.values() if not d.settled]
+            self._leases.learn_timeout(max(held, default=0.0))
 
     async def _consume_control(self, channels: Channels) -> None:
         queue = await channels.calls.declare_queue(exclusive=True, auto_delete=True)
@@ -203,9 +214,11 @@ class Server:
             task = asyncio.get_running_loop().create_task(self._serve(intake, message))
             key = message.correlation_id or f"?{id(task)}"
             self._running[key] = task
+            self._held[id(message)] = message
 
             def forget(done: asyncio.Task[None]) -> None:
                 _handled(intake, message)
+                del self._held[id(message)]
                 if self._running.get(key) is done:  # a requeued copy may have taken the key
                     del self._running[key]
 
@@ -628,6 +641,7 @@ class Delivery:
         "consumer_tag",
         "counted",
         "properties",
+        "received",
         "redelivered",
         "settled",
         "tag",
@@ -642,6 +656,7 @@ class Delivery:
         self.redelivered = bool(delivered.redelivered)
         self.settled = False  # settling twice would make the broker close the channel
         self.counted = False  # in its consumer's live deliveries
+        self.received = time.monotonic()
 
     @property
     def correlation_id(self) -> str | None:

@@ -87,3 +87,22 @@ def test_repr_never_fails_and_hides_the_password() -> None:
     assert "secret" not in repr(transport)
     with pytest.raises(ConfigurationError, match="queue_type"):
         AMQPTransport(namespace=None, queue_type="stream")  # type: ignore[arg-type]
+
+
+@atask(name="direct.progress", namespace="direct")
+async def reports() -> int:
+    await atasks.progress(1, 2)
+    await atasks.progress(2, 2)
+    return 2
+
+
+async def test_direct_replies_still_work(rabbit: RabbitNode, amqp_url: str) -> None:
+    """replies="direct": RabbitMQ's direct reply-to (rebuilt in 4.2) carries replies, errors
+    and progress; no reply queue of the caller's own is declared."""
+    await atasks.setup("amqp", url=amqp_url, namespace="direct", serve=True, replies="direct")
+    seen: list[float] = []
+    async with atasks.observe_progress(lambda p: seen.append(p.done)):
+        assert await reports() == 2
+    assert seen == [1, 2]
+    listing = await asyncio.to_thread(rabbit.ctl, "list_queues", "name", "-q")
+    assert not [name for name in listing.split() if name.startswith("atasks-replies.direct.")]

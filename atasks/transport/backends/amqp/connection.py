@@ -77,6 +77,8 @@ class Link:
             raise ValueError("no broker URL")
         self.configured_max_message_size = max_message_size
         self.broker_version = ""
+        self._max_message_size = 0
+        self._learn_version("")
         self.lost_because: BaseException | None = None  # why the last connection ended
         self.urls = urls
         self.url = urls[0]  # the one connected to, or tried last
@@ -109,10 +111,15 @@ class Link:
     def max_message_size(self) -> int:
         """The largest message the broker takes: as configured, else its version's default
         (RabbitMQ 4.x: 16 MiB; 3.x: 128 MiB)."""
+        return self._max_message_size
+
+    def _learn_version(self, version: str) -> None:
+        self.broker_version = version
         if self.configured_max_message_size is not None:
-            return self.configured_max_message_size
-        major = self.broker_version.split(".", 1)[0]
-        return 128 * MIB if major.isdigit() and int(major) < 4 else 16 * MIB
+            self._max_message_size = self.configured_max_message_size
+        else:
+            major = version.split(".", 1)[0]
+            self._max_message_size = 128 * MIB if major.isdigit() and int(major) < 4 else 16 * MIB
 
     async def open(self) -> None:
         """Connect, once: concurrent callers share the attempt; later calls return at once."""
@@ -162,7 +169,7 @@ class Link:
         try:
             if connection.transport is not None:
                 properties = connection.transport.connection.server_properties
-                self.broker_version = str(properties.get("version") or "")
+                self._learn_version(str(properties.get("version") or ""))
             calls = await connection.channel(publisher_confirms=True, on_return_raises=True)
             serve = await connection.channel(publisher_confirms=True)
             events_raw = None

@@ -13,10 +13,9 @@ it, silence (the holder died) runs it again — at least once, as for any delive
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from pamqp.commands import Basic
@@ -56,21 +55,10 @@ class Leases:
         self._calls: dict[str, float] = {}  # call id → when it ended (0: still running)
         self._renewing: set[asyncio.Task[None]] = set()
 
-    @contextlib.contextmanager
-    def holding(self, name: str, message: Held) -> Iterator[None]:
-        """While the body runs, lease ``message``'s call once it has been held half the
-        consumer timeout."""
-        call_id = message.properties.correlation_id or ""
-        timer = asyncio.get_running_loop().call_later(
-            self.term, lambda: self._start(name, call_id, message)
-        )
-        try:
-            yield
-        finally:
-            timer.cancel()
-            if call_id in self._calls:
-                self._calls[call_id] = time.monotonic()  # done: say so until leases run out
-            self._forget_old()
+    def holding(self, name: str, message: Held) -> Holding:
+        """``with leases.holding(name, message):`` — while the body runs, lease the call once
+        its delivery has been held half the consumer timeout."""
+        return Holding(self, name, message)
 
     def _start(self, name: str, call_id: str, message: Held) -> None:
         if message.settled:
@@ -159,6 +147,11 @@ class Leases:
             and str(headers.get(wire.H_LEASE_CALL, "")) in self._calls
         )
 
+    def ended(self, call_id: str) -> None:
+        if call_id in self._calls:
+            self._calls[call_id] = time.monotonic()  # done: say so until its leases run out
+            self._forget_old()
+
     def _forget_old(self) -> None:
         expired = time.monotonic() - 3 * self.term  # past the last lease's return
         for call_id, ended in list(self._calls.items()):
@@ -168,3 +161,25 @@ class Leases:
     def stop(self) -> None:
         for task in list(self._renewing):
             task.cancel()
+
+
+class Holding:
+    """The lease timer of one delivery being held (a plain class: this is on every call)."""
+
+    __slots__ = ("call_id", "leases", "message", "name", "timer")
+
+    def __init__(self, leases: Leases, name: str, message: Held) -> None:
+        self.leases, self.name, self.message = leases, name, message
+        self.call_id = message.properties.correlation_id or ""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(self.leases.term, self._due)
+
+    def _due(self) -> None:
+        self.leases._start(self.name, self.call_id, self.message)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.leases.ended(self.call_id)

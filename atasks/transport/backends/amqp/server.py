@@ -251,8 +251,7 @@ class Server:
             ):  # an expired lease of a call its holder still runs, or has run
                 await message.ack()
                 return
-            with self._leases.holding(name, message):
-                known = await self._known_outcome(call_id)
+            known = await self._known_outcome(name, message)
             if known is not None:  # run here already, its first delivery lost with a connection
                 await self._reply_and_ack(message, known)
                 return
@@ -317,8 +316,9 @@ class Server:
             request.report = self._progress_sink(message.reply_to)
         return request
 
-    async def _known_outcome(self, call_id: str) -> Reply | None:
+    async def _known_outcome(self, name: str, message: Delivery) -> Reply | None:
         """The reply of a call this server ran, or is running, for an earlier delivery."""
+        call_id = message.correlation_id or ""
         kept = self._kept.get(call_id)
         if kept is not None:
             return kept.reply
@@ -326,7 +326,8 @@ class Server:
         if inflight is None:
             return None
         try:
-            return await asyncio.shield(inflight)
+            with self._leases.holding(name, message):  # this delivery is held meanwhile
+                return await asyncio.shield(inflight)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

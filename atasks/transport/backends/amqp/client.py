@@ -63,7 +63,9 @@ class Caller:
             )
         self.link = link
         self.topology = topology
-        self.persistent = persistent
+        # Quorum queues keep every message on disk whatever its delivery mode, and 3.10 is
+        # slower with persistent ones (measured: p50 1.24x the baseline's, 1.03x without).
+        self.persistent = persistent and topology.queue_type == "classic"
         self.durable = replies == "durable"
         client = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
         self.reply_to = topology.reply_queue(client) if self.durable else DIRECT_REPLY_TO

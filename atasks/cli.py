@@ -38,7 +38,7 @@ grace, max_message_size, consumer_timeout, queue_type, events) that it names, al
 takes **options, and every -o option, which wins over a command option of the same name.
 
 Every option can also come from its ATASKS_* variable, named in its help; an option given here
-wins. `atasks settings` lists them all. ATASKS_SECRET signs pickle.
+wins. `atasks settings` lists them all. ATASKS_SECRET signs pickle and auth contexts.
 """
 
 

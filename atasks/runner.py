@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from atasks import logging as call_logging
 from atasks import settings
 from atasks.errors import ATasksError
 from atasks.lifecycle import close, make_codec, make_transport
@@ -178,14 +179,19 @@ def parse_option(item: str) -> tuple[str, Any]:
 
 
 def configure_logging(verbose: int, quiet: bool, *, server: bool) -> None:
-    """Servers say what they do; clients speak only of trouble unless -v."""
+    """Servers say what they do; clients speak only of trouble unless -v. With -v, each line
+    logged inside an atask names it, its call, parent call and trace (``atasks.logging``)."""
     if quiet:
         level = logging.WARNING
     elif verbose > 1:
         level = logging.DEBUG
     else:
         level = logging.INFO if verbose or server else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose and not quiet:
+        logging.basicConfig(level=level, format=call_logging.FORMAT)
+        call_logging.install()
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("atasks").setLevel(level)
     if verbose < 2:  # atasks says what matters (lost connection, reconnected) in one line
         logging.getLogger("aiormq").setLevel(logging.CRITICAL)

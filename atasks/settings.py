@@ -146,8 +146,8 @@ SETTINGS: tuple[Setting, ...] = (
         "any text",
         _secret,
         (SETUP, PROCESS),
-        "The namespace key: signs pickle (HMAC-SHA256). Same everywhere.",
-        "none (unsigned pickle)",
+        "The namespace key: signs pickle (HMAC-SHA256) and auth contexts. Same everywhere.",
+        "none (unsigned pickle, no auth)",
     ),
     Setting(
         "serve",
@@ -287,6 +287,25 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         (AMQP, RUN),
         "Servers publish lifecycle events (see `atasks events`).",
+    ),
+    Setting(
+        "auth_ttl",
+        "ATASKS_AUTH_TTL",
+        300.0,
+        "seconds, over 0",
+        _seconds(0, above=True),
+        (PROCESS,),
+        "Default lifetime of `atasks.auth(claims)` contexts.",
+    ),
+    Setting(
+        "tracing",
+        "ATASKS_TRACING",
+        "auto",
+        "`auto`, `off`",
+        _choice("auto", "off"),
+        (PROCESS,),
+        "`auto`: OpenTelemetry spans when a tracer provider is configured; `off`: never "
+        "(unless `atasks.tracing.instrument()`).",
     ),
 )
 

@@ -42,6 +42,8 @@ BAD = {
     "consumer_timeout": "0.5",
     "persistent": "2",
     "events": "sure",
+    "auth_ttl": "-3",
+    "tracing": "on",
 }
 
 

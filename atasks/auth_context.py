@@ -173,7 +173,7 @@ def stamp(request: Request, codec: Codec) -> None:
             f"{SECRET_ENV} (the same on every client and server) or sign the namespace's "
             "pickle with PickleCodec(key=...)"
         )
-    request.headers[HEADER] = sign(context.token, key, request)
+    request.headers = {**request.headers, HEADER: sign(context.token, key, request)}
 
 
 def sign(token: str, key: bytes, request: Request) -> str:

@@ -69,7 +69,9 @@ class Tracing:
 
     def inject(self, span: Span, request: Request) -> None:
         """Write ``span``'s context into the request's headers (``traceparent``…)."""
-        propagate.inject(request.headers, context=trace.set_span_in_context(span))
+        headers = dict(request.headers)
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        request.headers = headers
 
     def server(self, transport: Transport | None, namespace: str, request: Request) -> Served:
         """Start the server's span of a call, a child of the caller's span if the request

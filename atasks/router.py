@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from atasks.tasks import ATask
 
 log = logging.getLogger("atasks.router")
+_OTEL, _modules = _tracing.OTEL_MODULE, sys.modules  # read on every call: tracing set up yet?
 _unsigned_pickle_warned = False  # the warning about unsigned pickle on a broker: once a process
 
 DEFAULT_CONCURRENCY = 64
@@ -135,7 +136,7 @@ class Router:
         parent_id = scope.call_id if scope is not None else None
         # Context that travels, each costing nothing when unused: traces, auth, variables.
         tracing = _tracing.active
-        if tracing is None and _tracing.OTEL_MODULE in sys.modules:
+        if tracing is None and _OTEL in _modules:
             tracing = _tracing.detect()
         span = (
             tracing.client(transport, self.namespace, atask.name, call_id, parent_id)
@@ -359,7 +360,7 @@ class Router:
         events = serving if serving is not None and serving.events_enabled else None
         received = time.monotonic()
         tracing = _tracing.active
-        if tracing is None and _tracing.OTEL_MODULE in sys.modules:
+        if tracing is None and _OTEL in _modules:
             tracing = _tracing.detect()
         served = tracing.server(serving, self.namespace, request) if tracing is not None else None
         try:
@@ -562,13 +563,17 @@ def _split_arguments(
             "a request must carry [args, kwargs, atask name, call id] and maybe {name: value} "
             f"of context variables, not {_shape(payload)}"
         )
-    args, kwargs, name, call_id = payload[:4]
+    if len(payload) == 4:
+        args, kwargs, name, call_id = payload
+        values = None
+    else:
+        args, kwargs, name, call_id, values = payload
     if name != request.name or call_id != request.call_id:
         raise DecodeError(
             f"refused: the payload was made for atask {name!r} call {call_id!r} but arrived "
             f"as atask {request.name!r} call {request.call_id!r} (replayed or misrouted)"
         )
-    return list(args), kwargs, payload[4] if len(payload) == 5 else None
+    return list(args), kwargs, values
 
 
 def _is_values(values: Any) -> bool:

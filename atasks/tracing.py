@@ -14,6 +14,7 @@ nothing of it, and a call costs what it costs without tracing.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -28,16 +29,29 @@ active: Tracing | None = None
 
 _explicit = False
 _auto_off: bool | None = None  # ATASKS_TRACING=off, read once
+_provider_from_env: bool | None = None  # OpenTelemetry will make its provider, read once
+_UNKNOWN = object()
+PROVIDER_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
 
 
 def detect() -> Tracing | None:
     """Tracing, if OpenTelemetry has a tracer provider configured by now (automatic mode).
 
-    The router calls this only while ``active`` is ``None`` and OpenTelemetry is imported.
+    The router calls this only while ``active`` is ``None`` and OpenTelemetry is imported,
+    that is on every call of a process that imports OpenTelemetry without configuring it: the
+    negative answer must be cheap (``get_tracer_provider()`` reads ``os.environ`` each time).
     """
-    global active, _auto_off
-    if _explicit or OTEL_MODULE not in sys.modules:
+    global active, _auto_off, _provider_from_env
+    if _explicit:
         return active
+    module = sys.modules.get(OTEL_MODULE)
+    if module is None:
+        return None
+    if getattr(module, "_TRACER_PROVIDER", _UNKNOWN) is None:  # not set yet, by code…
+        if _provider_from_env is None:
+            _provider_from_env = PROVIDER_ENV in os.environ
+        if not _provider_from_env:  # …nor to be made from the environment on first use
+            return None
     if _auto_off is None:
         from atasks.settings import value
 

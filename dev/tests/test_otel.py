@@ -247,6 +247,28 @@ print(sorted(span.name for span in exporter.get_finished_spans()))
 """
 
 
+FROM_ENVIRONMENT = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+asyncio.run(main())  # OpenTelemetry makes its provider from the environment on first use
+print(atasks.tracing.active is not None)
+exporter = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))
+asyncio.run(main())
+print(sorted(span.name for span in exporter.get_finished_spans()))
+"""
+
+
+def test_a_tracer_provider_named_in_the_environment_turns_tracing_on() -> None:
+    output = python(
+        "import opentelemetry.trace\n" + CALL + FROM_ENVIRONMENT,
+        env={"OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"},
+    )
+    assert output.splitlines() == ["True", "['call __main__.double', 'process __main__.double']"]
+
+
 def test_a_global_tracer_provider_turns_tracing_on_unless_atasks_tracing_is_off() -> None:
     assert python(CALL + AUTOMATIC) == "['call __main__.double', 'process __main__.double']"
     assert python(CALL + AUTOMATIC, env={"ATASKS_TRACING": "off"}) == "[]"

@@ -500,7 +500,11 @@ class Router:
         # What the caller's context carried, in force while the atask runs (and so in the calls
         # it makes); undone after, for transports that serve in a context of their own.
         restoring = apply(values) if values else None
-        auth_token = auth_var.set(verified) if verified is not None else None
+        # Only what the request carries: a server's own context (over AMQP, copied from
+        # whoever opened the connection) must never lend its auth to a call.
+        auth_token = (
+            auth_var.set(verified) if verified is not None or auth_var.get() is not None else None
+        )
         try:
             if slots is not None:
                 if request.slot_taken:

@@ -247,6 +247,21 @@ async def test_the_pickle_key_signs_auth_when_there_is_no_secret() -> None:
         assert await whoami() == BOB
 
 
+async def test_a_server_never_lends_its_own_auth_context_to_a_call(
+    request: pytest.FixtureRequest, transport_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over AMQP a served call runs in a context copied from whoever connected: connecting
+    inside `auth()` must not make every call without a snapshot run as that user."""
+    monkeypatch.setenv("ATASKS_SECRET", KEY)
+    url = request.getfixturevalue("amqp_url") if transport_kind == "amqp" else None
+    async with atasks.auth(ANN):
+        await atasks.setup(transport_kind, url=url, serve=True)
+    assert await whoami() is None
+    assert await whoami_nested() == [None, None]
+    async with atasks.auth(BOB):
+        assert await whoami_nested() == [BOB, BOB]
+
+
 def test_claims_must_be_small_json() -> None:
     with pytest.raises(TypeError, match="must be JSON"):
         make_context({"when": object()})

@@ -319,11 +319,11 @@ def setting(name: str) -> Setting:
 
 
 def from_env(name: str, environ: Mapping[str, str] | None = None) -> Any:
-    """The value of ``name``'s variable, parsed, or ``None`` when it is unset (or empty, for a
-    setting whose default is none); ``ConfigurationError`` naming the variable if it is bad."""
+    """The value of ``name``'s variable, parsed, or ``None`` when it is unset or empty;
+    ``ConfigurationError`` naming the variable if it is bad."""
     found = setting(name)
     text = (os.environ if environ is None else environ).get(found.env)
-    if text is None or (not text.strip() and found.default is None):
+    if text is None or not text.strip():
         return None
     try:
         return found.parse(text)

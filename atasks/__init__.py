@@ -1,13 +1,22 @@
 """atasks: await a coroutine on any process or host, through RabbitMQ or in-process.
 
 Layers, each knowing only the one below: atask (tasks) → router → codec → transport.
+Context that travels with calls: ``propagation`` (context variables), ``auth_context`` (signed
+claims), ``tracing`` (OpenTelemetry, imported only when in use); ``logging`` tells records
+which call they belong to; ``settings`` is every ``ATASKS_*`` variable.
 """
 
+from atasks import logging as logging
+from atasks import settings as settings
+from atasks import tracing as tracing
+from atasks.auth_context import auth, current_auth
 from atasks.blocking import close_blocking, run_sync, setup_blocking
 from atasks.calls import current_call_id, current_deadline, deadline
 from atasks.codecs import Codec, JSONCodec, PickleCodec
 from atasks.errors import (
     ATasksError,
+    AuthError,
+    AuthUnavailable,
     CodecError,
     ConfigurationError,
     DecodeError,
@@ -24,6 +33,7 @@ from atasks.errors import (
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
 from atasks.lifecycle import close, setup
 from atasks.namespaces import get_codec, get_transport, reset
+from atasks.propagation import propagate, unpropagate
 from atasks.router import Router, get_router
 from atasks.tasks import ATask, atask
 from atasks.transport.base import LoopbackTransport, Transport
@@ -32,6 +42,8 @@ from atasks.transport.classic import ClassicAdapter
 __all__ = [
     "ATask",
     "ATasksError",
+    "AuthError",
+    "AuthUnavailable",
     "ClassicAdapter",
     "Codec",
     "CodecError",
@@ -54,8 +66,10 @@ __all__ = [
     "Transport",
     "TransportError",
     "atask",
+    "auth",
     "close",
     "close_blocking",
+    "current_auth",
     "current_call_id",
     "current_deadline",
     "deadline",
@@ -65,8 +79,10 @@ __all__ = [
     "get_transport",
     "observe_progress",
     "progress",
+    "propagate",
     "reset",
     "run_sync",
     "setup",
     "setup_blocking",
+    "unpropagate",
 ]

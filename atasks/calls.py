@@ -6,10 +6,10 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ class CallScope:
     name: str
     deadline: float | None
     slots: Slots | None = None
+    parent_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # the request's: traceparent…
     report: ProgressSink | None = None
     owner: asyncio.Task[Any] | None = None  # the task that runs the atask's own code
     holds_slot: bool = False

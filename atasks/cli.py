@@ -6,14 +6,15 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from atasks import runner
+from atasks import runner, settings
+from atasks.errors import ConfigurationError
 from atasks.namespaces import DEFAULT
-from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.runner import (
-    MODES,
     RunFailure,
     RunOptions,
     RunUsageError,
@@ -23,6 +24,7 @@ from atasks.runner import (
 )
 
 log = logging.getLogger("atasks.cli")
+F = TypeVar("F", bound=Callable[..., Any])
 
 HELP_RUN = """Import FILE_OR_MODULE... and run them.
 
@@ -32,13 +34,11 @@ client    run each module's `async def aiomain(**options)`, sending atasks to se
 loopback  serve and call in this one process (the default; needs no broker)
 
 aiomain receives this command's options (mode, transport, url, codec, concurrency, workers,
-grace, max_message_size, events) that it names, all of them if it takes **options, and every
--o option, which wins over a command option of the same name.
+grace, max_message_size, consumer_timeout, queue_type, events) that it names, all of them if it
+takes **options, and every -o option, which wins over a command option of the same name.
 
-Every option can also come from the environment: ATASKS_MODE, ATASKS_TRANSPORT, ATASKS_URL,
-ATASKS_CODEC, ATASKS_CONCURRENCY, ATASKS_WORKERS, ATASKS_GRACE, ATASKS_MAX_MESSAGE_SIZE,
-ATASKS_QUEUE_TYPE, ATASKS_CONSUMER_TIMEOUT;
-ATASKS_SECRET signs pickle.
+Every option can also come from its ATASKS_* variable, named in its help; an option given here
+wins. `atasks settings` lists them all. ATASKS_SECRET signs pickle and auth contexts.
 """
 
 
@@ -46,6 +46,50 @@ class Failure(click.ClickException):
     """A one-line error for the user; the traceback only with -v."""
 
     exit_code = 1
+
+
+if TYPE_CHECKING:  # generic from click 8.2 on
+    _ParamType = click.ParamType[Any]
+else:
+    _ParamType = click.ParamType
+
+
+class SettingType(_ParamType):
+    """A command-line value checked as its ``ATASKS_*`` variable is (``atasks.settings``)."""
+
+    def __init__(self, name: str) -> None:
+        self.setting = settings.setting(name)
+        self.name = name
+        values = self.setting.values
+        self.choices = values.replace("`", "").split(", ") if values.startswith("`") else None
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        if self.choices:
+            return "[" + "|".join(self.choices) + "]"
+        return self.name.upper()
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.setting.parse(value)
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+
+
+def setting_option(name: str, *decls: str, metavar: str | None = None) -> Callable[[F], F]:
+    """``--<name>``, checked, documented and defaulted from the same ``Setting`` as its
+    variable; ``None`` when not given (``runner.options_from`` reads the variable)."""
+    found = settings.setting(name)
+    default = found.default_text().replace("`", "")
+    return click.option(
+        "--" + name.replace("_", "-"),
+        *decls,
+        type=SettingType(name),
+        default=None,
+        metavar=metavar,
+        help=f"{found.help.replace('`', '')} [{found.env}; default: {default}]",
+    )
 
 
 @click.group()
@@ -56,30 +100,10 @@ def main() -> None:
 
 @main.command(help=HELP_RUN)
 @click.argument("targets", metavar="FILE_OR_MODULE...", nargs=-1, required=True)
-@click.option(
-    "--mode",
-    type=click.Choice(MODES),
-    default="loopback",
-    envvar="ATASKS_MODE",
-    show_default=True,
-    help="What this process does.",
-)
-@click.option(
-    "--transport",
-    "transport_kind",
-    type=click.Choice(["loopback", "amqp"]),
-    envvar="ATASKS_TRANSPORT",
-    help="How calls travel. Default: loopback in loopback mode, amqp otherwise.",
-)
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL for --transport amqp.")
-@click.option(
-    "--codec",
-    type=click.Choice(["pickle", "json"]),
-    default="pickle",
-    envvar="ATASKS_CODEC",
-    show_default=True,
-    help="How values are encoded.",
-)
+@setting_option("mode")
+@setting_option("transport", "transport_kind")
+@setting_option("url", metavar="URL[,URL...]")
+@setting_option("codec")
 @click.option(
     "-o",
     "--option",
@@ -88,101 +112,60 @@ def main() -> None:
     metavar="KEY=VALUE",
     help="Passed to aiomain(); values are Python literals or strings.",
 )
+@setting_option("concurrency", metavar="N")
+@setting_option("workers", metavar="N")
+@setting_option("grace", metavar="SECONDS")
+@setting_option("max_message_size", metavar="BYTES")
+@setting_option("consumer_timeout", metavar="SECONDS")
+@setting_option("queue_type")
 @click.option(
-    "--concurrency",
-    type=click.IntRange(min=1, max=65_535),
-    default=DEFAULT_CONCURRENCY,
-    envvar="ATASKS_CONCURRENCY",
-    show_default=True,
-    help="Atasks one server process runs at once (those awaiting others don't count).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    envvar="ATASKS_WORKERS",
-    show_default=True,
-    help="Server processes, restarted when they die (server mode).",
-)
-@click.option(
-    "--grace",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_GRACE,
-    envvar="ATASKS_GRACE",
-    show_default=True,
-    help="Seconds a stopping server lets calls in progress finish.",
-)
-@click.option(
-    "--max-message-size",
-    type=click.IntRange(min=1),
+    "--events/--no-events",
     default=None,
-    envvar="ATASKS_MAX_MESSAGE_SIZE",
-    metavar="BYTES",
-    help="Largest request or reply (default: RabbitMQ's own, 16 MiB on 4.x, 128 MiB on 3.x).",
-)
-@click.option(
-    "--consumer-timeout",
-    type=click.FloatRange(min=1),
-    default=None,
-    envvar="ATASKS_CONSUMER_TIMEOUT",
-    metavar="SECONDS",
-    help="The broker's consumer_timeout (RabbitMQ's default: 1800); calls running longer than "
-    "half of it are leased, not held.",
-)
-@click.option(
-    "--queue-type",
-    type=click.Choice(["quorum", "classic"]),
-    default="quorum",
-    envvar="ATASKS_QUEUE_TYPE",
-    show_default=True,
-    help="RabbitMQ request queues: quorum (replicated, broker-counted deliveries) or classic.",
-)
-@click.option(
-    "--events",
-    is_flag=True,
-    envvar="ATASKS_EVENTS",
-    help="Servers publish lifecycle events (see `atasks events`).",
+    help="Servers publish lifecycle events (see `atasks events`). [ATASKS_EVENTS; default: off]",
 )
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def run(
     targets: tuple[str, ...],
-    mode: str,
+    mode: str | None,
     transport_kind: str | None,
     url: str | None,
-    codec: str,
+    codec: str | None,
     options: tuple[str, ...],
-    concurrency: int,
-    workers: int,
-    grace: float,
+    concurrency: int | None,
+    workers: int | None,
+    grace: float | None,
     max_message_size: int | None,
     consumer_timeout: float | None,
-    queue_type: str,
-    events: bool,
+    queue_type: str | None,
+    events: bool | None,
     verbose: int,
     quiet: bool,
 ) -> None:
-    configure_logging(verbose, quiet, server=mode == "server")
-    context = click.get_current_context()
-    if workers > 1 and mode != "server" and _from_environment(context, "workers"):
-        workers = 1  # ATASKS_WORKERS is for servers; a client or loopback run ignores it
+    given = {
+        "mode": mode,
+        "transport": transport_kind,
+        "url": url,
+        "codec": codec,
+        "concurrency": concurrency,
+        "workers": workers,
+        "grace": grace,
+        "max_message_size": max_message_size,
+        "consumer_timeout": consumer_timeout,
+        "queue_type": queue_type,
+        "events": events,
+    }
     try:
-        settings = RunOptions(
-            mode=mode,
-            transport=transport_kind,
-            url=url,
-            codec=codec,
-            concurrency=concurrency,
-            workers=workers,
-            grace=grace,
-            max_message_size=max_message_size,
-            consumer_timeout=consumer_timeout,
-            queue_type=queue_type,
-            events=events,
-            extra=dict(parse_option(item) for item in options),
-        )
+        extra = dict(parse_option(item) for item in options)
+        settings_ = runner.options_from(given, extra)
+    except RunUsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    configure_logging(verbose, quiet, server=settings_.mode == "server")
+    try:
         code = runner.run(
-            targets, settings, lambda: _worker_argv(targets, settings, options, verbose, quiet)
+            targets, settings_, lambda: _worker_argv(targets, settings_, options, verbose, quiet)
         )
     except RunUsageError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -200,8 +183,10 @@ def run(
         sys.exit(code)
 
 
-def _from_environment(context: click.Context, name: str) -> bool:
-    return context.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT
+@main.command("settings")
+def settings_command() -> None:
+    """Print every ATASKS_* variable: what it sets, its default and values (Markdown)."""
+    click.echo(settings.markdown_table())
 
 
 def _worker_argv(

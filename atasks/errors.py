@@ -12,6 +12,8 @@ ATasksError
 ├── TransportError                the message could not travel
 │   └── NotConnected
 ├── DeliveryLimitExceeded         a request crashed every server that took it
+├── AuthError                     a call's auth context is missing, forged, expired or refused
+│   └── AuthUnavailable           no key to sign or verify it with (retry once configured)
 └── RemoteError                   an atask failed with an exception that could not travel as is
 
 Every class takes a single message, so each one pickles and travels back to a caller unchanged.
@@ -72,6 +74,16 @@ class NotConnected(TransportError):
 
 class DeliveryLimitExceeded(ATasksError):
     """A request was delivered too many times: each server that took it died before replying."""
+
+
+class AuthError(ATasksError):
+    """The call's auth context is missing, forged, expired, or refused by the atask's check."""
+
+
+class AuthUnavailable(AuthError):
+    """There is no key to sign or verify auth contexts with: set ``ATASKS_SECRET`` (or the
+    namespace's ``PickleCodec(key=...)``) on every client and server. The call never ran, so it
+    can be retried once the key is configured."""
 
 
 class RemoteError(ATasksError):

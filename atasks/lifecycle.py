@@ -5,21 +5,30 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from atasks import settings
 from atasks.codecs import CODECS, Codec
 from atasks.errors import ConfigurationError
 from atasks.namespaces import DEFAULT, namespaces, reset
 from atasks.namespaces import namespace as _namespace
-from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Router, get_router
+from atasks.router import DEFAULT_GRACE, Router, get_router
 from atasks.transport.base import LoopbackTransport, Transport
 
 
 def make_transport(kind: str, *, namespace: str, **options: Any) -> Transport:
-    """A transport by name: ``loopback`` or ``amqp`` (``options`` go to ``AMQPTransport``)."""
+    """A transport by name: ``loopback`` or ``amqp``. ``options`` go to ``AMQPTransport``; those
+    not given (or ``None``) come from their ``ATASKS_*`` variables where set."""
     if kind == "loopback":
         return LoopbackTransport(namespace=namespace)
     if kind == "amqp":
         from atasks.transport.backends.amqp import AMQPTransport
 
+        for name in settings.AMQP_OPTIONS:
+            if options.get(name) is None:
+                found = settings.from_env(name)
+                if found is not None:
+                    options[name] = found
+                else:
+                    options.pop(name, None)
         return AMQPTransport(namespace=namespace, **options)
     raise ConfigurationError(f"unknown transport {kind!r}: use 'loopback' or 'amqp'")
 
@@ -38,24 +47,31 @@ def make_codec(kind: str, *, namespace: str, key: str | bytes | None = None) -> 
 
 
 async def setup(
-    transport: str | Transport = "loopback",
+    transport: str | Transport | None = None,
     *,
     url: str | None = None,
-    codec: str | Codec = "pickle",
+    codec: str | Codec | None = None,
     key: str | bytes | None = None,
     serve: bool | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     namespace: str = DEFAULT,
     **transport_options: Any,
 ) -> Router:
     """Bind a codec and a transport to ``namespace``, connect, and serve if asked.
 
-    ``serve`` defaults to ``True`` for the loopback transport (it reaches only this process) and
-    ``False`` otherwise. Returns the namespace's router.
+    Each setting not given comes from its ``ATASKS_*`` variable, else its default (see
+    ``atasks.settings``): ``transport`` ``"loopback"``, ``codec`` ``"pickle"``, ``key``
+    ``ATASKS_SECRET``, ``concurrency`` 64, and ``AMQPTransport``'s options. ``serve`` defaults to
+    ``True`` for the loopback transport (it reaches only this process) and ``False``
+    otherwise. Returns the namespace's router.
 
     All or nothing: if any step fails, the namespace keeps the codec and transport it had, and
     a transport made here is disconnected.
     """
+    transport = settings.value("transport", transport) or "loopback"
+    codec = settings.value("codec", codec)
+    concurrency = settings.value("concurrency", concurrency)
+    serve = settings.value("serve", serve)
     ns = _namespace(namespace)
     before = (ns.codec, ns.transport, list(ns.replaced))
     made: Transport | None = None

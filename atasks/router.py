@@ -12,16 +12,20 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import sys
 import time
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from atasks import errors
+from atasks import tracing as _tracing
+from atasks.auth_context import AuthContext, admit, auth_var, stamp
 from atasks.calls import CallScope, current_scope, effective_deadline, new_call_id
 from atasks.codecs.base import Codec, decode, encode
 from atasks.codecs.pickle_codec import PickleCodec
 from atasks.errors import (
+    AuthError,
     CodecError,
     DecodeError,
     EncodeError,
@@ -32,14 +36,17 @@ from atasks.errors import (
 )
 from atasks.events import Event, Progress, progress_listener
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
+from atasks.propagation import apply, capture, propagated, restore
 from atasks.slots import Slots
 from atasks.transport.base import ProgressSink, Reply, Request, Transport
 from atasks.transport.classic import ClassicAdapter, modern
 
 if TYPE_CHECKING:
+    from atasks.otel import Served
     from atasks.tasks import ATask
 
 log = logging.getLogger("atasks.router")
+_OTEL, _modules = _tracing.OTEL_MODULE, sys.modules  # read on every call: tracing set up yet?
 _unsigned_pickle_warned = False  # the warning about unsigned pickle on a broker: once a process
 
 DEFAULT_CONCURRENCY = 64
@@ -126,41 +133,70 @@ class Router:
         scope = current_scope.get()
         deadline = effective_deadline(atask.timeout)
         call_id = new_call_id()
-        body = await encode(codec, [list(args), kwargs, atask.name, call_id])
-        listener = progress_listener()
-        request = Request(
-            name=atask.name,
-            call_id=call_id,
-            content_type=codec.content_type,
-            body=body,
-            parent_id=scope.call_id if scope is not None else None,
-            deadline=deadline,
-            wants_progress=listener is not None,
+        parent_id = scope.call_id if scope is not None else None
+        # Context that travels, each costing nothing when unused: traces, auth, variables.
+        tracing = _tracing.active
+        if tracing is None and _OTEL in _modules:
+            tracing = _tracing.detect()
+        span = (
+            tracing.client(transport, self.namespace, atask.name, call_id, parent_id)
+            if tracing is not None
+            else None
         )
-        slots = scope.slots if scope is not None else None
-        direct = False
-        if slots is not None:
-            assert scope is not None
-            direct = slots.call_started(scope)
         try:
-            if deadline is None:
-                reply = await transport.send_request(request, listener)
-            else:
-                loop = asyncio.get_running_loop()
-                try:
-                    async with asyncio.timeout_at(loop.time() + deadline - time.time()):
-                        reply = await transport.send_request(request, listener)
-                except TimeoutError:
-                    raise TimeoutError(
-                        f"atask {atask.name!r} did not finish before its deadline"
-                    ) from None
-        finally:
+            payload = [list(args), kwargs, atask.name, call_id]
+            if propagated:
+                values = capture()
+                if values:
+                    payload.append(values)
+            body = await encode(codec, payload)
+            listener = progress_listener()
+            request = Request(
+                name=atask.name,
+                call_id=call_id,
+                content_type=codec.content_type,
+                body=body,
+                parent_id=parent_id,
+                deadline=deadline,
+                wants_progress=listener is not None,
+            )
+            if auth_var.get() is not None:
+                stamp(request, codec)
+            if span is not None:
+                assert tracing is not None
+                tracing.inject(span, request)
+            slots = scope.slots if scope is not None else None
+            direct = False
             if slots is not None:
                 assert scope is not None
-                # Always take a slot again, even when this child was cancelled: the parent may
-                # go on (a timeout around one child), and must not run without a slot.
-                await slots.call_ended(scope, direct)
-        return await self._outcome(reply, codec)
+                direct = slots.call_started(scope)
+            try:
+                if deadline is None:
+                    reply = await transport.send_request(request, listener)
+                else:
+                    loop = asyncio.get_running_loop()
+                    try:
+                        async with asyncio.timeout_at(loop.time() + deadline - time.time()):
+                            reply = await transport.send_request(request, listener)
+                    except TimeoutError:
+                        raise TimeoutError(
+                            f"atask {atask.name!r} did not finish before its deadline"
+                        ) from None
+            finally:
+                if slots is not None:
+                    assert scope is not None
+                    # Always take a slot again, even when this child was cancelled: the parent
+                    # may go on (a timeout around one child), and must not run without a slot.
+                    await slots.call_ended(scope, direct)
+            return await self._outcome(reply, codec)
+        except BaseException as exc:
+            if span is not None:
+                assert tracing is not None
+                tracing.failed(span, exc)
+            raise
+        finally:
+            if span is not None:
+                span.end()
 
     async def _outcome(self, reply: Reply, codec: Codec) -> Any:
         if reply.ok:
@@ -323,40 +359,52 @@ class Router:
         serving = self._serving
         events = serving if serving is not None and serving.events_enabled else None
         received = time.monotonic()
-        if events is not None:
-            await self._emit(events, "received", request)
-        codec: Codec | None = None
+        tracing = _tracing.active
+        if tracing is None and _OTEL in _modules:
+            tracing = _tracing.detect()
+        served = tracing.server(serving, self.namespace, request) if tracing is not None else None
         try:
-            codec = self.codec
-            atask, args, kwargs = await self._unpack(request, codec)
-        except (JobNotFound, NoCodecRegistered, DecodeError) as exc:
-            log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
-            return await self._failed_with(request, codec, exc, events, received)
-        try:
-            result = await self._run(atask, request, args, kwargs, events)
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and not task.cancelling():
-                # Raised by the atask itself (say, awaiting a task someone else cancelled):
-                # an outcome like any exception, not a cancellation of this call.
-                stray = RuntimeError(f"atask {request.name!r} raised CancelledError")
-                stray.__cause__ = exc
-                return await self._failed_with(request, codec, stray, events, received)
             if events is not None:
-                await self._emit(events, "cancelled", request, received)
-            raise
-        except Exception as exc:
-            return await self._failed_with(request, codec, exc, events, received)
-        try:
-            body = await encode(codec, result)
-        except EncodeError as exc:
-            failure = EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
-            log.warning("call %s of %r: %s", request.call_id, request.name, failure)
-            return await self._failed_with(request, codec, failure, events, received)
-        self._succeeded += 1
-        if events is not None:
-            await self._emit(events, "succeeded", request, received)
-        return Reply(call_id=request.call_id, ok=True, content_type=codec.content_type, body=body)
+                await self._emit(events, "received", request)
+            codec: Codec | None = None
+            try:
+                codec = self.codec
+                atask, args, kwargs, values, verified = await self._unpack(request, codec)
+            except (JobNotFound, NoCodecRegistered, DecodeError, AuthError) as exc:
+                log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
+                return await self._failed_with(request, codec, exc, events, received, served)
+            try:
+                result = await self._run(atask, request, args, kwargs, values, verified, events)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and not task.cancelling():
+                    # Raised by the atask itself (say, awaiting a task someone else cancelled):
+                    # an outcome like any exception, not a cancellation of this call.
+                    stray = RuntimeError(f"atask {request.name!r} raised CancelledError")
+                    stray.__cause__ = exc
+                    return await self._failed_with(request, codec, stray, events, received, served)
+                if served is not None:
+                    served.failed(exc)
+                if events is not None:
+                    await self._emit(events, "cancelled", request, received)
+                raise
+            except Exception as exc:
+                return await self._failed_with(request, codec, exc, events, received, served)
+            try:
+                body = await encode(codec, result)
+            except EncodeError as exc:
+                failure = EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
+                log.warning("call %s of %r: %s", request.call_id, request.name, failure)
+                return await self._failed_with(request, codec, failure, events, received, served)
+            self._succeeded += 1
+            if events is not None:
+                await self._emit(events, "succeeded", request, received)
+            return Reply(
+                call_id=request.call_id, ok=True, content_type=codec.content_type, body=body
+            )
+        finally:
+            if served is not None:
+                served.end()
 
     async def _failed_with(
         self,
@@ -365,8 +413,11 @@ class Router:
         exc: Exception,
         events: Transport | None,
         received: float,
+        served: Served | None,
     ) -> Reply:
         self._failed += 1
+        if served is not None:
+            served.failed(exc)
         reply = await _failure(request, codec, exc)
         if events is not None:
             error = f"{reply.error_type}: {reply.error_message}"
@@ -404,7 +455,11 @@ class Router:
 
     async def _unpack(
         self, request: Request, codec: Codec
-    ) -> tuple[ATask[Any, Any], list[Any], dict[str, Any]]:
+    ) -> tuple[
+        ATask[Any, Any], list[Any], dict[str, Any], dict[str, Any] | None, AuthContext | None
+    ]:
+        """The atask, its arguments, the context values and the verified auth context of a
+        request; the auth context is verified before anything is decoded."""
         atask = namespace(self.namespace).atasks.get(request.name)
         if atask is None:
             raise JobNotFound(
@@ -415,8 +470,11 @@ class Router:
                 f"request is {request.content_type!r} but this server's codec is "
                 f"{codec.content_type!r}: configure the same codec (and key) everywhere"
             )
-        args, kwargs = _split_arguments(await decode(codec, request.body), request)
-        return atask, args, kwargs
+        verified = None
+        if request.headers or atask.auth_required:
+            verified = await admit(atask, request, codec)
+        args, kwargs, values = _split_arguments(await decode(codec, request.body), request)
+        return atask, args, kwargs, values, verified
 
     async def _run(
         self,
@@ -424,17 +482,29 @@ class Router:
         request: Request,
         args: list[Any],
         kwargs: dict[str, Any],
+        values: dict[str, Any] | None,
+        verified: AuthContext | None,
         events: Transport | None,
     ) -> Any:
         deadline = request.deadline
         if deadline is not None and deadline <= time.time():
             raise TimeoutError(f"atask {request.name!r} reached its deadline before it started")
         slots = self._slots
-        scope = CallScope(request.call_id, request.name, deadline, slots)
+        scope = CallScope(
+            request.call_id, request.name, deadline, slots, request.parent_id, request.headers
+        )
         scope.owner = asyncio.current_task()
         if events is not None or request.report is not None:
             scope.report = self._reporter(request, events)
         token = current_scope.set(scope)
+        # What the caller's context carried, in force while the atask runs (and so in the calls
+        # it makes); undone after, for transports that serve in a context of their own.
+        restoring = apply(values) if values else None
+        # Only what the request carries: a server's own context (over AMQP, copied from
+        # whoever opened the connection) must never lend its auth to a call.
+        auth_token = (
+            auth_var.set(verified) if verified is not None or auth_var.get() is not None else None
+        )
         try:
             if slots is not None:
                 if request.slot_taken:
@@ -454,6 +524,10 @@ class Router:
         finally:
             if slots is not None:
                 slots.finish(scope)
+            if auth_token is not None:
+                auth_var.reset(auth_token)
+            if restoring:
+                restore(restoring)
             current_scope.reset(token)
 
     def _reporter(self, request: Request, events: Transport | None) -> ProgressSink:
@@ -474,27 +548,40 @@ def get_router(namespace_name: str = DEFAULT) -> Router:
     return router if router is not None else Router(namespace=namespace_name)
 
 
-def _split_arguments(payload: Any, request: Request) -> tuple[list[Any], dict[str, Any]]:
-    """The arguments in a request's payload, ``[args, kwargs, atask name, call id]``, once the
-    name and id are those the request arrived with: a (signed) request replayed into another
-    atask's queue, or under another call id, is refused."""
+def _split_arguments(
+    payload: Any, request: Request
+) -> tuple[list[Any], dict[str, Any], dict[str, Any] | None]:
+    """The arguments and context values in a request's payload, ``[args, kwargs, atask name,
+    call id]`` plus ``{name: value}`` of propagated variables when the caller had any set, once
+    the name and id are those the request arrived with: a (signed) request replayed into
+    another atask's queue, or under another call id, is refused."""
     if not (
         isinstance(payload, list | tuple)
-        and len(payload) == 4
+        and len(payload) in (4, 5)
         and isinstance(payload[0], list | tuple)
         and isinstance(payload[1], dict)
         and all(isinstance(key, str) for key in payload[1])
+        and (len(payload) == 4 or _is_values(payload[4]))
     ):
         raise DecodeError(
-            f"a request must carry [args, kwargs, atask name, call id], not {_shape(payload)}"
+            "a request must carry [args, kwargs, atask name, call id] and maybe {name: value} "
+            f"of context variables, not {_shape(payload)}"
         )
-    args, kwargs, name, call_id = payload
+    if len(payload) == 4:
+        args, kwargs, name, call_id = payload
+        values = None
+    else:
+        args, kwargs, name, call_id, values = payload
     if name != request.name or call_id != request.call_id:
         raise DecodeError(
             f"refused: the payload was made for atask {name!r} call {call_id!r} but arrived "
             f"as atask {request.name!r} call {request.call_id!r} (replayed or misrouted)"
         )
-    return list(args), kwargs
+    return list(args), kwargs, values
+
+
+def _is_values(values: Any) -> bool:
+    return isinstance(values, dict) and all(isinstance(key, str) for key in values)
 
 
 def _shape(payload: Any) -> str:

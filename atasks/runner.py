@@ -14,12 +14,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from atasks import logging as call_logging
+from atasks import settings
 from atasks.errors import ATasksError
 from atasks.lifecycle import close, make_codec, make_transport
 from atasks.namespaces import DEFAULT, namespace, namespaces
@@ -114,6 +116,35 @@ class RunOptions:
         return flags
 
 
+def options_from(given: Mapping[str, Any], extra: dict[str, Any]) -> RunOptions:
+    """The options of a run: those a command line was given (``None`` where it was not), else
+    their ``ATASKS_*`` variables, else the defaults. ``ConfigurationError`` names a variable
+    whose value is bad. ``ATASKS_WORKERS`` applies to server mode only."""
+    mode = settings.value("mode", given.get("mode"))
+    workers = given.get("workers")
+    if workers is None:
+        workers = (settings.from_env("workers") if mode == "server" else None) or 1
+
+    def maybe(name: str) -> Any:  # no default of its own: the transport's
+        found = given.get(name)
+        return found if found is not None else settings.from_env(name)
+
+    return RunOptions(
+        mode=mode,
+        transport=maybe("transport"),
+        url=maybe("url"),
+        codec=settings.value("codec", given.get("codec")),
+        concurrency=settings.value("concurrency", given.get("concurrency")),
+        workers=workers,
+        grace=settings.value("grace", given.get("grace")),
+        max_message_size=maybe("max_message_size"),
+        consumer_timeout=maybe("consumer_timeout"),
+        queue_type=settings.value("queue_type", given.get("queue_type")),
+        events=settings.value("events", given.get("events")),
+        extra=extra,
+    )
+
+
 def run(
     targets: list[str] | tuple[str, ...],
     options: RunOptions,
@@ -148,14 +179,19 @@ def parse_option(item: str) -> tuple[str, Any]:
 
 
 def configure_logging(verbose: int, quiet: bool, *, server: bool) -> None:
-    """Servers say what they do; clients speak only of trouble unless -v."""
+    """Servers say what they do; clients speak only of trouble unless -v. With -v, each line
+    logged inside an atask names it, its call, parent call and trace (``atasks.logging``)."""
     if quiet:
         level = logging.WARNING
     elif verbose > 1:
         level = logging.DEBUG
     else:
         level = logging.INFO if verbose or server else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose and not quiet:
+        logging.basicConfig(level=level, format=call_logging.FORMAT)
+        call_logging.install()
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("atasks").setLevel(level)
     if verbose < 2:  # atasks says what matters (lost connection, reconnected) in one line
         logging.getLogger("aiormq").setLevel(logging.CRITICAL)

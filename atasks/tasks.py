@@ -8,13 +8,14 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
+from atasks.auth_context import AuthCheck
 from atasks.namespaces import DEFAULT, register_atask
 from atasks.router import get_router
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-OPTIONS = ("name", "namespace", "timeout")
+OPTIONS = ("name", "namespace", "timeout", "auth_required")
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
 
@@ -38,13 +39,19 @@ class ATask(Generic[P, R]):
         name: str | None = None,
         namespace: str = DEFAULT,
         timeout: float | None = None,
+        auth_required: bool | AuthCheck = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@atask needs a function, not {fn!r}")
+        if not (isinstance(auth_required, bool) or callable(auth_required)):
+            raise TypeError(
+                f"auth_required takes True, False or a check of the claims, not {auth_required!r}"
+            )
         self.fn = fn
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.namespace = namespace
         self.timeout = timeout
+        self.auth_required = auth_required
         self._is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
         # Python 3.11's inspect.iscoroutinefunction() accepts a function-like object whose
@@ -113,14 +120,18 @@ def atask(
     name: str | None = None,
     namespace: str = DEFAULT,
     timeout: float | None = None,
+    auth_required: bool | AuthCheck = False,
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...)``.
+    """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
+    auth_required=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
-    ``<module>.<qualname>``. Any other option is a ``TypeError``.
+    ``<module>.<qualname>``. ``auth_required=True`` refuses calls that carry no valid auth
+    context (``atasks.auth``) with ``AuthError``; a function of the claims (plain or async)
+    also refuses those it returns false for. Any other option is a ``TypeError``.
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:

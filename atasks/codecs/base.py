@@ -79,6 +79,11 @@ class Codec(metaclass=BindOnConstruction):
         """``decode`` without awaiting, for codecs that never need to."""
         raise NotImplementedError(f"{type(self).__name__} does not implement decoding")
 
+    def signing_key(self) -> bytes | None:
+        """The key this codec signs messages with, if it signs: the namespace's key, which
+        also signs auth contexts (see ``atasks.auth``)."""
+        return None
+
     def _identity(self) -> tuple[Any, ...] | None:
         """What makes two codecs of one class interchangeable; ``None``: only the same object."""
         return None

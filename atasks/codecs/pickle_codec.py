@@ -49,6 +49,9 @@ class PickleCodec(Codec):
     def signed(self) -> bool:
         return self._key is not None
 
+    def signing_key(self) -> bytes | None:
+        return self._key
+
     def dumps(self, obj: Any) -> bytes:
         try:
             data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)

@@ -23,6 +23,25 @@ if TYPE_CHECKING:
 ProgressSink = Callable[["Progress"], Awaitable[None]]
 
 
+class _NoHeaders(dict[str, str]):
+    """The headers of every request that carries none: empty, shared, read-only (a request
+    made without headers costs no dict of its own)."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:  # type: ignore[override]  # a shared default must be hashable
+        return 0
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a request's empty headers are shared: assign request.headers a new dict")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    setdefault = pop = popitem = clear = update = _read_only
+
+
+NO_HEADERS: Mapping[str, str] = _NoHeaders()
+
+
 @dataclass(slots=True, kw_only=True)
 class Request:
     """One call of an atask, encoded."""
@@ -34,6 +53,11 @@ class Request:
     parent_id: str | None = None
     deadline: float | None = None  # absolute, in time.time() seconds
     wants_progress: bool = False
+    headers: Mapping[str, str] = NO_HEADERS
+    """Context that travels with the call, set and read by the router: ``traceparent``
+    (and whatever else OpenTelemetry's propagator writes), ``auth`` (a signed snapshot). A
+    transport carries every entry unchanged, names and values being short strings. To add
+    one, assign a new mapping: the default is shared."""
     # Serve side only, set by the transport: carries progress reports back to the caller.
     report: ProgressSink | None = field(default=None, compare=False, repr=False)
     # Serve side only: the transport took a slot of the server's capacity for this request,
@@ -134,6 +158,8 @@ class Transport(metaclass=BindOnConstruction):
     """Whether this transport is written to the 2019 interface (set for each subclass)."""
     in_process: ClassVar[bool] = False
     """Whether requests never leave this process (nobody else can send any)."""
+    messaging_system: ClassVar[str] = "atasks"
+    """What carries the calls, as trace spans name it (``messaging.system``)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -216,6 +242,10 @@ class Transport(metaclass=BindOnConstruction):
         """Wait up to ``grace`` seconds for requests in progress, then cancel the rest and hand
         their requests back for another server (where the transport can)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement drain()")
+
+    def destination(self, name: str) -> str:
+        """Where requests for atask ``name`` go, as trace spans name it (a queue's name)."""
+        return name
 
     def set_capacity(self, capacity: Capacity) -> None:
         """Learn the serving router's capacity, to take no more requests than it can start."""

@@ -6,7 +6,8 @@ packs a ``Request`` into that message and a ``Reply`` into the answer: a first l
 format, a JSON header line (call id, content type, parent call or the outcome) and the codec's
 bytes. Routers wrap a classic transport in its adapter by themselves (``modern()``).
 
-What such a transport cannot carry: a deadline (the caller still stops waiting at its deadline,
+The request's headers (trace context, auth snapshot) travel in the JSON header line. What such
+a transport cannot carry: a deadline (the caller still stops waiting at its deadline,
 but the server is not told), a cancellation, progress reports, events.
 """
 
@@ -114,9 +115,11 @@ class ClassicAdapter(Transport):
 
 
 def pack_request(request: Request) -> bytes:
-    header = {"id": request.call_id, "type": request.content_type}
+    header: dict[str, Any] = {"id": request.call_id, "type": request.content_type}
     if request.parent_id is not None:
         header["parent"] = request.parent_id
+    if request.headers:
+        header["headers"] = request.headers
     return MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + request.body
 
 
@@ -124,12 +127,18 @@ def unpack_request(name: str, content: bytes) -> Request:
     """The request packed in ``content``; ``ValueError`` for anything else."""
     header, body = _unpack(content)
     parent = header.get("parent")
+    headers = header.get("headers")
     return Request(
         name=name,
         call_id=_text(header, "id"),
         content_type=_text(header, "type"),
         body=body,
         parent_id=parent if isinstance(parent, str) else None,
+        headers=(
+            {k: v for k, v in headers.items() if isinstance(v, str)}
+            if isinstance(headers, dict)
+            else {}
+        ),
     )
 
 

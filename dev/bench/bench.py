@@ -12,8 +12,10 @@ a 100-character str echoed back: sequential latency (p50, p99) after a warm-up; 
 with 64 calls in flight; CPU time per call of this client process, of the server processes
 (``/proc/<pid>/stat``) and of the broker. The same for the baseline
 (``dev/bench/baseline.py``), ratios atasks/baseline, throughput with ``atasks run --workers 1,
-2, 4`` and with ``atasks run --events`` (skipped if that option does not exist), and the
-loopback transport's overhead per call over a direct ``await echo.fn(x)``. Progress goes to
+2, 4`` and with ``atasks run --events`` (skipped if that option does not exist), the
+loopback transport's overhead per call over a direct ``await echo.fn(x)``, and what tracing
+(OpenTelemetry with a no-op exporter), one propagated context variable and an auth context add
+to a loopback call, measured against none of them in the same run. Progress goes to
 stderr; the whole run takes a few minutes. See dev/bench/README.md.
 """
 
@@ -587,6 +589,100 @@ async def loopback_overhead(sizes: Sizes, progress: Progress) -> dict[str, float
     return result
 
 
+CONTEXT_MODES = ("off", "otel", "contextvar", "auth")
+
+
+class _NoopExporter:
+    """A span exporter that drops every span: the cost measured is making them."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+async def context_overhead(sizes: Sizes, progress: Progress) -> dict[str, Any]:
+    """µs per loopback ``await echo(x)`` with nothing travelling ("off"), with OpenTelemetry on
+    (an SDK tracer provider, spans to a no-op exporter: a client and a server span per call),
+    with one propagated context variable set, and inside an auth context — in rounds that take
+    turns; and each one's cost over "off"."""
+    from contextvars import ContextVar
+
+    provider: Any = None
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    except ImportError:  # measured without it
+        pass
+    else:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_NoopExporter()))  # type: ignore[arg-type]
+    modes = CONTEXT_MODES if provider is not None else ("off", "contextvar", "auth")
+    request_id: ContextVar[str] = ContextVar("bench_request_id")
+
+    @contextlib.asynccontextmanager
+    async def mode(name: str) -> Any:
+        if name == "otel":
+            atasks.tracing.instrument(provider)
+        elif name == "contextvar":
+            atasks.propagate(request_id)
+            token = request_id.set("req-0123456789")
+        try:
+            if name == "auth":
+                async with atasks.auth({"user": "bench", "roles": ["reader"]}, ttl=3600):
+                    yield
+            else:
+                yield
+        finally:
+            if name == "otel":
+                atasks.tracing.uninstrument()
+            elif name == "contextvar":
+                request_id.reset(token)
+                atasks.unpropagate(request_id)
+
+    chunks = _chunks(sizes.loopback, sizes.rounds * 2)
+    progress.start("loopback: tracing, context, auth", len(modes) * len(chunks))
+    await atasks.setup("loopback")  # unsigned pickle, as in the loopback phase…
+    os.environ["ATASKS_SECRET"] = "bench"  # …and a key for auth alone
+    spent = dict.fromkeys(modes, 0.0)
+    try:
+        async with asyncio.timeout(_budget(sizes.loopback * len(modes), 0.01)):
+            for name in modes:
+                async with mode(name):
+                    for _ in range(min(sizes.loopback, 1_000)):
+                        await echo.echo(PAYLOAD)
+            for chunk in chunks:
+                for name in modes:
+                    async with mode(name):
+                        t0 = time.perf_counter()
+                        for _ in range(chunk):
+                            await echo.echo(PAYLOAD)
+                        spent[name] += time.perf_counter() - t0
+                    progress.tick()
+    finally:
+        del os.environ["ATASKS_SECRET"]
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await atasks.close(grace=1)
+    per_call = {name: spent[name] / sizes.loopback * 1e6 for name in modes}
+    result: dict[str, Any] = {"calls": sizes.loopback, "otel_skipped": provider is None}
+    for name in modes:
+        result[f"{name}_us_per_call"] = round(per_call[name], 2)
+        if name != "off":
+            result[f"{name}_cost_us_per_call"] = round(per_call[name] - per_call["off"], 2)
+    progress.finish(
+        "; ".join(
+            f"{name} +{result[f'{name}_cost_us_per_call']:.1f}µs" for name in modes if name != "off"
+        )
+    )
+    return result
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -740,9 +836,9 @@ def broker_pid(node: RabbitNode) -> int | None:
 async def measure(
     node: RabbitNode, sizes: Sizes, servers: Servers, queue_type: str, replies: str
 ) -> dict[str, Any]:
-    """Every phase, in order: atasks against the baseline, workers, events, loopback."""
+    """Every phase, in order: atasks against the baseline, workers, events, loopback, context."""
     events = events_option()
-    progress = Progress(2 + len(sizes.workers) + 1 + 1)
+    progress = Progress(2 + len(sizes.workers) + 1 + 1 + 1)
     bench = Bench(node.url, broker_pid(node), sizes, servers, progress, queue_type)
     started = time.monotonic()
     other_load = OtherLoad()
@@ -761,6 +857,7 @@ async def measure(
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await atasks.close(grace=1)
     results["loopback"] = await loopback_overhead(sizes, progress)
+    results["context"] = await context_overhead(sizes, progress)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["environment"]["other_processes_cpu_percent"] = other_load.percent()
     return results
@@ -856,6 +953,8 @@ def table(results: dict[str, Any]) -> str:
         f"| `await echo.fn(x)`, direct | {loop['direct_us_per_call']:.2f} |",
         f"| overhead of atasks per call | {loop['overhead_us_per_call']:.1f} |",
         "",
+        *context_table(results["context"]),
+        "",
         f"Events on (`atasks run --events`): {events_text}.",
         "",
         "Baseline: transient messages, request confirmed, reply not; exclusive reply queue; "
@@ -871,6 +970,29 @@ def table(results: dict[str, Any]) -> str:
         "time from /proc (the client: this process).",
     ]
     return "\n".join(lines)
+
+
+def context_table(context: dict[str, Any]) -> list[str]:
+    """The context phase as a markdown table."""
+    labels = {
+        "off": "nothing travelling",
+        "otel": "OpenTelemetry on (SDK provider, no-op exporter)",
+        "contextvar": "one propagated context variable",
+        "auth": "an auth context (signed per call)",
+    }
+    lines = [
+        f"| loopback, {context['calls']:,} calls each, taking turns | µs per call | "
+        "cost over nothing (µs) |",
+        "| --- | ---: | ---: |",
+    ]
+    for name in CONTEXT_MODES:
+        if f"{name}_us_per_call" not in context:
+            lines.append(f"| {labels[name]} | skipped (no opentelemetry-sdk) | |")
+            continue
+        cost = context.get(f"{name}_cost_us_per_call")
+        shown = "" if cost is None else f"{cost:+.1f}"
+        lines.append(f"| {labels[name]} | {context[f'{name}_us_per_call']:.1f} | {shown} |")
+    return lines
 
 
 # --- command line --------------------------------------------------------------------------

@@ -25,7 +25,16 @@ class Servers:
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str, workload: str = WORKLOAD) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, workload: str = WORKLOAD, env: dict[str, str | None] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a server; ``env`` adds variables to this process's (``None`` removes one)."""
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for key, value in (env or {}).items():
+            if value is None:
+                environment.pop(key, None)
+            else:
+                environment[key] = value
         with open(self.log_dir / f"server-{len(self.processes)}.log", "wb") as log:
             process = subprocess.Popen(
                 [
@@ -44,7 +53,7 @@ class Servers:
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=environment,
                 start_new_session=True,
             )
         self.processes.append(process)

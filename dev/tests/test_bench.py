@@ -87,5 +87,13 @@ def test_loopback_and_events(report: dict[str, Any]) -> None:
     assert report["environment"]["cpus"] >= 1
 
 
+def test_context_costs_are_measured_against_none(report: dict[str, Any]) -> None:
+    context = report["context"]
+    modes = ("off", "contextvar", "auth") + (() if context["otel_skipped"] else ("otel",))
+    positive(context, tuple(f"{mode}_us_per_call" for mode in modes))
+    for mode in modes[1:]:
+        assert isinstance(context[f"{mode}_cost_us_per_call"], float)
+
+
 def test_the_broker_is_the_one_asked_for(report: dict[str, Any], broker: str) -> None:
     assert report["environment"]["rabbitmq"].startswith(f"{broker.removeprefix('rabbitmq')}.")

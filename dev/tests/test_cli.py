@@ -106,7 +106,7 @@ def test_import_error_in_a_module_is_reported(tmp_path: Path) -> None:
 def test_an_out_of_range_concurrency_is_one_line() -> None:
     result = atasks_run("examples/scenarios.py", "--concurrency", "70000")
     assert result.returncode == 2
-    assert "70000 is not in the range 1<=x<=65535" in result.stderr
+    assert "'70000': must be between 1 and 65535" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -22,6 +22,7 @@ def test_a_request_round_trips_with_its_exact_deadline() -> None:
         parent_id="p1",
         deadline=deadline,
         wants_progress=True,
+        headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01", "auth": "v1.x.y"},
     )
     properties = wire.request_properties(request, "reply-here", persistent=True)
     assert properties.delivery_mode == wire.PERSISTENT
@@ -29,6 +30,27 @@ def test_a_request_round_trips_with_its_exact_deadline() -> None:
     assert 12_000 <= int(properties.expiration or 0) <= 12_346
     back = wire.request_from("resize", properties, request.body)
     assert back == request  # the deadline to the last bit: it travels as a string
+
+
+def test_request_headers_travel_as_prefixed_amqp_headers() -> None:
+    request = Request(
+        name="x", call_id="c6", content_type="t", body=b"", headers={"traceparent": "00-1-2-01"}
+    )
+    properties = wire.request_properties(request, "r", persistent=False)
+    assert properties.headers == {"atasks-ctx-traceparent": "00-1-2-01"}
+    assert wire.request_from("x", properties, b"").headers == {"traceparent": "00-1-2-01"}
+    bare = Request(name="x", call_id="c7", content_type="t", body=b"")
+    assert wire.request_properties(bare, "r", persistent=False).headers is None
+
+
+def test_context_headers_that_are_not_text_are_ignored() -> None:
+    headers = {
+        "atasks-ctx-auth": 42,
+        "atasks-ctx-traceparent": b"00-1-2-01",
+        "atasks-ctx-bad": b"\xff",
+        "other": "kept out",
+    }
+    assert wire.context_from(headers) == {"traceparent": "00-1-2-01"}
 
 
 def test_nonsense_headers_are_ignored() -> None:

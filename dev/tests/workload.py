@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 import atasks
 from atasks import atask
@@ -90,6 +93,42 @@ async def count_run(tally: str, seconds: float) -> int:
         lines.write(f"{os.getpid()}\n")
     await asyncio.sleep(seconds)
     return os.getpid()
+
+
+request_id: ContextVar[str] = atasks.propagate(ContextVar("workload_request_id"))
+log = logging.getLogger("workload")
+
+
+@atask
+async def context_seen(levels: int) -> list[str | None]:
+    """The propagated request id here, then in each call of a chain of ``levels``."""
+    inner = await context_seen(levels - 1) if levels > 1 else []
+    return [request_id.get(None), *inner]
+
+
+@atask
+async def whoami() -> dict[str, Any] | None:
+    claims = atasks.current_auth()
+    return dict(claims) if claims is not None else None
+
+
+@atask
+async def whoami_nested() -> list[dict[str, Any] | None]:
+    """The claims here and in an atask awaited here."""
+    claims = atasks.current_auth()
+    return [dict(claims) if claims is not None else None, await whoami()]
+
+
+@atask(auth_required=True)
+async def protected() -> str:
+    return "for authenticated callers"
+
+
+@atask
+async def log_line(text: str) -> str | None:
+    """Log ``text`` on the server; returns this call's id."""
+    log.info("logged %s", text)
+    return atasks.current_call_id()
 
 
 @atask

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,26 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from atasks import runner
+from atasks.errors import ConfigurationError
 from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.runner import MODES, TRANSPORTS, RunFailure, RunOptions, one_line, parse_option
 
 log = logging.getLogger("django_atasks")
 
-
-def _env(name: str, default: str | None) -> str | None:
-    return os.environ.get(f"ATASKS_{name}", default)
+GIVEN = (
+    "mode",
+    "transport",
+    "url",
+    "codec",
+    "concurrency",
+    "workers",
+    "grace",
+    "max_message_size",
+    "consumer_timeout",
+    "queue_type",
+    "events",
+)
+"""The options ``runner.options_from`` resolves (``None``: not given on the command line)."""
 
 
 class Command(BaseCommand):
@@ -45,7 +56,7 @@ class Command(BaseCommand):
             "-M",
             "--mode",
             choices=MODES,
-            default=_env("MODE", "loopback"),
+            default=None,
             help="server: serve until SIGINT/SIGTERM; client: run aiomain against servers; "
             "loopback (the default): both, in this process.",
         )
@@ -53,10 +64,10 @@ class Command(BaseCommand):
             "-T",
             "--transport",
             choices=TRANSPORTS,
-            default=_env("TRANSPORT", None),
+            default=None,
             help="How calls travel. Default: loopback in loopback mode, amqp otherwise.",
         )
-        parser.add_argument("-U", "--url", default=_env("URL", None), help="Broker URL (amqp).")
+        parser.add_argument("-U", "--url", default=None, help="Broker URL (amqp).")
         parser.add_argument(
             "-o",
             "--option",
@@ -70,13 +81,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--codec",
             choices=("pickle", "json"),
-            default=_env("CODEC", "pickle"),
+            default=None,
             help="How values are encoded (default pickle).",
         )
         parser.add_argument(
             "--concurrency",
             type=int,
-            default=_env("CONCURRENCY", str(DEFAULT_CONCURRENCY)),
+            default=None,
             help=f"Atasks one server process runs at once (default {DEFAULT_CONCURRENCY}).",
         )
         parser.add_argument(
@@ -85,59 +96,49 @@ class Command(BaseCommand):
         parser.add_argument(
             "--grace",
             type=float,
-            default=_env("GRACE", str(DEFAULT_GRACE)),
+            default=None,
             help=f"Seconds a stopping server lets calls finish (default {DEFAULT_GRACE:g}).",
         )
         parser.add_argument(
             "--max-message-size",
             type=int,
-            default=_env("MAX_MESSAGE_SIZE", None),
+            default=None,
             help="Largest request or reply (default: RabbitMQ's own, 16 MiB on 4.x, 128 MiB "
             "on 3.x).",
         )
         parser.add_argument(
             "--consumer-timeout",
             type=float,
-            default=_env("CONSUMER_TIMEOUT", None),
+            default=None,
             help="The broker's consumer_timeout in seconds (default 1800): longer calls are "
             "leased, not held.",
         )
         parser.add_argument(
             "--queue-type",
             choices=["quorum", "classic"],
-            default=_env("QUEUE_TYPE", "quorum"),
+            default=None,
             help="RabbitMQ request queues (default quorum).",
         )
         parser.add_argument(
             "--events",
             action="store_true",
-            default=bool(_env("EVENTS", "")),
+            default=None,
             help="Servers publish lifecycle events (see `atasks events`).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         verbosity = int(options["verbosity"])
-        mode = options["mode"]
-        runner.configure_logging(max(verbosity - 1, 0), verbosity == 0, server=mode == "server")
         try:
-            workers = options["workers"]
-            if workers is None:
-                # ATASKS_WORKERS is for servers: a client or loopback run ignores it.
-                workers = int(_env("WORKERS", "1") or 1) if mode == "server" else 1
-            run_options = RunOptions(
-                mode=mode,
-                transport=options["transport"],
-                url=options["url"],
-                codec=options["codec"],
-                concurrency=options["concurrency"],
-                workers=workers,
-                grace=options["grace"],
-                max_message_size=options["max_message_size"],
-                consumer_timeout=options["consumer_timeout"],
-                queue_type=options["queue_type"],
-                events=options["events"],
-                extra=dict(parse_option(item) for item in options["extra"]),
+            # Options not given come from their ATASKS_* variables, as for `atasks run`.
+            run_options = runner.options_from(
+                {name: options[name] for name in GIVEN},
+                dict(parse_option(item) for item in options["extra"]),
             )
+        except (ConfigurationError, RunFailure) as exc:
+            raise CommandError(str(exc)) from exc
+        server = run_options.mode == "server"
+        runner.configure_logging(max(verbosity - 1, 0), verbosity == 0, server=server)
+        try:
             code = runner.run(
                 options["targets"],
                 run_options,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -211,7 +212,10 @@ class Server:
             if message.consumer_tag is not None:
                 intake.delivered(message.consumer_tag)
                 message.counted = True
-            task = asyncio.get_running_loop().create_task(self._serve(intake, message))
+            # A context of its own: nothing set where the connection was opened leaks into it.
+            task = asyncio.get_running_loop().create_task(
+                self._serve(intake, message), context=contextvars.Context()
+            )
             key = message.correlation_id or f"?{id(task)}"
             self._running[key] = task
             self._held[id(message)] = message

@@ -46,6 +46,8 @@ class AMQPTransport(Transport):
     requests survive a broker restart on classic queues too (quorum queues keep every message).
     """
 
+    messaging_system = "rabbitmq"
+
     def __init__(
         self,
         url: str | Sequence[str] | None = None,
@@ -100,6 +102,9 @@ class AMQPTransport(Transport):
 
     def queue_name(self, atask_name: str) -> str:
         return self.topology.request_queue(atask_name)
+
+    def destination(self, name: str) -> str:
+        return self.queue_name(name)
 
     async def connect(self) -> None:
         await self._link.open()

@@ -1,8 +1,9 @@
 """How requests, replies and progress reports look as AMQP properties: pure functions, no I/O.
 
 A request carries ``correlation_id`` = call id, ``reply_to``, ``content_type`` = codec media type,
-``expiration`` from the deadline and a few headers; a reply's ``type`` says ``ok``, ``error``
-(details in headers) or ``progress`` (a report before the outcome).
+``expiration`` from the deadline and a few headers — among them the request's own ``headers``
+(trace context, auth snapshot), each prefixed with ``atasks-ctx-``; a reply's ``type`` says
+``ok``, ``error`` (details in headers) or ``progress`` (a report before the outcome).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ H_DEAD_REASON = "atasks-dead-reason"  # classic queues: dead-lettered by atasks,
 H_LEASE_HOLDER = "atasks-lease-holder"  # the server running a leased call
 H_LEASE_CALL = "atasks-lease-call"  # in a query to a lease holder: which call
 FIRST_DEATH_QUEUE = "x-first-death-queue"
+H_CONTEXT = "atasks-ctx-"  # prefix of the entries of Request.headers (traceparent, auth…)
 
 PERSISTENT = 2
 OK, ERROR, PROGRESS = "ok", "error", "progress"
@@ -43,6 +45,8 @@ def request_properties(request: Request, reply_to: str, *, persistent: bool) -> 
         headers[H_DEADLINE] = repr(request.deadline)  # AMQP floats are 32-bit: a string
     if request.parent_id is not None:
         headers[H_PARENT] = request.parent_id
+    for key, value in request.headers.items():
+        headers[H_CONTEXT + key] = value
     return Basic.Properties(
         headers=headers or None,
         content_type=request.content_type,
@@ -65,7 +69,24 @@ def request_from(name: str, properties: Basic.Properties, body: bytes) -> Reques
         parent_id=parent if isinstance(parent, str) else None,
         deadline=deadline_from(headers),
         wants_progress=bool(headers.get(H_PROGRESS)),
+        headers=context_from(headers),
     )
+
+
+def context_from(headers: Mapping[str, Any]) -> dict[str, str]:
+    """The request's own headers, from the AMQP headers with the ``atasks-ctx-`` prefix; values
+    that are not text are ignored."""
+    found: dict[str, str] = {}
+    for key, value in headers.items():
+        if key.startswith(H_CONTEXT):
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode()
+                except UnicodeDecodeError:
+                    continue
+            if isinstance(value, str):
+                found[key[len(H_CONTEXT) :]] = value
+    return found
 
 
 def reply_properties(reply: Reply) -> Basic.Properties:

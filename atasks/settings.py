@@ -1,0 +1,362 @@
+"""Every setting that can come from the environment, in one place: its ``ATASKS_*`` variable,
+default, accepted values and where it applies.
+
+``atasks.setup()``, ``AMQPTransport`` made by ``setup``, ``atasks run`` and Django's
+``run_atask`` read them from here; an argument given in code or on the command line wins over
+the variable, which wins over the default. A bad value is a ``ConfigurationError`` naming the
+variable. The README's table is generated from ``SETTINGS`` (``atasks settings`` prints it),
+and a test checks that it matches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from atasks.errors import ConfigurationError
+
+SETUP = "setup"
+AMQP = "AMQPTransport"
+RUN = "atasks run"
+PROCESS = "process"
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: ``name`` is its parameter (``setup``, ``AMQPTransport``) and, with dashes,
+    its ``atasks run`` option."""
+
+    name: str
+    env: str
+    default: Any
+    values: str  # what it accepts, for people
+    parse: Callable[[str], Any]  # raises ValueError saying what is wrong
+    where: tuple[str, ...]
+    help: str
+    shown_default: str | None = None  # when the default needs words
+
+    def default_text(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None:
+            return "none"
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if isinstance(self.default, float):
+            return f"{self.default:g}"
+        return str(self.default)
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"use one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if value < low or (high is not None and value > high):
+            span = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {span}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, *, above: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("not a number of seconds") from None
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise ValueError(f"must be {'over' if above else 'at least'} {low:g} seconds")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise ValueError("use 1/true/yes/on or 0/false/no/off")
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty")
+    return text.strip()
+
+
+def _secret(text: str) -> str:
+    return text  # used as it is; empty means unset
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "transport",
+        "ATASKS_TRANSPORT",
+        None,
+        "`loopback`, `amqp`",
+        _choice("loopback", "amqp"),
+        (SETUP, RUN),
+        "How calls travel.",
+        "`loopback` (run: `amqp` in server and client mode)",
+    ),
+    Setting(
+        "url",
+        "ATASKS_URL",
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "AMQP URLs, comma-separated",
+        _text,
+        (SETUP, AMQP, RUN),
+        "Broker URL; several are the nodes of a cluster, tried in turn.",
+        "`amqp://guest:guest@127.0.0.1:5672/`",
+    ),
+    Setting(
+        "codec",
+        "ATASKS_CODEC",
+        "pickle",
+        "`pickle`, `json`",
+        _choice("pickle", "json"),
+        (SETUP, RUN),
+        "How values are encoded.",
+    ),
+    Setting(
+        "key",
+        "ATASKS_SECRET",
+        None,
+        "any text",
+        _secret,
+        (SETUP, PROCESS),
+        "The namespace key: signs pickle (HMAC-SHA256) and auth contexts. Same everywhere.",
+        "none (unsigned pickle, no auth)",
+    ),
+    Setting(
+        "serve",
+        "ATASKS_SERVE",
+        None,
+        "boolean",
+        _bool,
+        (SETUP,),
+        "Whether `setup()` also serves this namespace's atasks.",
+        "on for loopback, off otherwise",
+    ),
+    Setting(
+        "concurrency",
+        "ATASKS_CONCURRENCY",
+        64,
+        "1 to 65535",
+        _int(1, 65_535),
+        (SETUP, RUN),
+        "Atasks one server process runs at once (those awaiting others don't count).",
+    ),
+    Setting(
+        "mode",
+        "ATASKS_MODE",
+        "loopback",
+        "`server`, `client`, `loopback`",
+        _choice("server", "client", "loopback"),
+        (RUN,),
+        "What `atasks run` does.",
+    ),
+    Setting(
+        "workers",
+        "ATASKS_WORKERS",
+        1,
+        "at least 1",
+        _int(1),
+        (RUN,),
+        "Server processes, restarted when they die (server mode; the variable is ignored in other "
+        "modes).",
+    ),
+    Setting(
+        "grace",
+        "ATASKS_GRACE",
+        10.0,
+        "seconds, at least 0",
+        _seconds(0),
+        (RUN,),
+        "Seconds a stopping server lets calls in progress finish.",
+    ),
+    Setting(
+        "queue_type",
+        "ATASKS_QUEUE_TYPE",
+        "quorum",
+        "`quorum`, `classic`",
+        _choice("quorum", "classic"),
+        (AMQP, RUN),
+        "RabbitMQ request queues.",
+    ),
+    Setting(
+        "replies",
+        "ATASKS_REPLIES",
+        "durable",
+        "`durable`, `direct`",
+        _choice("durable", "direct"),
+        (AMQP,),
+        "Durable reply queue per caller (survives dropped connections) or direct reply-to.",
+    ),
+    Setting(
+        "delivery_limit",
+        "ATASKS_DELIVERY_LIMIT",
+        5,
+        "at least 1",
+        _int(1),
+        (AMQP,),
+        "Deliveries of a request whose servers all died before it is dead-lettered.",
+    ),
+    Setting(
+        "dead_letter_ttl",
+        "ATASKS_DEAD_LETTER_TTL",
+        7 * 24 * 3600.0,
+        "seconds, over 0",
+        _seconds(0, above=True),
+        (AMQP,),
+        "How long dead letters are kept.",
+        "604800 (7 days)",
+    ),
+    Setting(
+        "max_message_size",
+        "ATASKS_MAX_MESSAGE_SIZE",
+        None,
+        "bytes, at least 1",
+        _int(1),
+        (AMQP, RUN),
+        "Largest request or reply, checked before publishing.",
+        "the broker's default (16 MiB on 4.x, 128 MiB on 3.x)",
+    ),
+    Setting(
+        "reconnect_wait",
+        "ATASKS_RECONNECT_WAIT",
+        30.0,
+        "seconds, at least 0",
+        _seconds(0),
+        (AMQP,),
+        "How long a call waits for a lost connection to come back.",
+    ),
+    Setting(
+        "connect_timeout",
+        "ATASKS_CONNECT_TIMEOUT",
+        10.0,
+        "seconds, over 0",
+        _seconds(0, above=True),
+        (AMQP,),
+        "Time allowed to open a connection.",
+    ),
+    Setting(
+        "consumer_timeout",
+        "ATASKS_CONSUMER_TIMEOUT",
+        1800.0,
+        "seconds, at least 1",
+        _seconds(1),
+        (AMQP, RUN),
+        "The broker's consumer_timeout: calls running longer than half of it are leased.",
+    ),
+    Setting(
+        "persistent",
+        "ATASKS_PERSISTENT",
+        True,
+        "boolean",
+        _bool,
+        (AMQP,),
+        "Requests survive a broker restart on classic queues too.",
+    ),
+    Setting(
+        "events",
+        "ATASKS_EVENTS",
+        False,
+        "boolean",
+        _bool,
+        (AMQP, RUN),
+        "Servers publish lifecycle events (see `atasks events`).",
+    ),
+    Setting(
+        "auth_ttl",
+        "ATASKS_AUTH_TTL",
+        300.0,
+        "seconds, over 0",
+        _seconds(0, above=True),
+        (PROCESS,),
+        "Default lifetime of `atasks.auth(claims)` contexts.",
+    ),
+    Setting(
+        "tracing",
+        "ATASKS_TRACING",
+        "auto",
+        "`auto`, `off`",
+        _choice("auto", "off"),
+        (PROCESS,),
+        "`auto`: OpenTelemetry spans when a tracer provider is configured; `off`: never "
+        "(unless `atasks.tracing.instrument()`).",
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+AMQP_OPTIONS = tuple(s.name for s in SETTINGS if AMQP in s.where and s.name != "url")
+"""What ``make_transport("amqp")`` fills from the environment when not given."""
+
+
+def setting(name: str) -> Setting:
+    return BY_NAME[name]
+
+
+def from_env(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """The value of ``name``'s variable, parsed, or ``None`` when it is unset or empty;
+    ``ConfigurationError`` naming the variable if it is bad."""
+    found = setting(name)
+    text = (os.environ if environ is None else environ).get(found.env)
+    if text is None or not text.strip():
+        return None
+    try:
+        return found.parse(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{found.env}={text!r}: {exc}") from None
+
+
+def value(name: str, given: Any = None, environ: Mapping[str, str] | None = None) -> Any:
+    """``given`` if not ``None``, else the variable's value, else the default."""
+    if given is not None:
+        return given
+    found = from_env(name, environ)
+    return found if found is not None else setting(name).default
+
+
+def markdown_table() -> str:
+    """The README's table of variables."""
+    lines = [
+        "| variable | setting | default | values | applies to | what |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in SETTINGS:
+        where = ", ".join(
+            "`setup()`"
+            if place == SETUP
+            else "`AMQPTransport` via `setup`/`run`"
+            if place == AMQP
+            else "`atasks run`"
+            if place == RUN
+            else "the process"
+            for place in s.where
+        )
+        lines.append(
+            f"| `{s.env}` | `{s.name}` | {s.default_text()} | {s.values} | {where} | {s.help} |"
+        )
+    return "\n".join(lines)

@@ -22,13 +22,6 @@ def make_transport(kind: str, *, namespace: str, **options: Any) -> Transport:
     if kind == "amqp":
         from atasks.transport.backends.amqp import AMQPTransport
 
-        for name in settings.AMQP_OPTIONS:
-            if options.get(name) is None:
-                found = settings.from_env(name)
-                if found is not None:
-                    options[name] = found
-                else:
-                    options.pop(name, None)
         return AMQPTransport(namespace=namespace, **options)
     raise ConfigurationError(f"unknown transport {kind!r}: use 'loopback' or 'amqp'")
 

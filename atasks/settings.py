@@ -1,7 +1,7 @@
 """Every setting that can come from the environment, in one place: its ``ATASKS_*`` variable,
 default, accepted values and where it applies.
 
-``atasks.setup()``, ``AMQPTransport`` made by ``setup``, ``atasks run`` and Django's
+``atasks.setup()``, ``AMQPTransport`` (however made), ``atasks run`` and Django's
 ``run_atask`` read them from here; an argument given in code or on the command line wins over
 the variable, which wins over the default. A bad value is a ``ConfigurationError`` naming the
 variable. The README's table is generated from ``SETTINGS`` (``atasks settings`` prints it),
@@ -310,8 +310,6 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
-AMQP_OPTIONS = tuple(s.name for s in SETTINGS if AMQP in s.where and s.name != "url")
-"""What ``make_transport("amqp")`` fills from the environment when not given."""
 
 
 def setting(name: str) -> Setting:
@@ -349,7 +347,7 @@ def markdown_table() -> str:
         where = ", ".join(
             "`setup()`"
             if place == SETUP
-            else "`AMQPTransport` via `setup`/`run`"
+            else "`AMQPTransport`"
             if place == AMQP
             else "`atasks run`"
             if place == RUN

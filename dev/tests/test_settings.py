@@ -81,8 +81,7 @@ def test_every_setting_of_setup_and_amqp_transport_has_a_variable() -> None:
     for name, default in _keyword_parameters(AMQPTransport.__init__).items():
         found = settings.setting(name)
         assert settings.AMQP in found.where, name
-        if name != "url":
-            assert found.default == default, (name, found.default, default)
+        assert default is None, name  # left out: the variable, else the setting's default
 
 
 def test_every_option_of_atasks_run_has_a_variable_named_in_its_help() -> None:
@@ -155,19 +154,13 @@ async def test_setup_with_a_bad_variable_names_it(monkeypatch: pytest.MonkeyPatc
         await atasks.setup()
 
 
-def test_the_amqp_transport_made_by_setup_or_run_reads_its_options(
+def test_an_amqp_transport_reads_what_it_is_not_given_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    made: dict[str, Any] = {}
-
-    class Recorder:
-        def __init__(self, **options: Any) -> None:
-            made.update(options)
-
-    import atasks.transport.backends.amqp as amqp
-
-    monkeypatch.setattr(amqp, "AMQPTransport", Recorder)
+    """Constructed directly or by setup()/atasks run: arguments win, then variables, then
+    defaults. Nothing here connects."""
     for name, text in {
+        "ATASKS_URL": "amqp://a:b@127.0.0.1:1/,amqp://a:b@127.0.0.1:2/",
         "ATASKS_QUEUE_TYPE": "classic",
         "ATASKS_REPLIES": "direct",
         "ATASKS_DELIVERY_LIMIT": "9",
@@ -176,25 +169,28 @@ def test_the_amqp_transport_made_by_setup_or_run_reads_its_options(
         "ATASKS_RECONNECT_WAIT": "1",
         "ATASKS_CONNECT_TIMEOUT": "2",
         "ATASKS_CONSUMER_TIMEOUT": "600",
-        "ATASKS_PERSISTENT": "false",
+        "ATASKS_PERSISTENT": "true",
         "ATASKS_EVENTS": "true",
     }.items():
         monkeypatch.setenv(name, text)
-    make_transport("amqp", namespace="ns", url=None, queue_type="quorum")
-    assert made == {
-        "namespace": "ns",
-        "url": None,
-        "queue_type": "quorum",  # given: wins
-        "replies": "direct",
-        "delivery_limit": 9,
-        "dead_letter_ttl": 60.0,
-        "max_message_size": 1000,
-        "reconnect_wait": 1.0,
-        "connect_timeout": 2.0,
-        "consumer_timeout": 600.0,
-        "persistent": False,
-        "events": True,
-    }
+    for transport in (
+        AMQPTransport(namespace=None, delivery_limit=3),
+        make_transport("amqp", namespace="envtest", url=None, delivery_limit=3),
+    ):
+        assert isinstance(transport, AMQPTransport)
+        assert transport.urls == ["amqp://a:b@127.0.0.1:1/", "amqp://a:b@127.0.0.1:2/"]
+        topology = transport.topology
+        assert (topology.queue_type, topology.delivery_limit) == ("classic", 3)  # given: wins
+        assert topology.dead_letter_ttl == 60.0
+        assert transport._caller.reply_to == "amq.rabbitmq.reply-to"
+        assert transport._caller.persistent  # classic queues keep it
+        link = transport._link
+        assert (link.reconnect_wait, link.connect_timeout, link.max_message_size) == (1, 2, 1000)
+        assert transport._server._leases.term == 300.0
+        assert transport.events_enabled
+    monkeypatch.setenv("ATASKS_DELIVERY_LIMIT", "many")
+    with pytest.raises(ConfigurationError, match="ATASKS_DELIVERY_LIMIT="):
+        AMQPTransport(namespace=None)
 
 
 def test_run_options_come_from_the_command_line_then_the_environment(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
+from atasks import settings
 from atasks.errors import ConfigurationError, NotConnected
 from atasks.events import Event, ProgressListener
 from atasks.namespaces import DEFAULT
@@ -53,19 +53,30 @@ class AMQPTransport(Transport):
         url: str | Sequence[str] | None = None,
         *,
         namespace: str | None = DEFAULT,
-        queue_type: QueueType = "quorum",
-        replies: Replies = "durable",
-        delivery_limit: int = 5,
-        dead_letter_ttl: float = 7 * 24 * 3600.0,
+        queue_type: QueueType | None = None,
+        replies: Replies | None = None,
+        delivery_limit: int | None = None,
+        dead_letter_ttl: float | None = None,
         max_message_size: int | None = None,
-        reconnect_wait: float = 30.0,
-        connect_timeout: float = 10.0,
-        consumer_timeout: float = 1800.0,
-        persistent: bool = True,
-        events: bool = False,
+        reconnect_wait: float | None = None,
+        connect_timeout: float | None = None,
+        consumer_timeout: float | None = None,
+        persistent: bool | None = None,
+        events: bool | None = None,
     ) -> None:
+        # An argument left out comes from its ATASKS_* variable, else its default (settings).
+        queue_type = settings.value("queue_type", queue_type)
+        replies = settings.value("replies", replies)
+        delivery_limit = settings.value("delivery_limit", delivery_limit)
+        dead_letter_ttl = settings.value("dead_letter_ttl", dead_letter_ttl)
+        max_message_size = settings.value("max_message_size", max_message_size)
+        reconnect_wait = settings.value("reconnect_wait", reconnect_wait)
+        connect_timeout = settings.value("connect_timeout", connect_timeout)
+        consumer_timeout = settings.value("consumer_timeout", consumer_timeout)
+        persistent = settings.value("persistent", persistent)
+        events = settings.value("events", events)
         # Everything repr() shows is set before the base class binds the namespace.
-        self.urls = parse_urls(url or os.environ.get(URL_ENV) or DEFAULT_URL)
+        self.urls = parse_urls(url or settings.value("url"))
         self.url = self.urls[0]
         self.namespace = namespace
         self.events_enabled = events

@@ -24,6 +24,7 @@ from atasks.errors import (
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
 from atasks.lifecycle import close, setup
 from atasks.namespaces import get_codec, get_transport, reset
+from atasks.retry import Backoff, Retry
 from atasks.router import Router, get_router
 from atasks.tasks import ATask, atask
 from atasks.transport.base import LoopbackTransport, Transport
@@ -32,6 +33,7 @@ from atasks.transport.classic import ClassicAdapter
 __all__ = [
     "ATask",
     "ATasksError",
+    "Backoff",
     "ClassicAdapter",
     "Codec",
     "CodecError",
@@ -50,6 +52,7 @@ __all__ = [
     "PickleCodec",
     "Progress",
     "RemoteError",
+    "Retry",
     "Router",
     "Transport",
     "TransportError",

@@ -13,6 +13,7 @@ COLOURS = {
     "received": "bright_black",
     "started": "cyan",
     "progress": "blue",
+    "retrying": "magenta",
     "succeeded": "green",
     "failed": "red",
     "cancelled": "yellow",
@@ -21,6 +22,7 @@ MARKS = {
     "received": "·",
     "started": "▶",
     "progress": "…",
+    "retrying": "↻",
     "succeeded": "✓",
     "failed": "✗",
     "cancelled": "⊘",
@@ -34,6 +36,7 @@ COLUMNS = (
     "in progress",
     "done",
     "failed",
+    "retried",
     "uptime",
 )
 
@@ -51,6 +54,7 @@ def format_inspect_table(servers: list[dict[str, Any]]) -> str:
             str(int(s.get("running", 0)) + int(s.get("parked", 0))),
             str(s.get("succeeded", 0)),
             str(s.get("failed", 0)),
+            str(s.get("retried", 0)),
             _duration(float(s.get("uptime", 0))),
         )
         for s in servers
@@ -104,6 +108,8 @@ class EventFormatter:
         detail = ""
         if event.duration is not None and event.kind in ("succeeded", "failed", "cancelled"):
             detail += f" {_duration(event.duration)}"
+        if event.kind == "retrying" and event.attempt is not None:
+            detail += f" attempt {event.attempt} in {_duration(event.delay or 0.0)}"
         if event.error:
             detail += " " + click.style(event.error, fg="red")
         if event.progress:

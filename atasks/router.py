@@ -32,6 +32,7 @@ from atasks.errors import (
 )
 from atasks.events import Event, Progress, progress_listener
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
+from atasks.retry import give_up
 from atasks.slots import Slots
 from atasks.transport.base import ProgressSink, Reply, Request, Transport
 from atasks.transport.classic import ClassicAdapter, modern
@@ -59,6 +60,8 @@ class RouterStatistics:
     parked: int
     succeeded: int
     failed: int
+    retried: int  # attempts made again by ``@atask(retry=...)``
+    cancelled: int
     started_at: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,6 +96,8 @@ class Router:
         self._registering: set[asyncio.Task[None]] = set()
         self._succeeded = 0
         self._failed = 0
+        self._retried = 0
+        self._cancelled = 0
         self._started_at = 0.0
         bind_router(self, namespace)
 
@@ -306,6 +311,8 @@ class Router:
             parked=slots.parked if slots else 0,
             succeeded=self._succeeded,
             failed=self._failed,
+            retried=self._retried,
+            cancelled=self._cancelled,
             started_at=self._started_at,
         )
 
@@ -333,7 +340,10 @@ class Router:
             log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
             return await self._failed_with(request, codec, exc, events, received)
         try:
-            result = await self._run(atask, request, args, kwargs, events)
+            if atask.retry is None:
+                result = await self._run(atask, request, args, kwargs, events)
+            else:
+                result = await self._retrying(atask, request, args, kwargs, events)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and not task.cancelling():
@@ -342,6 +352,7 @@ class Router:
                 stray = RuntimeError(f"atask {request.name!r} raised CancelledError")
                 stray.__cause__ = exc
                 return await self._failed_with(request, codec, stray, events, received)
+            self._cancelled += 1
             if events is not None:
                 await self._emit(events, "cancelled", request, received)
             raise
@@ -382,6 +393,8 @@ class Router:
         *,
         error: str | None = None,
         progress: Progress | None = None,
+        attempt: int | None = None,
+        delay: float | None = None,
     ) -> None:
         event = Event(
             kind=kind,
@@ -396,6 +409,8 @@ class Router:
                 if progress is not None
                 else None
             ),
+            attempt=attempt,
+            delay=delay,
         )
         try:
             await events.publish_event(event)
@@ -456,6 +471,58 @@ class Router:
                 slots.finish(scope)
             current_scope.reset(token)
 
+    async def _retrying(
+        self,
+        atask: ATask[Any, Any],
+        request: Request,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        events: Transport | None,
+    ) -> Any:
+        """``_run`` until an attempt succeeds or ``atask.retry`` allows no more, within the
+        call's deadline. Waiting for the next attempt, the call holds no slot."""
+        retry = atask.retry
+        assert retry is not None
+        deadline = request.deadline
+        attempt = 1
+        while True:
+            try:
+                return await self._run(atask, request, args, kwargs, events)
+            except Exception as exc:
+                delay = retry.delay_after(attempt, exc)
+                if delay is None:
+                    why = (
+                        "no attempts left"
+                        if attempt >= retry.attempts
+                        else f"{type(exc).__name__} is not retried"
+                    )
+                    give_up(exc, attempt, retry, why)
+                    raise
+                if deadline is not None and time.time() + delay >= deadline:
+                    give_up(
+                        exc,
+                        attempt,
+                        retry,
+                        f"the next attempt, in {delay:.3g}s, would start after the deadline",
+                    )
+                    raise
+                attempt += 1
+                self._retried += 1
+                error = f"{type_name(exc)}: {_message(exc)}"
+                log.info(
+                    "call %s of %r failed (%s); attempt %d in %.3gs",
+                    request.call_id,
+                    request.name,
+                    error,
+                    attempt,
+                    delay,
+                )
+                if events is not None:
+                    await self._emit(
+                        events, "retrying", request, error=error, attempt=attempt, delay=delay
+                    )
+            await asyncio.sleep(delay)  # before the deadline, checked above; holding no slot
+
     def _reporter(self, request: Request, events: Transport | None) -> ProgressSink:
         caller = request.report
 
@@ -503,11 +570,15 @@ def _shape(payload: Any) -> str:
     return type(payload).__name__
 
 
-async def _failure(request: Request, codec: Codec | None, exc: Exception) -> Reply:
+def _message(exc: BaseException) -> str:
     try:
-        message = str(exc)
+        return str(exc)
     except Exception:  # a broken __str__ must not break the reply
-        message = f"<unprintable {type(exc).__name__}>"
+        return f"<unprintable {type(exc).__name__}>"
+
+
+async def _failure(request: Request, codec: Codec | None, exc: Exception) -> Reply:
+    message = _message(exc)
     body = b""
     if codec is not None and request.content_type == codec.content_type:
         try:

@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from atasks.namespaces import DEFAULT, register_atask
+from atasks.retry import Retry
 from atasks.router import get_router
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-OPTIONS = ("name", "namespace", "timeout")
+OPTIONS = ("name", "namespace", "timeout", "retry")
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
 
@@ -38,13 +39,17 @@ class ATask(Generic[P, R]):
         name: str | None = None,
         namespace: str = DEFAULT,
         timeout: float | None = None,
+        retry: Retry | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@atask needs a function, not {fn!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"@atask(retry=...) takes an atasks.Retry, not {retry!r}")
         self.fn = fn
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.namespace = namespace
         self.timeout = timeout
+        self.retry = retry
         self._is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
         # Python 3.11's inspect.iscoroutinefunction() accepts a function-like object whose
@@ -113,14 +118,17 @@ def atask(
     name: str | None = None,
     namespace: str = DEFAULT,
     timeout: float | None = None,
+    retry: Retry | None = None,
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...)``.
+    """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
+    retry=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
-    ``<module>.<qualname>``. Any other option is a ``TypeError``.
+    ``<module>.<qualname>``. ``retry`` (an ``atasks.Retry``) runs a failing call again on its
+    server. Any other option is a ``TypeError``.
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:

@@ -31,13 +31,14 @@ server    serve their atasks until SIGINT/SIGTERM (also runs any aiomain)
 client    run each module's `async def aiomain(**options)`, sending atasks to servers
 loopback  serve and call in this one process (the default; needs no broker)
 
-aiomain receives this command's options (mode, transport, url, codec, concurrency, workers,
-grace, max_message_size, events) that it names, all of them if it takes **options, and every
--o option, which wins over a command option of the same name.
+aiomain receives this command's options (mode, transport, url, codec, concurrency, processes,
+workers, grace, max_message_size, consumer_timeout, queue_type, events) that it names, all of
+them if it takes **options, and every -o option, which wins over a command option of the same
+name.
 
 Every option can also come from the environment: ATASKS_MODE, ATASKS_TRANSPORT, ATASKS_URL,
-ATASKS_CODEC, ATASKS_CONCURRENCY, ATASKS_WORKERS, ATASKS_GRACE, ATASKS_MAX_MESSAGE_SIZE,
-ATASKS_QUEUE_TYPE, ATASKS_CONSUMER_TIMEOUT;
+ATASKS_CODEC, ATASKS_CONCURRENCY, ATASKS_PROCESSES, ATASKS_WORKERS, ATASKS_GRACE,
+ATASKS_MAX_MESSAGE_SIZE, ATASKS_QUEUE_TYPE, ATASKS_CONSUMER_TIMEOUT;
 ATASKS_SECRET signs pickle.
 """
 
@@ -97,6 +98,14 @@ def main() -> None:
     help="Atasks one server process runs at once (those awaiting others don't count).",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="ATASKS_PROCESSES",
+    help="Worker processes of each server process for mechanism='process' atasks, started "
+    "when first needed.  [default: one per CPU]",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=1,
@@ -153,6 +162,7 @@ def run(
     codec: str,
     options: tuple[str, ...],
     concurrency: int,
+    processes: int | None,
     workers: int,
     grace: float,
     max_message_size: int | None,
@@ -173,6 +183,7 @@ def run(
             url=url,
             codec=codec,
             concurrency=concurrency,
+            processes=processes,
             workers=workers,
             grace=grace,
             max_message_size=max_message_size,

@@ -45,13 +45,15 @@ async def setup(
     key: str | bytes | None = None,
     serve: bool | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
+    processes: int | None = None,
     namespace: str = DEFAULT,
     **transport_options: Any,
 ) -> Router:
     """Bind a codec and a transport to ``namespace``, connect, and serve if asked.
 
     ``serve`` defaults to ``True`` for the loopback transport (it reaches only this process) and
-    ``False`` otherwise. Returns the namespace's router.
+    ``False`` otherwise. ``processes``: worker processes for ``mechanism="process"`` atasks
+    (default: one per CPU). Returns the namespace's router.
 
     All or nothing: if any step fails, the namespace keeps the codec and transport it had, and
     a transport made here is disconnected.
@@ -70,7 +72,7 @@ async def setup(
         await transport.connect()
         router = get_router(namespace)
         if serve:
-            await router.activate(transport, concurrency=concurrency)
+            await router.activate(transport, concurrency=concurrency, processes=processes)
     except BaseException:
         ns.codec, ns.transport, ns.replaced[:] = before
         if made is not None:

@@ -12,6 +12,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from atasks.codecs.base import Codec, decode, encode
 from atasks.codecs.pickle_codec import PickleCodec
 from atasks.errors import (
     CodecError,
+    ConfigurationError,
     DecodeError,
     EncodeError,
     JobNotFound,
@@ -32,6 +34,7 @@ from atasks.errors import (
 )
 from atasks.events import Event, Progress, progress_listener
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
+from atasks.processes import ProcessPool
 from atasks.retry import give_up
 from atasks.slots import Slots
 from atasks.transport.base import ProgressSink, Reply, Request, Transport
@@ -99,6 +102,8 @@ class Router:
         self._retried = 0
         self._cancelled = 0
         self._started_at = 0.0
+        self._processes: int | None = None
+        self._pool: ProcessPool | None = None
         bind_router(self, namespace)
 
     @property
@@ -180,14 +185,19 @@ class Router:
     # --- serve side ----------------------------------------------------------------------
 
     async def activate(
-        self, transport: Transport | None = None, *, concurrency: int = DEFAULT_CONCURRENCY
+        self,
+        transport: Transport | None = None,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        processes: int | None = None,
     ) -> None:
         """Serve every atask registered in this namespace through ``transport``, and those
         registered later (imported after this call) as they come.
 
         At most ``concurrency`` atasks run at once; one awaiting other atasks does not count.
-        Activating again with the same transport does nothing; with another one, the router
-        stops serving through the first (as in 2019).
+        ``mechanism="process"`` atasks run in at most ``processes`` worker processes (default:
+        one per CPU), started when first needed. Activating again with the same transport does
+        nothing; with another one, the router stops serving through the first (as in 2019).
         """
         transport = modern(transport if transport is not None else self.transport)
         if self._serving is transport:
@@ -195,6 +205,9 @@ class Router:
         if self._serving is not None:
             log.info("%r: switching from %r to %r", self, self._serving, transport)
             await self.deactivate()
+        if processes is not None and processes < 1:
+            raise ConfigurationError(f"processes must be at least 1, not {processes}")
+        self._processes = processes
         slots = Slots(concurrency)
         transport.set_capacity(slots)
         self._slots = slots
@@ -235,7 +248,12 @@ class Router:
             for name in self._served:
                 await transport.unregister_callback(name)
         finally:
-            await transport.drain(grace)
+            try:
+                await transport.drain(grace)
+            finally:
+                pool, self._pool = self._pool, None
+                if pool is not None:
+                    await pool.close()
 
     @property
     def serving(self) -> Transport | None:
@@ -459,7 +477,10 @@ class Router:
                     await slots.take(scope)
             if events is not None:
                 await self._emit(events, "started", request)
-            running = atask.run(args, kwargs)
+            if atask.mechanism == "process":
+                running = self._process_pool().run(atask.fn, args, kwargs)
+            else:
+                running = atask.run(args, kwargs)
             work = slots.drive(running, scope) if slots is not None else running
             if deadline is None:
                 return await work
@@ -522,6 +543,12 @@ class Router:
                         events, "retrying", request, error=error, attempt=attempt, delay=delay
                     )
             await asyncio.sleep(delay)  # before the deadline, checked above; holding no slot
+
+    def _process_pool(self) -> ProcessPool:
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = ProcessPool(self._processes or os.cpu_count() or 1)
+        return pool
 
     def _reporter(self, request: Request, events: Transport | None) -> ProgressSink:
         caller = request.report

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import atasks
-from atasks import atask
+from atasks import Backoff, Retry, atask
 
 
 @atask
@@ -89,6 +90,43 @@ async def count_run(tally: str, seconds: float) -> int:
     with open(tally, "a") as lines:  # noqa: ASYNC230 - tiny, and a test
         lines.write(f"{os.getpid()}\n")
     await asyncio.sleep(seconds)
+    return os.getpid()
+
+
+@atask(mechanism="process")
+def spin(marker: str, seconds: float) -> list[int]:
+    """CPU-bound, in a worker process: write the worker's pid to ``marker``, then spin until a
+    file ``<marker>.stop`` exists or ``seconds`` pass; returns the worker's pid and its parent's."""
+    Path(marker).write_text(str(os.getpid()))
+    stop = Path(marker + ".stop")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not stop.exists():
+        sum(range(20_000))
+    return [os.getpid(), os.getppid()]
+
+
+@atask(mechanism="process")
+def cpu_sum(n: int) -> list[int]:
+    """The sum of ``range(n)`` and the pid of the worker process that computed it."""
+    return [sum(range(n)), os.getpid()]
+
+
+@atask(mechanism="process")
+def lookup_in_process(key: str) -> None:
+    raise LookupError(key)
+
+
+@atask(mechanism="process")
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+@atask(mechanism="process", retry=Retry(attempts=2, backoff=Backoff.constant(0)))
+def die_once(marker: str) -> int:
+    """Ends its worker process abruptly the first time (no ``marker`` yet), then succeeds."""
+    if not Path(marker).exists():
+        Path(marker).write_text(str(os.getpid()))
+        os._exit(3)
     return os.getpid()
 
 

@@ -99,10 +99,13 @@ def _mechanism(fn: Callable[..., Any], is_async: bool, asked: Mechanism | None) 
         kind = "an async def" if is_async else "a plain def"
         needs = "async def" if asked == "async" else "plain def"
         raise TypeError(f"mechanism={asked!r} runs a {needs}, and {fn.__qualname__} is {kind}")
-    if asked == "process" and "<" in getattr(fn, "__qualname__", "<"):
+    if asked == "process" and (
+        "<" in getattr(fn, "__qualname__", "<") or getattr(fn, "__module__", None) == "__main__"
+    ):
         raise TypeError(
             f"mechanism='process' runs a function that worker processes import by its name: "
-            f"define {fn.__qualname__} at the top level of a module"
+            f"define {fn.__qualname__} at the top level of a module (not in the script being "
+            "run, __main__)"
         )
     return asked
 

@@ -50,6 +50,12 @@ def test_process_is_for_plain_functions_importable_by_name() -> None:
         @atask(name="processes.fiber", namespace="processes", mechanism="fiber")  # type: ignore[call-overload]
         def fiber() -> None: ...
 
+    def in_main() -> None: ...
+
+    in_main.__module__, in_main.__qualname__ = "__main__", "in_main"
+    with pytest.raises(TypeError, match="not in the script being run"):
+        atask(name="processes.main", namespace="processes", mechanism="process")(in_main)
+
     assert workload.cpu_sum.mechanism == "process"
     assert workload.pid.mechanism == "async"
 

@@ -51,16 +51,9 @@ class ProcessPool:
         self._idle: list[_Worker] = []
         self._workers: set[_Worker] = set()
         self._closed = False
-        self.started = 0  # workers started so far
-        self.killed = 0  # workers killed because their call was cancelled
 
     def __repr__(self) -> str:
         return f"ProcessPool(size={self.size}, alive={len(self._workers)})"
-
-    @property
-    def pids(self) -> list[int]:
-        """The worker processes alive now."""
-        return [worker.pid for worker in self._workers]
 
     async def run(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
         """``fn(*args, **kwargs)`` in a worker process. Cancelling this kills that worker."""
@@ -76,7 +69,7 @@ class ProcessPool:
         async with self._permits:
             if self._closed:
                 raise RuntimeError("the process pool is closed: its router stopped serving")
-            worker = self._idle.pop() if self._idle else await self._start()
+            worker = self._idle_worker() or await self._start()
             try:
                 data = await worker.call(job)
             except (OSError, asyncio.IncompleteReadError):  # it died under the call
@@ -87,7 +80,6 @@ class ProcessPool:
                 ) from None
             except BaseException:  # cancelled while the function runs: nothing else stops it
                 self._workers.discard(worker)
-                self.killed += 1
                 log.info("killed worker process %d running %s: call cancelled", worker.pid, name)
                 await worker.kill()
                 raise
@@ -101,6 +93,21 @@ class ProcessPool:
         if ok:
             return value
         raise value
+
+    def _idle_worker(self) -> _Worker | None:
+        """An idle worker still alive (one may have died waiting: the OOM killer, say)."""
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.process.returncode is None:
+                return worker
+            self._workers.discard(worker)
+            worker.writer.close()
+            log.warning(
+                "worker process %d died while idle (%s)",
+                worker.pid,
+                _exit(worker.process.returncode),
+            )
+        return None
 
     async def _start(self) -> _Worker:
         ours, theirs = socket.socketpair()
@@ -126,7 +133,6 @@ class ProcessPool:
             raise
         worker = _Worker(process, reader, writer)
         self._workers.add(worker)
-        self.started += 1
         log.debug("started worker process %d", worker.pid)
         return worker
 

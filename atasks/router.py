@@ -12,6 +12,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import math
 import os
 import time
 import traceback
@@ -518,6 +519,9 @@ class Router:
                         else f"{type(exc).__name__} is not retried"
                     )
                     give_up(exc, attempt, retry, why)
+                    raise
+                if math.isinf(delay):  # an exponential backoff without a ceiling, grown past floats
+                    give_up(exc, attempt, retry, "the next attempt would never start")
                     raise
                 if deadline is not None and time.time() + delay >= deadline:
                     give_up(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from servers import Servers, until, wait_until_served
 
 import atasks
 from atasks import atask
+from atasks.processes import ProcessPool
 from atasks.router import Router
 
 pytestmark = pytest.mark.timeout(90)
@@ -125,6 +127,20 @@ async def test_a_worker_that_dies_fails_its_call_and_a_retry_gets_a_new_one(
     with pytest.raises(RuntimeError, match=r"worker process \d+ running .*exit_with died"):
         await workload.exit_with(4)
     assert (await workload.cpu_sum(3))[0] == 3
+
+
+async def test_a_worker_that_died_idle_is_not_given_a_call() -> None:
+    pool = ProcessPool(1)
+    try:
+        _, first = await pool.run(workload.cpu_sum.fn, [1], {})
+        os.kill(first, signal.SIGKILL)  # say, the OOM killer
+        (idle,) = pool._idle  # white box: wait until the pool's loop knows it is gone
+        await idle.process.wait()
+        total, second = await pool.run(workload.cpu_sum.fn, [10], {})
+        assert (total, second != first) == (45, True)
+    finally:
+        await pool.close()
+    assert not alive(second)
 
 
 async def test_an_atasks_run_server_with_one_process(servers: Servers, tmp_path: Path) -> None:

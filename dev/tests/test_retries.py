@@ -174,6 +174,19 @@ async def fails_then_succeeds(token: str) -> int:
     return len(attempts[token])
 
 
+class Never(Backoff):
+    """A backoff grown past any float: ``math.inf``."""
+
+    def delay(self, retry: int, rand: object = None) -> float:  # type: ignore[override]
+        return math.inf
+
+
+@atask(retry=Retry(attempts=3, backoff=Never("constant", 0)))
+async def never_again(token: str) -> None:
+    attempts[token].append(time.monotonic())
+    raise ConnectionError("down")
+
+
 @atask
 async def quick(value: int) -> int:
     return value
@@ -221,6 +234,14 @@ async def test_a_retry_that_cannot_start_before_the_deadline_is_not_made(
     assert time.monotonic() - started < 2.0
     assert caught.value.attempts == len(attempts[token])  # type: ignore[attr-defined]
     assert "would start after the deadline" in caught.value.__notes__[0]
+
+
+async def test_an_infinite_backoff_makes_no_retry(served: Router) -> None:
+    token = uuid.uuid4().hex
+    with pytest.raises(ConnectionError) as caught:
+        await never_again(token)
+    assert "(the next attempt would never start)" in caught.value.__notes__[0]
+    assert len(attempts[token]) == 1
 
 
 async def test_cancelling_the_caller_stops_the_retries(served: Router) -> None:

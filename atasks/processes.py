@@ -60,7 +60,7 @@ class ProcessPool:
         name = f"{fn.__module__}.{fn.__qualname__}"
         try:
             job = pickle.dumps(
-                (sys.path, fn.__module__, fn.__qualname__, args, kwargs), pickle.HIGHEST_PROTOCOL
+                (_path(), fn.__module__, fn.__qualname__, args, kwargs), pickle.HIGHEST_PROTOCOL
             )
         except Exception as exc:
             raise EncodeError(
@@ -117,7 +117,7 @@ class ProcessPool:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-c",
-                    f"import sys; sys.path[:] = {sys.path!r}; "
+                    f"import sys; sys.path[:] = {_path()!r}; "
                     f"from atasks.processes import serve; serve({fd})",
                     stdin=asyncio.subprocess.DEVNULL,
                     pass_fds=(fd,),
@@ -192,6 +192,12 @@ class _Worker:
         """SIGKILL it, if it still runs, and reap it; its exit status."""
         self.send_kill()
         return await self.process.wait()
+
+
+def _path() -> list[str]:
+    """Where the server imports from, as a worker can be told (entries are str by convention;
+    anything else is left out)."""
+    return [entry for entry in sys.path if isinstance(entry, str)]
 
 
 def _exit(code: int | None) -> str:

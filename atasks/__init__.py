@@ -34,6 +34,7 @@ from atasks.events import Event, Progress, deliver_progress, observe_progress, p
 from atasks.lifecycle import close, setup
 from atasks.namespaces import get_codec, get_transport, reset
 from atasks.propagation import propagate, unpropagate
+from atasks.retry import Backoff, Retry
 from atasks.router import Router, get_router
 from atasks.tasks import ATask, atask
 from atasks.transport.base import LoopbackTransport, Transport
@@ -44,6 +45,7 @@ __all__ = [
     "ATasksError",
     "AuthError",
     "AuthUnavailable",
+    "Backoff",
     "ClassicAdapter",
     "Codec",
     "CodecError",
@@ -62,6 +64,7 @@ __all__ = [
     "PickleCodec",
     "Progress",
     "RemoteError",
+    "Retry",
     "Router",
     "Transport",
     "TransportError",

@@ -2,4 +2,5 @@
 
 from atasks.cli import main
 
-main()
+if __name__ == "__main__":  # imported, it runs nothing
+    main()

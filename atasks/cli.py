@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,9 +34,10 @@ server    serve their atasks until SIGINT/SIGTERM (also runs any aiomain)
 client    run each module's `async def aiomain(**options)`, sending atasks to servers
 loopback  serve and call in this one process (the default; needs no broker)
 
-aiomain receives this command's options (mode, transport, url, codec, concurrency, workers,
-grace, max_message_size, consumer_timeout, queue_type, events) that it names, all of them if it
-takes **options, and every -o option, which wins over a command option of the same name.
+aiomain receives this command's options (mode, transport, url, codec, concurrency, processes,
+workers, grace, max_message_size, consumer_timeout, queue_type, events) that it names, all of
+them if it takes **options, and every -o option, which wins over a command option of the same
+name.
 
 Every option can also come from its ATASKS_* variable, named in its help; an option given here
 wins. `atasks settings` lists them all. ATASKS_SECRET signs pickle and auth contexts.
@@ -113,6 +115,7 @@ def main() -> None:
     help="Passed to aiomain(); values are Python literals or strings.",
 )
 @setting_option("concurrency", metavar="N")
+@setting_option("processes", metavar="N")
 @setting_option("workers", metavar="N")
 @setting_option("grace", metavar="SECONDS")
 @setting_option("max_message_size", metavar="BYTES")
@@ -133,6 +136,7 @@ def run(
     codec: str | None,
     options: tuple[str, ...],
     concurrency: int | None,
+    processes: int | None,
     workers: int | None,
     grace: float | None,
     max_message_size: int | None,
@@ -148,6 +152,7 @@ def run(
         "url": url,
         "codec": codec,
         "concurrency": concurrency,
+        "processes": processes,
         "workers": workers,
         "grace": grace,
         "max_message_size": max_message_size,
@@ -229,6 +234,78 @@ def inspect_command(url: str | None, namespace: str, wait: float, as_json: bool)
     except Exception as exc:
         raise Failure(f"cannot inspect: {one_line(exc)}") from exc
     click.echo(json.dumps(servers, indent=2) if as_json else format_inspect_table(servers))
+
+
+@main.group()
+def dead() -> None:
+    """The namespace's dead letters: requests its servers gave up on (atasks-dead.<ns>)."""
+
+
+@dead.command("list")
+@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
+@click.option("--namespace", default=DEFAULT, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+def dead_list(url: str | None, namespace: str, as_json: bool) -> None:
+    """Count dead letters by atask and reason, with their age; all stay in place."""
+    from atasks.monitor import format_dead_letters
+    from atasks.transport.backends.amqp import DEFAULT_URL
+    from atasks.transport.backends.amqp.dead import list_dead_letters
+    from atasks.transport.backends.amqp.topology import Topology
+
+    try:
+        letters = asyncio.run(list_dead_letters(url or DEFAULT_URL, namespace))
+    except Exception as exc:
+        raise Failure(f"cannot list dead letters: {one_line(exc)}") from exc
+    now = time.time()
+    found = [letter.as_dict(now) for letter in letters]
+    queue = Topology(namespace).dead_letter_queue
+    if as_json:
+        click.echo(json.dumps({"queue": queue, "count": len(found), "dead_letters": found}))
+    else:
+        click.echo(format_dead_letters(found, queue))
+
+
+@dead.command("replay")
+@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
+@click.option("--namespace", default=DEFAULT, show_default=True)
+@click.option("--atask", "atask_name", metavar="NAME", help="Only the dead letters of this atask.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N of them.")
+def dead_replay(url: str | None, namespace: str, atask_name: str | None, limit: int | None) -> None:
+    """Send dead letters back to their atask's queue, as fresh requests.
+
+    Each keeps its call id, arguments and reply_to, and loses its deadline (past, most likely)
+    and the broker's records of its death. One that cannot go back (its queue is gone) stays,
+    and the command exits 1."""
+    from atasks.transport.backends.amqp import DEFAULT_URL
+    from atasks.transport.backends.amqp.dead import replay_dead_letters
+
+    try:
+        replayed = asyncio.run(
+            replay_dead_letters(url or DEFAULT_URL, namespace, atask=atask_name, limit=limit)
+        )
+    except Exception as exc:
+        raise Failure(f"cannot replay dead letters: {one_line(exc)}") from exc
+    count = len(replayed.sent)
+    click.echo(f"replayed {count} dead letter{'s' if count != 1 else ''}")
+    for letter, why in replayed.left:
+        click.echo(f"left {letter.atask} [{letter.call_id[:8]}] in place: {why}", err=True)
+    if replayed.left:
+        sys.exit(1)
+
+
+@dead.command("purge")
+@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
+@click.option("--namespace", default=DEFAULT, show_default=True)
+def dead_purge(url: str | None, namespace: str) -> None:
+    """Delete every dead letter of the namespace."""
+    from atasks.transport.backends.amqp import DEFAULT_URL
+    from atasks.transport.backends.amqp.dead import purge_dead_letters
+
+    try:
+        count = asyncio.run(purge_dead_letters(url or DEFAULT_URL, namespace))
+    except Exception as exc:
+        raise Failure(f"cannot purge dead letters: {one_line(exc)}") from exc
+    click.echo(f"purged {count} dead letter{'s' if count != 1 else ''}")
 
 
 @main.command()

@@ -18,7 +18,7 @@ from atasks.calls import current_scope
 
 log = logging.getLogger("atasks.events")
 
-KINDS = ("received", "started", "progress", "succeeded", "failed", "cancelled")
+KINDS = ("received", "started", "progress", "retrying", "succeeded", "failed", "cancelled")
 SERVER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -47,6 +47,8 @@ class Event:
     duration: float | None = None  # seconds since received, on the last event of a call
     error: str | None = None
     progress: dict[str, Any] | None = None
+    attempt: int | None = None  # retrying: the attempt to come (2 for the first retry)
+    delay: float | None = None  # retrying: seconds until it starts
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}

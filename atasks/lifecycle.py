@@ -47,6 +47,7 @@ async def setup(
     key: str | bytes | None = None,
     serve: bool | None = None,
     concurrency: int | None = None,
+    processes: int | None = None,
     namespace: str = DEFAULT,
     **transport_options: Any,
 ) -> Router:
@@ -54,9 +55,10 @@ async def setup(
 
     Each setting not given comes from its ``ATASKS_*`` variable, else its default (see
     ``atasks.settings``): ``transport`` ``"loopback"``, ``codec`` ``"pickle"``, ``key``
-    ``ATASKS_SECRET``, ``concurrency`` 64, and ``AMQPTransport``'s options. ``serve`` defaults to
-    ``True`` for the loopback transport (it reaches only this process) and ``False``
-    otherwise. Returns the namespace's router.
+    ``ATASKS_SECRET``, ``concurrency`` 64, ``processes`` (workers for ``mechanism="process"``
+    atasks) one per CPU, and ``AMQPTransport``'s options. ``serve`` defaults to ``True`` for the
+    loopback transport (it reaches only this process) and ``False`` otherwise. Returns the
+    namespace's router.
 
     All or nothing: if any step fails, the namespace keeps the codec and transport it had, and
     a transport made here is disconnected.
@@ -64,6 +66,7 @@ async def setup(
     transport = settings.value("transport", transport) or "loopback"
     codec = settings.value("codec", codec)
     concurrency = settings.value("concurrency", concurrency)
+    processes = settings.value("processes", processes)
     serve = settings.value("serve", serve)
     ns = _namespace(namespace)
     before = (ns.codec, ns.transport, list(ns.replaced))
@@ -79,7 +82,7 @@ async def setup(
         await transport.connect()
         router = get_router(namespace)
         if serve:
-            await router.activate(transport, concurrency=concurrency)
+            await router.activate(transport, concurrency=concurrency, processes=processes)
     except BaseException:
         ns.codec, ns.transport, ns.replaced[:] = before
         if made is not None:

@@ -1,4 +1,4 @@
-"""How ``atasks inspect`` and ``atasks events`` look to a person."""
+"""How ``atasks inspect``, ``atasks events`` and ``atasks dead list`` look to a person."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ COLOURS = {
     "received": "bright_black",
     "started": "cyan",
     "progress": "blue",
+    "retrying": "magenta",
     "succeeded": "green",
     "failed": "red",
     "cancelled": "yellow",
@@ -21,6 +22,7 @@ MARKS = {
     "received": "·",
     "started": "▶",
     "progress": "…",
+    "retrying": "↻",
     "succeeded": "✓",
     "failed": "✗",
     "cancelled": "⊘",
@@ -34,6 +36,7 @@ COLUMNS = (
     "in progress",
     "done",
     "failed",
+    "retried",
     "uptime",
 )
 
@@ -51,6 +54,7 @@ def format_inspect_table(servers: list[dict[str, Any]]) -> str:
             str(int(s.get("running", 0)) + int(s.get("parked", 0))),
             str(s.get("succeeded", 0)),
             str(s.get("failed", 0)),
+            str(s.get("retried", 0)),
             _duration(float(s.get("uptime", 0))),
         )
         for s in servers
@@ -61,6 +65,36 @@ def format_inspect_table(servers: list[dict[str, Any]]) -> str:
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     lines = [line.rstrip() for line in lines]
     return "\n".join(lines)
+
+
+def format_dead_letters(letters: list[dict[str, Any]], queue: str) -> str:
+    """A count, then one line per atask and reason: how many, and how long ago they died."""
+    if not letters:
+        return f"no dead letters in {queue}"
+    groups: dict[tuple[str, str], list[float | None]] = {}
+    for letter in letters:
+        key = (str(letter.get("atask", "?")), str(letter.get("reason", "?")))
+        groups.setdefault(key, []).append(letter.get("age"))
+    rows = [
+        (str(len(ages)), atask, reason, _ages(ages))
+        for (atask, reason), ages in sorted(groups.items(), key=lambda item: -len(item[1]))
+    ]
+    columns = ("count", "atask", "reason", "age")
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    plural = "s" if len(letters) != 1 else ""
+    lines = [f"{len(letters)} dead letter{plural} in {queue}"]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _ages(ages: list[float | None]) -> str:
+    known = [age for age in ages if age is not None]
+    if not known:
+        return "?"
+    youngest, oldest = _duration(min(known)), _duration(max(known))
+    return youngest if youngest == oldest else f"{youngest} to {oldest}"
 
 
 def _names(atasks: list[str]) -> str:
@@ -104,6 +138,8 @@ class EventFormatter:
         detail = ""
         if event.duration is not None and event.kind in ("succeeded", "failed", "cancelled"):
             detail += f" {_duration(event.duration)}"
+        if event.kind == "retrying" and event.attempt is not None:
+            detail += f" attempt {event.attempt} in {_duration(event.delay or 0.0)}"
         if event.error:
             detail += " " + click.style(event.error, fg="red")
         if event.progress:

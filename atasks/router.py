@@ -12,6 +12,8 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import math
+import os
 import sys
 import time
 import traceback
@@ -27,6 +29,7 @@ from atasks.codecs.pickle_codec import PickleCodec
 from atasks.errors import (
     AuthError,
     CodecError,
+    ConfigurationError,
     DecodeError,
     EncodeError,
     JobNotFound,
@@ -36,7 +39,9 @@ from atasks.errors import (
 )
 from atasks.events import Event, Progress, progress_listener
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
+from atasks.processes import ProcessPool
 from atasks.propagation import apply, capture, propagated, restore
+from atasks.retry import give_up
 from atasks.slots import Slots
 from atasks.transport.base import ProgressSink, Reply, Request, Transport
 from atasks.transport.classic import ClassicAdapter, modern
@@ -66,6 +71,8 @@ class RouterStatistics:
     parked: int
     succeeded: int
     failed: int
+    retried: int  # attempts made again by ``@atask(retry=...)``
+    cancelled: int
     started_at: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,7 +107,11 @@ class Router:
         self._registering: set[asyncio.Task[None]] = set()
         self._succeeded = 0
         self._failed = 0
+        self._retried = 0
+        self._cancelled = 0
         self._started_at = 0.0
+        self._processes: int | None = None
+        self._pool: ProcessPool | None = None
         bind_router(self, namespace)
 
     @property
@@ -211,14 +222,19 @@ class Router:
     # --- serve side ----------------------------------------------------------------------
 
     async def activate(
-        self, transport: Transport | None = None, *, concurrency: int = DEFAULT_CONCURRENCY
+        self,
+        transport: Transport | None = None,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        processes: int | None = None,
     ) -> None:
         """Serve every atask registered in this namespace through ``transport``, and those
         registered later (imported after this call) as they come.
 
         At most ``concurrency`` atasks run at once; one awaiting other atasks does not count.
-        Activating again with the same transport does nothing; with another one, the router
-        stops serving through the first (as in 2019).
+        ``mechanism="process"`` atasks run in at most ``processes`` worker processes (default:
+        one per CPU), started when first needed. Activating again with the same transport does
+        nothing; with another one, the router stops serving through the first (as in 2019).
         """
         transport = modern(transport if transport is not None else self.transport)
         if self._serving is transport:
@@ -226,6 +242,9 @@ class Router:
         if self._serving is not None:
             log.info("%r: switching from %r to %r", self, self._serving, transport)
             await self.deactivate()
+        if processes is not None and processes < 1:
+            raise ConfigurationError(f"processes must be at least 1, not {processes}")
+        self._processes = processes
         slots = Slots(concurrency)
         transport.set_capacity(slots)
         self._slots = slots
@@ -266,7 +285,12 @@ class Router:
             for name in self._served:
                 await transport.unregister_callback(name)
         finally:
-            await transport.drain(grace)
+            try:
+                await transport.drain(grace)
+            finally:
+                pool, self._pool = self._pool, None
+                if pool is not None:
+                    await pool.close()
 
     @property
     def serving(self) -> Transport | None:
@@ -342,6 +366,8 @@ class Router:
             parked=slots.parked if slots else 0,
             succeeded=self._succeeded,
             failed=self._failed,
+            retried=self._retried,
+            cancelled=self._cancelled,
             started_at=self._started_at,
         )
 
@@ -374,7 +400,12 @@ class Router:
                 log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
                 return await self._failed_with(request, codec, exc, events, received, served)
             try:
-                result = await self._run(atask, request, args, kwargs, values, verified, events)
+                if atask.retry is None:
+                    result = await self._run(atask, request, args, kwargs, values, verified, events)
+                else:
+                    result = await self._retrying(
+                        atask, request, args, kwargs, values, verified, events
+                    )
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
                 if task is not None and not task.cancelling():
@@ -383,6 +414,7 @@ class Router:
                     stray = RuntimeError(f"atask {request.name!r} raised CancelledError")
                     stray.__cause__ = exc
                     return await self._failed_with(request, codec, stray, events, received, served)
+                self._cancelled += 1
                 if served is not None:
                     served.failed(exc)
                 if events is not None:
@@ -433,6 +465,8 @@ class Router:
         *,
         error: str | None = None,
         progress: Progress | None = None,
+        attempt: int | None = None,
+        delay: float | None = None,
     ) -> None:
         event = Event(
             kind=kind,
@@ -447,6 +481,8 @@ class Router:
                 if progress is not None
                 else None
             ),
+            attempt=attempt,
+            delay=delay,
         )
         try:
             await events.publish_event(event)
@@ -514,7 +550,10 @@ class Router:
                     await slots.take(scope)
             if events is not None:
                 await self._emit(events, "started", request)
-            running = atask.run(args, kwargs)
+            if atask.mechanism == "process":
+                running = self._process_pool().run(atask.fn, args, kwargs)
+            else:
+                running = atask.run(args, kwargs)
             work = slots.drive(running, scope) if slots is not None else running
             if deadline is None:
                 return await work
@@ -529,6 +568,69 @@ class Router:
             if restoring:
                 restore(restoring)
             current_scope.reset(token)
+
+    async def _retrying(
+        self,
+        atask: ATask[Any, Any],
+        request: Request,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        values: dict[str, Any] | None,
+        verified: AuthContext | None,
+        events: Transport | None,
+    ) -> Any:
+        """``_run`` until an attempt succeeds or ``atask.retry`` allows no more, within the
+        call's deadline. Waiting for the next attempt, the call holds no slot."""
+        retry = atask.retry
+        assert retry is not None
+        deadline = request.deadline
+        attempt = 1
+        while True:
+            try:
+                return await self._run(atask, request, args, kwargs, values, verified, events)
+            except Exception as exc:
+                delay = retry.delay_after(attempt, exc)
+                if delay is None:
+                    why = (
+                        "no attempts left"
+                        if attempt >= retry.attempts
+                        else f"{type(exc).__name__} is not retried"
+                    )
+                    give_up(exc, attempt, retry, why)
+                    raise
+                if math.isinf(delay):  # an exponential backoff without a ceiling, grown past floats
+                    give_up(exc, attempt, retry, "the next attempt would never start")
+                    raise
+                if deadline is not None and time.time() + delay >= deadline:
+                    give_up(
+                        exc,
+                        attempt,
+                        retry,
+                        f"the next attempt, in {delay:.3g}s, would start after the deadline",
+                    )
+                    raise
+                attempt += 1
+                self._retried += 1
+                error = f"{type_name(exc)}: {_message(exc)}"
+                log.info(
+                    "call %s of %r failed (%s); attempt %d in %.3gs",
+                    request.call_id,
+                    request.name,
+                    error,
+                    attempt,
+                    delay,
+                )
+                if events is not None:
+                    await self._emit(
+                        events, "retrying", request, error=error, attempt=attempt, delay=delay
+                    )
+            await asyncio.sleep(delay)  # before the deadline, checked above; holding no slot
+
+    def _process_pool(self) -> ProcessPool:
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = ProcessPool(self._processes or os.cpu_count() or 1)
+        return pool
 
     def _reporter(self, request: Request, events: Transport | None) -> ProgressSink:
         caller = request.report
@@ -590,11 +692,15 @@ def _shape(payload: Any) -> str:
     return type(payload).__name__
 
 
-async def _failure(request: Request, codec: Codec | None, exc: Exception) -> Reply:
+def _message(exc: BaseException) -> str:
     try:
-        message = str(exc)
+        return str(exc)
     except Exception:  # a broken __str__ must not break the reply
-        message = f"<unprintable {type(exc).__name__}>"
+        return f"<unprintable {type(exc).__name__}>"
+
+
+async def _failure(request: Request, codec: Codec | None, exc: Exception) -> Reply:
+    message = _message(exc)
     body = b""
     if codec is not None and request.content_type == codec.content_type:
         try:

@@ -55,6 +55,8 @@ class RunOptions:
     url: str | None = None
     codec: str = "pickle"
     concurrency: int = DEFAULT_CONCURRENCY
+    processes: int | None = None
+    """Worker processes for ``mechanism="process"`` atasks; ``None``: one per CPU."""
     workers: int = 1
     grace: float = DEFAULT_GRACE
     max_message_size: int | None = None
@@ -81,6 +83,8 @@ class RunOptions:
             )
         if self.workers > 1 and self.mode != "server":
             raise RunUsageError("--workers applies to --mode server only")
+        if self.processes is not None and self.processes < 1:
+            raise RunUsageError(f"--processes must be at least 1, not {self.processes}")
 
     def command_options(self) -> dict[str, Any]:
         """The command's own options, as ``aiomain`` receives them (the 2019 command passed its
@@ -91,6 +95,7 @@ class RunOptions:
             "url": self.url,
             "codec": self.codec,
             "concurrency": self.concurrency,
+            "processes": self.processes,
             "workers": self.workers,
             "grace": self.grace,
             "max_message_size": self.max_message_size,
@@ -107,6 +112,8 @@ class RunOptions:
         flags += ["--workers", "1", "--queue-type", self.queue_type]
         if self.url is not None:
             flags += ["--url", self.url]
+        if self.processes is not None:
+            flags += ["--processes", str(self.processes)]
         if self.max_message_size is not None:
             flags += ["--max-message-size", str(self.max_message_size)]
         if self.consumer_timeout is not None:
@@ -135,6 +142,7 @@ def options_from(given: Mapping[str, Any], extra: dict[str, Any]) -> RunOptions:
         url=maybe("url"),
         codec=settings.value("codec", given.get("codec")),
         concurrency=settings.value("concurrency", given.get("concurrency")),
+        processes=maybe("processes"),
         workers=workers,
         grace=settings.value("grace", given.get("grace")),
         max_message_size=maybe("max_message_size"),
@@ -267,7 +275,9 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             )
             await transport.connect()
             if options.mode != "client":
-                await get_router(name).activate(transport, concurrency=options.concurrency)
+                await get_router(name).activate(
+                    transport, concurrency=options.concurrency, processes=options.processes
+                )
         command = options.command_options()
         mains = [
             _aiomain(module, command, options.extra)

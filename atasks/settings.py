@@ -169,6 +169,17 @@ SETTINGS: tuple[Setting, ...] = (
         "Atasks one server process runs at once (those awaiting others don't count).",
     ),
     Setting(
+        "processes",
+        "ATASKS_PROCESSES",
+        None,
+        "1 or more",
+        _int(1),
+        (SETUP, RUN),
+        'Worker processes of each server for `mechanism="process"` atasks, started when '
+        "first needed.",
+        shown_default="one per CPU",
+    ),
+    Setting(
         "mode",
         "ATASKS_MODE",
         "loopback",

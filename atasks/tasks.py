@@ -6,18 +6,23 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from atasks.auth_context import AuthCheck
 from atasks.namespaces import DEFAULT, register_atask
+from atasks.retry import Retry
 from atasks.router import get_router
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-OPTIONS = ("name", "namespace", "timeout", "auth_required")
+OPTIONS = ("name", "namespace", "timeout", "auth_required", "retry", "mechanism")
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
+
+Mechanism = Literal["async", "thread", "process"]
+"""How a server runs an atask: in its event loop (an ``async def``), in its thread pool (a plain
+``def``, by default) or in its process pool (a plain ``def``, ``mechanism="process"``)."""
 
 
 async def _coroutine_function() -> None:
@@ -27,9 +32,10 @@ async def _coroutine_function() -> None:
 class ATask(Generic[P, R]):
     """An atask: calling it returns a coroutine that runs the function on a server.
 
-    A plain ``def`` runs in a thread pool on the serving side; the caller awaits it all the same.
-    So an atask is a coroutine function: ``inspect.iscoroutinefunction(atask)`` is true, and
-    ``inspect.signature(atask)`` is the function's.
+    A plain ``def`` runs in a thread pool on the serving side (or, with ``mechanism="process"``,
+    in a process pool); the caller awaits it all the same. So an atask is a coroutine function:
+    ``inspect.iscoroutinefunction(atask)`` is true, and ``inspect.signature(atask)`` is the
+    function's.
     """
 
     def __init__(
@@ -40,6 +46,8 @@ class ATask(Generic[P, R]):
         namespace: str = DEFAULT,
         timeout: float | None = None,
         auth_required: bool | AuthCheck = False,
+        retry: Retry | None = None,
+        mechanism: Mechanism | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@atask needs a function, not {fn!r}")
@@ -47,12 +55,16 @@ class ATask(Generic[P, R]):
             raise TypeError(
                 f"auth_required takes True, False or a check of the claims, not {auth_required!r}"
             )
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"@atask(retry=...) takes an atasks.Retry, not {retry!r}")
         self.fn = fn
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.namespace = namespace
         self.timeout = timeout
         self.auth_required = auth_required
+        self.retry = retry
         self._is_async = inspect.iscoroutinefunction(fn)
+        self.mechanism: Mechanism = _mechanism(fn, self._is_async, mechanism)
         functools.update_wrapper(self, fn)
         # Python 3.11's inspect.iscoroutinefunction() accepts a function-like object whose
         # __code__ is flagged as a coroutine's; 3.12+ also reads markcoroutinefunction's mark.
@@ -82,6 +94,27 @@ class ATask(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<atask {self.name!r} namespace={self.namespace!r}>"
+
+
+def _mechanism(fn: Callable[..., Any], is_async: bool, asked: Mechanism | None) -> Mechanism:
+    """The mechanism ``fn`` runs with, or a ``TypeError`` where it is decorated."""
+    if asked is None:
+        return "async" if is_async else "thread"
+    if asked not in ("async", "thread", "process"):
+        raise TypeError(f"@atask(mechanism=...) is 'async', 'thread' or 'process', not {asked!r}")
+    if is_async != (asked == "async"):
+        kind = "an async def" if is_async else "a plain def"
+        needs = "async def" if asked == "async" else "plain def"
+        raise TypeError(f"mechanism={asked!r} runs a {needs}, and {fn.__qualname__} is {kind}")
+    if asked == "process" and (
+        "<" in getattr(fn, "__qualname__", "<") or getattr(fn, "__module__", None) == "__main__"
+    ):
+        raise TypeError(
+            f"mechanism='process' runs a function that worker processes import by its name: "
+            f"define {fn.__qualname__} at the top level of a module (not in the script being "
+            "run, __main__)"
+        )
+    return asked
 
 
 def _where(fn: Callable[..., Any]) -> tuple[str, str, str, int]:
@@ -121,17 +154,21 @@ def atask(
     namespace: str = DEFAULT,
     timeout: float | None = None,
     auth_required: bool | AuthCheck = False,
+    retry: Retry | None = None,
+    mechanism: Mechanism | None = None,
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
-    auth_required=...)``.
+    auth_required=..., retry=..., mechanism=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
     ``<module>.<qualname>``. ``auth_required=True`` refuses calls that carry no valid auth
     context (``atasks.auth``) with ``AuthError``; a function of the claims (plain or async)
-    also refuses those it returns false for. Any other option is a ``TypeError``.
+    also refuses those it returns false for. ``retry`` (an ``atasks.Retry``) runs a failing
+    call again on its server. ``mechanism="process"`` runs a plain ``def`` in the server's
+    process pool. Any other option is a ``TypeError``.
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:

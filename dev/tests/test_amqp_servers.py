@@ -17,6 +17,7 @@ from servers import REPO, Servers, delete_queues, wait_until_served
 
 import atasks
 from atasks.errors import DeliveryLimitExceeded
+from atasks.transport.backends.amqp.dead import list_dead_letters
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,12 +95,17 @@ async def test_a_request_that_kills_every_server_is_dead_lettered(
 ) -> None:
     await atasks.setup("amqp", url=amqp_url, queue_type=queue_type)
     kept = await queue_length(amqp_url, "atasks-dead.default")
+    earlier = {d.call_id for d in await list_dead_letters(amqp_url, "default")}
     supervisor = servers.start("--workers", "2", "--queue-type", queue_type)
     await wait_until_served(workload.ready)
     with pytest.raises(DeliveryLimitExceeded, match=r"kill_my_server.*5 times"):
         await asyncio.wait_for(workload.kill_my_server(), 90)
     assert await workload.pid() != supervisor.pid  # restarted workers still serve
     assert await queue_length(amqp_url, "atasks-dead.default") == kept + 1
+    poison = [d for d in await list_dead_letters(amqp_url, "default") if d.call_id not in earlier]
+    assert [(d.atask, d.reason) for d in poison] == [
+        (workload.kill_my_server.name, "delivery_limit")
+    ]
     supervisor.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(supervisor.wait, 30) == 0
     assert "died" in servers.log(0)

@@ -344,6 +344,7 @@ def test_aiomain_receives_the_command_options(tmp_path: Path) -> None:
         "url": None,
         "codec": "mine",  # -o wins over the command's own option
         "concurrency": 64,
+        "processes": None,
         "workers": 1,
         "grace": 10.0,
         "max_message_size": None,

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import atasks
-from atasks import atask
+from atasks import Backoff, Retry, atask
 
 
 @atask
@@ -129,6 +130,43 @@ async def log_line(text: str) -> str | None:
     """Log ``text`` on the server; returns this call's id."""
     log.info("logged %s", text)
     return atasks.current_call_id()
+
+
+@atask(mechanism="process")
+def spin(marker: str, seconds: float) -> list[int]:
+    """CPU-bound, in a worker process: write the worker's pid to ``marker``, then spin until a
+    file ``<marker>.stop`` exists or ``seconds`` pass; returns the worker's pid and its parent's."""
+    Path(marker).write_text(str(os.getpid()))
+    stop = Path(marker + ".stop")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not stop.exists():
+        sum(range(20_000))
+    return [os.getpid(), os.getppid()]
+
+
+@atask(mechanism="process")
+def cpu_sum(n: int) -> list[int]:
+    """The sum of ``range(n)`` and the pid of the worker process that computed it."""
+    return [sum(range(n)), os.getpid()]
+
+
+@atask(mechanism="process")
+def lookup_in_process(key: str) -> None:
+    raise LookupError(key)
+
+
+@atask(mechanism="process")
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+@atask(mechanism="process", retry=Retry(attempts=2, backoff=Backoff.constant(0)))
+def die_once(marker: str) -> int:
+    """Ends its worker process abruptly the first time (no ``marker`` yet), then succeeds."""
+    if not Path(marker).exists():
+        Path(marker).write_text(str(os.getpid()))
+        os._exit(3)
+    return os.getpid()
 
 
 @atask

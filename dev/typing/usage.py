@@ -11,7 +11,7 @@ import inspect
 from typing import assert_type
 
 import atasks
-from atasks import ATask, atask
+from atasks import ATask, Backoff, Retry, atask
 from atasks.codecs import Codec, PickleCodec, get_codec
 from atasks.transport.base import LoopbackTransport, Transport, get_transport
 
@@ -31,12 +31,25 @@ def blocking(path: str) -> bytes:
     return path.encode()
 
 
+@atask(retry=Retry(attempts=5, backoff=Backoff.exponential(0.1, jitter=1.0), on=OSError))
+async def fetch(url: str) -> bytes:
+    return url.encode()
+
+
+@atask(mechanism="process", timeout=10)
+def crunch(n: int) -> int:
+    return n * n
+
+
 async def calls() -> None:
     typed: ATask[[int], str] = plain  # the default of label makes it optional
     assert_type(typed.name, str)
     assert_type(await plain(1), str)
     assert_type(await named(2, scale=0.5), float)
     assert_type(await blocking("/tmp"), bytes)
+    assert_type(await fetch("u"), bytes)
+    assert_type(await crunch(3), int)
+    await crunch("3")  # type: ignore[arg-type]
     await named("two")  # type: ignore[arg-type]
     await named(2, scale="big")  # type: ignore[arg-type]
     await plain()  # type: ignore[call-arg]
@@ -45,6 +58,8 @@ async def calls() -> None:
 
 def unknown_option() -> None:
     atask(retries=3)  # type: ignore[call-overload]
+    atask(retry=3)  # type: ignore[call-overload]
+    atask(mechanism="fiber")  # type: ignore[call-overload]
 
 
 async def set_up_as_in_2019() -> None:

@@ -2,9 +2,10 @@
 
     python manage.py run_atask FILE_OR_MODULE... [-M MODE] [-T TRANSPORT] [-U URL] [-o KEY=VALUE...]
 
-Also takes ``atasks run``'s ``--codec``, ``--concurrency``, ``--workers``, ``--grace``,
-``--max-message-size`` and ``--events``, with the same ``ATASKS_*`` environment defaults, and
-Django's ``-v``: 0 quiet, 1 normal, 2 and 3 more logging and tracebacks on errors.
+Also takes ``atasks run``'s ``--codec``, ``--concurrency``, ``--processes``, ``--workers``,
+``--grace``, ``--max-message-size``, ``--consumer-timeout``, ``--queue-type`` and ``--events``,
+with the same ``ATASKS_*`` environment defaults, and Django's ``-v``: 0 quiet, 1 normal, 2 and
+3 more logging and tracebacks on errors.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ GIVEN = (
     "url",
     "codec",
     "concurrency",
+    "processes",
     "workers",
     "grace",
     "max_message_size",
@@ -89,6 +91,12 @@ class Command(BaseCommand):
             type=int,
             default=None,
             help=f"Atasks one server process runs at once (default {DEFAULT_CONCURRENCY}).",
+        )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=None,
+            help="Worker processes for mechanism='process' atasks (default: one per CPU).",
         )
         parser.add_argument(
             "--workers", type=int, default=None, help="Server processes (default 1)."

@@ -28,6 +28,7 @@ BAD = {
     "codec": "yaml",
     "serve": "maybe",
     "concurrency": "70000",
+    "processes": "0",
     "mode": "both",
     "workers": "0",
     "grace": "-1",

@@ -101,6 +101,18 @@ class Served:
     def failed(self, exc: BaseException) -> None:
         failed(self.span, exc)
 
+    def retrying(self, attempt: int, delay: float, exc: BaseException) -> None:
+        """An attempt failed and the call goes on with ``attempt`` after ``delay`` seconds."""
+        self.span.add_event(
+            "atasks.retry",
+            {
+                "atasks.attempt": attempt,
+                "atasks.retry.delay": delay,
+                "exception.type": type_name(exc),
+                "exception.message": str(exc),
+            },
+        )
+
     def end(self) -> None:
         otel_context.detach(self.token)  # type: ignore[arg-type]
         self.span.end()

@@ -404,7 +404,7 @@ class Router:
                     result = await self._run(atask, request, args, kwargs, values, verified, events)
                 else:
                     result = await self._retrying(
-                        atask, request, args, kwargs, values, verified, events
+                        atask, request, args, kwargs, values, verified, events, served
                     )
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
@@ -578,6 +578,7 @@ class Router:
         values: dict[str, Any] | None,
         verified: AuthContext | None,
         events: Transport | None,
+        served: Served | None,
     ) -> Any:
         """``_run`` until an attempt succeeds or ``atask.retry`` allows no more, within the
         call's deadline. Waiting for the next attempt, the call holds no slot."""
@@ -620,6 +621,8 @@ class Router:
                     attempt,
                     delay,
                 )
+                if served is not None:
+                    served.retrying(attempt, delay, exc)
                 if events is not None:
                     await self._emit(
                         events, "retrying", request, error=error, attempt=attempt, delay=delay

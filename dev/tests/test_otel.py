@@ -117,6 +117,27 @@ async def test_errors_are_recorded_on_both_sides(served: Router, traced: Traced)
         check_failure_recorded(one(spans, f"process {name}"))
 
 
+_attempts: list[int] = []
+
+
+@atask(retry=atasks.Retry(attempts=3, backoff=atasks.Backoff.constant(0)))
+async def flaky_for_spans() -> int:
+    _attempts.append(1)
+    if len(_attempts) < 3:
+        raise ConnectionError(f"attempt {len(_attempts)} failed")
+    return len(_attempts)
+
+
+async def test_retries_are_recorded_on_the_server_span(served: Router, traced: Traced) -> None:
+    _attempts.clear()
+    assert await flaky_for_spans() == 3
+    process = one(traced.spans(), f"process {flaky_for_spans.name}")
+    retries = [event for event in process["events"] if event["name"] == "atasks.retry"]
+    assert [event["attributes"]["atasks.attempt"] for event in retries] == [2, 3]
+    assert retries[0]["attributes"]["exception.message"] == "attempt 1 failed"
+    assert process["status"] == "UNSET"  # it succeeded in the end
+
+
 async def test_a_call_cut_by_its_deadline_is_recorded(served: Router, traced: Traced) -> None:
     with pytest.raises(TimeoutError):
         async with atasks.deadline(0.2):

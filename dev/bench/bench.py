@@ -400,7 +400,11 @@ async def wait_ready(call: Call, queue: str, consumers: int, url: str, servers: 
             try:
                 if await call(PAYLOAD) == PAYLOAD:
                     break
-            except (atasks.JobNotFound, aio_pika.exceptions.PublishError):
+            except (
+                atasks.JobNotFound,
+                aio_pika.exceptions.PublishError,
+                aio_pika.exceptions.DeliveryError,  # a quorum queue still being declared
+            ):
                 await asyncio.sleep(0.1)
         connection = await aio_pika.connect(url, timeout=10)
         async with connection:

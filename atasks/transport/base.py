@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, overload
 
-from atasks.errors import JobNotFound, NotConnected, TransportError
+from atasks.errors import JobNotFound, NotConnected, TransportError, type_name
 from atasks.events import deliver_progress
 from atasks.namespaces import DEFAULT, BindOnConstruction, bind_transport, get_transport
 
@@ -80,6 +80,19 @@ class Reply:
     error_type: str = ""
     error_message: str = ""
     traceback: str = ""
+
+    @classmethod
+    def failure(cls, call_id: str, exc: Exception) -> Reply:
+        """A failed reply carrying only the exception's type name and message (a transport's
+        own error: nothing of it needs the codec)."""
+        return cls(
+            call_id=call_id,
+            ok=False,
+            content_type="",
+            body=b"",
+            error_type=type_name(exc),
+            error_message=str(exc),
+        )
 
 
 RequestHandler = Callable[[Request], Coroutine[Any, Any, Reply]]

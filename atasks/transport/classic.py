@@ -17,7 +17,7 @@ import asyncio
 import json
 from typing import Any
 
-from atasks.errors import ATasksError, JobNotFound, TransportError, type_name
+from atasks.errors import ATasksError, JobNotFound, TransportError
 from atasks.events import ProgressListener
 from atasks.transport.base import Reply, Request, RequestHandler, Transport
 
@@ -100,11 +100,13 @@ class ClassicAdapter(Transport):
             try:
                 request = unpack_request(name, content)
             except ValueError as exc:
-                return pack_reply(_error("", TransportError(f"not an atasks request: {exc}")))
+                return pack_reply(
+                    Reply.failure("", TransportError(f"not an atasks request: {exc}"))
+                )
             handler = self._handlers.get(name)
             if handler is None:
                 failure = JobNotFound(f"this server does not serve atask {name!r}")
-                return pack_reply(_error(request.call_id, failure))
+                return pack_reply(Reply.failure(request.call_id, failure))
             return pack_reply(await handler(request))
         finally:
             if task is not None:
@@ -189,14 +191,3 @@ def _text(header: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"header {key!r} is missing or not a string")
     return value
-
-
-def _error(call_id: str, exc: Exception) -> Reply:
-    return Reply(
-        call_id=call_id,
-        ok=False,
-        content_type="",
-        body=b"",
-        error_type=type_name(exc),
-        error_message=str(exc),
-    )

@@ -249,7 +249,7 @@ class Caller:
                     "server finished it (each died or lost its connection); it is kept in the "
                     f"dead-letter queue {self.topology.dead_letter_queue!r}"
                 )
-                reply = wire.error_reply(properties.correlation_id, error)
+                reply = Reply.failure(properties.correlation_id, error)
                 await message.channel.basic_publish(
                     reply.body,
                     routing_key=properties.reply_to,

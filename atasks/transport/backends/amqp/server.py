@@ -247,7 +247,7 @@ class Server:
             if call_id in self._cancelled:
                 log.debug("dropped request %s: cancelled before it ran", call_id)
                 await self._reply_and_ack(
-                    message, wire.error_reply(call_id, TransportError("cancelled by its caller"))
+                    message, Reply.failure(call_id, TransportError("cancelled by its caller"))
                 )
                 return
             if wire.H_LEASE_HOLDER in message.headers and await self._leases.still_held(
@@ -285,7 +285,7 @@ class Server:
                         reply = await handler(request)
                     except Exception as exc:  # a handler breaking its contract: still answer
                         log.exception("the handler of %r failed on request %s", name, call_id)
-                        reply = wire.error_reply(call_id, exc)
+                        reply = Reply.failure(call_id, exc)
                 inflight.set_result(reply)
             finally:
                 inflight.cancel()  # no-op once it has the reply
@@ -311,7 +311,7 @@ class Server:
                 size,
                 limit,
             )
-            return wire.error_reply(
+            return Reply.failure(
                 call_id,
                 TransportError(f"request of {size} bytes is over this server's {limit}-byte limit"),
             )
@@ -346,7 +346,7 @@ class Server:
             log.warning(
                 "the reply to %s is %d bytes, over the %d-byte limit", reply.call_id, size, limit
             )
-            reply = wire.error_reply(
+            reply = Reply.failure(
                 reply.call_id,
                 EncodeError(
                     f"the {'result' if reply.ok else 'exception'} is {size} bytes, over the "

@@ -14,7 +14,6 @@ from typing import Any
 
 from pamqp.commands import Basic
 
-from atasks.errors import type_name
 from atasks.events import Progress
 from atasks.transport.base import Reply, Request
 
@@ -115,18 +114,6 @@ def reply_from(properties: Basic.Properties, body: bytes) -> Reply:
         error_type=str(headers.get(H_ERROR_TYPE, "")),
         error_message=str(headers.get(H_ERROR_MESSAGE, "")),
         traceback=str(headers.get(H_TRACEBACK, "")),
-    )
-
-
-def error_reply(call_id: str, exc: Exception) -> Reply:
-    """A failed reply that carries only the exception's type name and message."""
-    return Reply(
-        call_id=call_id,
-        ok=False,
-        content_type="",
-        body=b"",
-        error_type=type_name(exc),
-        error_message=str(exc),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import workload
 from servers import Servers, wait_until_served
+from workload import protected, whoami, whoami_nested
 
 import atasks
 from atasks import atask
@@ -25,23 +26,6 @@ from atasks.transport.base import Reply, Request, RequestHandler, Transport
 KEY = "the test suite's key"
 ANN = {"user": "ann", "roles": ["admin"]}
 BOB = {"user": "bob", "roles": []}
-
-
-@atask
-async def whoami() -> dict[str, Any] | None:
-    claims = atasks.current_auth()
-    return dict(claims) if claims is not None else None
-
-
-@atask
-async def whoami_nested() -> list[dict[str, Any] | None]:
-    claims = atasks.current_auth()
-    return [dict(claims) if claims is not None else None, await whoami()]
-
-
-@atask(auth_required=True)
-async def protected() -> str:
-    return "yes"
 
 
 @atask(auth_required=lambda claims: "admin" in claims["roles"])
@@ -137,7 +121,7 @@ async def test_claims_reach_the_atask_and_the_atasks_it_awaits(secured: Router) 
         assert atasks.current_auth() == ANN
         assert await whoami() == ANN
         assert await whoami_nested() == [ANN, ANN]
-        assert await protected() == "yes"
+        assert await protected() == "for authenticated callers"
     assert await whoami() is None
 
 

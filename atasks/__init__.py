@@ -10,7 +10,7 @@ from atasks import logging as logging
 from atasks import settings as settings
 from atasks import tracing as tracing
 from atasks.auth_context import auth, current_auth
-from atasks.blocking import close_blocking, run_sync, setup_blocking
+from atasks.blocking import close_blocking, iter_sync, run_sync, setup_blocking
 from atasks.calls import current_call_id, current_deadline, deadline
 from atasks.codecs import Codec, JSONCodec, PickleCodec
 from atasks.errors import (
@@ -28,6 +28,7 @@ from atasks.errors import (
     NoCodecRegistered,
     NotConnected,
     RemoteError,
+    StreamInterrupted,
     TransportError,
 )
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
@@ -36,7 +37,8 @@ from atasks.namespaces import get_codec, get_transport, reset
 from atasks.propagation import propagate, unpropagate
 from atasks.retry import Backoff, Retry
 from atasks.router import Router, get_router
-from atasks.tasks import ATask, atask
+from atasks.streams import RemoteStream
+from atasks.tasks import ATask, StreamATask, atask
 from atasks.transport.base import LoopbackTransport, Transport
 from atasks.transport.classic import ClassicAdapter
 
@@ -64,8 +66,11 @@ __all__ = [
     "PickleCodec",
     "Progress",
     "RemoteError",
+    "RemoteStream",
     "Retry",
     "Router",
+    "StreamATask",
+    "StreamInterrupted",
     "Transport",
     "TransportError",
     "atask",
@@ -80,6 +85,7 @@ __all__ = [
     "get_codec",
     "get_router",
     "get_transport",
+    "iter_sync",
     "observe_progress",
     "progress",
     "propagate",

@@ -2,6 +2,7 @@
 
 atasks.setup_blocking("amqp", url="amqp://guest:guest@127.0.0.1:5672/")
 thumbnail = atasks.run_sync(resize(7, 128), timeout=5)
+for row in atasks.iter_sync(export("2026")): ...
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import asyncio
 import atexit
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from atasks.calls import deadline
 from atasks.errors import ConfigurationError
 from atasks.lifecycle import close, setup
+from atasks.streams import RemoteStream
 
 T = TypeVar("T")
 
@@ -49,6 +51,57 @@ def setup_blocking(*args: Any, **kwargs: Any) -> None:
             atexit.register(close_blocking)
         loop = _loop
     asyncio.run_coroutine_threadsafe(setup(*args, **kwargs), loop).result()
+
+
+def _background_loop(what: str) -> asyncio.AbstractEventLoop:
+    """The background loop, or a clear error where a synchronous caller cannot block."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(f"atasks.{what}() blocks, so it cannot run inside an event loop")
+    loop = _loop
+    if loop is None or not loop.is_running():
+        raise ConfigurationError(
+            f"atasks.{what}() needs a background loop: call atasks.setup_blocking() first"
+        )
+    return loop
+
+
+def iter_sync(stream: RemoteStream[T], timeout: float | None = None) -> Iterator[T]:
+    """Iterate a streaming atask's call from synchronous code: ``for row in
+    atasks.iter_sync(export(query)):``. Leaving the loop early (``break``, an exception) closes
+    the remote generator. ``timeout`` (seconds) is a deadline for the whole stream, as with
+    ``atasks.deadline()``. Inside a running event loop, use ``async for`` instead."""
+    loop = _background_loop("iter_sync")
+    first = True
+    try:
+        while True:
+            step = _step(stream, timeout if first else None)
+            first = False
+            done, item = asyncio.run_coroutine_threadsafe(step, loop).result()
+            if done:
+                return
+            yield item
+    finally:
+        closing = asyncio.run_coroutine_threadsafe(stream.aclose(), loop)
+        try:
+            closing.result(SHUTDOWN_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            closing.cancel()
+
+
+async def _step(stream: RemoteStream[T], seconds: float | None) -> tuple[bool, Any]:
+    """The next item, as ``(False, item)``, or ``(True, None)`` at the end. The first step
+    starts the call, inside ``deadline(seconds)`` when given, so the deadline travels with it."""
+    try:
+        if seconds is None:
+            return False, await anext(stream)
+        async with deadline(seconds):
+            return False, await anext(stream)
+    except StopAsyncIteration:
+        return True, None
 
 
 def run_sync(awaitable: Coroutine[Any, Any, T], timeout: float | None = None) -> T:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from atasks.events import ProgressSink
     from atasks.slots import Slots
-    from atasks.transport.base import ProgressSink
 
 
 @dataclass(slots=True)

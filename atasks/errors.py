@@ -10,7 +10,8 @@ ATasksError
 │   ├── EncodeError               a value could not be encoded
 │   └── DecodeError               bytes could not be decoded (or failed their signature)
 ├── TransportError                the message could not travel
-│   └── NotConnected
+│   ├── NotConnected
+│   └── StreamInterrupted         a stream stopped before its end (says how many items came)
 ├── DeliveryLimitExceeded         a request crashed every server that took it
 ├── AuthError                     a call's auth context is missing, forged, expired or refused
 │   └── AuthUnavailable           no key to sign or verify it with (retry once configured)
@@ -70,6 +71,18 @@ class TransportError(ATasksError):
 
 class NotConnected(TransportError):
     """The transport is not connected: await transport.connect() first."""
+
+
+class StreamInterrupted(TransportError):
+    """A stream stopped before its end and is not restarted (at most once per item): its server
+    was lost, or some of its items were. ``received`` is how many items reached the caller."""
+
+    def __init__(self, message: str, received: int | None = None) -> None:
+        super().__init__(message)
+        self.received = received
+
+    def __reduce__(self) -> tuple[type[StreamInterrupted], tuple[str, int | None]]:
+        return type(self), (str(self), self.received)
 
 
 class DeliveryLimitExceeded(ATasksError):

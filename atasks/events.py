@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ def decode_batch(body: bytes) -> list[Event]:
 ProgressListener = Callable[[Progress], Any]
 """Called with each progress report: a plain function, or an ``async def`` (awaited)."""
 
+ProgressSink = Callable[[Progress], Awaitable[None]]
+"""Serve side: where a running atask's reports go."""
+
 _listener: ContextVar[ProgressListener | None] = ContextVar("atasks_progress", default=None)
 
 
@@ -103,6 +107,35 @@ async def deliver_progress(listener: ProgressListener, progress: Progress) -> No
             listener,
             progress.call_id,
         )
+
+
+class ProgressRelay:
+    """Hands a call's progress reports to ``listener`` in the background, one after the other
+    in the order they came, so that a slow listener never holds up the call's frames. A frame
+    listener (``__call__``): anything but a ``Progress`` is ignored."""
+
+    __slots__ = ("_last", "_listener")
+
+    def __init__(self, listener: ProgressListener) -> None:
+        self._listener = listener
+        self._last: asyncio.Future[None] | None = None
+
+    def __call__(self, frame: object) -> None:
+        if isinstance(frame, Progress):
+            self._last = asyncio.ensure_future(
+                _after(self._last, deliver_progress(self._listener, frame))
+            )
+
+    async def flushed(self) -> None:
+        """Once every report relayed so far has reached the listener."""
+        if self._last is not None:
+            await asyncio.wait({self._last})
+
+
+async def _after(previous: asyncio.Future[None] | None, then: Awaitable[None]) -> None:
+    if previous is not None:
+        await asyncio.wait({previous})
+    await then
 
 
 @asynccontextmanager

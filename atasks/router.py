@@ -37,17 +37,19 @@ from atasks.errors import (
     RemoteError,
     type_name,
 )
-from atasks.events import Event, Progress, progress_listener
+from atasks.events import Event, Progress, ProgressRelay, ProgressSink, progress_listener
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
 from atasks.processes import ProcessPool
 from atasks.propagation import apply, capture, propagated, restore
 from atasks.retry import give_up
 from atasks.slots import Slots
-from atasks.transport.base import ProgressSink, Reply, Request, Transport
+from atasks.streams import serve_items
+from atasks.transport.base import FrameListener, Reply, Request, Transport
 from atasks.transport.classic import ClassicAdapter, modern
 
 if TYPE_CHECKING:
     from atasks.otel import Served
+    from atasks.streams import Received
     from atasks.tasks import ATask
 
 log = logging.getLogger("atasks.router")
@@ -132,13 +134,23 @@ class Router:
     # --- call side -----------------------------------------------------------------------
 
     async def call(
-        self, atask: ATask[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        atask: ATask[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        stream: Received | None = None,
     ) -> Any:
-        """Run ``atask(*args, **kwargs)`` on a server and return its result."""
+        """Run ``atask(*args, **kwargs)`` on a server and return its result; with ``stream``,
+        its items go there and the result is how many the server sent."""
         codec = self.codec
         transport = self.transport
         if transport.classic:
             transport = modern(transport)
+        if stream is not None and not transport.streams:
+            raise ConfigurationError(
+                f"atask {atask.name!r} is a stream, and {transport!r} does not carry streams"
+            )
         if self._registering:  # an atask imported since activate(): served once registered
             await asyncio.wait(set(self._registering))
         scope = current_scope.get()
@@ -162,6 +174,11 @@ class Router:
                     payload.append(values)
             body = await encode(codec, payload)
             listener = progress_listener()
+            relay = ProgressRelay(listener) if listener is not None else None
+            on_frame: FrameListener | None = relay
+            if stream is not None:
+                stream.opened(call_id, transport, relay)
+                on_frame = stream
             request = Request(
                 name=atask.name,
                 call_id=call_id,
@@ -170,6 +187,7 @@ class Router:
                 parent_id=parent_id,
                 deadline=deadline,
                 wants_progress=listener is not None,
+                window=stream.window if stream is not None else 0,
             )
             if auth_var.get() is not None:
                 stamp(request, codec)
@@ -183,12 +201,12 @@ class Router:
                 direct = slots.call_started(scope)
             try:
                 if deadline is None:
-                    reply = await transport.send_request(request, listener)
+                    reply = await transport.send_request(request, on_frame)
                 else:
                     loop = asyncio.get_running_loop()
                     try:
                         async with asyncio.timeout_at(loop.time() + deadline - time.time()):
-                            reply = await transport.send_request(request, listener)
+                            reply = await transport.send_request(request, on_frame)
                     except TimeoutError:
                         raise TimeoutError(
                             f"atask {atask.name!r} did not finish before its deadline"
@@ -199,6 +217,8 @@ class Router:
                     # Always take a slot again, even when this child was cancelled: the parent
                     # may go on (a timeout around one child), and must not run without a slot.
                     await slots.call_ended(scope, direct)
+            if relay is not None:  # every report reaches the listener before the outcome
+                await relay.flushed()
             return await self._outcome(reply, codec)
         except BaseException as exc:
             if span is not None:
@@ -530,8 +550,9 @@ class Router:
             request.call_id, request.name, deadline, slots, request.parent_id, request.headers
         )
         scope.owner = asyncio.current_task()
-        if events is not None or request.report is not None:
-            scope.report = self._reporter(request, events)
+        caller = request.emit if request.wants_progress else None
+        if events is not None or caller is not None:
+            scope.report = self._reporter(request, caller, events)
         token = current_scope.set(scope)
         # What the caller's context carried, in force while the atask runs (and so in the calls
         # it makes); undone after, for transports that serve in a context of their own.
@@ -550,7 +571,9 @@ class Router:
                     await slots.take(scope)
             if events is not None:
                 await self._emit(events, "started", request)
-            if atask.mechanism == "process":
+            if atask.streams:
+                running = serve_items(atask, request, args, kwargs, self.codec)
+            elif atask.mechanism == "process":
                 running = self._process_pool().run(atask.fn, args, kwargs)
             else:
                 running = atask.run(args, kwargs)
@@ -635,9 +658,9 @@ class Router:
             pool = self._pool = ProcessPool(self._processes or os.cpu_count() or 1)
         return pool
 
-    def _reporter(self, request: Request, events: Transport | None) -> ProgressSink:
-        caller = request.report
-
+    def _reporter(
+        self, request: Request, caller: ProgressSink | None, events: Transport | None
+    ) -> ProgressSink:
         async def report(progress: Progress) -> None:
             if events is not None:
                 await self._emit(events, "progress", request, progress=progress)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from atasks.auth_context import AuthCheck
 from atasks.namespaces import DEFAULT, register_atask
 from atasks.retry import Retry
 from atasks.router import get_router
+from atasks.streams import DEFAULT_WINDOW, RemoteStream
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Y = TypeVar("Y")
 
-OPTIONS = ("name", "namespace", "timeout", "auth_required", "retry", "mechanism")
+OPTIONS = ("name", "namespace", "timeout", "auth_required", "retry", "mechanism", "window")
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
 
@@ -29,14 +31,24 @@ async def _coroutine_function() -> None:
     """Its code object marks atasks as coroutine functions for ``inspect`` (see ``ATask``)."""
 
 
+async def _async_generator_function() -> AsyncIterator[None]:
+    """Its code object marks streaming atasks as async generator functions for ``inspect``."""
+    yield None
+
+
 class ATask(Generic[P, R]):
     """An atask: calling it returns a coroutine that runs the function on a server.
 
     A plain ``def`` runs in a thread pool on the serving side (or, with ``mechanism="process"``,
     in a process pool); the caller awaits it all the same. So an atask is a coroutine function:
     ``inspect.iscoroutinefunction(atask)`` is true, and ``inspect.signature(atask)`` is the
-    function's.
+    function's. On an async generator function, it is a ``StreamATask``.
     """
+
+    def __new__(cls, fn: Any, **options: Any) -> ATask[P, R]:
+        if cls is ATask and inspect.isasyncgenfunction(fn):
+            return super().__new__(StreamATask)  # type: ignore[arg-type]
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -48,6 +60,7 @@ class ATask(Generic[P, R]):
         auth_required: bool | AuthCheck = False,
         retry: Retry | None = None,
         mechanism: Mechanism | None = None,
+        window: int | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@atask needs a function, not {fn!r}")
@@ -63,15 +76,21 @@ class ATask(Generic[P, R]):
         self.timeout = timeout
         self.auth_required = auth_required
         self.retry = retry
-        self._is_async = inspect.iscoroutinefunction(fn)
+        self.streams = inspect.isasyncgenfunction(fn)
+        """Whether it is an async generator function: a call is a stream of its items."""
+        self.window = _window(fn, self.streams, window, retry)
+        self._is_async = self.streams or inspect.iscoroutinefunction(fn)
         self.mechanism: Mechanism = _mechanism(fn, self._is_async, mechanism)
         functools.update_wrapper(self, fn)
         # Python 3.11's inspect.iscoroutinefunction() accepts a function-like object whose
         # __code__ is flagged as a coroutine's; 3.12+ also reads markcoroutinefunction's mark.
-        self.__code__ = _coroutine_function.__code__
+        # (A streaming atask's is flagged as an async generator's.)
+        self.__code__ = (
+            _async_generator_function if self.streams else _coroutine_function
+        ).__code__
         self.__defaults__ = None
         self.__kwdefaults__ = None
-        if hasattr(inspect, "markcoroutinefunction"):
+        if hasattr(inspect, "markcoroutinefunction") and not self.streams:
             inspect.markcoroutinefunction(self)
         register_atask(self)
 
@@ -94,6 +113,38 @@ class ATask(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<atask {self.name!r} namespace={self.namespace!r}>"
+
+
+class StreamATask(ATask[P, AsyncIterator[Y]]):
+    """An atask on an async generator function: calling it returns a ``RemoteStream`` of the
+    items it yields on a server, ``async for item in export(query)``; ``inspect`` sees an async
+    generator function. ``window`` items at most are made ahead of the consumer."""
+
+    # A call is iterated, not awaited: what ATask.__call__ returns is replaced, on purpose.
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> RemoteStream[Y]:  # type: ignore[override]
+        return RemoteStream(get_router(self.namespace), self, args, kwargs)
+
+
+def _window(fn: Callable[..., Any], streams: bool, window: int | None, retry: Retry | None) -> int:
+    """The window of a streaming atask (0 for any other), or a ``TypeError`` where it is
+    decorated."""
+    if not streams:
+        if window is not None:
+            raise TypeError(
+                f"@atask(window=...) is for async generator functions, and "
+                f"{getattr(fn, '__qualname__', fn)} is not one"
+            )
+        return 0
+    if retry is not None:
+        raise TypeError(
+            "a streaming atask cannot retry: its items are delivered at most once, and a retry "
+            "would send them again"
+        )
+    if window is None:
+        return DEFAULT_WINDOW
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise TypeError(f"@atask(window=...) takes a whole number of items >= 1, not {window!r}")
+    return window
 
 
 def _mechanism(fn: Callable[..., Any], is_async: bool, asked: Mechanism | None) -> Mechanism:
@@ -131,10 +182,17 @@ class ATaskDecorator(Protocol):
     """What ``atask(name=..., ...)`` returns: a decorator keeping the function's signature."""
 
     @overload
+    def __call__(self, fn: Callable[P, AsyncIterator[Y]], /) -> StreamATask[P, Y]: ...
+
+    @overload
     def __call__(self, fn: Callable[P, Awaitable[R]], /) -> ATask[P, R]: ...
 
     @overload
     def __call__(self, fn: Callable[P, R], /) -> ATask[P, R]: ...
+
+
+@overload
+def atask(fn: Callable[P, AsyncIterator[Y]], /) -> StreamATask[P, Y]: ...
 
 
 @overload
@@ -156,19 +214,22 @@ def atask(
     auth_required: bool | AuthCheck = False,
     retry: Retry | None = None,
     mechanism: Mechanism | None = None,
+    window: int | None = None,
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
-    auth_required=..., retry=..., mechanism=...)``.
+    auth_required=..., retry=..., mechanism=..., window=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
     ``<module>.<qualname>``. ``auth_required=True`` refuses calls that carry no valid auth
     context (``atasks.auth``) with ``AuthError``; a function of the claims (plain or async)
     also refuses those it returns false for. ``retry`` (an ``atasks.Retry``) runs a failing
     call again on its server. ``mechanism="process"`` runs a plain ``def`` in the server's
-    process pool. Any other option is a ``TypeError``.
+    process pool. On an async generator function, a call is a stream (``async for``) and
+    ``window`` bounds how many items its server makes ahead of the consumer (default 64). Any
+    other option is a ``TypeError``.
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:

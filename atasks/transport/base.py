@@ -13,14 +13,29 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, overload
 
+from atasks.credits import Credits
 from atasks.errors import JobNotFound, NotConnected, TransportError, type_name
-from atasks.events import deliver_progress
+from atasks.events import Progress
 from atasks.namespaces import DEFAULT, BindOnConstruction, bind_transport, get_transport
 
 if TYPE_CHECKING:
-    from atasks.events import Event, Progress, ProgressListener
+    from atasks.events import Event
 
-ProgressSink = Callable[["Progress"], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One item of a stream, encoded: the ``seq``-th (from 0) its server sent."""
+
+    seq: int
+    body: bytes
+
+
+Frame = Progress | Item
+"""What a call sends back before its outcome: progress reports and stream items, in order."""
+FrameSink = Callable[[Frame], Awaitable[None]]
+"""Serve side: sends one frame back to the caller."""
+FrameListener = Callable[[Frame], None]
+"""Call side: takes each frame of a call, in order, as it arrives; must not block or raise."""
 
 
 class _NoHeaders(dict[str, str]):
@@ -53,13 +68,18 @@ class Request:
     parent_id: str | None = None
     deadline: float | None = None  # absolute, in time.time() seconds
     wants_progress: bool = False
+    window: int = 0
+    """A stream's window: how many items its server may run ahead (0: not a stream)."""
     headers: Mapping[str, str] = NO_HEADERS
     """Context that travels with the call, set and read by the router: ``traceparent``
     (and whatever else OpenTelemetry's propagator writes), ``auth`` (a signed snapshot). A
     transport carries every entry unchanged, names and values being short strings. To add
     one, assign a new mapping: the default is shared."""
-    # Serve side only, set by the transport: carries progress reports back to the caller.
-    report: ProgressSink | None = field(default=None, compare=False, repr=False)
+    # Serve side only, set by the transport: sends frames back to the caller (progress reports
+    # when it wants them, and a stream's items) …
+    emit: FrameSink | None = field(default=None, compare=False, repr=False)
+    # … and, for a stream, the credits its caller grants.
+    credits: Credits | None = field(default=None, compare=False, repr=False)
     # Serve side only: the transport took a slot of the server's capacity for this request,
     # which the router's handler adopts (or gives back).
     slot_taken: bool = field(default=False, compare=False, repr=False)
@@ -106,6 +126,10 @@ _METHODS = (*_CLASSIC_METHODS, "register_callback", "unregister_callback", "drai
 
 __all__ = [
     "ClassicCallback",
+    "Frame",
+    "FrameListener",
+    "FrameSink",
+    "Item",
     "LoopbackTransport",
     "Reply",
     "Request",
@@ -117,7 +141,7 @@ __all__ = [
 
 def _takes_name_and_content(send_request: Callable[..., Any]) -> bool:
     """Whether ``send_request`` is the 2019 ``(self, name, content)``: two required arguments
-    after ``self``, where this interface's ``(self, request, on_progress=None)`` has one."""
+    after ``self``, where this interface's ``(self, request, on_frame=None)`` has one."""
     try:
         parameters = list(inspect.signature(send_request).parameters.values())[1:]
     except (TypeError, ValueError):
@@ -151,9 +175,10 @@ class Transport(metaclass=BindOnConstruction):
     Two interfaces, told apart by ``send_request``'s signature when a subclass is defined
     (``classic`` can also be set in the class body):
 
-    - this one: ``send_request(request, on_progress) -> Reply``, ``register_callback(name,
+    - this one: ``send_request(request, on_frame) -> Reply``, ``register_callback(name,
       handler)``, ``unregister_callback(name)``, ``drain(grace)`` — with deadlines, cancellation
-      and progress. A subclass implements all of them, and ``connect``/``disconnect``.
+      and frames (progress, stream items). A subclass implements all of them, and
+      ``connect``/``disconnect``; one that ``streams`` also implements ``grant``.
     - the 2019 one (``classic``): ``send_request(name, content) -> bytes`` and the inherited
       ``register_callback(callback)``, which stores ``callback(name, content) -> bytes`` in
       ``self.callback`` for the transport to call with each request it receives;
@@ -173,6 +198,8 @@ class Transport(metaclass=BindOnConstruction):
     """Whether requests never leave this process (nobody else can send any)."""
     messaging_system: ClassVar[str] = "atasks"
     """What carries the calls, as trace spans name it (``messaging.system``)."""
+    streams: ClassVar[bool] = False
+    """Whether this transport carries streams (requests with a ``window``, and ``grant``)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,16 +232,20 @@ class Transport(metaclass=BindOnConstruction):
         """Stop serving and release every resource; pending calls fail. Idempotent."""
         raise NotImplementedError(f"{type(self).__name__} does not implement disconnect()")
 
-    async def send_request(
-        self, request: Request, on_progress: ProgressListener | None = None
-    ) -> Reply:
-        """Deliver ``request`` to a server and wait for its reply.
+    async def send_request(self, request: Request, on_frame: FrameListener | None = None) -> Reply:
+        """Deliver ``request`` to a server and wait for its reply: the call's outcome.
 
         Raises ``JobNotFound`` when no server serves ``request.name``. Cancelling the awaiting
-        task cancels the call on its server. With ``request.wants_progress``, the server's
-        progress reports reach ``on_progress``.
+        task cancels the call on its server. The frames the server emits before the outcome
+        (progress reports with ``request.wants_progress``, a stream's items) reach ``on_frame``
+        in order, all of them before this returns.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement send_request()")
+
+    def grant(self, call_id: str, credits: int) -> None:
+        """Tell the server of stream ``call_id`` that its caller takes ``credits`` more items
+        (zero: the caller is still there). Never blocks; best effort."""
+        raise NotImplementedError(f"{type(self).__name__} does not carry streams")
 
     if TYPE_CHECKING:
 
@@ -301,6 +332,7 @@ class LoopbackTransport(Transport):
 
     classic = False
     in_process = True
+    streams = True
 
     def __init__(self, namespace: str | None = DEFAULT) -> None:
         super().__init__(namespace)
@@ -308,6 +340,7 @@ class LoopbackTransport(Transport):
         self._calls: dict[object, tuple[asyncio.Task[Any], asyncio.Future[None]]] = {}
         self._stopping: set[asyncio.Task[Any]] = set()
         self._inline_depth: dict[asyncio.Task[Any], int] = {}
+        self._credits: dict[str, Credits] = {}
         self._connected = False
 
     async def connect(self) -> None:
@@ -321,15 +354,15 @@ class LoopbackTransport(Transport):
 
     @overload
     async def send_request(
-        self, request: Request, on_progress: ProgressListener | None = None
+        self, request: Request, on_frame: FrameListener | None = None
     ) -> Reply: ...
 
     @overload
-    async def send_request(self, request: str, on_progress: bytes) -> bytes: ...
+    async def send_request(self, request: str, on_frame: bytes) -> bytes: ...
 
-    async def send_request(self, request: Any, on_progress: Any = None) -> Any:
+    async def send_request(self, request: Any, on_frame: Any = None) -> Any:
         if type(request) is str:  # the 2019 interface: name, content
-            return await self._send_classic(request, on_progress)
+            return await self._send_classic(request, on_frame)
         if not self._connected:
             raise NotConnected(f"{self!r} is not connected: await transport.connect() first")
         handler = self._handlers.get(request.name)
@@ -338,13 +371,15 @@ class LoopbackTransport(Transport):
                 f"no server serves atask {request.name!r} in this process: a loopback transport "
                 "reaches only atasks registered here and activated with router.activate()"
             )
-        if on_progress is not None:
-            listener = on_progress
+        if on_frame is not None:
+            listener: FrameListener = on_frame
 
-            async def report(progress: Progress) -> None:
-                await deliver_progress(listener, progress)
+            async def emit(frame: Frame) -> None:
+                listener(frame)
 
-            request.report = report
+            request.emit = emit
+        if request.window:
+            request.credits = self._credits[request.call_id] = Credits(request.window)
         caller = asyncio.current_task()
         assert caller is not None
         depth = self._inline_depth.get(caller, 0)
@@ -369,6 +404,8 @@ class LoopbackTransport(Transport):
                 f"the server stopped before atask {request.name!r} finished"
             ) from None
         finally:
+            if request.window:
+                self._credits.pop(request.call_id, None)
             del self._calls[key]
             finished.set_result(None)
             if serving is caller:
@@ -376,6 +413,11 @@ class LoopbackTransport(Transport):
                     self._inline_depth[caller] = depth
                 else:
                     del self._inline_depth[caller]
+
+    def grant(self, call_id: str, credits: int) -> None:
+        window = self._credits.get(call_id)
+        if window is not None:
+            window.grant(credits)
 
     async def _send_classic(self, name: str, content: bytes) -> bytes:
         callback = self.callback

@@ -18,8 +18,7 @@ import json
 from typing import Any
 
 from atasks.errors import ATasksError, JobNotFound, TransportError
-from atasks.events import ProgressListener
-from atasks.transport.base import Reply, Request, RequestHandler, Transport
+from atasks.transport.base import FrameListener, Reply, Request, RequestHandler, Transport
 
 MAGIC = b"atasks-classic/1\n"
 _ADAPTER = "_atasks_classic_adapter"
@@ -58,9 +57,7 @@ class ClassicAdapter(Transport):
     async def disconnect(self) -> None:
         await self.inner.disconnect()
 
-    async def send_request(
-        self, request: Request, on_progress: ProgressListener | None = None
-    ) -> Reply:
+    async def send_request(self, request: Request, on_frame: FrameListener | None = None) -> Reply:
         content = pack_request(request)
         try:
             answer = await self.inner.send_request(request.name, content)  # type: ignore[arg-type]

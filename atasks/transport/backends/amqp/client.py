@@ -1,5 +1,5 @@
-"""The call side: publish requests, match replies and progress to awaiting calls, send
-cancellations, and tell callers whose requests were dead-lettered."""
+"""The call side: publish requests, match replies and frames to awaiting calls, send
+cancellations and credits, and tell callers whose requests were dead-lettered."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from atasks.errors import (
     NotConnected,
     TransportError,
 )
-from atasks.events import ProgressListener, deliver_progress
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import (
     CONNECTION_ERRORS,
@@ -31,8 +30,9 @@ from atasks.transport.backends.amqp.connection import (
     Link,
     describe,
 )
+from atasks.transport.backends.amqp.streams import Grants
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
-from atasks.transport.base import Reply, Request
+from atasks.transport.base import FrameListener, Reply, Request
 
 log = logging.getLogger("atasks.amqp")
 
@@ -71,9 +71,9 @@ class Caller:
         self.reply_to = topology.reply_queue(client) if self.durable else DIRECT_REPLY_TO
         self.closing = False
         self._pending: dict[str, asyncio.Future[Reply]] = {}
-        self._listeners: dict[str, ProgressListener] = {}
+        self._listeners: dict[str, FrameListener] = {}
         self._background: set[asyncio.Future[Any]] = set()
-        self._progress: dict[str, asyncio.Future[None]] = {}  # the last report of each call
+        self.grants = Grants(link, self.spawn)
         self._give_up: asyncio.TimerHandle | None = None
         link.on_open.append(self._on_open)
         link.on_lost.append(self._on_lost)
@@ -125,7 +125,7 @@ class Caller:
             if not future.done():
                 future.set_exception(exc)
 
-    async def send_request(self, request: Request, on_progress: ProgressListener | None) -> Reply:
+    async def send_request(self, request: Request, on_frame: FrameListener | None) -> Reply:
         if self.closing:
             raise NotConnected("the transport is disconnecting")
         channels = await self.link.ready()
@@ -139,8 +139,8 @@ class Caller:
         properties = wire.request_properties(request, self.reply_to, persistent=self.persistent)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.call_id] = future
-        if on_progress is not None:
-            self._listeners[request.call_id] = on_progress
+        if on_frame is not None:
+            self._listeners[request.call_id] = on_frame
         refusals = 0
         try:
             while True:
@@ -180,14 +180,16 @@ class Caller:
             raise
         finally:
             self._pending.pop(request.call_id, None)
-            if on_progress is not None:
+            if on_frame is not None:
                 self._listeners.pop(request.call_id, None)
+            if request.window:
+                self.grants.closed(request.call_id)
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
         call_id = properties.correlation_id or ""
-        if properties.message_type == wire.PROGRESS:
-            self._on_progress(call_id, properties)
+        if properties.message_type == wire.FRAME:
+            self._on_frame(call_id, properties, message.body)
         else:
             future = self._pending.pop(call_id, None)
             if future is None or future.done():
@@ -203,28 +205,20 @@ class Caller:
             except CONNECTION_ERRORS as exc:
                 log.debug("could not ack a reply: %s", describe(exc))
 
-    def _on_progress(self, call_id: str, properties: Basic.Properties) -> None:
+    def _on_frame(self, call_id: str, properties: Basic.Properties, body: bytes) -> None:
         listener = self._listeners.get(call_id)
         if listener is None:
             return
         try:
-            progress = wire.progress_from(properties)
-        except ValueError:
-            log.debug("dropped a malformed progress report for call %s", call_id)
+            frames = wire.frames_from(properties, body)
+        except ValueError as exc:
+            log.debug("dropped a malformed frame of call %s: %s", call_id, exc)
             return
-        # In the background, so a slow listener never holds up replies; one after the other
-        # for each call, so its reports arrive in order.
-        previous = self._progress.get(call_id)
-        delivery = asyncio.ensure_future(_after(previous, deliver_progress(listener, progress)))
-        self._progress[call_id] = delivery
-        self._background.add(delivery)
-
-        def done(task: asyncio.Future[None]) -> None:
-            self._background.discard(task)
-            if self._progress.get(call_id) is task:
-                del self._progress[call_id]
-
-        delivery.add_done_callback(done)
+        credit_to = wire.credit_to(properties)
+        if credit_to is not None:
+            self.grants.learned(call_id, credit_to)
+        for frame in frames:
+            listener(frame)
 
     async def _on_dead_letter(self, message: DeliveredMessage) -> None:
         """A request the broker dead-lettered: tell its caller, wherever it waits."""
@@ -311,9 +305,3 @@ class Caller:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):
             task.cancel()
-
-
-async def _after(previous: asyncio.Future[None] | None, then: Awaitable[None]) -> None:
-    if previous is not None:
-        await asyncio.wait({previous})
-    await then

@@ -1,5 +1,6 @@
 """The serve side: consume request queues within the server's capacity, run each request through
-the router's handler, reply, and only then ack; cancellations, inspect requests and events."""
+the router's handler, reply, and only then ack; cancellations, credits, inspect requests and
+events."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from atasks.errors import EncodeError, TransportError
-from atasks.events import SERVER_ID, Event, Progress, encode_batch
+from atasks.errors import EncodeError, StreamInterrupted, TransportError
+from atasks.events import SERVER_ID, Event, encode_batch
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import (
     CONNECTION_ERRORS,
@@ -29,8 +30,9 @@ from atasks.transport.backends.amqp.connection import (
 )
 from atasks.transport.backends.amqp.intake import Intake
 from atasks.transport.backends.amqp.lease import LEASE, Ask, Leases
+from atasks.transport.backends.amqp.streams import Frames
 from atasks.transport.backends.amqp.topology import Topology, declare_all
-from atasks.transport.base import Capacity, ProgressSink, Reply, Request, RequestHandler
+from atasks.transport.base import Capacity, Reply, Request, RequestHandler
 
 log = logging.getLogger("atasks.amqp")
 
@@ -70,6 +72,7 @@ class Server:
         self.started = time.time()
         self.handlers: dict[str, RequestHandler] = {}
         self._leases = Leases(link, topology, consumer_timeout, ask)
+        self._frames = Frames(link)
         self._intakes: dict[str, Intake] = {}
         self._capacity: Capacity | None = None
         self._rebalancing: asyncio.Task[None] | None = None
@@ -116,6 +119,7 @@ class Server:
         await queue.bind(self.topology.control_exchange)
         ok = await channels.calls_raw.basic_consume(queue.name, self._on_control, no_ack=True)
         self._control_consumer = ok.consumer_tag
+        self._frames.credit_to = queue.name  # streams' credits come here too
 
     async def register(self, name: str, handler: RequestHandler) -> None:
         channels = await self.link.ready()
@@ -255,6 +259,13 @@ class Server:
             ):  # an expired lease of a call its holder still runs, or has run
                 await message.ack()
                 return
+            if wire.window_from(message.headers) and _delivered_before(message):
+                # A stream is at most once per item: its caller has some of its items already.
+                interrupted = StreamInterrupted(
+                    "the server that ran it was lost, and a stream is not restarted"
+                )
+                await self._reply_and_ack(message, Reply.failure(call_id, interrupted))
+                return
             known = await self._known_outcome(name, message)
             if known is not None:  # run here already, its first delivery lost with a connection
                 await self._reply_and_ack(message, known)
@@ -286,8 +297,10 @@ class Server:
                     except Exception as exc:  # a handler breaking its contract: still answer
                         log.exception("the handler of %r failed on request %s", name, call_id)
                         reply = Reply.failure(call_id, exc)
+                await self._frames.sent(call_id)  # the outcome comes after every frame
                 inflight.set_result(reply)
             finally:
+                self._frames.forget(call_id)
                 inflight.cancel()  # no-op once it has the reply
                 del self._inflight[call_id]
                 _handled(intake, message)  # before the reply's round trip: credit is back
@@ -316,8 +329,8 @@ class Server:
                 TransportError(f"request of {size} bytes is over this server's {limit}-byte limit"),
             )
         request = wire.request_from(name, message.properties, message.body)
-        if request.wants_progress and message.reply_to:
-            request.report = self._progress_sink(message.reply_to)
+        if message.reply_to:
+            self._frames.attach(request, message.reply_to)
         return request
 
     async def _known_outcome(self, name: str, message: Delivery) -> Reply | None:
@@ -416,16 +429,6 @@ class Server:
             await message.nack(requeue=True)
             return
         await message.ack()
-
-    def _progress_sink(self, reply_to: str) -> ProgressSink:
-        async def report(progress: Progress) -> None:
-            channels = self.link.channels
-            if channels is not None:
-                await channels.serve_raw.basic_publish(
-                    b"", routing_key=reply_to, properties=wire.progress_properties(progress)
-                )
-
-        return report
 
     async def _give_back(self, intake: Intake, message: Delivery) -> None:
         """No slot is free: return the request to its queue for another server, and take no
@@ -540,6 +543,8 @@ class Server:
         elif properties.message_type == LEASE and properties.reply_to:
             if self._leases.answers(properties.headers or {}):
                 await self._answer(properties.reply_to, call_id, b"held")
+        elif properties.message_type == wire.CREDIT and call_id:
+            self._frames.granted(call_id, wire.credits_from(properties))
         elif properties.message_type == "cancel" and call_id:
             self._remember_cancelled(call_id)
             task = self._running.get(call_id)
@@ -629,6 +634,18 @@ class Server:
             )
         except CONNECTION_ERRORS as exc:
             log.debug("dropped %d events: %s", len(batch), describe(exc))
+
+
+def _delivered_before(message: Delivery) -> bool:
+    """Whether a request may have run before: redelivered, or a copy made after a delivery."""
+    headers = message.headers
+    count = headers.get(wire.BROKER_DELIVERY_COUNT)
+    return (
+        message.redelivered
+        or wire.deaths(headers) > 0
+        or (isinstance(count, int) and count > 0)
+        or wire.H_LEASE_HOLDER in headers
+    )
 
 
 def _handled(intake: Intake, message: Delivery) -> None:

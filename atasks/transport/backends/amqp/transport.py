@@ -6,14 +6,21 @@ from collections.abc import Sequence
 
 from atasks import settings
 from atasks.errors import ConfigurationError, NotConnected
-from atasks.events import Event, ProgressListener
+from atasks.events import Event
 from atasks.namespaces import DEFAULT
 from atasks.transport.backends.amqp.client import Caller, Replies
 from atasks.transport.backends.amqp.connection import Link, State, safe_url
 from atasks.transport.backends.amqp.intake import MAX_PREFETCH
 from atasks.transport.backends.amqp.server import Server
 from atasks.transport.backends.amqp.topology import QueueType, Topology
-from atasks.transport.base import Capacity, Reply, Request, RequestHandler, Transport
+from atasks.transport.base import (
+    Capacity,
+    FrameListener,
+    Reply,
+    Request,
+    RequestHandler,
+    Transport,
+)
 
 URL_ENV = "ATASKS_URL"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -47,6 +54,7 @@ class AMQPTransport(Transport):
     """
 
     messaging_system = "rabbitmq"
+    streams = True
 
     def __init__(
         self,
@@ -132,10 +140,11 @@ class AMQPTransport(Transport):
             await self._link.close()
             self._caller.fail_pending(NotConnected(f"{self!r} was disconnected"))
 
-    async def send_request(
-        self, request: Request, on_progress: ProgressListener | None = None
-    ) -> Reply:
-        return await self._caller.send_request(request, on_progress)
+    async def send_request(self, request: Request, on_frame: FrameListener | None = None) -> Reply:
+        return await self._caller.send_request(request, on_frame)
+
+    def grant(self, call_id: str, credits: int) -> None:
+        self._caller.grants.grant(call_id, credits)
 
     async def register_callback(self, name: str, handler: RequestHandler) -> None:
         await self._server.register(name, handler)

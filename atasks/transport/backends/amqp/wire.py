@@ -1,25 +1,34 @@
-"""How requests, replies and progress reports look as AMQP properties: pure functions, no I/O.
+"""How requests, replies and frames look as AMQP messages: pure functions, no I/O.
 
 A request carries ``correlation_id`` = call id, ``reply_to``, ``content_type`` = codec media type,
 ``expiration`` from the deadline and a few headers — among them the request's own ``headers``
-(trace context, auth snapshot), each prefixed with ``atasks-ctx-``; a reply's ``type`` says
-``ok``, ``error`` (details in headers) or ``progress`` (a report before the outcome).
+(trace context, auth snapshot), each prefixed with ``atasks-ctx-``. Back on ``reply_to`` come a
+call's frames, then its outcome: a message's ``type`` says ``frame`` (``atasks-frame`` says
+which: a ``progress`` report in headers, or stream ``items``, several to a message) or the
+outcome, ``ok`` or ``error`` (details in headers). A stream's caller grants credits with
+``credit`` messages to the queue its items name (``atasks-credit-to``).
 """
 
 from __future__ import annotations
 
+import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pamqp.commands import Basic
 
 from atasks.events import Progress
-from atasks.transport.base import Reply, Request
+from atasks.transport.base import Frame, Item, Reply, Request
 
 H_DEADLINE = "atasks-deadline"
 H_PARENT = "atasks-parent"
 H_PROGRESS = "atasks-progress"
+H_WINDOW = "atasks-window"  # a stream's window
+H_FRAME = "atasks-frame"  # which frame: progress, items
+H_SEQ = "atasks-seq"  # the seq of a message's first item
+H_CREDIT_TO = "atasks-credit-to"  # the queue that takes a stream's credits
+H_CREDITS = "atasks-credits"
 H_DELIVERIES = "atasks-deliveries"  # classic queues only: how many servers died holding it
 H_ERROR_TYPE = "atasks-error-type"
 H_ERROR_MESSAGE = "atasks-error-message"
@@ -33,13 +42,17 @@ FIRST_DEATH_QUEUE = "x-first-death-queue"
 H_CONTEXT = "atasks-ctx-"  # prefix of the entries of Request.headers (traceparent, auth…)
 
 PERSISTENT = 2
-OK, ERROR, PROGRESS = "ok", "error", "progress"
+OK, ERROR, FRAME, CREDIT = "ok", "error", "frame", "credit"
+PROGRESS, ITEMS = "progress", "items"  # the kinds of frame
+_SIZE = struct.Struct(">I")
 
 
 def request_properties(request: Request, reply_to: str, *, persistent: bool) -> Basic.Properties:
     headers: dict[str, Any] = {}
     if request.wants_progress:
         headers[H_PROGRESS] = 1
+    if request.window:
+        headers[H_WINDOW] = request.window
     if request.deadline is not None:
         headers[H_DEADLINE] = repr(request.deadline)  # AMQP floats are 32-bit: a string
     if request.parent_id is not None:
@@ -68,6 +81,7 @@ def request_from(name: str, properties: Basic.Properties, body: bytes) -> Reques
         parent_id=parent if isinstance(parent, str) else None,
         deadline=deadline_from(headers),
         wants_progress=bool(headers.get(H_PROGRESS)),
+        window=window_from(headers),
         headers=context_from(headers),
     )
 
@@ -117,15 +131,78 @@ def reply_from(properties: Basic.Properties, body: bytes) -> Reply:
     )
 
 
+def window_from(headers: Mapping[str, Any]) -> int:
+    """A stream request's window (0 for anything else)."""
+    window = headers.get(H_WINDOW)
+    return window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else 0
+
+
 def progress_properties(progress: Progress) -> Basic.Properties:
     headers: dict[str, Any] = {
+        H_FRAME: PROGRESS,
         "atask": progress.atask,
         "done": repr(progress.done),
         "note": progress.note,
     }
     if progress.total is not None:
         headers["total"] = repr(progress.total)
-    return Basic.Properties(headers=headers, message_type=PROGRESS, correlation_id=progress.call_id)
+    return Basic.Properties(headers=headers, message_type=FRAME, correlation_id=progress.call_id)
+
+
+def items_properties(
+    call_id: str, first: int, content_type: str, credit_to: str
+) -> Basic.Properties:
+    """A message of a stream's items, the first of them its ``first``-th."""
+    return Basic.Properties(
+        headers={H_FRAME: ITEMS, H_SEQ: first, H_CREDIT_TO: credit_to},
+        content_type=content_type,
+        message_type=FRAME,
+        correlation_id=call_id,
+    )
+
+
+def pack_items(bodies: Iterable[bytes]) -> bytes:
+    """Several encoded items as one message body: each one's length, then its bytes."""
+    return b"".join(_SIZE.pack(len(body)) + body for body in bodies)
+
+
+def frames_from(properties: Basic.Properties, body: bytes) -> list[Frame]:
+    """The frames one ``frame`` message carries; raises ``ValueError`` when it is malformed."""
+    headers = properties.headers or {}
+    if headers.get(H_FRAME, PROGRESS) == PROGRESS:
+        return [progress_from(properties)]
+    first = headers.get(H_SEQ)
+    if headers.get(H_FRAME) != ITEMS or not isinstance(first, int):
+        raise ValueError(f"malformed frame: {headers!r}")
+    frames: list[Frame] = []
+    view, at = memoryview(body), 0
+    while at < len(view):
+        if at + _SIZE.size > len(view):
+            raise ValueError("malformed items: a length cut short")
+        (size,) = _SIZE.unpack_from(view, at)
+        at += _SIZE.size
+        if at + size > len(view):
+            raise ValueError("malformed items: an item cut short")
+        frames.append(Item(first + len(frames), bytes(view[at : at + size])))
+        at += size
+    return frames
+
+
+def credit_to(properties: Basic.Properties) -> str | None:
+    """Where the credits of the stream whose items a message carries go."""
+    queue = (properties.headers or {}).get(H_CREDIT_TO)
+    return queue if isinstance(queue, str) else None
+
+
+def credit_properties(call_id: str, credits: int) -> Basic.Properties:
+    return Basic.Properties(
+        headers={H_CREDITS: credits}, message_type=CREDIT, correlation_id=call_id
+    )
+
+
+def credits_from(properties: Basic.Properties) -> int:
+    credits = (properties.headers or {}).get(H_CREDITS)
+    return credits if isinstance(credits, int) and not isinstance(credits, bool) else 0
 
 
 def progress_from(properties: Basic.Properties) -> Progress:

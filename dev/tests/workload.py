@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,58 @@ def die_once(marker: str) -> int:
         Path(marker).write_text(str(os.getpid()))
         os._exit(3)
     return os.getpid()
+
+
+streamed: dict[str, list[Any]] = {}
+"""What ``numbers`` made in this process, by token: each item, then ``"closed"``."""
+
+
+@atask(window=8)
+async def numbers(
+    token: str, count: int | None, fail_at: int | None = None, pause: float = 0.0
+) -> AsyncIterator[int]:
+    """0, 1, 2… (``count`` of them, or forever), each ``pause`` seconds after the last;
+    ``ValueError`` instead of item ``fail_at``. Records them in ``streamed[token]``."""
+    made = streamed.setdefault(token, [])
+    try:
+        for item in itertools.count() if count is None else range(count):
+            if item == fail_at:
+                raise ValueError(f"no item {item} today")
+            if pause:
+                await asyncio.sleep(pause)
+            made.append(item)
+            yield item
+    finally:
+        made.append("closed")
+
+
+@atask(window=256)
+async def many(count: int) -> AsyncIterator[int]:
+    for item in range(count):
+        yield item
+
+
+@atask(window=4)
+async def blobs(marker: str, size: int, count: int) -> AsyncIterator[bytes]:
+    """``count`` fresh blobs of ``size`` bytes; appends a line to ``marker`` for each made."""
+    with open(marker, "a") as made:  # noqa: ASYNC230 - tiny, and a test
+        for item in range(count):
+            made.write(f"{item}\n")
+            made.flush()
+            yield bytes([item % 256]) * size
+
+
+@atask
+async def crash_after(marker: str, count: int) -> AsyncIterator[int]:
+    """Writes this server's pid to ``marker`` (a line per run), yields ``count`` items, then
+    SIGKILLs its server."""
+    with open(marker, "a") as runs:  # noqa: ASYNC230 - tiny, and a test
+        runs.write(f"{os.getpid()}\n")
+    for item in range(count):
+        yield item
+    await asyncio.sleep(0.5)  # the items on their way out first (a test may also see fewer)
+    os.kill(os.getpid(), signal.SIGKILL)
+    yield count
 
 
 @atask

@@ -53,14 +53,16 @@ def setup_blocking(*args: Any, **kwargs: Any) -> None:
     asyncio.run_coroutine_threadsafe(setup(*args, **kwargs), loop).result()
 
 
-def _background_loop(what: str) -> asyncio.AbstractEventLoop:
+def _background_loop(what: str, instead: str) -> asyncio.AbstractEventLoop:
     """The background loop, or a clear error where a synchronous caller cannot block."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         pass
     else:
-        raise RuntimeError(f"atasks.{what}() blocks, so it cannot run inside an event loop")
+        raise RuntimeError(
+            f"atasks.{what}() blocks, so it cannot run inside an event loop: {instead}"
+        )
     loop = _loop
     if loop is None or not loop.is_running():
         raise ConfigurationError(
@@ -74,7 +76,7 @@ def iter_sync(stream: RemoteStream[T], timeout: float | None = None) -> Iterator
     atasks.iter_sync(export(query)):``. Leaving the loop early (``break``, an exception) closes
     the remote generator. ``timeout`` (seconds) is a deadline for the whole stream, as with
     ``atasks.deadline()``. Inside a running event loop, use ``async for`` instead."""
-    loop = _background_loop("iter_sync")
+    loop = _background_loop("iter_sync", "iterate with async for")
     first = True
     try:
         while True:
@@ -112,20 +114,10 @@ def run_sync(awaitable: Coroutine[Any, Any, T], timeout: float | None = None) ->
     Safe from any number of threads. Inside a running event loop, ``await`` instead.
     """
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
+        loop = _background_loop("run_sync", "await the atask")
+    except BaseException:
         awaitable.close()
-        raise RuntimeError(
-            "atasks.run_sync() blocks, so it cannot run inside an event loop: await the atask"
-        )
-    loop = _loop
-    if loop is None or not loop.is_running():
-        awaitable.close()
-        raise ConfigurationError(
-            "atasks.run_sync() needs a background loop: call atasks.setup_blocking() first"
-        )
+        raise
     future = asyncio.run_coroutine_threadsafe(_within(awaitable, timeout), loop)
     try:
         # The deadline ends the call in the loop; the margin only guards against a stuck loop.

@@ -12,7 +12,9 @@ a 100-character str echoed back: sequential latency (p50, p99) after a warm-up; 
 with 64 calls in flight; CPU time per call of this client process, of the server processes
 (``/proc/<pid>/stat``) and of the broker. The same for the baseline
 (``dev/bench/baseline.py``), ratios atasks/baseline, throughput with ``atasks run --workers 1,
-2, 4`` and with ``atasks run --events`` (skipped if that option does not exist), the
+2, 4`` and with ``atasks run --events`` (skipped if that option does not exist), stream
+items per second for windows of 16, 64 and 256 against plain calls per second on the same
+server, the
 loopback transport's overhead per call over a direct ``await echo.fn(x)``, and what tracing
 (OpenTelemetry with a no-op exporter), one propagated context variable and an auth context add
 to a loopback call, measured against none of them in the same run. Progress goes to
@@ -749,6 +751,56 @@ class Bench:
         finally:
             self.servers.stop(label)
 
+    async def streams(self) -> dict[str, Any]:
+        """Items per second of streams of each window in ``echo.STREAMS``, against calls per
+        second of plain calls (in flight) on the same server, the two taking turns."""
+        label = "atasks streams"
+        target = await self.atasks_server(label)
+        items = self.sizes.calls
+        windows = echo.STREAM_WINDOWS
+        used = {window: Usage() for window in windows}
+
+        async def run() -> dict[str, float]:
+            plain = await throughput([target], self.sizes, self.servers, self.progress)
+            self.progress.start(f"{label}: windows {windows}", items * len(windows))
+            for chunk in _chunks(items, self.sizes.rounds):
+                for window in windows:
+                    meter = target.meter()
+                    async for value in echo.STREAMS[window](chunk, PAYLOAD):
+                        if value != PAYLOAD:
+                            raise BenchError(f"a stream yielded {value!r}")
+                        target.completed += 1
+                        self.progress.tick()
+                    used[window].add(meter.stop(chunk))
+            return plain[label]
+
+        try:
+            plain = await guarded(
+                run(),
+                "streams",
+                _budget(items * len(windows) + self.sizes.calls, 0.01),
+                self.servers,
+                _heartbeat([target]),
+            )
+        finally:
+            self.servers.stop(label)
+        result: dict[str, Any] = {"items": items, "calls_per_s": plain["calls_per_s"]}
+        for window, usage in used.items():
+            per_item = usage.per_call()
+            result[f"window_{window}"] = {
+                "items_per_s": round(usage.calls / usage.wall, 1),
+                "client_cpu_us_per_item": per_item["client_cpu_us_per_call"],
+                "server_cpu_us_per_item": per_item["server_cpu_us_per_call"],
+                "broker_cpu_us_per_item": per_item["broker_cpu_us_per_call"],
+            }
+        self.progress.finish(
+            "; ".join(
+                f"window {w}: {result[f'window_{w}']['items_per_s']:,.0f} items/s" for w in windows
+            )
+            + f"; plain calls {plain['calls_per_s']:,.0f}/s"
+        )
+        return result
+
     async def workers(self) -> dict[str, dict[str, float]]:
         """Throughput with ``atasks run --workers N``."""
         return {
@@ -842,7 +894,7 @@ async def measure(
 ) -> dict[str, Any]:
     """Every phase, in order: atasks against the baseline, workers, events, loopback, context."""
     events = events_option()
-    progress = Progress(2 + len(sizes.workers) + 1 + 1 + 1)
+    progress = Progress(2 + len(sizes.workers) + 1 + 2 + 1 + 1)
     bench = Bench(node.url, broker_pid(node), sizes, servers, progress, queue_type)
     started = time.monotonic()
     other_load = OtherLoad()
@@ -857,6 +909,7 @@ async def measure(
         results["ratios"] = ratios(results["atasks"], results["baseline"])
         results["workers"] = await bench.workers()
         results["events"] = await bench.events(events)
+        results["streams"] = await bench.streams()
     finally:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await atasks.close(grace=1)
@@ -949,6 +1002,22 @@ def table(results: dict[str, Any]) -> str:
             f"{on['client_cpu_us_per_call']:,.0f} µs/call (no consumer bound to the events "
             "exchange)"
         )
+    streams = results["streams"]
+    lines += [
+        "",
+        f"| streams ({streams['items']:,} items each) | items/s | items per plain call "
+        f"({streams['calls_per_s']:,.0f}, {sizes['inflight']} in flight) | server CPU/item (µs) "
+        "| broker CPU/item (µs) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key, window in streams.items():
+        if key.startswith("window_"):
+            lines.append(
+                f"| window {key.removeprefix('window_')} | {window['items_per_s']:,.0f} | "
+                f"{window['items_per_s'] / streams['calls_per_s']:.1f} | "
+                f"{window['server_cpu_us_per_item']:,.0f} | "
+                f"{window['broker_cpu_us_per_item']:,.0f} |"
+            )
     lines += [
         "",
         "| loopback transport (no broker) | µs per call |",

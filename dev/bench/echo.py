@@ -1,4 +1,5 @@
-"""The benchmark's atask: returns its argument unchanged.
+"""The benchmark's atasks: ``echo`` returns its argument unchanged; ``STREAMS[window]`` yields
+a value ``count`` times, through a stream of that window.
 
 Served with ``python -m atasks run dev/bench/echo.py --mode server --url URL -q``; the name is
 fixed so that the server (which imports this file as ``echo``) and any client agree on it.
@@ -6,9 +7,26 @@ fixed so that the server (which imports this file as ``echo``) and any client ag
 
 from __future__ import annotations
 
-from atasks import atask
+from collections.abc import AsyncIterator
+
+from atasks import StreamATask, atask
 
 NAME = "bench.echo"
+STREAM_WINDOWS = (16, 64, 256)  # 64: the default
+
+
+def _stream(window: int) -> StreamATask[[int, str], str]:
+    @atask(name=f"bench.items.{window}", window=window)
+    async def items(count: int, value: str) -> AsyncIterator[str]:
+        """``value``, ``count`` times."""
+        for _ in range(count):
+            yield value
+
+    return items
+
+
+# Defined before echo: a server that serves echo has declared their queues.
+STREAMS = {window: _stream(window) for window in STREAM_WINDOWS}
 
 
 @atask(name=NAME)

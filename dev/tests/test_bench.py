@@ -87,6 +87,13 @@ def test_loopback_and_events(report: dict[str, Any]) -> None:
     assert report["environment"]["cpus"] >= 1
 
 
+def test_streams_are_measured_against_plain_calls(report: dict[str, Any]) -> None:
+    streams = report["streams"]
+    positive(streams, ("items", "calls_per_s"))
+    for window in (16, 64, 256):
+        positive(streams[f"window_{window}"], ("items_per_s", "server_cpu_us_per_item"))
+
+
 def test_context_costs_are_measured_against_none(report: dict[str, Any]) -> None:
     context = report["context"]
     modes = ("off", "contextvar", "auth") + (() if context["otel_skipped"] else ("otel",))

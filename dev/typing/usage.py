@@ -8,10 +8,11 @@ A decorated atask keeps its function's signature, with or without decorator argu
 from __future__ import annotations
 
 import inspect
+from collections.abc import AsyncIterator
 from typing import assert_type
 
 import atasks
-from atasks import ATask, Backoff, Retry, atask
+from atasks import ATask, Backoff, RemoteStream, Retry, StreamATask, atask
 from atasks.codecs import Codec, PickleCodec, get_codec
 from atasks.transport.base import LoopbackTransport, Transport, get_transport
 
@@ -39,6 +40,33 @@ async def fetch(url: str) -> bytes:
 @atask(mechanism="process", timeout=10)
 def crunch(n: int) -> int:
     return n * n
+
+
+@atask
+async def rows(query: str) -> AsyncIterator[dict[str, int]]:
+    yield {query: 1}
+
+
+@atask(window=4, timeout=60)
+async def chunks(size: int) -> AsyncIterator[bytes]:
+    yield b"x" * size
+
+
+async def streams() -> None:
+    typed: StreamATask[[str], dict[str, int]] = rows
+    assert_type(rows("q"), RemoteStream[dict[str, int]])
+    async for row in rows("q"):
+        assert_type(row, dict[str, int])
+    async for chunk in chunks(3):
+        assert_type(chunk, bytes)
+    await rows("q")  # type: ignore[misc]
+    chunks("3")  # type: ignore[arg-type]
+    assert typed.window
+
+
+def streams_from_sync_code() -> None:
+    for item in atasks.iter_sync(chunks(1), timeout=5):
+        assert_type(item, bytes)
 
 
 async def calls() -> None:

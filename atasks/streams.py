@@ -52,10 +52,13 @@ class Received:
 
     def __call__(self, frame: Frame) -> None:  # a FrameListener
         if isinstance(frame, Item):
-            if frame.seq != self.expected and self.lost is None:
-                self.lost = f"item {self.expected} never arrived (item {frame.seq} came next)"
-            self.expected = frame.seq + 1
-            self.items.append(frame.body)
+            if self.lost is not None:
+                return
+            if frame.seq != self.expected:  # lost, or sent again: no item is handed out twice
+                self.lost = f"item {self.expected} was expected and item {frame.seq} came"
+            else:
+                self.expected += 1
+                self.items.append(frame.body)
             self.wake()
         elif self.relay is not None:
             self.relay(frame)
@@ -108,7 +111,8 @@ class RemoteStream(Generic[Y]):
                 self._router.call(self._atask, self._args, self._kwargs, stream=received)
             )
             call.add_done_callback(received.wake)
-        while not received.items and not call.done():
+            call.add_done_callback(_retrieve)
+        while not received.items and not call.done() and received.lost is None:
             received.waiter = asyncio.get_running_loop().create_future()
             try:
                 await received.waiter
@@ -119,7 +123,7 @@ class RemoteStream(Generic[Y]):
                 received.waiter = None
         if received.items:
             return await self._next_item(received)
-        self._closed = True
+        self._stop()
         return self._outcome(call)
 
     async def _next_item(self, received: Received) -> Y:
@@ -141,6 +145,11 @@ class RemoteStream(Generic[Y]):
         """The end of the stream: its exception, or ``StopAsyncIteration`` when every item the
         server sent has arrived."""
         name, count = self._atask.name, self._count
+        lost = self._received.lost
+        if lost is not None:
+            raise StreamInterrupted(
+                f"the stream of atask {name!r} lost items after {count} arrived: {lost}", count
+            )
         if call.cancelled():
             raise StreamInterrupted(
                 f"the stream of atask {name!r} was cancelled after {count} items", count
@@ -154,11 +163,9 @@ class RemoteStream(Generic[Y]):
             exc.add_note(f"(raised after {count} items of the stream of atask {name!r} arrived)")
             raise exc
         sent = call.result()
-        lost = self._received.lost
-        if lost is not None or sent != count:
+        if sent != count:
             raise StreamInterrupted(
-                f"the stream of atask {name!r} lost items: {count} of the {sent} sent arrived"
-                + (f"; {lost}" if lost else ""),
+                f"the stream of atask {name!r} lost items: {count} of the {sent} sent arrived",
                 count,
             )
         raise StopAsyncIteration
@@ -185,6 +192,12 @@ class RemoteStream(Generic[Y]):
 
     def __repr__(self) -> str:
         return f"<stream of atask {self._atask.name!r}, {self._count} items so far>"
+
+
+def _retrieve(call: asyncio.Task[Any]) -> None:
+    """Mark a stream call's exception as seen: a stream dropped after it failed is no error."""
+    if not call.cancelled():
+        call.exception()
 
 
 async def serve_items(

@@ -20,9 +20,11 @@ import workload
 from servers import REPO, Servers, until, wait_until_served
 
 import atasks
-from atasks import StreamInterrupted, atask
+from atasks import StreamInterrupted, TransportError, atask
 from atasks.router import Router
+from atasks.streams import Received
 from atasks.transport.backends.amqp import streams as amqp_streams
+from atasks.transport.base import Item
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,6 +124,44 @@ async def test_progress_and_items_share_the_way_back(served: Router) -> None:
     assert items == [f"item {n}" for n in range(5)]
     await until(lambda: len(reports) == 5, within=5)
     assert reports == [1, 2, 3, 4, 5]
+
+
+async def test_a_server_that_stops_mid_stream_interrupts_it_and_never_restarts_it(
+    served: Router,
+) -> None:
+    token = _token()
+    got: list[int] = []
+    with pytest.raises(TransportError) as raised:
+        async with atasks.deadline(20):
+            async for item in workload.numbers(token, None, pause=0.01):
+                got.append(item)
+                if item == 2:
+                    await served.deactivate(0)
+    assert not isinstance(raised.value, TimeoutError)
+    assert got == list(range(len(got)))
+    assert len(got) >= 3
+    made = workload.streamed[token]
+    await until(lambda: "closed" in made, within=5)
+    assert made.count(0) == 1  # run once
+
+
+async def test_a_slow_generator_is_not_taken_for_a_lost_caller(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(amqp_streams, "IDLE", 0.5)
+    monkeypatch.setattr(amqp_streams, "KEEPALIVE", 0.1)
+    await atasks.setup("amqp", url=amqp_url, serve=True)
+    # Each item comes after twice the idle time: only the caller's keepalives keep it going.
+    items = [item async for item in workload.numbers(_token(), 3, pause=1.0)]
+    assert items == [0, 1, 2]
+
+
+def test_items_are_handed_out_once_each_and_a_gap_ends_the_stream() -> None:
+    received = Received(8)
+    for seq in (0, 1, 1, 2, 4, 5):
+        received(Item(seq, str(seq).encode()))
+    assert list(received.items) == [b"0", b"1"]
+    assert received.lost == "item 2 was expected and item 1 came"
 
 
 def test_a_stream_is_declared_as_one() -> None:

@@ -1,4 +1,4 @@
-"""The AMQP wire format, without a broker: requests, replies and progress round-trip."""
+"""The AMQP wire format, without a broker: requests, replies and frames round-trip."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pamqp.commands import Basic
 
 from atasks.events import Progress
 from atasks.transport.backends.amqp import wire
-from atasks.transport.base import Reply, Request
+from atasks.transport.base import Item, Reply, Request
 
 
 def test_a_request_round_trips_with_its_exact_deadline() -> None:
@@ -87,6 +87,36 @@ def test_progress_round_trips_and_malformed_progress_is_refused() -> None:
     assert wire.progress_from(wire.progress_properties(progress)) == progress
     with pytest.raises(ValueError, match="malformed"):
         wire.progress_from(Basic.Properties(correlation_id="c5", headers={"atask": "x"}))
+
+
+def test_frames_round_trip_and_malformed_items_are_refused() -> None:
+    progress = Progress(call_id="c6", atask="export", done=1.0)
+    assert wire.frames_from(wire.progress_properties(progress), b"") == [progress]
+    bodies = [b"", b"one", b"\x00" * 300]
+    properties = wire.items_properties("c6", 7, "application/json", "amq.gen-credits")
+    assert properties.message_type == wire.FRAME
+    assert wire.credit_to(properties) == "amq.gen-credits"
+    packed = wire.pack_items(bodies)
+    assert wire.frames_from(properties, packed) == [
+        Item(7, b""),
+        Item(8, b"one"),
+        Item(9, b"\x00" * 300),
+    ]
+    for cut in (packed[:2], packed[:-1]):
+        with pytest.raises(ValueError, match="cut short"):
+            wire.frames_from(properties, cut)
+    with pytest.raises(ValueError, match="malformed frame"):
+        wire.frames_from(Basic.Properties(headers={wire.H_FRAME: "items"}), packed)
+
+
+def test_a_stream_request_carries_its_window_and_credits_travel() -> None:
+    request = Request(name="export", call_id="c7", content_type="x", body=b"", window=16)
+    properties = wire.request_properties(request, "reply-here", persistent=False)
+    assert wire.request_from("export", properties, b"").window == 16
+    assert wire.window_from({wire.H_WINDOW: True}) == 0
+    assert wire.window_from({wire.H_WINDOW: -3}) == 0
+    assert wire.credits_from(wire.credit_properties("c7", 8)) == 8
+    assert wire.credits_from(Basic.Properties(headers={wire.H_CREDITS: "8"})) == 0
 
 
 def test_dead_reason_from_the_broker_or_from_atasks() -> None:

@@ -515,6 +515,11 @@ class Server:
             if replied or (call_id is not None and call_id in self._cancelled):
                 await message.ack()  # answered, or cancelled by its caller: done with it
                 return
+            if call_id and wire.window_from(message.headers):
+                # A stream is not restarted elsewhere: its caller may have some of its items.
+                stopped = StreamInterrupted("the server that ran it stopped, mid-stream")
+                await self._reply_and_ack(message, Reply.failure(call_id, stopped))
+                return
             # This server is shutting down: hand the request to another server.
             try:
                 await self._requeue(name, message, message.headers)

@@ -49,6 +49,7 @@ class Outbox:
         self._sending: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
         self.limit = 0  # the largest message, in bytes
+        self.on_first_items: Callable[[], None] | None = None  # called as the first is queued
 
     async def put(self, frame: Frame) -> None:
         """Queue ``frame``. An item goes at once (credits bound how many wait); a progress
@@ -62,6 +63,9 @@ class Outbox:
                 f"item {frame.seq} is {len(frame.body)} bytes, over the {self.limit}-byte "
                 "message size limit"
             )
+        if isinstance(frame, Item) and self.on_first_items is not None:
+            self.on_first_items()
+            self.on_first_items = None
         self._queue.append(frame)
         if self._sending is None or self._sending.done():
             self._sending = asyncio.ensure_future(self._send())
@@ -138,7 +142,10 @@ class Frames:
             self._outboxes[call_id] = outbox
             request.emit = outbox.put
         if request.window:
-            request.credits = self._credits[call_id] = Credits(request.window, IDLE)
+            credits = request.credits = self._credits[call_id] = Credits(request.window, IDLE)
+            # Its caller can speak only once items tell it where to: its silence counts from
+            # the first one.
+            self._outboxes[call_id].on_first_items = lambda: credits.grant(0)
 
     def granted(self, call_id: str, credits: int) -> None:
         window = self._credits.get(call_id)

@@ -36,7 +36,7 @@ from atasks.namespaces import get_codec, get_transport, reset
 from atasks.propagation import propagate, unpropagate
 from atasks.retry import Backoff, Retry
 from atasks.router import Router, get_router
-from atasks.tasks import ATask, atask
+from atasks.tasks import ATask, atask, atask_broadcast, atask_queue
 from atasks.transport.base import LoopbackTransport, Transport
 from atasks.transport.classic import ClassicAdapter
 
@@ -69,6 +69,8 @@ __all__ = [
     "Transport",
     "TransportError",
     "atask",
+    "atask_broadcast",
+    "atask_queue",
     "auth",
     "close",
     "close_blocking",

@@ -18,7 +18,16 @@ from atasks.calls import current_scope
 
 log = logging.getLogger("atasks.events")
 
-KINDS = ("received", "started", "progress", "retrying", "succeeded", "failed", "cancelled")
+KINDS = (
+    "received",
+    "started",
+    "progress",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "dead",  # a fire-and-forget or broadcast request that failed was dead-lettered
+)
 SERVER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -17,6 +17,7 @@ COLOURS = {
     "succeeded": "green",
     "failed": "red",
     "cancelled": "yellow",
+    "dead": "bright_red",
 }
 MARKS = {
     "received": "·",
@@ -26,6 +27,7 @@ MARKS = {
     "succeeded": "✓",
     "failed": "✗",
     "cancelled": "⊘",
+    "dead": "☠",
 }
 COLUMNS = (
     "host",

@@ -243,7 +243,7 @@ async def test_queued_requests_survive_a_broker_restart(
 
 def _dead_list(url: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "atasks", "dead", "list", "--url", url, *["--json"]],
+        [sys.executable, "-m", "atasks", "dead", "list", "--url", url, "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -260,11 +260,11 @@ async def test_a_failing_queued_request_is_retried_then_a_dead_letter_and_events
     watcher = await _watch(amqp_url, events)
     try:
         call_id = await atasks.get_router().enqueue(workload.queued_fail, ("boom",), {})
-        await until(lambda: any(e.call_id == call_id and e.kind == "failed" for e in events))
+        await until(lambda: any(e.call_id == call_id and e.kind == "dead" for e in events))
     finally:
         watcher.cancel()
     kinds = [e.kind for e in events if e.call_id == call_id]
-    assert kinds == ["received", "started", "retrying", "started", "failed"]
+    assert kinds == ["received", "started", "retrying", "started", "failed", "dead"]
     async with asyncio.timeout(30):
         while True:
             listed = await asyncio.to_thread(_dead_list, amqp_url)

@@ -74,8 +74,10 @@ class Server:
         statistics: Callable[[], Mapping[str, Any] | None],
         consumer_timeout: float,
         ask: Ask,
+        events: bool = False,
     ) -> None:
         self.link = link
+        self.events = events  # publish a "dead" event for each request it dead-letters
         self.topology = topology
         self.statistics = statistics
         self.started = time.time()
@@ -595,6 +597,18 @@ class Server:
         ack it: at least once, on either queue type."""
         properties = message.properties
         headers = wire.dead_letter_headers(message.headers, reason, error_type, error_message)
+        if self.events:
+            parent = message.headers.get(wire.H_PARENT)
+            self.publish_event(
+                Event(
+                    kind="dead",
+                    atask=name,
+                    call_id=properties.correlation_id or "",
+                    parent_id=parent if isinstance(parent, str) else None,
+                    namespace=self.topology.namespace,
+                    error=f"{reason}: {error_type}: {error_message}",
+                )
+            )
         await message.channel.basic_publish(
             message.body,
             exchange=self.topology.dead_letter_exchange,

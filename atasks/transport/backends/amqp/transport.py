@@ -100,6 +100,7 @@ class AMQPTransport(Transport):
             statistics=lambda: self.server_statistics() if self.server_statistics else None,
             consumer_timeout=consumer_timeout,
             ask=self._caller.ask,
+            events=events,
         )
         super().__init__(namespace=namespace)
 

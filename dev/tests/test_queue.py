@@ -60,6 +60,16 @@ async def plain(key: str) -> str | None:
     return atasks.current_call_id()
 
 
+CLASSIC = "queueclassic"
+
+
+@atask_queue(namespace=CLASSIC, retry=Retry(attempts=2, backoff=Backoff.constant(0)))
+async def fails_on_classic(key: str) -> None:
+    attempts[key] = attempts.get(key, 0) + 1
+    if attempts[key] < 3:
+        raise LookupError(f"attempt {attempts[key]}")
+
+
 def _key(request: pytest.FixtureRequest) -> str:
     return f"{request.node.name}-{time.monotonic_ns()}"
 
@@ -70,7 +80,8 @@ async def _dead(router: Router, amqp: bool, call_id: str) -> tuple[str, str]:
         while True:
             if amqp:
                 url = router.transport.url  # type: ignore[attr-defined]
-                found = [d for d in await list_dead_letters(url, "default") if d.call_id == call_id]
+                letters = await list_dead_letters(url, router.namespace)
+                found = [d for d in letters if d.call_id == call_id]
                 if found:
                     return found[0].reason, found[0].error
             else:
@@ -126,6 +137,21 @@ async def test_a_failing_call_is_retried_then_dead_lettered_with_its_last_error(
     assert (reason, error) == ("failed", f"builtins.LookupError: no {key} here")
     assert attempts[key] == 3
     assert served.statistics().retried == 2
+
+
+async def test_classic_request_queues_serve_and_dead_letter_them_too(
+    amqp_url: str, request: pytest.FixtureRequest
+) -> None:
+    router = await atasks.setup(
+        "amqp", url=amqp_url, serve=True, namespace=CLASSIC, queue_type="classic"
+    )
+    key = _key(request)
+    call_id = await router.enqueue(fails_on_classic, (key,), {})
+    assert await _dead(router, True, call_id) == ("failed", "builtins.LookupError: attempt 2")
+    again = await router.enqueue(fails_on_classic, (key,), {})  # attempt 3 succeeds
+    await until(lambda: attempts[key] == 3)
+    await router.deactivate()  # after the ack: no dead letter for it
+    assert [d.call_id for d in await list_dead_letters(amqp_url, CLASSIC)].count(again) == 0
 
 
 async def test_the_timeout_counts_from_when_a_server_starts_it(

@@ -98,6 +98,7 @@ class Server:
         self._send_kept_again = False
         self._control_consumer: str | None = None
         self._broadcasts: str | None = None  # this server's exclusive broadcast queue
+        self._broadcasts_lock = asyncio.Lock()  # one queue, even with registrations racing
         self._event_batch: list[Event] = []
         self._event_flush: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -113,7 +114,8 @@ class Server:
             return
         await declare_all(channels.connection, self.topology, list(self.handlers))
         await self._consume_control(channels)
-        await self._consume_broadcasts(channels)
+        async with self._broadcasts_lock:
+            await self._consume_broadcasts(channels)
         for intake in self._intakes.values():
             await self._fit(channels.serve_raw, intake)
 
@@ -166,10 +168,11 @@ class Server:
         if self._control_consumer is None:
             await self._consume_control(channels)
         self.handlers[name] = handler
-        if self._broadcasts is None:
-            await self._consume_broadcasts(channels)
-        else:
-            await self._bind_broadcasts(channels, name, bind=True)
+        async with self._broadcasts_lock:
+            if self._broadcasts is None:
+                await self._consume_broadcasts(channels)
+            else:
+                await self._bind_broadcasts(channels, name, bind=True)
         self._intakes.setdefault(name, Intake(name))
         self.rebalance()
         await self._settled()

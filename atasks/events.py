@@ -26,7 +26,7 @@ KINDS = (
     "succeeded",
     "failed",
     "cancelled",
-    "dead",  # a fire-and-forget or broadcast request that failed was dead-lettered
+    "dead",  # atasks dead-lettered the request (a fire-and-forget one that failed…)
 )
 SERVER_ID = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -320,3 +320,19 @@ async def test_a_broadcast_reaches_every_subscribed_server(
     await workload.broadcast_tally(str(tally), "again")  # one copy each, not more
     await until(lambda: len(_lines(tally)) == 6)
     assert sorted(token for token, _ in _lines(tally)) == ["again"] * 3 + ["hello"] * 3
+
+
+async def test_a_2019_transport_says_it_has_no_fire_and_forget() -> None:
+    from test_compat import QueueTransport
+
+    transport = QueueTransport(namespace="classic-queue")
+    atasks.PickleCodec(namespace="classic-queue")
+    await transport.connect()
+    try:
+        router = atasks.get_router("classic-queue")
+        with pytest.raises(atasks.ConfigurationError, match="no fire-and-forget requests"):
+            await router.enqueue(remember, ("k", 1), {})
+        with pytest.raises(atasks.ConfigurationError, match="no broadcast requests"):
+            await router.broadcast(everyone, ("k",), {})
+    finally:
+        await transport.disconnect()

@@ -401,7 +401,7 @@ class Server:
     async def _on_broadcast(self, delivered: DeliveredMessage) -> None:
         message = Delivery(delivered)
         name = str(getattr(delivered.delivery, "routing_key", "") or "")
-        key = f"broadcast:{message.correlation_id or id(message)}"
+        key = f"broadcast:{id(message)}"  # not its call id: a cancellation is not for copies
         task = asyncio.get_running_loop().create_task(
             self._serve_copy(name, message), context=contextvars.Context()
         )
@@ -463,7 +463,13 @@ class Server:
                 reply.error_type,
                 reply.error_message,
             )
-            await self._dead_letter(name, message, reason, reply.error_type, reply.error_message)
+            try:
+                await self._dead_letter(
+                    name, message, reason, reply.error_type, reply.error_message
+                )
+            except aiormq.exceptions.DeliveryError as exc:  # kept: it runs again
+                log.warning("the broker refused the dead letter of %s: %s", reply.call_id, exc)
+                await message.nack(requeue=True)
 
     async def _send_reply(self, name: str, message: Delivery, reply: Reply) -> None:
         """Reply and ack; with the connection gone, keep the reply to send once reconnected

@@ -188,6 +188,7 @@ def fresh_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
     )
 
 

@@ -1,9 +1,10 @@
 """How requests, replies and progress reports look as AMQP properties: pure functions, no I/O.
 
 A request carries ``correlation_id`` = call id, ``reply_to``, ``content_type`` = codec media type,
-``expiration`` from the deadline and a few headers — among them the request's own ``headers``
-(trace context, auth snapshot), each prefixed with ``atasks-ctx-``; a reply's ``type`` says
-``ok``, ``error`` (details in headers) or ``progress`` (a report before the outcome).
+``expiration`` from the deadline, ``priority``, and a few headers — among them the request's own
+``headers`` (trace context, auth snapshot), each prefixed with ``atasks-ctx-``; a reply's
+``type`` says ``ok``, ``error`` (details in headers) or ``progress`` (a report before the
+outcome).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from pamqp.commands import Basic
 
+from atasks.calls import priority_from
 from atasks.events import Progress
 from atasks.transport.base import Reply, Request
 
@@ -53,6 +55,7 @@ def request_properties(request: Request, reply_to: str, *, persistent: bool) -> 
         correlation_id=request.call_id,
         reply_to=reply_to,
         expiration=expiration(request.deadline),
+        priority=request.priority,
     )
 
 
@@ -67,6 +70,7 @@ def request_from(name: str, properties: Basic.Properties, body: bytes) -> Reques
         body=body,
         parent_id=parent if isinstance(parent, str) else None,
         deadline=deadline_from(headers),
+        priority=priority_from(properties.priority),
         wants_progress=bool(headers.get(H_PROGRESS)),
         headers=context_from(headers),
     )

@@ -42,7 +42,9 @@ current_scope: ContextVar[CallScope | None] = ContextVar("atasks_call", default=
 _deadline: ContextVar[float | None] = ContextVar("atasks_deadline", default=None)
 _priority: ContextVar[int | None] = ContextVar("atasks_priority", default=None)
 
-LOWEST_PRIORITY, HIGHEST_PRIORITY = 0, 9
+LOWEST_PRIORITY, NORMAL_PRIORITY, HIGHEST_PRIORITY = 0, 4, 9
+"""A call made with no priority in force counts as ``NORMAL_PRIORITY`` where a queue orders them
+(as RabbitMQ 4.x quorum queues count a message without one)."""
 
 
 def current_call_id() -> str | None:
@@ -93,8 +95,8 @@ def check_priority(value: object, where: str) -> int:
         )
     if not LOWEST_PRIORITY <= value <= HIGHEST_PRIORITY:
         raise ValueError(
-            f"{where}: priority {value} is out of range: {LOWEST_PRIORITY} (lowest, the default) "
-            f"to {HIGHEST_PRIORITY} (highest)"
+            f"{where}: priority {value} is out of range: {LOWEST_PRIORITY} (lowest) to "
+            f"{HIGHEST_PRIORITY} (highest); calls without one count as {NORMAL_PRIORITY}"
         )
     return value
 
@@ -108,8 +110,9 @@ def priority_from(value: object) -> int | None:
 
 @asynccontextmanager
 async def priority(level: int) -> AsyncIterator[None]:
-    """Every atask awaited inside is sent with priority ``level``, 0 (lowest, the default) to 9
-    (highest), and the atasks those run await inherit it; the innermost block wins.
+    """Every atask awaited inside is sent with priority ``level``, 0 (lowest) to 9 (highest;
+    calls without a priority count as 4), and the atasks those run await inherit it; the
+    innermost block wins.
 
     Where requests wait in a queue that orders priorities, a waiting request of higher priority
     is started before waiting ones of lower priority of the same atask.

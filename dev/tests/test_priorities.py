@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 import workload
+from pamqp.commands import Basic
 from rabbitnode import RabbitNode
 from servers import Servers, until, wait_until_served
 
@@ -17,7 +18,9 @@ import atasks
 from atasks import atask
 from atasks.errors import ConfigurationError
 from atasks.router import Router
-from atasks.transport.backends.amqp import AMQPTransport
+from atasks.transport.backends.amqp import AMQPTransport, wire
+from atasks.transport.base import Request
+from atasks.transport.classic import pack_request, unpack_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,6 +83,26 @@ def test_max_priority_is_for_classic_queues_and_checked() -> None:
         AMQPTransport(namespace=None, queue_type="quorum", max_priority=5)
     with pytest.raises(ConfigurationError, match="between 1 and 9"):
         AMQPTransport(namespace=None, queue_type="classic", max_priority=0)
+
+
+@pytest.mark.parametrize("level", [None, 0, 4, 9])
+def test_the_broker_orders_by_the_priority_property_and_the_header_says_whose(
+    level: int | None,
+) -> None:
+    """Always a priority property (a queue counts a message without one as 0 or 4, by its
+    type): 4 for a call without a priority; the header only for a call with one."""
+    request = Request(name="x", call_id="c1", content_type="t", body=b"", priority=level)
+    properties = wire.request_properties(request, "r", persistent=False)
+    assert properties.priority == (4 if level is None else level)
+    assert (properties.headers or {}).get(wire.H_PRIORITY) == level
+    assert wire.request_from("x", properties, b"").priority == level
+    assert unpack_request("x", pack_request(request)).priority == level  # 2019 transports
+
+
+@pytest.mark.parametrize("nonsense", [10, -1, True, "9", b"9", 2.0])
+def test_a_nonsense_priority_header_is_ignored(nonsense: object) -> None:
+    properties = Basic.Properties(correlation_id="c2", headers={wire.H_PRIORITY: nonsense})
+    assert wire.request_from("x", properties, b"").priority is None
 
 
 # --- inherited by nested calls -----------------------------------------------------------

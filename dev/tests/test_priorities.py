@@ -168,7 +168,12 @@ async def job(label: str) -> str:
     return label
 
 
-QUEUE = f"atasks.{NS}.job"
+@atask(name="other", namespace=NS)
+async def other() -> int | None:
+    return atasks.current_priority()
+
+
+QUEUE, OTHER_QUEUE = f"atasks.{NS}.job", f"atasks.{NS}.other"
 WAITING = [("none", None), ("p0", 0), ("p2-a", 2), ("p2-b", 2), ("p5", 5), ("p9-a", 9), ("p9-b", 9)]
 FIFO = [label for label, _ in WAITING]
 BY_PRIORITY = ["p9-a", "p9-b", "p5", "none", "p2-a", "p2-b", "p0"]  # none counts as 4
@@ -176,13 +181,15 @@ BY_PRIORITY = ["p9-a", "p9-b", "p5", "none", "p2-a", "p2-b", "p0"]  # none count
 
 @pytest.fixture
 async def fresh_queue(amqp_url: str) -> AsyncIterator[None]:
-    """No request queue of ``job`` before or after: each test declares its own kind."""
+    """No request queues of ``job`` and ``other`` before or after: each test declares its own
+    kind."""
 
     async def delete() -> None:
         connection = await aio_pika.connect(amqp_url)
         async with connection:
             channel = await connection.channel()
             await channel.queue_delete(QUEUE)
+            await channel.queue_delete(OTHER_QUEUE)
 
     global release
     started.clear()
@@ -194,14 +201,21 @@ async def fresh_queue(amqp_url: str) -> AsyncIterator[None]:
     await delete()
 
 
-async def ready_requests(url: str) -> int:
+async def ready_requests(url: str, queue_name: str = QUEUE) -> int:
+    return (await queue_counts(url, queue_name))[0]
+
+
+async def queue_counts(url: str, queue_name: str) -> tuple[int, int]:
+    """How many requests wait in a queue (ready, not delivered), and how many consumers it has."""
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(QUEUE, passive=True)
-        count = queue.declaration_result.message_count
-        assert count is not None
-        return count
+        queue = await channel.declare_queue(queue_name, passive=True)
+        ready = queue.declaration_result.message_count
+        consumers = queue.declaration_result.consumer_count
+        assert ready is not None
+        assert consumers is not None
+        return ready, consumers
 
 
 async def start_order(url: str, **transport_options: object) -> list[str]:
@@ -272,3 +286,38 @@ async def test_an_existing_queue_without_max_priority_is_a_clear_error(
     assert "x-max-priority" in message
     assert f"delete_queue {QUEUE}" in message
     assert "max_priority" in message
+
+
+async def test_a_request_handed_back_by_a_busy_server_keeps_its_priority(
+    amqp_url: str, fresh_queue: None
+) -> None:
+    """A server busy on ``job`` still has credit on ``other``'s queue: the request for ``other``
+    reaches it, finds no slot free, and goes back to its queue as a fresh copy."""
+    await atasks.setup(
+        "amqp",
+        url=amqp_url,
+        namespace=NS,
+        serve=True,
+        concurrency=1,
+        queue_type="classic",
+        max_priority=9,
+    )
+    blocker = asyncio.create_task(job("blocker"))
+    await until(lambda: started == ["blocker"])
+    async with atasks.priority(9):
+        call = asyncio.create_task(other())
+    async with asyncio.timeout(10):  # handed back: waiting again, its consumer paused
+        while await queue_counts(amqp_url, OTHER_QUEUE) != (1, 0):
+            await asyncio.sleep(0.02)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(OTHER_QUEUE, ensure=False)
+        copy = await queue.get(no_ack=False)
+        assert copy is not None
+        assert copy.priority == 9  # what the broker orders by
+        assert (copy.headers or {}).get(wire.H_PRIORITY) == 9  # what nested calls inherit
+        await copy.nack(requeue=True)
+    release.set()
+    assert await blocker == "blocker"
+    assert await call == 9

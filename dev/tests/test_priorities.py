@@ -19,6 +19,8 @@ from atasks import atask
 from atasks.errors import ConfigurationError
 from atasks.router import Router
 from atasks.transport.backends.amqp import AMQPTransport, wire
+from atasks.transport.backends.amqp.dead import replay_dead_letters
+from atasks.transport.backends.amqp.topology import Topology
 from atasks.transport.base import Request
 from atasks.transport.classic import pack_request, unpack_request
 
@@ -321,3 +323,43 @@ async def test_a_request_handed_back_by_a_busy_server_keeps_its_priority(
     release.set()
     assert await blocker == "blocker"
     assert await call == 9
+
+
+async def test_a_replayed_dead_letter_keeps_its_priority(amqp_url: str, fresh_queue: None) -> None:
+    """One dead letter with a priority, and one from before priorities (no property, no
+    header): replayed, the first keeps its priority and the second gets 4, like a call without."""
+    topology = Topology(NS)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await topology.declare_dead_letters(channel)
+        await topology.declare_request_queue(channel, "job")
+        dead = await channel.get_exchange(topology.dead_letter_exchange)
+        for call_id, level in (("with", 7), ("without", None)):
+            died = {wire.FIRST_DEATH_QUEUE: QUEUE, wire.FIRST_DEATH_REASON: "rejected"}
+            message = aio_pika.Message(
+                b"",
+                correlation_id=call_id,
+                reply_to="nobody",
+                headers=died if level is None else {**died, wire.H_PRIORITY: level},
+                priority=level,
+            )
+            if level is None:
+                message.priority = None  # aio_pika's default is 0: publish none at all
+            await dead.publish(message, routing_key="")
+        try:
+            replayed = await replay_dead_letters(amqp_url, NS)
+            assert [letter.call_id for letter in replayed.sent] == ["with", "without"]
+            queue = await channel.get_queue(QUEUE, ensure=False)
+            by_id = {}
+            for _ in range(2):
+                request = await queue.get(no_ack=True)
+                assert request is not None
+                by_id[request.correlation_id] = (
+                    request.priority,
+                    (request.headers or {}).get(wire.H_PRIORITY),
+                )
+            assert by_id == {"with": (7, 7), "without": (4, None)}
+        finally:
+            await channel.queue_delete(topology.dead_letter_queue)
+            await channel.queue_delete(topology.dead_letter_notify_queue)

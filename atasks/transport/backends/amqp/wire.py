@@ -65,8 +65,13 @@ def request_properties(request: Request, reply_to: str, *, persistent: bool) -> 
         correlation_id=request.call_id,
         reply_to=reply_to,
         expiration=expiration(request.deadline),
-        priority=NORMAL_PRIORITY if priority is None else priority,
+        priority=broker_priority(priority),
     )
+
+
+def broker_priority(priority: int | None) -> int:
+    """The ``priority`` property of a request: the call's priority, or 4 for a call without."""
+    return NORMAL_PRIORITY if priority is None else priority
 
 
 def request_from(name: str, properties: Basic.Properties, body: bytes) -> Request:

@@ -11,7 +11,7 @@ from atasks import settings as settings
 from atasks import tracing as tracing
 from atasks.auth_context import auth, current_auth
 from atasks.blocking import close_blocking, run_sync, setup_blocking
-from atasks.calls import current_call_id, current_deadline, deadline
+from atasks.calls import current_call_id, current_deadline, current_priority, deadline, priority
 from atasks.codecs import Codec, JSONCodec, PickleCodec
 from atasks.errors import (
     ATasksError,
@@ -77,12 +77,14 @@ __all__ = [
     "current_auth",
     "current_call_id",
     "current_deadline",
+    "current_priority",
     "deadline",
     "deliver_progress",
     "get_codec",
     "get_router",
     "get_transport",
     "observe_progress",
+    "priority",
     "progress",
     "propagate",
     "reset",

@@ -132,6 +132,13 @@ async def log_line(text: str) -> str | None:
     return atasks.current_call_id()
 
 
+@atask
+async def priority_chain(levels: int) -> list[int | None]:
+    """The priority in force here, then in each call of a chain of ``levels``."""
+    inner = await priority_chain(levels - 1) if levels > 1 else []
+    return [atasks.current_priority(), *inner]
+
+
 @atask(mechanism="process")
 def spin(marker: str, seconds: float) -> list[int]:
     """CPU-bound, in a worker process: write the worker's pid to ``marker``, then spin until a

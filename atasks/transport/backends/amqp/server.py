@@ -628,6 +628,7 @@ class Server:
                 delivery_mode=wire.PERSISTENT,
                 correlation_id=properties.correlation_id,
                 reply_to=properties.reply_to,
+                priority=properties.priority,
             ),
         )
         await message.ack()
@@ -649,6 +650,7 @@ class Server:
             correlation_id=properties.correlation_id,
             reply_to=properties.reply_to,
             expiration=wire.expiration(wire.deadline_from(headers)),
+            priority=properties.priority,  # back among the requests of its priority
         )
         try:
             await message.channel.basic_publish(

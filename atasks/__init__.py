@@ -11,7 +11,7 @@ from atasks import settings as settings
 from atasks import tracing as tracing
 from atasks.auth_context import auth, current_auth
 from atasks.blocking import close_blocking, iter_sync, run_sync, setup_blocking
-from atasks.calls import current_call_id, current_deadline, deadline
+from atasks.calls import current_call_id, current_deadline, current_priority, deadline, priority
 from atasks.codecs import Codec, JSONCodec, PickleCodec
 from atasks.errors import (
     ATasksError,
@@ -38,7 +38,7 @@ from atasks.propagation import propagate, unpropagate
 from atasks.retry import Backoff, Retry
 from atasks.router import Router, get_router
 from atasks.streams import RemoteStream
-from atasks.tasks import ATask, StreamATask, atask
+from atasks.tasks import ATask, StreamATask, atask, atask_broadcast, atask_queue
 from atasks.transport.base import LoopbackTransport, Transport
 from atasks.transport.classic import ClassicAdapter
 
@@ -74,12 +74,15 @@ __all__ = [
     "Transport",
     "TransportError",
     "atask",
+    "atask_broadcast",
+    "atask_queue",
     "auth",
     "close",
     "close_blocking",
     "current_auth",
     "current_call_id",
     "current_deadline",
+    "current_priority",
     "deadline",
     "deliver_progress",
     "get_codec",
@@ -87,6 +90,7 @@ __all__ = [
     "get_transport",
     "iter_sync",
     "observe_progress",
+    "priority",
     "progress",
     "propagate",
     "reset",

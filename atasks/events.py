@@ -19,7 +19,16 @@ from atasks.calls import current_scope
 
 log = logging.getLogger("atasks.events")
 
-KINDS = ("received", "started", "progress", "retrying", "succeeded", "failed", "cancelled")
+KINDS = (
+    "received",
+    "started",
+    "progress",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "dead",  # atasks dead-lettered the request (a fire-and-forget one that failed…)
+)
 SERVER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -1,4 +1,5 @@
-"""``@atask``: mark a function as awaitable on any server of its namespace."""
+"""``@atask``: mark a function as awaitable on any server of its namespace; ``@atask_queue`` (fire
+and forget) and ``@atask_broadcast`` (every server) likewise, without a result."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from atasks.auth_context import AuthCheck
+from atasks.calls import check_priority
 from atasks.namespaces import DEFAULT, register_atask
 from atasks.retry import Retry
 from atasks.router import get_router
@@ -18,9 +20,23 @@ P = ParamSpec("P")
 R = TypeVar("R")
 Y = TypeVar("Y")
 
-OPTIONS = ("name", "namespace", "timeout", "auth_required", "retry", "mechanism", "window")
+OPTIONS = (
+    "name",
+    "namespace",
+    "timeout",
+    "auth_required",
+    "retry",
+    "mechanism",
+    "priority",
+    "window",
+)
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
+
+Kind = Literal["call", "queue", "broadcast"]
+"""What awaiting an atask does: call it and return its result (``@atask``), queue it for one
+server (``@atask_queue``) or send it to every server (``@atask_broadcast``); the last two return
+``None`` once the broker has accepted the request."""
 
 Mechanism = Literal["async", "thread", "process"]
 """How a server runs an atask: in its event loop (an ``async def``), in its thread pool (a plain
@@ -46,7 +62,11 @@ class ATask(Generic[P, R]):
     """
 
     def __new__(cls, fn: Any, **options: Any) -> ATask[P, R]:
-        if cls is ATask and inspect.isasyncgenfunction(fn):
+        if (
+            cls is ATask
+            and inspect.isasyncgenfunction(fn)
+            and options.get("kind", "call") == "call"
+        ):
             return super().__new__(StreamATask)  # type: ignore[arg-type]
         return super().__new__(cls)
 
@@ -60,7 +80,9 @@ class ATask(Generic[P, R]):
         auth_required: bool | AuthCheck = False,
         retry: Retry | None = None,
         mechanism: Mechanism | None = None,
+        priority: int | None = None,
         window: int | None = None,
+        kind: Kind = "call",
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@atask needs a function, not {fn!r}")
@@ -70,15 +92,20 @@ class ATask(Generic[P, R]):
             )
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"@atask(retry=...) takes an atasks.Retry, not {retry!r}")
+        if priority is not None:
+            where = getattr(fn, "__qualname__", repr(fn))
+            check_priority(priority, f"@atask(priority={priority!r}) on {where}")
         self.fn = fn
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.namespace = namespace
         self.timeout = timeout
         self.auth_required = auth_required
         self.retry = retry
+        self.priority = priority
+        self.kind: Kind = kind
         self.streams = inspect.isasyncgenfunction(fn)
         """Whether it is an async generator function: a call is a stream of its items."""
-        self.window = _window(fn, self.streams, window, retry)
+        self.window = _window(fn, self.streams, window, retry, kind)
         self._is_async = self.streams or inspect.iscoroutinefunction(fn)
         self.mechanism: Mechanism = _mechanism(fn, self._is_async, mechanism)
         functools.update_wrapper(self, fn)
@@ -95,7 +122,17 @@ class ATask(Generic[P, R]):
         register_atask(self)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-        return get_router(self.namespace).call(self, args, kwargs)
+        if self.kind == "call":
+            return get_router(self.namespace).call(self, args, kwargs)
+        return self._one_way(args, kwargs)
+
+    async def _one_way(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        router = get_router(self.namespace)
+        if self.kind == "queue":
+            await router.enqueue(self, args, kwargs)
+        else:
+            await router.broadcast(self, args, kwargs)
+        return None
 
     async def run(self, args: list[Any], kwargs: dict[str, Any]) -> R:
         """Run the function here, in this process (what a server does with a request)."""
@@ -112,7 +149,8 @@ class ATask(Generic[P, R]):
         return f"{module}.{qualname} ({filename}:{line})"
 
     def __repr__(self) -> str:
-        return f"<atask {self.name!r} namespace={self.namespace!r}>"
+        kind = "" if self.kind == "call" else f" {self.kind}"
+        return f"<atask{kind} {self.name!r} namespace={self.namespace!r}>"
 
 
 class StreamATask(ATask[P, AsyncIterator[Y]]):
@@ -125,9 +163,16 @@ class StreamATask(ATask[P, AsyncIterator[Y]]):
         return RemoteStream(get_router(self.namespace), self, args, kwargs)
 
 
-def _window(fn: Callable[..., Any], streams: bool, window: int | None, retry: Retry | None) -> int:
+def _window(
+    fn: Callable[..., Any], streams: bool, window: int | None, retry: Retry | None, kind: Kind
+) -> int:
     """The window of a streaming atask (0 for any other), or a ``TypeError`` where it is
     decorated."""
+    if streams and kind != "call":
+        raise TypeError(
+            f"@{_DECORATORS[kind]} returns no result, so it cannot stream: "
+            f"{getattr(fn, '__qualname__', fn)} is an async generator function (use @atask)"
+        )
     if not streams:
         if window is not None:
             raise TypeError(
@@ -214,31 +259,104 @@ def atask(
     auth_required: bool | AuthCheck = False,
     retry: Retry | None = None,
     mechanism: Mechanism | None = None,
+    priority: int | None = None,
     window: int | None = None,
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
-    auth_required=..., retry=..., mechanism=..., window=...)``.
+    auth_required=..., retry=..., mechanism=..., priority=..., window=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
     ``<module>.<qualname>``. ``auth_required=True`` refuses calls that carry no valid auth
     context (``atasks.auth``) with ``AuthError``; a function of the claims (plain or async)
     also refuses those it returns false for. ``retry`` (an ``atasks.Retry``) runs a failing
     call again on its server. ``mechanism="process"`` runs a plain ``def`` in the server's
-    process pool. On an async generator function, a call is a stream (``async for``) and
-    ``window`` bounds how many items its server makes ahead of the consumer (default 64). Any
-    other option is a ``TypeError``.
+    process pool. ``priority`` (0 to 9) is the priority its calls are sent with where no
+    ``atasks.priority()`` block or inherited priority is in force. On an async generator
+    function, a call is a stream (``async for``) and ``window`` bounds how many items its
+    server makes ahead of the consumer (default 64). Any other option is a ``TypeError``.
     """
+    return _decorate(fn, "call", options)
+
+
+class OneWayDecorator(Protocol):
+    """What ``atask_queue(name=...)`` and ``atask_broadcast(...)`` return."""
+
+    def __call__(self, fn: Callable[P, Any], /) -> ATask[P, None]: ...
+
+
+@overload
+def atask_queue(fn: Callable[P, Any], /) -> ATask[P, None]: ...
+
+
+@overload
+def atask_queue(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    namespace: str = DEFAULT,
+    timeout: float | None = None,
+    auth_required: bool | AuthCheck = False,
+    retry: Retry | None = None,
+    mechanism: Mechanism | None = None,
+    priority: int | None = None,
+) -> OneWayDecorator: ...
+
+
+def atask_queue(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Register ``fn`` as a fire-and-forget atask (upstream 0.0.3's name): ``await fn(...)``
+    returns ``None`` once the broker has durably accepted the request, and one server runs it,
+    at least once. Takes ``@atask``'s options; a call failing after its ``retry`` attempts (or
+    refused) becomes a dead letter with its last error (``atasks dead list``)."""
+    return _decorate(fn, "queue", options)
+
+
+@overload
+def atask_broadcast(fn: Callable[P, Any], /) -> ATask[P, None]: ...
+
+
+@overload
+def atask_broadcast(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    namespace: str = DEFAULT,
+    timeout: float | None = None,
+    auth_required: bool | AuthCheck = False,
+    retry: Retry | None = None,
+    mechanism: Mechanism | None = None,
+    priority: int | None = None,
+) -> OneWayDecorator: ...
+
+
+def atask_broadcast(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Register ``fn`` as a broadcast atask (upstream 0.0.3's name): ``await fn(...)`` returns
+    ``None`` once the broker has accepted the request, and every server serving it at that
+    moment runs its own copy (a server that is down does not get it). Raises ``JobNotFound``
+    when no server serves it. Takes ``@atask``'s options."""
+    return _decorate(fn, "broadcast", options)
+
+
+_DECORATORS: dict[Kind, str] = {
+    "call": "atask",
+    "queue": "atask_queue",
+    "broadcast": "atask_broadcast",
+}
+
+
+def _decorate(fn: Callable[..., Any] | None, kind: Kind, options: dict[str, Any]) -> Any:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise TypeError(
-            f"unknown @atask option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
-            f"@atask takes {', '.join(OPTIONS)}"
+            f"unknown @{_DECORATORS[kind]} option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)}: @{_DECORATORS[kind]} takes {', '.join(OPTIONS)}"
         )
 
     def wrap(f: Callable[..., Any]) -> ATask[Any, Any]:
-        return ATask(f, **options)
+        return ATask(f, kind=kind, **options)
 
     return wrap(fn) if fn is not None else wrap

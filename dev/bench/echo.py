@@ -1,5 +1,6 @@
-"""The benchmark's atasks: ``echo`` returns its argument unchanged; ``STREAMS[window]`` yields
-a value ``count`` times, through a stream of that window.
+"""The benchmark's atasks: ``echo`` returns its argument unchanged, ``echo_queued`` is fired
+and forgotten, and ``STREAMS[window]`` yields a value ``count`` times through a stream of that
+window.
 
 Served with ``python -m atasks run dev/bench/echo.py --mode server --url URL -q``; the name is
 fixed so that the server (which imports this file as ``echo``) and any client agree on it.
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from atasks import StreamATask, atask
+from atasks import StreamATask, atask, atask_queue
 
 NAME = "bench.echo"
+QUEUED_NAME = "bench.echo-queued"
+PAYLOAD = "x" * 100  # the echoed value: a 100-character str
+PAYLOAD_BYTES = PAYLOAD.encode()
 STREAM_WINDOWS = (16, 64, 256)  # 64: the default
 
 
@@ -33,3 +37,8 @@ STREAMS = {window: _stream(window) for window in STREAM_WINDOWS}
 async def echo(value: str) -> str:
     """Return ``value``."""
     return value
+
+
+@atask_queue(name=QUEUED_NAME)
+async def echo_queued(value: str) -> None:
+    """Fire and forget: nothing (the benchmark measures publishing it)."""

@@ -4,7 +4,10 @@ with. Shared by the transport and by ``atasks inspect`` / ``atasks events``.
 Per namespace ``ns``:
 
 - ``atasks.<ns>.<atask>``: one request queue per atask (quorum by default), declared by its
-  servers, with the broker's delivery limit and at-least-once dead-lettering;
+  servers and by whoever fire-and-forgets a request to it (so none is refused or lost before
+  a server starts), with the broker's delivery limit and at-least-once dead-lettering;
+- ``atasks.<ns>.broadcast``: direct exchange for broadcast requests, routing key = atask name;
+  each server binds an exclusive queue of its own to it under the names it serves;
 - ``atasks.<ns>.control``: fanout exchange for cancellations and inspect requests, each server
   binds an exclusive queue to it;
 - ``atasks.<ns>.events``: topic exchange for lifecycle events;
@@ -27,6 +30,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from atasks.calls import HIGHEST_PRIORITY
 from atasks.errors import ConfigurationError
 
 QueueType = Literal["quorum", "classic"]
@@ -43,6 +47,7 @@ class Topology:
     queue_type: QueueType = "quorum"
     delivery_limit: int = 5
     dead_letter_ttl: float = 7 * 24 * 3600.0
+    max_priority: int | None = None  # classic queues' x-max-priority; None: no priorities
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:
@@ -53,6 +58,18 @@ class Topology:
             raise ConfigurationError(
                 f"delivery_limit must be at least 1, not {self.delivery_limit}"
             )
+        if self.max_priority is not None:
+            if self.queue_type != "classic":
+                raise ConfigurationError(
+                    f"max_priority={self.max_priority} is for classic request queues "
+                    "(x-max-priority): quorum queues order priorities without it on RabbitMQ "
+                    "4.x and refuse the argument"
+                )
+            if not 1 <= self.max_priority <= HIGHEST_PRIORITY:
+                raise ConfigurationError(
+                    f"max_priority must be between 1 and {HIGHEST_PRIORITY}, "
+                    f"not {self.max_priority}"
+                )
 
     @property
     def prefix(self) -> str:
@@ -67,6 +84,10 @@ class Topology:
     @property
     def control_exchange(self) -> str:
         return self.prefix + "control"
+
+    @property
+    def broadcast_exchange(self) -> str:
+        return self.prefix + "broadcast"
 
     @property
     def events_exchange(self) -> str:
@@ -95,10 +116,11 @@ class Topology:
     def request_queue_arguments(self) -> dict[str, Any]:
         """Quorum: the broker counts deliveries and dead-letters a request delivered
         ``delivery_limit`` times without an ack (at least once: nothing is lost on the way).
-        Classic: declared as atasks 0.2 did, so its queues keep working; atasks counts server
-        deaths in a header and dead-letters at the limit itself."""
+        Classic: declared as atasks 0.2 did, so its queues keep working, or with
+        ``x-max-priority`` when ``max_priority`` is set; atasks counts server deaths in a header
+        and dead-letters at the limit itself."""
         if self.queue_type == "classic":
-            return {}
+            return {} if self.max_priority is None else {"x-max-priority": self.max_priority}
         return {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": self.dead_letter_exchange,
@@ -172,6 +194,9 @@ async def declare_all(
         await channel.declare_exchange(
             topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
+        await channel.declare_exchange(
+            topology.broadcast_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
         await topology.declare_dead_letters(channel)
         await topology.declare_leases(channel)
         if reply_queue is not None:
@@ -199,9 +224,10 @@ async def _declare(
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise ConfigurationError(
             f"queue {name!r} already exists with other arguments ({_reason(exc)}); "
-            f"it was declared by an earlier atasks version or with another queue_type. "
-            f"Let it drain, then delete it (rabbitmqctl delete_queue {name}) and start the "
-            "servers again; or keep it with AMQPTransport(queue_type=...) matching it"
+            f"it was declared by an earlier atasks version or with another queue_type or "
+            f"max_priority. Let it drain, then delete it (rabbitmqctl delete_queue {name}) and "
+            "start the servers again; or keep it with AMQPTransport(queue_type=..., "
+            "max_priority=...) matching it"
         ) from None
 
 

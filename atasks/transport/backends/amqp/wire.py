@@ -1,12 +1,18 @@
 """How requests, replies and frames look as AMQP messages: pure functions, no I/O.
 
 A request carries ``correlation_id`` = call id, ``reply_to``, ``content_type`` = codec media type,
-``expiration`` from the deadline and a few headers — among them the request's own ``headers``
-(trace context, auth snapshot), each prefixed with ``atasks-ctx-``. Back on ``reply_to`` come a
-call's frames, then its outcome: a message's ``type`` says ``frame`` (``atasks-frame`` says
-which: a ``progress`` report in headers, or stream ``items``, several to a message) or the
-outcome, ``ok`` or ``error`` (details in headers). A stream's caller grants credits with
-``credit`` messages to the queue its items name (``atasks-credit-to``).
+``expiration`` from the deadline, ``priority`` and a few headers — among them the request's own
+``headers`` (trace context, auth snapshot), each prefixed with ``atasks-ctx-``. Back on
+``reply_to`` come a call's frames, then its outcome: a message's ``type`` says ``frame``
+(``atasks-frame`` says which: a ``progress`` report in headers, or stream ``items``, several to
+a message) or the outcome, ``ok`` or ``error`` (details in headers). A stream's caller grants
+credits with ``credit`` messages to the queue its items name (``atasks-credit-to``).
+
+Every request has a ``priority`` property, the one the broker orders by: the call's, or 4 for a
+call without one. Queues disagree on a message without the property — 0 in a classic queue, 4
+in a RabbitMQ 4.x quorum queue — so it is always set. The ``atasks-priority`` header says the
+call has a priority of its own (the one its nested calls inherit); most calls have none, and
+carry no header for it.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from typing import Any
 
 from pamqp.commands import Basic
 
+from atasks.calls import NORMAL_PRIORITY, priority_from
 from atasks.events import Progress
 from atasks.transport.base import Frame, Item, Reply, Request
 
 H_DEADLINE = "atasks-deadline"
 H_PARENT = "atasks-parent"
+H_PRIORITY = "atasks-priority"  # only when the call has a priority (inherited by nested calls)
 H_PROGRESS = "atasks-progress"
 H_WINDOW = "atasks-window"  # a stream's window
 H_FRAME = "atasks-frame"  # which frame: progress, items
@@ -35,7 +43,8 @@ H_ERROR_MESSAGE = "atasks-error-message"
 H_TRACEBACK = "atasks-traceback"
 BROKER_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues
 FIRST_DEATH_REASON = "x-first-death-reason"
-H_DEAD_REASON = "atasks-dead-reason"  # classic queues: dead-lettered by atasks, not the broker
+H_DEAD_REASON = "atasks-dead-reason"  # dead-lettered by atasks, not the broker
+H_DEAD_AT = "atasks-dead-at"  # when atasks dead-lettered it, time.time() as text
 H_LEASE_HOLDER = "atasks-lease-holder"  # the server running a leased call
 H_LEASE_CALL = "atasks-lease-call"  # in a query to a lease holder: which call
 FIRST_DEATH_QUEUE = "x-first-death-queue"
@@ -47,7 +56,10 @@ PROGRESS, ITEMS = "progress", "items"  # the kinds of frame
 _SIZE = struct.Struct(">I")
 
 
-def request_properties(request: Request, reply_to: str, *, persistent: bool) -> Basic.Properties:
+def request_properties(
+    request: Request, reply_to: str | None, *, persistent: bool
+) -> Basic.Properties:
+    """A call's properties; without ``reply_to``, a fire-and-forget or broadcast request's."""
     headers: dict[str, Any] = {}
     if request.wants_progress:
         headers[H_PROGRESS] = 1
@@ -57,6 +69,9 @@ def request_properties(request: Request, reply_to: str, *, persistent: bool) -> 
         headers[H_DEADLINE] = repr(request.deadline)  # AMQP floats are 32-bit: a string
     if request.parent_id is not None:
         headers[H_PARENT] = request.parent_id
+    priority = request.priority
+    if priority is not None:
+        headers[H_PRIORITY] = priority
     for key, value in request.headers.items():
         headers[H_CONTEXT + key] = value
     return Basic.Properties(
@@ -66,7 +81,13 @@ def request_properties(request: Request, reply_to: str, *, persistent: bool) -> 
         correlation_id=request.call_id,
         reply_to=reply_to,
         expiration=expiration(request.deadline),
+        priority=broker_priority(priority),
     )
+
+
+def broker_priority(priority: int | None) -> int:
+    """The ``priority`` property of a request: the call's priority, or 4 for a call without."""
+    return NORMAL_PRIORITY if priority is None else priority
 
 
 def request_from(name: str, properties: Basic.Properties, body: bytes) -> Request:
@@ -80,6 +101,7 @@ def request_from(name: str, properties: Basic.Properties, body: bytes) -> Reques
         body=body,
         parent_id=parent if isinstance(parent, str) else None,
         deadline=deadline_from(headers),
+        priority=priority_from(headers.get(H_PRIORITY)),
         wants_progress=bool(headers.get(H_PROGRESS)),
         window=window_from(headers),
         headers=context_from(headers),
@@ -242,6 +264,31 @@ def deaths(headers: Mapping[str, Any]) -> int:
     """How many servers died holding a classic-queue request (counted by atasks itself)."""
     count = headers.get(H_DELIVERIES, 0)
     return count if isinstance(count, int) and count >= 0 else 0
+
+
+def dead_letter_headers(
+    headers: Mapping[str, Any], reason: str, error_type: str, error_message: str
+) -> dict[str, Any]:
+    """A request's headers as atasks dead-letters it: why, when, and its last error."""
+    return {
+        **{key: value for key, value in headers.items() if not key.startswith("x-")},
+        H_DEAD_REASON: reason,
+        H_DEAD_AT: repr(time.time()),
+        H_ERROR_TYPE: error_type,
+        H_ERROR_MESSAGE: error_message,
+    }
+
+
+def last_error(headers: Mapping[str, Any]) -> str:
+    """The last error a dead letter records, as ``type: message``; "" if none."""
+    error_type = headers.get(H_ERROR_TYPE)
+    if not error_type:
+        return ""
+    return f"{_text(error_type)}: {_text(headers.get(H_ERROR_MESSAGE, ''))}"
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def dead_reason(headers: Mapping[str, Any]) -> str:

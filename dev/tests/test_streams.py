@@ -182,6 +182,12 @@ def test_a_stream_is_declared_as_one() -> None:
         async def retried() -> AsyncIterator[int]:
             yield 1
 
+    with pytest.raises(TypeError, match="cannot stream"):
+
+        @atasks.atask_queue(name="streams.queued")
+        async def queued() -> AsyncIterator[int]:
+            yield 1
+
     with pytest.raises(TypeError, match="whole number"):
 
         @atask(name="streams.no_window", window=0)

@@ -91,7 +91,10 @@ def test_streams_are_measured_against_plain_calls(report: dict[str, Any]) -> Non
     streams = report["streams"]
     positive(streams, ("items", "calls_per_s"))
     for window in (16, 64, 256):
-        positive(streams[f"window_{window}"], ("items_per_s", "server_cpu_us_per_item"))
+        measured = streams[f"window_{window}"]
+        positive(measured, ("items_per_s",))
+        for side in ("client", "server", "broker"):  # under a clock tick per item: maybe 0
+            assert measured[f"{side}_cpu_us_per_item"] >= 0
 
 
 def test_context_costs_are_measured_against_none(report: dict[str, Any]) -> None:

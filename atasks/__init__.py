@@ -22,12 +22,15 @@ from atasks.errors import (
     DecodeError,
     DeliveryLimitExceeded,
     DuplicateATask,
+    DuplicateScheduleError,
     EncodeError,
+    InvalidScheduleSpecificationError,
     JobNotFound,
     NoClientTransportRegistered,
     NoCodecRegistered,
     NotConnected,
     RemoteError,
+    ScheduleNotFoundError,
     TransportError,
 )
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
@@ -36,6 +39,7 @@ from atasks.namespaces import get_codec, get_transport, reset
 from atasks.propagation import propagate, unpropagate
 from atasks.retry import Backoff, Retry
 from atasks.router import Router, get_router
+from atasks.schedules import Crontab, Month, Schedule, Weekday, get_schedule, schedule, schedules
 from atasks.tasks import ATask, atask
 from atasks.transport.base import LoopbackTransport, Transport
 from atasks.transport.classic import ClassicAdapter
@@ -50,14 +54,18 @@ __all__ = [
     "Codec",
     "CodecError",
     "ConfigurationError",
+    "Crontab",
     "DecodeError",
     "DeliveryLimitExceeded",
     "DuplicateATask",
+    "DuplicateScheduleError",
     "EncodeError",
     "Event",
+    "InvalidScheduleSpecificationError",
     "JSONCodec",
     "JobNotFound",
     "LoopbackTransport",
+    "Month",
     "NoClientTransportRegistered",
     "NoCodecRegistered",
     "NotConnected",
@@ -66,8 +74,11 @@ __all__ = [
     "RemoteError",
     "Retry",
     "Router",
+    "Schedule",
+    "ScheduleNotFoundError",
     "Transport",
     "TransportError",
+    "Weekday",
     "atask",
     "auth",
     "close",
@@ -79,12 +90,15 @@ __all__ = [
     "deliver_progress",
     "get_codec",
     "get_router",
+    "get_schedule",
     "get_transport",
     "observe_progress",
     "progress",
     "propagate",
     "reset",
     "run_sync",
+    "schedule",
+    "schedules",
     "setup",
     "setup_blocking",
     "unpropagate",

@@ -19,6 +19,9 @@ from atasks.calls import current_scope
 log = logging.getLogger("atasks.events")
 
 KINDS = ("received", "started", "progress", "retrying", "succeeded", "failed", "cancelled")
+SCHEDULER_KINDS = ("fired", "missed", "elected", "resigned")
+"""Events of the scheduler role: a due time fired (``call_id`` names it) or missed, and the
+server that ``server`` names taking the role or losing it (``atask`` and ``call_id`` empty)."""
 SERVER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -58,7 +61,7 @@ class Event:
 
     @classmethod
     def from_dict(cls, fields: Any) -> Event:
-        if not isinstance(fields, dict) or fields.get("kind") not in KINDS:
+        if not isinstance(fields, dict) or fields.get("kind") not in (*KINDS, *SCHEDULER_KINDS):
             raise ValueError("not an atasks event")
         values: dict[str, Any] = {name: fields.get(name) for name in cls.__dataclass_fields__}
         return cls(**values)

@@ -17,6 +17,10 @@ COLOURS = {
     "succeeded": "green",
     "failed": "red",
     "cancelled": "yellow",
+    "fired": "green",
+    "missed": "red",
+    "elected": "cyan",
+    "resigned": "yellow",
 }
 MARKS = {
     "received": "·",
@@ -26,6 +30,10 @@ MARKS = {
     "succeeded": "✓",
     "failed": "✗",
     "cancelled": "⊘",
+    "fired": "⏰",
+    "missed": "⌛",
+    "elected": "★",
+    "resigned": "☆",
 }
 COLUMNS = (
     "host",
@@ -149,7 +157,9 @@ class EventFormatter:
             if event.progress.get("note"):
                 detail += f" {event.progress['note']}"
         indent = "  " * self.depth(event)
+        # A scheduled call's id is <schedule>@<due time>: show the due time.
+        ident = event.call_id.rpartition("@")[2] if "@" in event.call_id else event.call_id[:8]
         return (
             f"{clock} {indent}{kind} {click.style(name, bold=True)} "
-            f"[{event.call_id[:8]}]{detail}  {click.style(event.server, dim=True)}"
+            f"[{ident}]{detail}  {click.style(event.server, dim=True)}"
         )

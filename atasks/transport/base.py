@@ -19,6 +19,7 @@ from atasks.namespaces import DEFAULT, BindOnConstruction, bind_transport, get_t
 
 if TYPE_CHECKING:
     from atasks.events import Event, Progress, ProgressListener
+    from atasks.transport.seat import SchedulerSeat
 
 ProgressSink = Callable[["Progress"], Awaitable[None]]
 
@@ -266,6 +267,11 @@ class Transport(metaclass=BindOnConstruction):
     async def publish_event(self, event: Event) -> None:
         """Publish a lifecycle event, where the transport has somewhere to publish it."""
 
+    def scheduler_seat(self) -> SchedulerSeat | None:
+        """A new contender for the namespace's scheduler role (see ``atasks.schedules``), or
+        ``None`` where this transport cannot hold one."""
+        return None
+
     async def __aenter__(self) -> Transport:
         await self.connect()
         return self
@@ -402,6 +408,11 @@ class LoopbackTransport(Transport):
             self.callback = None
         else:
             self._handlers.pop(name, None)
+
+    def scheduler_seat(self) -> SchedulerSeat:
+        from atasks.transport.seat import LoopbackSeat
+
+        return LoopbackSeat(self)
 
     async def drain(self, grace: float) -> None:
         if self._calls and grace > 0:

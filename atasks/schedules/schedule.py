@@ -57,9 +57,11 @@ class Schedule:
         """What to do at ``now`` when due times up to ``last`` have been handled."""
         fire: list[dt.datetime] = []
         missed: tuple[dt.datetime, dt.datetime] | None = None
+        # Missed: its firing (with the most jitter there could be) is over MISSED_AFTER late.
+        horizon = now - MISSED_AFTER - self.jitter
         first = self.rule.next_after(last)
-        if first <= now - MISSED_AFTER:
-            latest = self.rule.at_or_before(now - MISSED_AFTER)
+        if first <= horizon:
+            latest = self.rule.at_or_before(horizon)
             missed = (first, latest)
             if self.missed == "catch_up":
                 fire.append(latest)

@@ -12,7 +12,9 @@ A ``WallClock`` rule names times of day in a time zone, on the dates it matches:
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,15 +48,21 @@ class WallClock:
     times: tuple[dt.time, ...]
     tz: dt.tzinfo
 
-    def _due_on(self, day: dt.date) -> list[dt.datetime]:
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - rules live as long as their schedules
+    def _due_on(self, day: dt.date) -> tuple[dt.datetime, ...]:
+        """The due times of a local date, as sorted UTC instants."""
         if not self.dates(day):
-            return []
+            return ()
         # fold=0: the first of two times the clock shows twice; a time it skips is read with
         # the offset before the jump, which puts it as far after the jump as it was in the gap.
-        return [
-            dt.datetime.combine(day, at).replace(tzinfo=self.tz, fold=0).astimezone(dt.UTC)
-            for at in self.times
-        ]
+        return tuple(
+            sorted(
+                {
+                    dt.datetime.combine(day, at).replace(tzinfo=self.tz, fold=0).astimezone(dt.UTC)
+                    for at in self.times
+                }
+            )
+        )
 
     def next_after(self, instant: dt.datetime) -> dt.datetime:
         # A time skipped on one date may land after the first times of the next: look at the
@@ -62,21 +70,31 @@ class WallClock:
         start = instant.astimezone(self.tz).date() - dt.timedelta(days=1)
         for offset in range(SEARCH_DAYS):
             day = start + dt.timedelta(days=offset)
-            found = [due for due in self._due_on(day) if due > instant]
-            if found:
-                later = self._due_on(day + dt.timedelta(days=1))
-                return min(found + [due for due in later if due > instant])
+            found = self._after(day, instant)
+            if found is not None:
+                later = self._after(day + dt.timedelta(days=1), instant)
+                return found if later is None else min(found, later)
         raise ValueError("this schedule is never due")  # Crontab checks it matches some date
+
+    def _after(self, day: dt.date, instant: dt.datetime) -> dt.datetime | None:
+        times = self._due_on(day)
+        index = bisect.bisect_right(times, instant)
+        return times[index] if index < len(times) else None
 
     def at_or_before(self, instant: dt.datetime) -> dt.datetime:
         start = instant.astimezone(self.tz).date() + dt.timedelta(days=1)
         for offset in range(SEARCH_DAYS):
             day = start - dt.timedelta(days=offset)
-            found = [due for due in self._due_on(day) if due <= instant]
-            if found:
-                earlier = self._due_on(day - dt.timedelta(days=1))
-                return max(found + [due for due in earlier if due <= instant])
+            found = self._at_or_before(day, instant)
+            if found is not None:
+                earlier = self._at_or_before(day - dt.timedelta(days=1), instant)
+                return found if earlier is None else max(found, earlier)
         raise ValueError("this schedule was never due")
+
+    def _at_or_before(self, day: dt.date, instant: dt.datetime) -> dt.datetime | None:
+        times = self._due_on(day)
+        index = bisect.bisect_right(times, instant)
+        return times[index - 1] if index else None
 
 
 Rule = Interval | WallClock

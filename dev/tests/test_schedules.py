@@ -1,0 +1,125 @@
+"""Schedules fired exactly once: in one loopback process, and by three ``atasks run`` servers on
+a real broker, one of which holds the scheduler role — and is killed."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schedule_workload
+from servers import Servers, delete_queues, until
+
+import atasks
+from atasks import schedule
+from atasks.transport.backends.amqp.monitor import inspect_servers
+from atasks.transport.backends.amqp.topology import Topology
+
+WORKLOAD = "dev/tests/schedule_workload.py"
+
+
+def ticks(path: Path) -> list[tuple[dt.datetime, int]]:
+    """The due times fired so far, each with the pid of the server that ran it."""
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        call_id, pid = line.split()
+        name, _, due = call_id.rpartition("@")
+        assert name == "tick"
+        found.append((dt.datetime.fromisoformat(due), int(pid)))
+    return found
+
+
+def assert_each_due_time_once(fired: list[tuple[dt.datetime, int]]) -> list[dt.datetime]:
+    """Every second from the first due time fired to the last, each exactly once."""
+    counts = Counter(due for due, _ in fired)
+    doubles = {due: n for due, n in counts.items() if n > 1}
+    assert not doubles, f"fired more than once: {doubles}"
+    dues = sorted(counts)
+    expected = [dues[0] + dt.timedelta(seconds=i) for i in range(len(dues))]
+    missing = sorted(set(expected) - set(dues))
+    assert dues == expected, f"never fired: {missing[:10]}"
+    return dues
+
+
+async def holders(url: str) -> list[dict[str, Any]]:
+    return [s for s in await inspect_servers(url, "default", wait=0.5) if s.get("scheduler")]
+
+
+@pytest.fixture
+async def fleet(servers: Servers, amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
+    """Three servers of the every-second schedule, serving; its queues deleted afterwards."""
+    env: dict[str, str | None] = {"ATASKS_TEST_TICKS": str(tmp_path / "ticks")}
+    for index in range(3):
+        servers.start(workload=WORKLOAD, env=env)
+    for index in range(3):
+        await servers.wait_serving(index)
+    yield servers
+    servers.stop_all()
+    await delete_queues(amqp_url, schedule_workload)
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(Topology("default").schedules_queue)
+
+
+async def test_three_servers_fire_each_due_time_once(
+    fleet: Servers, amqp_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "ticks"
+    await until(lambda: len(ticks(path)) >= 1, within=15)
+    started = time.monotonic()
+    await asyncio.sleep(20)  # the test's duration: 20 due times
+    fired = ticks(path)
+    dues = assert_each_due_time_once(fired)
+    assert len(dues) >= 19, f"{len(dues)} due times fired in {time.monotonic() - started:.0f}s"
+    (holder,) = await holders(amqp_url)  # exactly one server holds the role
+    schedules = holder["schedules"]
+    assert schedules["tick"]["when"] == "every 0:00:01"
+    assert schedules["tick"]["result"]["ok"] is True
+    assert {pid for _, pid in fired} <= {p.pid for p in fleet.processes}
+
+
+async def test_killing_the_scheduler_hands_the_role_over_without_a_double_or_a_gap(
+    fleet: Servers, amqp_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "ticks"
+    await until(lambda: len(ticks(path)) >= 3, within=15)
+    (holder,) = await holders(amqp_url)
+    os.kill(int(holder["pid"]), signal.SIGKILL)
+    killed, killed_at = time.monotonic(), dt.datetime.now(dt.UTC)
+    async with asyncio.timeout(5):  # takeover within 5 s
+        while not [s for s in await holders(amqp_url) if s["pid"] != holder["pid"]]:
+            pass
+    took = time.monotonic() - killed
+    after = killed_at + dt.timedelta(seconds=3)  # a few due times after the takeover
+    await until(lambda: max(due for due, _ in ticks(path)) >= after, within=10)
+    dues = assert_each_due_time_once(ticks(path))
+    print(f"takeover in {took:.2f}s; {len(dues)} due times, each fired once")
+
+
+async def test_loopback_fires_each_due_time_once(tmp_path: Path) -> None:
+    fired: list[str | None] = []
+
+    @schedule(interval=dt.timedelta(seconds=1), namespace="loopback-schedules")
+    async def every_second() -> None:
+        fired.append(atasks.current_call_id())
+
+    router = await atasks.setup(namespace="loopback-schedules")
+    await until(lambda: len(fired) >= 3, within=10)
+    assert router.statistics().scheduler
+    await atasks.close("loopback-schedules")
+    assert len(set(fired)) == len(fired)
+    dues = sorted(dt.datetime.fromisoformat(str(c).rpartition("@")[2]) for c in fired)
+    assert dues == [dues[0] + dt.timedelta(seconds=i) for i in range(len(dues))]
+    assert all(str(c).startswith(f"{every_second.name}@") for c in fired)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,11 +19,11 @@ from typing import Any
 
 import pytest
 import schedule_workload
-from servers import Servers, delete_queues, until
+from servers import REPO, Servers, delete_queues, publish_probe, until
 
 import atasks
-from atasks import schedule
-from atasks.transport.backends.amqp.monitor import inspect_servers
+from atasks import Event, schedule
+from atasks.transport.backends.amqp.monitor import inspect_servers, stream_events
 from atasks.transport.backends.amqp.topology import Topology
 
 WORKLOAD = "dev/tests/schedule_workload.py"
@@ -54,12 +58,38 @@ async def holders(url: str) -> list[dict[str, Any]]:
     return [s for s in await inspect_servers(url, "default", wait=0.5) if s.get("scheduler")]
 
 
+async def watch_events(url: str, into: list[Event]) -> asyncio.Future[None]:
+    """Collect the namespace's events into ``into``, once subscribed (a probe came back)."""
+
+    async def collect() -> None:
+        async for event in stream_events(url, "default"):
+            into.append(event)
+
+    watcher = asyncio.ensure_future(collect())
+    token = uuid.uuid4().hex
+    async with asyncio.timeout(30):
+        while not any(e.call_id == token for e in into):
+            await publish_probe(url, token)
+            await asyncio.sleep(0.05)
+    return watcher
+
+
+def atasks_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "atasks", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
 @pytest.fixture
 async def fleet(servers: Servers, amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
     """Three servers of the every-second schedule, serving; its queues deleted afterwards."""
     env: dict[str, str | None] = {"ATASKS_TEST_TICKS": str(tmp_path / "ticks")}
-    for index in range(3):
-        servers.start(workload=WORKLOAD, env=env)
+    for _ in range(3):
+        servers.start("--events", workload=WORKLOAD, env=env)
     for index in range(3):
         await servers.wait_serving(index)
     yield servers
@@ -84,10 +114,25 @@ async def test_three_servers_fire_each_due_time_once(
     dues = assert_each_due_time_once(fired)
     assert len(dues) >= 19, f"{len(dues)} due times fired in {time.monotonic() - started:.0f}s"
     (holder,) = await holders(amqp_url)  # exactly one server holds the role
-    schedules = holder["schedules"]
-    assert schedules["tick"]["when"] == "every 0:00:01"
-    assert schedules["tick"]["result"]["ok"] is True
     assert {pid for _, pid in fired} <= {p.pid for p in fleet.processes}
+    listed = atasks_cli("schedules", "--url", amqp_url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    found = json.loads(listed.stdout)
+    assert found["scheduler"] == holder["server"]
+    tick = found["schedules"]["tick"]
+    assert tick["when"] == "every 0:00:01"
+    assert tick["atask"] == schedule_workload.tick.name
+    assert tick["result"]["ok"] is True
+    assert dt.datetime.fromisoformat(tick["next_due"]) > dt.datetime.fromisoformat(
+        tick["last_fired"]
+    )
+    table = atasks_cli("schedules", "--url", amqp_url).stdout
+    assert "tick" in table
+    assert "every 0:00:01" in table
+    assert "ok (" in table
+    inspected = atasks_cli("inspect", "--url", amqp_url).stdout.splitlines()
+    assert "role" in inspected[0]
+    assert sum("scheduler" in line for line in inspected[2:]) == 1
 
 
 async def test_killing_the_scheduler_hands_the_role_over_without_a_double_or_a_gap(
@@ -96,6 +141,8 @@ async def test_killing_the_scheduler_hands_the_role_over_without_a_double_or_a_g
     path = tmp_path / "ticks"
     await until(lambda: len(ticks(path)) >= 3, within=15)
     (holder,) = await holders(amqp_url)
+    events: list[Event] = []
+    watcher = await watch_events(amqp_url, events)
     os.kill(int(holder["pid"]), signal.SIGKILL)
     killed, killed_at = time.monotonic(), dt.datetime.now(dt.UTC)
     async with asyncio.timeout(5):  # takeover within 5 s
@@ -105,6 +152,11 @@ async def test_killing_the_scheduler_hands_the_role_over_without_a_double_or_a_g
     after = killed_at + dt.timedelta(seconds=3)  # a few due times after the takeover
     await until(lambda: max(due for due, _ in ticks(path)) >= after, within=10)
     dues = assert_each_due_time_once(ticks(path))
+    last = f"tick@{dues[-1].isoformat()}"
+    await until(lambda: any(e.kind == "fired" and e.call_id == last for e in events), within=5)
+    watcher.cancel()
+    (elected,) = [e for e in events if e.kind == "elected"]
+    assert elected.server != holder["server"]
     print(f"takeover in {took:.2f}s; {len(dues)} due times, each fired once")
 
 

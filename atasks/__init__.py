@@ -39,7 +39,7 @@ from atasks.namespaces import get_codec, get_transport, reset
 from atasks.propagation import propagate, unpropagate
 from atasks.retry import Backoff, Retry
 from atasks.router import Router, get_router
-from atasks.schedules import Crontab, Month, Schedule, Weekday, get_schedule, schedule, schedules
+from atasks.schedules import Crontab, Month, Schedule, Weekday, get_schedule, schedule
 from atasks.tasks import ATask, atask
 from atasks.transport.base import LoopbackTransport, Transport
 from atasks.transport.classic import ClassicAdapter
@@ -98,7 +98,6 @@ __all__ = [
     "reset",
     "run_sync",
     "schedule",
-    "schedules",
     "setup",
     "setup_blocking",
     "unpropagate",

@@ -27,7 +27,7 @@ from atasks.errors import (
 if TYPE_CHECKING:
     from atasks.codecs.base import Codec
     from atasks.router import Router
-    from atasks.schedules.schedule import Schedule
+    from atasks.schedules.decorator import Schedule
     from atasks.tasks import ATask
     from atasks.transport.base import Transport
 

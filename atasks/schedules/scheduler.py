@@ -18,7 +18,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from atasks.events import SERVER_ID, Event
-from atasks.schedules.schedule import Schedule, schedules
+from atasks.schedules.decorator import Schedule, registered
 from atasks.transport.seat import SchedulerSeat, SeatLost
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Scheduler:
         if not self.holding:
             return {"scheduler": False}
         found = {}
-        for schedule in schedules(self.router.namespace):
+        for schedule in registered(self.router.namespace):
             entry = self.state.get(schedule.name, {})
             last = entry.get("last")
             next_due = schedule.next_due(_time(last) if last else utcnow())
@@ -118,7 +118,7 @@ class Scheduler:
             now = utcnow()
             firings: list[tuple[Schedule, dt.datetime]] = []
             changed = False
-            for schedule in schedules(self.router.namespace):
+            for schedule in registered(self.router.namespace):
                 entry = self.state.setdefault(schedule.name, {})
                 if "last" not in entry:  # new: due from now on
                     entry["last"] = now.isoformat()
@@ -151,13 +151,12 @@ class Scheduler:
         """Until the next firing, or an outcome to record, or ``LONGEST_SLEEP``."""
         wake = [
             schedule.wake_at(_time(self.state[schedule.name]["last"]))
-            for schedule in schedules(self.router.namespace)
+            for schedule in registered(self.router.namespace)
             if schedule.name in self.state
         ]
         seconds = min([(at - now).total_seconds() for at in wake] + [LONGEST_SLEEP])
-        if seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._dirty.wait(), max(seconds, 0.0))
 
     def _on_outcome(self, reply: Reply) -> None:
         name, _, due = reply.call_id.rpartition("@")

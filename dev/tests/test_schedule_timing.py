@@ -21,7 +21,7 @@ from atasks import (
     get_schedule,
     schedule,
 )
-from atasks.schedules.schedule import MISSED_AFTER
+from atasks.schedules.decorator import MISSED_AFTER
 from atasks.schedules.timing import due_times
 
 UTC = dt.UTC

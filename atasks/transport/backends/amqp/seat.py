@@ -45,7 +45,10 @@ class AMQPSeat(SchedulerSeat):
         self._held: list[int] = []  # delivery tags to ack at the next commit
         self._committed: str | None = None  # the message id of the state last committed
         self._first: asyncio.Future[bytes] | None = None
-        link.on_lost.append(self._lost.set)
+        link.on_lost.append(self._on_link_lost)
+
+    def _on_link_lost(self) -> None:
+        self._lost.set()
 
     async def take(self) -> bytes | None:
         await self._close_channel()
@@ -54,7 +57,8 @@ class AMQPSeat(SchedulerSeat):
         self._first = asyncio.get_running_loop().create_future()
         channels = await self.link.ready()
         channel = self._channel = await channels.connection.channel(publisher_confirms=False)
-        channel.close_callbacks.add(lambda *_: self._lost.set())
+        lost = self._lost  # this channel's: a closing older one must not end the new tenure
+        channel.close_callbacks.add(lambda *_: lost.set())
         self._raw = await channel.get_underlay_channel()
         await channel.set_qos(prefetch_count=PREFETCH)
         queue = await self.topology.declare_schedules(channel)
@@ -138,7 +142,7 @@ class AMQPSeat(SchedulerSeat):
 
     async def close(self) -> None:
         with contextlib.suppress(ValueError):
-            self.link.on_lost.remove(self._lost.set)
+            self.link.on_lost.remove(self._on_link_lost)
         await self._close_channel()
         self._lost.set()
 

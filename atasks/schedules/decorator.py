@@ -163,7 +163,7 @@ def get_schedule(name: str, namespace_name: str = DEFAULT) -> Schedule:
     return found
 
 
-def schedules(namespace_name: str = DEFAULT) -> list[Schedule]:
+def registered(namespace_name: str = DEFAULT) -> list[Schedule]:
     """The schedules registered in a namespace, by name."""
     return sorted(namespace(namespace_name).schedules.values(), key=lambda s: s.name)
 

@@ -40,7 +40,7 @@ from atasks.propagation import propagate, unpropagate
 from atasks.retry import Backoff, Retry
 from atasks.router import Router, get_router
 from atasks.schedules import Crontab, Month, Schedule, Weekday, get_schedule, schedule
-from atasks.tasks import ATask, atask
+from atasks.tasks import ATask, atask, atask_broadcast, atask_queue
 from atasks.transport.base import LoopbackTransport, Transport
 from atasks.transport.classic import ClassicAdapter
 
@@ -80,6 +80,8 @@ __all__ = [
     "TransportError",
     "Weekday",
     "atask",
+    "atask_broadcast",
+    "atask_queue",
     "auth",
     "close",
     "close_blocking",

@@ -159,24 +159,10 @@ class Router:
             else None
         )
         try:
-            payload = [list(args), kwargs, atask.name, call_id]
-            if propagated:
-                values = capture()
-                if values:
-                    payload.append(values)
-            body = await encode(codec, payload)
             listener = progress_listener()
-            request = Request(
-                name=atask.name,
-                call_id=call_id,
-                content_type=codec.content_type,
-                body=body,
-                parent_id=parent_id,
-                deadline=deadline,
-                wants_progress=listener is not None,
+            request = await self._request(
+                atask, args, kwargs, codec, call_id, parent_id, deadline, listener is not None
             )
-            if auth_var.get() is not None:
-                stamp(request, codec)
             if span is not None:
                 assert tracing is not None
                 tracing.inject(span, request)
@@ -204,6 +190,116 @@ class Router:
                     # may go on (a timeout around one child), and must not run without a slot.
                     await slots.call_ended(scope, direct)
             return await self._outcome(reply, codec)
+        except BaseException as exc:
+            if span is not None:
+                assert tracing is not None
+                tracing.failed(span, exc)
+            raise
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _request(
+        self,
+        atask: ATask[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        codec: Codec,
+        call_id: str,
+        parent_id: str | None,
+        deadline: float | None,
+        wants_progress: bool,
+    ) -> Request:
+        """The request of one call: its payload encoded, with the context that travels."""
+        payload = [list(args), kwargs, atask.name, call_id]
+        if propagated:
+            values = capture()
+            if values:
+                payload.append(values)
+        request = Request(
+            name=atask.name,
+            call_id=call_id,
+            content_type=codec.content_type,
+            body=await encode(codec, payload),
+            parent_id=parent_id,
+            deadline=deadline,
+            wants_progress=wants_progress,
+        )
+        if auth_var.get() is not None:
+            stamp(request, codec)
+        return request
+
+    async def enqueue(
+        self,
+        atask: ATask[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        call_id: str | None = None,
+    ) -> str:
+        """Fire and forget ``atask(*args, **kwargs)``: one server runs it, at least once; return
+        its call id once the transport has durably accepted the request.
+
+        Works for any atask. The request carries no deadline: the atask's ``timeout`` counts
+        from when a server starts it. ``call_id`` (default: a new one) names it on the wire and
+        in events and dead letters, e.g. a schedule's deterministic id.
+        """
+        return await self._one_way(atask, args, kwargs, call_id, broadcast=False)
+
+    async def broadcast(
+        self,
+        atask: ATask[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        call_id: str | None = None,
+    ) -> str:
+        """Run ``atask(*args, **kwargs)`` on every server that serves it right now, each its own
+        copy, without replies; return its call id once the transport accepted it. Raises
+        ``JobNotFound`` when no server serves it."""
+        return await self._one_way(atask, args, kwargs, call_id, broadcast=True)
+
+    async def _one_way(
+        self,
+        atask: ATask[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        call_id: str | None,
+        *,
+        broadcast: bool,
+    ) -> str:
+        codec = self.codec
+        transport = self.transport
+        if transport.classic:
+            raise ConfigurationError(
+                f"{transport!r} is written to the 2019 interface, which has no "
+                f"{'broadcast' if broadcast else 'fire-and-forget'} requests"
+            )
+        if self._registering:
+            await asyncio.wait(set(self._registering))
+        scope = current_scope.get()
+        call_id = call_id if call_id is not None else new_call_id()
+        parent_id = scope.call_id if scope is not None else None
+        tracing = _tracing.active
+        if tracing is None and _OTEL in _modules:
+            tracing = _tracing.detect()
+        span = (
+            tracing.client(transport, self.namespace, atask.name, call_id, parent_id)
+            if tracing is not None
+            else None
+        )
+        try:
+            request = await self._request(
+                atask, args, kwargs, codec, call_id, parent_id, None, False
+            )
+            if span is not None:
+                assert tracing is not None
+                tracing.inject(span, request)
+            if broadcast:
+                await transport.broadcast(request)
+            else:
+                await transport.enqueue(request)
+            return call_id
         except BaseException as exc:
             if span is not None:
                 assert tracing is not None
@@ -282,6 +378,25 @@ class Router:
             self.namespace,
             concurrency,
         )
+
+    async def activate_queue(self, name: str, transport: Transport | None = None) -> None:
+        """Upstream 0.0.3's name: check that atask ``name`` is registered here, then
+        ``activate(transport)`` (which serves every kind of atask)."""
+        self._registered(name)
+        await self.activate(transport)
+
+    async def activate_broadcast(self, name: str, transport: Transport | None = None) -> None:
+        """Upstream 0.0.3's name: check that atask ``name`` is registered here, then
+        ``activate(transport)`` (which serves every kind of atask)."""
+        self._registered(name)
+        await self.activate(transport)
+
+    def _registered(self, name: str) -> None:
+        if name not in namespace(self.namespace).atasks:
+            raise JobNotFound(
+                f"no atask {name!r} is registered in namespace {self.namespace!r}: import the "
+                "module that defines it first"
+            )
 
     async def deactivate(self, grace: float = DEFAULT_GRACE) -> None:
         """Stop taking requests, let those in progress finish within ``grace`` seconds, and hand
@@ -430,6 +545,9 @@ class Router:
             except (JobNotFound, NoCodecRegistered, DecodeError, AuthError) as exc:
                 log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
                 return await self._failed_with(request, codec, exc, events, received, served)
+            if request.deadline is None and atask.timeout is not None:
+                # Fire and forget (or a 2019 transport): the timeout counts from here.
+                request.deadline = time.time() + atask.timeout
             try:
                 if atask.retry is None:
                     result = await self._run(atask, request, args, kwargs, values, verified, events)

@@ -1,4 +1,5 @@
-"""``@atask``: mark a function as awaitable on any server of its namespace."""
+"""``@atask``: mark a function as awaitable on any server of its namespace; ``@atask_queue`` (fire
+and forget) and ``@atask_broadcast`` (every server) likewise, without a result."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ R = TypeVar("R")
 OPTIONS = ("name", "namespace", "timeout", "auth_required", "retry", "mechanism")
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
+
+Kind = Literal["call", "queue", "broadcast"]
+"""What awaiting an atask does: call it and return its result (``@atask``), queue it for one
+server (``@atask_queue``) or send it to every server (``@atask_broadcast``); the last two return
+``None`` once the broker has accepted the request."""
 
 Mechanism = Literal["async", "thread", "process"]
 """How a server runs an atask: in its event loop (an ``async def``), in its thread pool (a plain
@@ -48,6 +54,7 @@ class ATask(Generic[P, R]):
         auth_required: bool | AuthCheck = False,
         retry: Retry | None = None,
         mechanism: Mechanism | None = None,
+        kind: Kind = "call",
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@atask needs a function, not {fn!r}")
@@ -63,6 +70,7 @@ class ATask(Generic[P, R]):
         self.timeout = timeout
         self.auth_required = auth_required
         self.retry = retry
+        self.kind: Kind = kind
         self._is_async = inspect.iscoroutinefunction(fn)
         self.mechanism: Mechanism = _mechanism(fn, self._is_async, mechanism)
         functools.update_wrapper(self, fn)
@@ -76,7 +84,17 @@ class ATask(Generic[P, R]):
         register_atask(self)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-        return get_router(self.namespace).call(self, args, kwargs)
+        if self.kind == "call":
+            return get_router(self.namespace).call(self, args, kwargs)
+        return self._one_way(args, kwargs)
+
+    async def _one_way(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        router = get_router(self.namespace)
+        if self.kind == "queue":
+            await router.enqueue(self, args, kwargs)
+        else:
+            await router.broadcast(self, args, kwargs)
+        return None
 
     async def run(self, args: list[Any], kwargs: dict[str, Any]) -> R:
         """Run the function here, in this process (what a server does with a request)."""
@@ -93,7 +111,8 @@ class ATask(Generic[P, R]):
         return f"{module}.{qualname} ({filename}:{line})"
 
     def __repr__(self) -> str:
-        return f"<atask {self.name!r} namespace={self.namespace!r}>"
+        kind = "" if self.kind == "call" else f" {self.kind}"
+        return f"<atask{kind} {self.name!r} namespace={self.namespace!r}>"
 
 
 def _mechanism(fn: Callable[..., Any], is_async: bool, asked: Mechanism | None) -> Mechanism:
@@ -170,14 +189,83 @@ def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     call again on its server. ``mechanism="process"`` runs a plain ``def`` in the server's
     process pool. Any other option is a ``TypeError``.
     """
+    return _decorate(fn, "call", options)
+
+
+class OneWayDecorator(Protocol):
+    """What ``atask_queue(name=...)`` and ``atask_broadcast(...)`` return."""
+
+    def __call__(self, fn: Callable[P, Any], /) -> ATask[P, None]: ...
+
+
+@overload
+def atask_queue(fn: Callable[P, Any], /) -> ATask[P, None]: ...
+
+
+@overload
+def atask_queue(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    namespace: str = DEFAULT,
+    timeout: float | None = None,
+    auth_required: bool | AuthCheck = False,
+    retry: Retry | None = None,
+    mechanism: Mechanism | None = None,
+) -> OneWayDecorator: ...
+
+
+def atask_queue(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Register ``fn`` as a fire-and-forget atask (upstream 0.0.3's name): ``await fn(...)``
+    returns ``None`` once the broker has durably accepted the request, and one server runs it,
+    at least once. Takes ``@atask``'s options; a call failing after its ``retry`` attempts (or
+    refused) becomes a dead letter with its last error (``atasks dead list``)."""
+    return _decorate(fn, "queue", options)
+
+
+@overload
+def atask_broadcast(fn: Callable[P, Any], /) -> ATask[P, None]: ...
+
+
+@overload
+def atask_broadcast(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    namespace: str = DEFAULT,
+    timeout: float | None = None,
+    auth_required: bool | AuthCheck = False,
+    retry: Retry | None = None,
+    mechanism: Mechanism | None = None,
+) -> OneWayDecorator: ...
+
+
+def atask_broadcast(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Register ``fn`` as a broadcast atask (upstream 0.0.3's name): ``await fn(...)`` returns
+    ``None`` once the broker has accepted the request, and every server serving it at that
+    moment runs its own copy (a server that is down does not get it). Raises ``JobNotFound``
+    when no server serves it. Takes ``@atask``'s options."""
+    return _decorate(fn, "broadcast", options)
+
+
+_DECORATORS: dict[Kind, str] = {
+    "call": "atask",
+    "queue": "atask_queue",
+    "broadcast": "atask_broadcast",
+}
+
+
+def _decorate(fn: Callable[..., Any] | None, kind: Kind, options: dict[str, Any]) -> Any:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise TypeError(
-            f"unknown @atask option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
-            f"@atask takes {', '.join(OPTIONS)}"
+            f"unknown @{_DECORATORS[kind]} option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)}: @{_DECORATORS[kind]} takes {', '.join(OPTIONS)}"
         )
 
     def wrap(f: Callable[..., Any]) -> ATask[Any, Any]:
-        return ATask(f, **options)
+        return ATask(f, kind=kind, **options)
 
     return wrap(fn) if fn is not None else wrap

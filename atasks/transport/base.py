@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, overload
 from atasks.errors import JobNotFound, NotConnected, TransportError, type_name
 from atasks.events import deliver_progress
 from atasks.namespaces import DEFAULT, BindOnConstruction, bind_transport, get_transport
+
+log = logging.getLogger("atasks.transport")
 
 if TYPE_CHECKING:
     from atasks.events import Event, Progress, ProgressListener
@@ -96,6 +99,27 @@ class Reply:
         )
 
 
+REFUSED = frozenset(
+    f"atasks.errors.{name}"
+    for name in ("DecodeError", "NoCodecRegistered", "JobNotFound", "AuthError")
+)
+"""Errors of a request refused before it ran: dead-lettered as ``rejected``, not ``failed``."""
+
+
+def dead_reason(reply: Reply) -> str:
+    """Why a fire-and-forget request that ended with the failed ``reply`` is a dead letter."""
+    return "rejected" if reply.error_type in REFUSED else "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRequest:
+    """A fire-and-forget request a loopback transport gave up on: why, and its last error."""
+
+    request: Request
+    reason: str  # failed, rejected
+    error: str  # "module.Type: message"
+
+
 RequestHandler = Callable[[Request], Coroutine[Any, Any, Reply]]
 """Serves one request; never raises but ``CancelledError``."""
 
@@ -107,6 +131,7 @@ _METHODS = (*_CLASSIC_METHODS, "register_callback", "unregister_callback", "drai
 
 __all__ = [
     "ClassicCallback",
+    "DeadRequest",
     "LoopbackTransport",
     "Reply",
     "Request",
@@ -257,6 +282,22 @@ class Transport(metaclass=BindOnConstruction):
         their requests back for another server (where the transport can)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement drain()")
 
+    async def enqueue(self, request: Request) -> None:
+        """Deliver ``request`` to one server, without a reply (fire and forget); return once it
+        is durably accepted (over a broker: confirmed).
+
+        The server runs it with the same handler as a call, at least once (it is settled only
+        after the handler finished), and drops the reply; a failed one is kept as a dead letter
+        with its last error. A request sent before any server serves ``request.name`` waits.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement enqueue()")
+
+    async def broadcast(self, request: Request) -> None:
+        """Deliver a copy of ``request`` to every server serving ``request.name`` right now,
+        without a reply; return once accepted. A server that is down does not get it. Raises
+        ``JobNotFound`` when no server serves it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement broadcast()")
+
     def destination(self, name: str) -> str:
         """Where requests for atask ``name`` go, as trace spans name it (a queue's name)."""
         return name
@@ -300,6 +341,10 @@ class LoopbackTransport(Transport):
     Beyond ``INLINE_DEPTH`` nested calls in one task it gets a task, so recursion stays
     unbounded.
 
+    Fire-and-forget and broadcast requests run in a task of their own; one sent before its
+    atask is served waits in this process until it is (not across a restart), and one that
+    fails is kept in ``dead_letters``.
+
     It also speaks the 2019 interface: ``register_callback(callback)`` then
     ``send_request(name, content)`` awaits ``callback(name, content)`` and returns its bytes
     (without ``connect()``, as in 2019).
@@ -315,6 +360,10 @@ class LoopbackTransport(Transport):
         self._stopping: set[asyncio.Task[Any]] = set()
         self._inline_depth: dict[asyncio.Task[Any], int] = {}
         self._connected = False
+        self._waiting: dict[str, list[Request]] = {}  # enqueued before their atask was served
+        self._queued: dict[asyncio.Task[None], Request] = {}  # fire-and-forget ones running
+        self.dead_letters: list[DeadRequest] = []
+        """Fire-and-forget requests that failed (after their retries), oldest first."""
 
     async def connect(self) -> None:
         self._connected = True
@@ -383,6 +432,49 @@ class LoopbackTransport(Transport):
                 else:
                     del self._inline_depth[caller]
 
+    async def enqueue(self, request: Request) -> None:
+        if not self._connected:
+            raise NotConnected(f"{self!r} is not connected: await transport.connect() first")
+        handler = self._handlers.get(request.name)
+        if handler is None:
+            self._waiting.setdefault(request.name, []).append(request)
+        else:
+            self._start(handler, request)
+
+    async def broadcast(self, request: Request) -> None:
+        if not self._connected:
+            raise NotConnected(f"{self!r} is not connected: await transport.connect() first")
+        handler = self._handlers.get(request.name)
+        if handler is None:
+            raise JobNotFound(f"no server serves atask {request.name!r} in this process")
+        self._start(handler, request)
+
+    def _start(self, handler: RequestHandler, request: Request) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._run_queued(handler, request), context=contextvars.Context()
+        )
+        self._queued[task] = request
+        task.add_done_callback(self._queued.pop)
+
+    async def _run_queued(self, handler: RequestHandler, request: Request) -> None:
+        try:
+            reply = await handler(request)
+        except asyncio.CancelledError:  # drained: wait for the next server, as on a broker
+            self._waiting.setdefault(request.name, []).insert(0, request)
+            return
+        if not reply.ok:
+            dead = DeadRequest(
+                request, dead_reason(reply), f"{reply.error_type}: {reply.error_message}"
+            )
+            log.error(
+                "fire-and-forget call %s of %r %s: %s",
+                request.call_id,
+                request.name,
+                dead.reason,
+                dead.error,
+            )
+            self.dead_letters.append(dead)
+
     async def _send_classic(self, name: str, content: bytes) -> bytes:
         callback = self.callback
         if callback is None:
@@ -402,6 +494,8 @@ class LoopbackTransport(Transport):
             self.callback = name
         else:
             self._handlers[name] = handler
+            for request in self._waiting.pop(name, []):
+                self._start(handler, request)
 
     async def unregister_callback(self, name: str | None = None) -> None:
         if name is None:
@@ -415,8 +509,14 @@ class LoopbackTransport(Transport):
         return LoopbackSeat(self)
 
     async def drain(self, grace: float) -> None:
-        if self._calls and grace > 0:
-            await asyncio.wait({finished for _, finished in self._calls.values()}, timeout=grace)
+        queued = set(self._queued)
+        if (self._calls or queued) and grace > 0:
+            finished = {finished for _, finished in self._calls.values()}
+            await asyncio.wait(finished | queued, timeout=grace)
+        for task in self._queued:
+            task.cancel()
+        if self._queued:
+            await asyncio.wait(set(self._queued))
         # Nested inline calls share a task, and one cancel ends only the innermost: cancel
         # again until every call is over.
         while self._calls:

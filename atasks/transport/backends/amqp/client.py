@@ -75,10 +75,12 @@ class Caller:
         self._background: set[asyncio.Future[Any]] = set()
         self._progress: dict[str, asyncio.Future[None]] = {}  # the last report of each call
         self._give_up: asyncio.TimerHandle | None = None
+        self._declared: set[str] = set()  # request queues declared on this connection
         link.on_open.append(self._on_open)
         link.on_lost.append(self._on_lost)
 
     async def _on_open(self, channels: Channels) -> None:
+        self._declared.clear()
         await declare_all(
             channels.connection,
             self.topology,
@@ -182,6 +184,70 @@ class Caller:
             self._pending.pop(request.call_id, None)
             if on_progress is not None:
                 self._listeners.pop(request.call_id, None)
+
+    async def enqueue(self, request: Request) -> None:
+        """Publish a fire-and-forget request to its queue, declared first (as its servers
+        declare it) so that one sent before any server started waits there; return once the
+        broker confirmed it. Not confirmed (the connection was lost): published again."""
+        queue = self.topology.request_queue(request.name)
+        await self._publish_one_way(request, "", queue, "fire-and-forget request")
+
+    async def broadcast(self, request: Request) -> None:
+        """Publish a broadcast request to every server's queue bound to its atask name; raise
+        ``JobNotFound`` when no server is (the broker returns it)."""
+        exchange = self.topology.broadcast_exchange
+        await self._publish_one_way(request, exchange, request.name, "broadcast")
+
+    async def _publish_one_way(
+        self, request: Request, exchange: str, routing_key: str, what: str
+    ) -> None:
+        if self.closing:
+            raise NotConnected("the transport is disconnecting")
+        channels = await self.link.ready()
+        size, limit = len(request.body), self.link.max_message_size
+        if size > limit:
+            raise EncodeError(
+                f"the arguments of atask {request.name!r} are {size} bytes, over the "
+                f"{limit}-byte message size limit"
+            )
+        queued = not exchange
+        properties = wire.request_properties(
+            request, None, persistent=queued and self.topology.queue_type == "classic"
+        )
+        refusals = 0
+        while True:
+            try:
+                if queued and request.name not in self._declared:
+                    await declare_all(channels.connection, self.topology, [request.name])
+                    self._declared.add(request.name)
+                await channels.calls_raw.basic_publish(
+                    request.body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=True,
+                )
+                return
+            except aiormq.exceptions.PublishError:
+                if queued:  # its queue was deleted since: declare it again
+                    self._declared.discard(request.name)
+                    refusals += 1
+                    if refusals < REFUSALS:
+                        continue
+                raise JobNotFound(
+                    f"no server serves atask {request.name!r} in namespace "
+                    f"{self.topology.namespace!r} right now: nobody got the {what}"
+                ) from None
+            except aiormq.exceptions.DeliveryError as exc:
+                refusals += 1
+                if refusals >= REFUSALS:
+                    raise TransportError(
+                        f"the broker refused the {what} {refusals} times: {describe(exc)}"
+                    ) from exc
+                await asyncio.sleep(REFUSED_WAIT * refusals)
+            except CONNECTION_ERRORS:
+                # Unconfirmed: publish it again once reconnected (at least once).
+                channels = await self.link.renewed(channels)
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties

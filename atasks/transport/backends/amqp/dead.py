@@ -23,11 +23,15 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from atasks.transport.backends.amqp import wire
+from atasks.transport.backends.amqp.server import died_running
 from atasks.transport.backends.amqp.topology import Topology
 from atasks.transport.backends.amqp.transport import parse_urls
 
 DROPPED_ON_REPLAY = (
     wire.H_DEAD_REASON,
+    wire.H_DEAD_AT,
+    wire.H_ERROR_TYPE,
+    wire.H_ERROR_MESSAGE,
     wire.H_DELIVERIES,  # classic queues: the deaths it counted start again
     wire.H_DEADLINE,  # long past: its server would refuse the call at once
     wire.H_LEASE_HOLDER,
@@ -48,6 +52,7 @@ class DeadLetter:
     size: int  # bytes of its payload
     content_type: str
     reply_to: str | None
+    error: str = ""  # its last error, "module.Type: message"
 
     def age(self, now: float | None = None) -> float | None:
         """Seconds since it died, if known."""
@@ -158,11 +163,28 @@ def read(message: AbstractIncomingMessage, topology: Topology) -> DeadLetter:
         size=len(message.body),
         content_type=message.content_type or "",
         reply_to=message.reply_to,
+        error=last_error(headers),
     )
 
 
+def last_error(headers: Mapping[str, Any]) -> str:
+    """What a dead letter records of its last error; for one the broker dead-lettered at its
+    delivery limit, that its servers died running it."""
+    error = wire.last_error(headers)
+    if error or wire.dead_reason(headers) != "delivery_limit":
+        return error
+    return f"atasks.errors.DeliveryLimitExceeded: {died_running(None)}"
+
+
 def died_at(headers: Mapping[str, Any]) -> float | None:
-    """When the broker last dead-lettered it (``x-death`` times), in ``time.time()`` seconds."""
+    """When atasks (``atasks-dead-at``) or else the broker (``x-death`` times) last
+    dead-lettered it, in ``time.time()`` seconds."""
+    text = headers.get(wire.H_DEAD_AT)
+    if text is not None:
+        try:
+            return float(str(text.decode() if isinstance(text, bytes) else text))
+        except ValueError:
+            pass
     deaths = headers.get("x-death")
     if not isinstance(deaths, list):
         return None

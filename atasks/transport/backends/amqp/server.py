@@ -1,5 +1,9 @@
 """The serve side: consume request queues within the server's capacity, run each request through
-the router's handler, reply, and only then ack; cancellations, inspect requests and events."""
+the router's handler, reply, and only then ack; broadcast requests, cancellations, inspect
+requests and events.
+
+A request without ``reply_to`` is fire and forget: acked once its handler finished, or, when it
+failed, dead-lettered (confirmed, then acked) with its last error."""
 
 from __future__ import annotations
 
@@ -30,7 +34,14 @@ from atasks.transport.backends.amqp.connection import (
 from atasks.transport.backends.amqp.intake import Intake
 from atasks.transport.backends.amqp.lease import LEASE, Ask, Leases
 from atasks.transport.backends.amqp.topology import Topology, declare_all
-from atasks.transport.base import Capacity, ProgressSink, Reply, Request, RequestHandler
+from atasks.transport.base import (
+    Capacity,
+    ProgressSink,
+    Reply,
+    Request,
+    RequestHandler,
+    dead_reason,
+)
 
 log = logging.getLogger("atasks.amqp")
 
@@ -84,6 +95,7 @@ class Server:
         self._sending_kept = False
         self._send_kept_again = False
         self._control_consumer: str | None = None
+        self._broadcasts: str | None = None  # this server's exclusive broadcast queue
         self._event_batch: list[Event] = []
         self._event_flush: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -99,11 +111,13 @@ class Server:
             return
         await declare_all(channels.connection, self.topology, list(self.handlers))
         await self._consume_control(channels)
+        await self._consume_broadcasts(channels)
         for intake in self._intakes.values():
             await self._fit(channels.serve_raw, intake)
 
     def _on_lost(self) -> None:
         self._control_consumer = None
+        self._broadcasts = None
         for intake in self._intakes.values():
             intake.reset()
         if is_consumer_timeout(self.link.lost_because):
@@ -117,12 +131,43 @@ class Server:
         ok = await channels.calls_raw.basic_consume(queue.name, self._on_control, no_ack=True)
         self._control_consumer = ok.consumer_tag
 
+    async def _consume_broadcasts(self, channels: Channels) -> None:
+        """An exclusive queue of this server's own, bound to the broadcast exchange under every
+        atask name it serves: gone with the connection, so a server that is down misses
+        broadcasts (RabbitMQ 4.3 refuses transient queues that are not exclusive)."""
+        queue = await channels.calls.declare_queue(exclusive=True, auto_delete=True)
+        for name in self.handlers:
+            await queue.bind(self.topology.broadcast_exchange, routing_key=name)
+        limit = self._capacity.limit if self._capacity is not None else UNBOUNDED_PREFETCH
+        # On the calls channel, whose other consumers exist already (a prefetch applies to the
+        # consumers made after it): each copy waits for a slot in the router, not in the broker.
+        await channels.calls_raw.basic_qos(prefetch_count=limit, global_=False)
+        await channels.calls_raw.basic_consume(queue.name, self._on_broadcast)
+        self._broadcasts = queue.name
+
+    async def _bind_broadcasts(self, channels: Channels, name: str, *, bind: bool) -> None:
+        queue = self._broadcasts
+        if queue is None:
+            return
+        if bind:
+            await channels.calls_raw.queue_bind(
+                queue, self.topology.broadcast_exchange, routing_key=name
+            )
+        else:
+            await channels.calls_raw.queue_unbind(
+                queue, self.topology.broadcast_exchange, routing_key=name
+            )
+
     async def register(self, name: str, handler: RequestHandler) -> None:
         channels = await self.link.ready()
         await declare_all(channels.connection, self.topology, [name])
         if self._control_consumer is None:
             await self._consume_control(channels)
         self.handlers[name] = handler
+        if self._broadcasts is None:
+            await self._consume_broadcasts(channels)
+        else:
+            await self._bind_broadcasts(channels, name, bind=True)
         self._intakes.setdefault(name, Intake(name))
         self.rebalance()
         await self._settled()
@@ -133,6 +178,10 @@ class Server:
         channels = self.link.channels
         if intake is None or channels is None:
             return
+        try:
+            await self._bind_broadcasts(channels, name, bind=False)
+        except CONNECTION_ERRORS as exc:
+            log.debug("could not unbind broadcasts of %s: %s", name, describe(exc))
         for tag in [*intake.stale, *([intake.tag] if intake.tag else [])]:
             try:
                 await channels.serve_raw.basic_cancel(tag)
@@ -235,20 +284,26 @@ class Server:
         call_id = message.correlation_id
         replied = False
         try:
-            if not call_id or not message.reply_to:
-                log.warning(
-                    "dead-lettered a request for %r without correlation_id or reply_to", name
+            if not call_id:
+                log.warning("dead-lettered a request for %r without correlation_id", name)
+                await self._dead_letter(
+                    name,
+                    message,
+                    "rejected",
+                    "atasks.errors.DecodeError",
+                    "the request has no correlation_id (its call id)",
                 )
-                await self._dead_letter(name, message, "rejected")
                 return
             requeueing = self._requeueing.get(call_id)
             if requeueing is not None:  # our copy overtook the ack of its original
                 await requeueing.wait()
             if call_id in self._cancelled:
                 log.debug("dropped request %s: cancelled before it ran", call_id)
-                await self._reply_and_ack(
-                    message, Reply.failure(call_id, TransportError("cancelled by its caller"))
-                )
+                if message.reply_to:
+                    failure = Reply.failure(call_id, TransportError("cancelled by its caller"))
+                    await self._reply_and_ack(message, failure)
+                else:
+                    await message.ack()
                 return
             if wire.H_LEASE_HOLDER in message.headers and await self._leases.still_held(
                 message.properties
@@ -257,7 +312,7 @@ class Server:
                 return
             known = await self._known_outcome(name, message)
             if known is not None:  # run here already, its first delivery lost with a connection
-                await self._reply_and_ack(message, known)
+                await self._finish(name, message, known)
                 return
             if message.redelivered and self.topology.queue_type == "classic":
                 await self._count_death(name, message)
@@ -268,7 +323,7 @@ class Server:
                 return
             request = self._request_from(name, message)
             if isinstance(request, Reply):
-                await self._reply_and_ack(message, request)
+                await self._finish(name, message, request)
                 return
             capacity = self._capacity
             if capacity is not None:
@@ -292,7 +347,7 @@ class Server:
                 del self._inflight[call_id]
                 _handled(intake, message)  # before the reply's round trip: credit is back
             replied = True
-            await self._send_reply(message, reply)
+            await self._send_reply(name, message, reply)
         except asyncio.CancelledError:
             await self._after_cancel(name, call_id, message, replied=replied)
         except CONNECTION_ERRORS as exc:
@@ -338,7 +393,74 @@ class Server:
                 raise
             return None  # that run was cancelled: this delivery runs it afresh
 
-    async def _send_reply(self, message: Delivery, reply: Reply) -> None:
+    async def _on_broadcast(self, delivered: DeliveredMessage) -> None:
+        message = Delivery(delivered)
+        name = str(getattr(delivered.delivery, "routing_key", "") or "")
+        key = f"broadcast:{message.correlation_id or id(message)}"
+        task = asyncio.get_running_loop().create_task(
+            self._serve_copy(name, message), context=contextvars.Context()
+        )
+        self._running[key] = task
+        self._held[id(message)] = message
+
+        def forget(done: asyncio.Task[None]) -> None:
+            del self._held[id(message)]
+            if self._running.get(key) is done:
+                del self._running[key]
+
+        task.add_done_callback(forget)
+
+    async def _serve_copy(self, name: str, message: Delivery) -> None:
+        """This server's copy of a broadcast: run it (waiting for a slot in the router, never
+        handed to another server), then ack; a failed one is dead-lettered."""
+        try:
+            handler = self.handlers.get(name)
+            if handler is None:  # unbound meanwhile
+                await message.ack()
+                return
+            if not message.correlation_id:
+                await self._dead_letter(
+                    name,
+                    message,
+                    "rejected",
+                    "atasks.errors.DecodeError",
+                    "the broadcast has no correlation_id (its call id)",
+                )
+                return
+            request = self._request_from(name, message)
+            if not isinstance(request, Reply):
+                try:
+                    request = await handler(request)
+                except Exception as exc:  # a handler breaking its contract
+                    log.exception("the handler of %r failed on a broadcast", name)
+                    request = Reply.failure(message.correlation_id, exc)
+            await self._finish(name, message, request)
+        except asyncio.CancelledError:  # this server stops: its copy goes with its queue
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await message.nack(requeue=True)
+        except CONNECTION_ERRORS as exc:
+            log.warning("broadcast %s of %r not finished: %s", message.correlation_id, name, exc)
+
+    async def _finish(self, name: str, message: Delivery, reply: Reply) -> None:
+        """Settle a delivery with its outcome: reply and ack a call; ack a fire-and-forget or
+        broadcast request that succeeded, dead-letter one that failed."""
+        if message.reply_to:
+            await self._reply_and_ack(message, reply)
+        elif reply.ok:
+            await message.ack()
+        else:
+            reason = dead_reason(reply)
+            log.error(
+                "fire-and-forget call %s of %r %s: %s: %s; dead-lettered",
+                reply.call_id,
+                name,
+                reason,
+                reply.error_type,
+                reply.error_message,
+            )
+            await self._dead_letter(name, message, reason, reply.error_type, reply.error_message)
+
+    async def _send_reply(self, name: str, message: Delivery, reply: Reply) -> None:
         """Reply and ack; with the connection gone, keep the reply to send once reconnected
         (the broker delivers the request again, and the kept reply answers it)."""
         size, limit = len(reply.body), self.link.max_message_size
@@ -353,6 +475,13 @@ class Server:
                     f"{limit}-byte message size limit"
                 ),
             )
+        if not message.reply_to:
+            try:
+                await self._finish(name, message, reply)
+            except CONNECTION_ERRORS as exc:  # redelivered: answered from what is kept
+                log.info("kept the outcome of %s for its redelivery (%s)", reply.call_id, exc)
+                self._keep(Kept("", reply, sent=True))
+            return
         try:
             await self._reply_and_ack(message, reply)
         except CONNECTION_ERRORS as exc:
@@ -449,18 +578,23 @@ class Server:
                 name,
                 deaths,
             )
-            await self._dead_letter(name, message, "delivery_limit")
+            await self._dead_letter(
+                name,
+                message,
+                "delivery_limit",
+                "atasks.errors.DeliveryLimitExceeded",
+                died_running(deaths),
+            )
             return
         await self._requeue(name, message, {**message.headers, wire.H_DELIVERIES: deaths})
 
-    async def _dead_letter(self, name: str, message: Delivery, reason: str) -> None:
-        """Quorum queues dead-letter a rejected message themselves (at least once); for a
-        classic queue, atasks publishes it to the dead letters (confirmed), then acks it."""
-        if self.topology.queue_type == "quorum":
-            await message.reject(requeue=False)
-            return
+    async def _dead_letter(
+        self, name: str, message: Delivery, reason: str, error_type: str, error_message: str
+    ) -> None:
+        """Publish ``message`` to the dead letters with why and its last error (confirmed), then
+        ack it: at least once, on either queue type."""
         properties = message.properties
-        headers = {**message.headers, wire.H_DEAD_REASON: reason}
+        headers = wire.dead_letter_headers(message.headers, reason, error_type, error_message)
         await message.channel.basic_publish(
             message.body,
             exchange=self.topology.dead_letter_exchange,
@@ -629,6 +763,15 @@ class Server:
             )
         except CONNECTION_ERRORS as exc:
             log.debug("dropped %d events: %s", len(batch), describe(exc))
+
+
+def died_running(deliveries: int | None) -> str:
+    """The last error of a request dead-lettered at its delivery limit."""
+    times = f" {deliveries} times" if deliveries else ""
+    return (
+        f"delivered{times}, and each time its server died, was killed or lost its connection "
+        "while running it"
+    )
 
 
 def _handled(intake: Intake, message: Delivery) -> None:

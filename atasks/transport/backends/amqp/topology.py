@@ -4,7 +4,10 @@ with. Shared by the transport and by ``atasks inspect`` / ``atasks events``.
 Per namespace ``ns``:
 
 - ``atasks.<ns>.<atask>``: one request queue per atask (quorum by default), declared by its
-  servers, with the broker's delivery limit and at-least-once dead-lettering;
+  servers and by whoever fire-and-forgets a request to it (so none is refused or lost before
+  a server starts), with the broker's delivery limit and at-least-once dead-lettering;
+- ``atasks.<ns>.broadcast``: direct exchange for broadcast requests, routing key = atask name;
+  each server binds an exclusive queue of its own to it under the names it serves;
 - ``atasks.<ns>.control``: fanout exchange for cancellations and inspect requests, each server
   binds an exclusive queue to it;
 - ``atasks.<ns>.events``: topic exchange for lifecycle events;
@@ -70,6 +73,10 @@ class Topology:
     @property
     def control_exchange(self) -> str:
         return self.prefix + "control"
+
+    @property
+    def broadcast_exchange(self) -> str:
+        return self.prefix + "broadcast"
 
     @property
     def events_exchange(self) -> str:
@@ -186,6 +193,9 @@ async def declare_all(
         )
         await channel.declare_exchange(
             topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await channel.declare_exchange(
+            topology.broadcast_exchange, aio_pika.ExchangeType.DIRECT, durable=True
         )
         await topology.declare_dead_letters(channel)
         await topology.declare_leases(channel)

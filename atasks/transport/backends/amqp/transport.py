@@ -139,6 +139,12 @@ class AMQPTransport(Transport):
     ) -> Reply:
         return await self._caller.send_request(request, on_progress)
 
+    async def enqueue(self, request: Request) -> None:
+        await self._caller.enqueue(request)
+
+    async def broadcast(self, request: Request) -> None:
+        await self._caller.broadcast(request)
+
     async def register_callback(self, name: str, handler: RequestHandler) -> None:
         await self._server.register(name, handler)
 

@@ -26,7 +26,8 @@ H_ERROR_MESSAGE = "atasks-error-message"
 H_TRACEBACK = "atasks-traceback"
 BROKER_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues
 FIRST_DEATH_REASON = "x-first-death-reason"
-H_DEAD_REASON = "atasks-dead-reason"  # classic queues: dead-lettered by atasks, not the broker
+H_DEAD_REASON = "atasks-dead-reason"  # dead-lettered by atasks, not the broker
+H_DEAD_AT = "atasks-dead-at"  # when atasks dead-lettered it, time.time() as text
 H_LEASE_HOLDER = "atasks-lease-holder"  # the server running a leased call
 H_LEASE_CALL = "atasks-lease-call"  # in a query to a lease holder: which call
 FIRST_DEATH_QUEUE = "x-first-death-queue"
@@ -36,7 +37,10 @@ PERSISTENT = 2
 OK, ERROR, PROGRESS = "ok", "error", "progress"
 
 
-def request_properties(request: Request, reply_to: str, *, persistent: bool) -> Basic.Properties:
+def request_properties(
+    request: Request, reply_to: str | None, *, persistent: bool
+) -> Basic.Properties:
+    """A call's properties; without ``reply_to``, a fire-and-forget or broadcast request's."""
     headers: dict[str, Any] = {}
     if request.wants_progress:
         headers[H_PROGRESS] = 1
@@ -165,6 +169,31 @@ def deaths(headers: Mapping[str, Any]) -> int:
     """How many servers died holding a classic-queue request (counted by atasks itself)."""
     count = headers.get(H_DELIVERIES, 0)
     return count if isinstance(count, int) and count >= 0 else 0
+
+
+def dead_letter_headers(
+    headers: Mapping[str, Any], reason: str, error_type: str, error_message: str
+) -> dict[str, Any]:
+    """A request's headers as atasks dead-letters it: why, when, and its last error."""
+    return {
+        **{key: value for key, value in headers.items() if not key.startswith("x-")},
+        H_DEAD_REASON: reason,
+        H_DEAD_AT: repr(time.time()),
+        H_ERROR_TYPE: error_type,
+        H_ERROR_MESSAGE: error_message,
+    }
+
+
+def last_error(headers: Mapping[str, Any]) -> str:
+    """The last error a dead letter records, as ``type: message``; "" if none."""
+    error_type = headers.get(H_ERROR_TYPE)
+    if not error_type:
+        return ""
+    return f"{_text(error_type)}: {_text(headers.get(H_ERROR_MESSAGE, ''))}"
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def dead_reason(headers: Mapping[str, Any]) -> str:

@@ -163,6 +163,13 @@ class Scheduler:
         entry = self.state.get(name)
         if entry is None:
             return
+        if not reply.ok:  # never silent: the outcome is also kept for `atasks schedules`
+            log.warning(
+                "scheduled run %s failed: %s: %s",
+                reply.call_id,
+                reply.error_type,
+                reply.error_message,
+            )
         entry["result"] = {
             "call_id": reply.call_id,
             "due": due,

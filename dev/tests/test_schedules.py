@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import schedule_workload
+from proxy import Proxy
+from rabbitnode import RabbitNode
 from servers import REPO, Servers, delete_queues, publish_probe, until
 
 import atasks
@@ -85,13 +87,10 @@ def atasks_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-async def fleet(servers: Servers, amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
-    """Three servers of the every-second schedule, serving; its queues deleted afterwards."""
-    env: dict[str, str | None] = {"ATASKS_TEST_TICKS": str(tmp_path / "ticks")}
-    for _ in range(3):
-        servers.start("--events", workload=WORKLOAD, env=env)
-    for index in range(3):
-        await servers.wait_serving(index)
+async def schedule_servers(
+    servers: Servers, amqp_url: str, tmp_path: Path
+) -> AsyncIterator[Servers]:
+    """``servers`` of the every-second schedule; its queues deleted afterwards."""
     yield servers
     servers.stop_all()
     await delete_queues(amqp_url, schedule_workload)
@@ -101,6 +100,21 @@ async def fleet(servers: Servers, amqp_url: str, tmp_path: Path) -> AsyncIterato
     async with connection:
         channel = await connection.channel()
         await channel.queue_delete(Topology("default").schedules_queue)
+
+
+def start(servers: Servers, tmp_path: Path, *args: str) -> None:
+    env: dict[str, str | None] = {"ATASKS_TEST_TICKS": str(tmp_path / "ticks")}
+    servers.start("--events", *args, workload=WORKLOAD, env=env)
+
+
+@pytest.fixture
+async def fleet(schedule_servers: Servers, tmp_path: Path) -> Servers:
+    """Three servers of the every-second schedule, serving."""
+    for _ in range(3):
+        start(schedule_servers, tmp_path)
+    for index in range(3):
+        await schedule_servers.wait_serving(index)
+    return schedule_servers
 
 
 async def test_three_servers_fire_each_due_time_once(
@@ -175,3 +189,55 @@ async def test_loopback_fires_each_due_time_once(tmp_path: Path) -> None:
     dues = sorted(dt.datetime.fromisoformat(str(c).rpartition("@")[2]) for c in fired)
     assert dues == [dues[0] + dt.timedelta(seconds=i) for i in range(len(dues))]
     assert all(str(c).startswith(f"{every_second.name}@") for c in fired)
+
+
+async def test_a_failed_run_is_logged_and_kept_as_the_schedules_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @schedule(interval=dt.timedelta(seconds=1), name="failing", namespace="failing-schedules")
+    async def failing() -> None:
+        raise ValueError("no disk left")
+
+    router = await atasks.setup(namespace="failing-schedules")
+
+    def result() -> dict[str, Any] | None:
+        schedules = router.statistics().schedules or {}
+        return schedules.get("failing", {}).get("result")
+
+    await until(lambda: result() is not None, within=10)
+    found = result()
+    assert found is not None
+    assert found["ok"] is False
+    assert found["error"] == "builtins.ValueError: no disk left"
+    assert found["call_id"] == f"failing@{found['due']}"
+    assert "scheduled run failing@" in caplog.text
+    assert "no disk left" in caplog.text
+    await atasks.close("failing-schedules")
+
+
+async def test_a_scheduler_cut_off_the_broker_hands_the_role_over(
+    schedule_servers: Servers, rabbit: RabbitNode, amqp_url: str, tmp_path: Path
+) -> None:
+    """The holder loses its connection (and comes back): another server takes over, and every
+    due time is still fired once."""
+    path = tmp_path / "ticks"
+    async with Proxy(rabbit.port) as proxy:
+        start(schedule_servers, tmp_path, "--url", proxy.url)  # alone: it takes the role
+        await schedule_servers.wait_serving(0)
+        await until(lambda: len(ticks(path)) >= 2, within=15)
+        for _ in range(2):
+            start(schedule_servers, tmp_path)
+        for index in (1, 2):
+            await schedule_servers.wait_serving(index)
+        (holder,) = await holders(amqp_url)
+        assert holder["pid"] == schedule_servers.processes[0].pid
+        accepted = proxy.accepted
+        cut_at = dt.datetime.now(dt.UTC)
+        assert proxy.cut()
+        async with asyncio.timeout(5):
+            while not [s for s in await holders(amqp_url) if s["pid"] != holder["pid"]]:
+                pass
+        await proxy.wait_accepted(accepted + 1)  # the cut-off server is back, and waits
+        after = cut_at + dt.timedelta(seconds=3)
+        await until(lambda: max(due for due, _ in ticks(path)) >= after, within=10)
+    assert_each_due_time_once(ticks(path))

@@ -171,7 +171,11 @@ async def test_killing_the_scheduler_hands_the_role_over_without_a_double_or_a_g
     watcher.cancel()
     (elected,) = [e for e in events if e.kind == "elected"]
     assert elected.server != holder["server"]
-    print(f"takeover in {took:.2f}s; {len(dues)} due times, each fired once")
+    assert elected.timestamp - killed_at.timestamp() < 5
+    print(
+        f"takeover: elected {elected.timestamp - killed_at.timestamp():.3f}s after the kill, "
+        f"seen by inspect in {took:.2f}s; {len(dues)} due times, each fired once"
+    )
 
 
 async def test_loopback_fires_each_due_time_once(tmp_path: Path) -> None:

@@ -113,14 +113,14 @@ class AMQPSeat(SchedulerSeat):
                     routing_key=self.topology.request_queue(request.name),
                     properties=wire.request_properties(request, self.queue, persistent=True),
                 )
-            committed = await self._publish_state(state)
+            # Known as ours before the commit: the broker may deliver it back before commit-ok.
+            self._committed = await self._publish_state(state)
             for tag in held:
                 await raw.basic_ack(tag)
             await raw.tx_commit()
         except CONNECTION_ERRORS as exc:
             self._lost.set()
             raise SeatLost(f"lost the scheduler role while committing: {describe(exc)}") from exc
-        self._committed = committed
 
     async def _publish_state(self, state: bytes) -> str:
         assert self._raw is not None

@@ -20,8 +20,9 @@ from atasks.tasks import ATask
 Missed = Literal["skip", "catch_up"]
 MISSED = ("skip", "catch_up")
 MISSED_AFTER = dt.timedelta(seconds=60)
-"""A due time this late when a scheduler first sees it passed while no server held the role:
-the schedule's ``missed`` policy applies. A later one (a takeover) is fired, late."""
+"""A due time this late (beyond its jitter) when a holder of the scheduler role first sees it
+passed while no server held the role: the schedule's ``missed`` policy applies. One less late
+(passed during a takeover) is fired, late."""
 SHORTEST_INTERVAL = dt.timedelta(seconds=1)
 
 

@@ -106,11 +106,15 @@ class Scheduler:
                     task.cancel()
                 await asyncio.gather(leading, lost, return_exceptions=True)
             self.holding = False
-            if leading.done() and not leading.cancelled() and leading.exception() is not None:
-                log.warning("lost the scheduler role: %s", leading.exception())
-            else:
-                log.warning("lost the scheduler role")
-            await self._role_event("resigned")
+            failure = leading.exception() if leading.done() and not leading.cancelled() else None
+            if failure is None or isinstance(failure, SeatLost):
+                log.warning("lost the scheduler role%s", f": {failure}" if failure else "")
+                await self._role_event("resigned")
+            else:  # not the broker's doing: give the role up for a while, to another server
+                log.error("the scheduler failed; giving its role up", exc_info=failure)
+                await self._role_event("resigned")
+                await self.seat.release()
+                await asyncio.sleep(RETRY_AFTER)
 
     async def _lead(self) -> None:
         while True:

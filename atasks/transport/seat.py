@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from atasks.errors import TransportError
+from atasks.transport.base import Reply
 
 if TYPE_CHECKING:
-    from atasks.transport.base import Reply, Request, Transport
+    from atasks.transport.base import Request, Transport
 
 log = logging.getLogger("atasks.schedules")
 
-OnOutcome = Callable[["Reply"], None]
+OnOutcome = Callable[[Reply], None]
 """Told the outcome of each call a holder fired, by whichever process holds the role then."""
 
 
@@ -51,8 +52,12 @@ class SchedulerSeat(ABC):
         """Return once this process no longer holds the role."""
 
     @abstractmethod
+    async def release(self) -> None:
+        """Give up the role for now (another process takes it over); ``take()`` competes again."""
+
+    @abstractmethod
     async def close(self) -> None:
-        """Give up the role (another process takes it over); idempotent."""
+        """Give up the role for good; idempotent."""
 
 
 class LoopbackSeat(SchedulerSeat):
@@ -79,8 +84,6 @@ class LoopbackSeat(SchedulerSeat):
             task.add_done_callback(self._calls.discard)
 
     async def _fire(self, request: Request) -> None:
-        from atasks.transport.base import Reply
-
         try:
             reply = await self.transport.send_request(request)
         except Exception as exc:
@@ -90,6 +93,9 @@ class LoopbackSeat(SchedulerSeat):
 
     async def wait_lost(self) -> None:
         await self._closed.wait()
+
+    async def release(self) -> None:
+        """Nobody else can take it: the role stays here, and ``take()`` returns the state."""
 
     async def close(self) -> None:
         self._closed.set()

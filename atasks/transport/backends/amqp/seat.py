@@ -140,6 +140,10 @@ class AMQPSeat(SchedulerSeat):
     async def wait_lost(self) -> None:
         await self._lost.wait()
 
+    async def release(self) -> None:
+        await self._close_channel()  # the broker hands the state to another consumer
+        self._lost.set()
+
     async def close(self) -> None:
         with contextlib.suppress(ValueError):
             self.link.on_lost.remove(self._on_link_lost)

@@ -11,7 +11,7 @@ from atasks import settings as settings
 from atasks import tracing as tracing
 from atasks.auth_context import auth, current_auth
 from atasks.blocking import close_blocking, run_sync, setup_blocking
-from atasks.calls import current_call_id, current_deadline, deadline
+from atasks.calls import current_call_id, current_deadline, current_priority, deadline, priority
 from atasks.codecs import Codec, JSONCodec, PickleCodec
 from atasks.errors import (
     ATasksError,
@@ -88,6 +88,7 @@ __all__ = [
     "current_auth",
     "current_call_id",
     "current_deadline",
+    "current_priority",
     "deadline",
     "deliver_progress",
     "get_codec",
@@ -95,6 +96,7 @@ __all__ = [
     "get_schedule",
     "get_transport",
     "observe_progress",
+    "priority",
     "progress",
     "propagate",
     "reset",

@@ -1,4 +1,5 @@
-"""What a running call knows about itself: its id, its deadline, the slot it runs in."""
+"""What a running call knows about itself: its id, its deadline, its priority, the slot it runs
+in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,11 @@ class CallScope:
 
 current_scope: ContextVar[CallScope | None] = ContextVar("atasks_call", default=None)
 _deadline: ContextVar[float | None] = ContextVar("atasks_deadline", default=None)
+_priority: ContextVar[int | None] = ContextVar("atasks_priority", default=None)
+
+LOWEST_PRIORITY, NORMAL_PRIORITY, HIGHEST_PRIORITY = 0, 4, 9
+"""A call made with no priority in force counts as ``NORMAL_PRIORITY`` where a queue orders them
+(as RabbitMQ 4.x quorum queues count a message without one)."""
 
 
 def current_call_id() -> str | None:
@@ -78,6 +84,68 @@ def effective_deadline(timeout: float | None) -> float | None:
         if candidate is not None and (tightest is None or candidate < tightest):
             tightest = candidate
     return tightest
+
+
+def check_priority(value: object, where: str) -> int:
+    """``value`` if it is a priority, else ``TypeError``/``ValueError`` naming ``where``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(
+            f"{where}: a priority is a whole number from {LOWEST_PRIORITY} to "
+            f"{HIGHEST_PRIORITY}, not {value!r}"
+        )
+    if not LOWEST_PRIORITY <= value <= HIGHEST_PRIORITY:
+        raise ValueError(
+            f"{where}: priority {value} is out of range: {LOWEST_PRIORITY} (lowest) to "
+            f"{HIGHEST_PRIORITY} (highest); calls without one count as {NORMAL_PRIORITY}"
+        )
+    return value
+
+
+def priority_from(value: object) -> int | None:
+    """The priority a request arrived with, or ``None`` for none or nonsense."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if LOWEST_PRIORITY <= value <= HIGHEST_PRIORITY else None
+    return None
+
+
+@asynccontextmanager
+async def priority(level: int) -> AsyncIterator[None]:
+    """Every atask awaited inside is sent with priority ``level``, 0 (lowest) to 9 (highest;
+    calls without a priority count as 4), and the atasks those run await inherit it; the
+    innermost block wins.
+
+    Where requests wait in a queue that orders priorities, a waiting request of higher priority
+    is started before waiting ones of lower priority of the same atask.
+    """
+    token = _priority.set(check_priority(level, "atasks.priority()"))
+    try:
+        yield
+    finally:
+        _priority.reset(token)
+
+
+def current_priority() -> int | None:
+    """The priority in force here, which atasks awaited here are sent with: the innermost
+    ``priority()`` block's, else that of the call being served. ``None`` if none (then each
+    atask is sent with its own ``@atask(priority=)``, if it has one)."""
+    return _priority.get()
+
+
+def effective_priority(default: int | None) -> int | None:
+    """The priority of a call made here: the one in force, else the atask's ``default``."""
+    level = _priority.get()
+    return level if level is not None else default
+
+
+def enter_priority(level: int | None) -> Token[int | None] | None:
+    """On a server: put the priority a call arrived with in force while it runs (so the calls
+    it makes inherit it); returns what ``leave_priority`` undoes."""
+    return _priority.set(level) if level is not None else None
+
+
+def leave_priority(token: Token[int | None] | None) -> None:
+    if token is not None:
+        _priority.reset(token)
 
 
 _ids = itertools.count()

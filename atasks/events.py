@@ -18,7 +18,16 @@ from atasks.calls import current_scope
 
 log = logging.getLogger("atasks.events")
 
-KINDS = ("received", "started", "progress", "retrying", "succeeded", "failed", "cancelled")
+KINDS = (
+    "received",
+    "started",
+    "progress",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "dead",  # atasks dead-lettered the request (a fire-and-forget one that failed…)
+)
 SCHEDULER_KINDS = ("fired", "missed", "elected", "resigned")
 """Events of the scheduler role: a due time fired (``call_id`` names it) or missed, and the
 server that ``server`` names taking the role or losing it (``atask`` and ``call_id`` empty)."""

@@ -17,6 +17,7 @@ COLOURS = {
     "succeeded": "green",
     "failed": "red",
     "cancelled": "yellow",
+    "dead": "bright_red",
     "fired": "green",
     "missed": "red",
     "elected": "cyan",
@@ -30,6 +31,7 @@ MARKS = {
     "succeeded": "✓",
     "failed": "✗",
     "cancelled": "⊘",
+    "dead": "☠",
     "fired": "⏰",
     "missed": "⌛",
     "elected": "★",
@@ -113,18 +115,25 @@ def _result(result: dict[str, Any] | None) -> str:
 
 
 def format_dead_letters(letters: list[dict[str, Any]], queue: str) -> str:
-    """A count, then one line per atask and reason: how many, and how long ago they died."""
+    """A count, then one line per atask and reason: how many, how long ago they died, and the
+    last error of the one that died last."""
     if not letters:
         return f"no dead letters in {queue}"
-    groups: dict[tuple[str, str], list[float | None]] = {}
-    for letter in letters:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for letter in letters:  # oldest first
         key = (str(letter.get("atask", "?")), str(letter.get("reason", "?")))
-        groups.setdefault(key, []).append(letter.get("age"))
+        groups.setdefault(key, []).append(letter)
     rows = [
-        (str(len(ages)), atask, reason, _ages(ages))
-        for (atask, reason), ages in sorted(groups.items(), key=lambda item: -len(item[1]))
+        (
+            str(len(group)),
+            atask,
+            reason,
+            _ages([letter.get("age") for letter in group]),
+            _shorten(str(group[-1].get("error") or "-"), ERROR_WIDTH),
+        )
+        for (atask, reason), group in sorted(groups.items(), key=lambda item: -len(item[1]))
     ]
-    columns = ("count", "atask", "reason", "age")
+    columns = ("count", "atask", "reason", "age", "last error")
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     plural = "s" if len(letters) != 1 else ""
     lines = [f"{len(letters)} dead letter{plural} in {queue}"]
@@ -132,6 +141,14 @@ def format_dead_letters(letters: list[dict[str, Any]], queue: str) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+ERROR_WIDTH = 100
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _ages(ages: list[float | None]) -> str:

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 from atasks import errors
 from atasks import tracing as _tracing
 from atasks.auth_context import AuthContext, admit, auth_var, stamp
-from atasks.calls import CallScope, current_scope, effective_deadline, new_call_id
+from atasks.calls import (
+    CallScope,
+    current_scope,
+    effective_deadline,
+    effective_priority,
+    enter_priority,
+    leave_priority,
+    new_call_id,
+)
 from atasks.codecs.base import Codec, decode, encode
 from atasks.codecs.pickle_codec import PickleCodec
 from atasks.errors import (
@@ -223,6 +231,7 @@ class Router:
             body=await encode(codec, payload),
             parent_id=parent_id,
             deadline=deadline,
+            priority=effective_priority(atask.priority),
             wants_progress=wants_progress,
         )
         if auth_var.get() is not None:
@@ -682,6 +691,7 @@ class Router:
         if events is not None or request.report is not None:
             scope.report = self._reporter(request, events)
         token = current_scope.set(scope)
+        priority_token = enter_priority(request.priority)  # inherited by the calls it makes
         # What the caller's context carried, in force while the atask runs (and so in the calls
         # it makes); undone after, for transports that serve in a context of their own.
         restoring = apply(values) if values else None
@@ -716,6 +726,7 @@ class Router:
                 auth_var.reset(auth_token)
             if restoring:
                 restore(restoring)
+            leave_priority(priority_token)
             current_scope.reset(token)
 
     async def _retrying(

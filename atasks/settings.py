@@ -291,6 +291,17 @@ SETTINGS: tuple[Setting, ...] = (
         "Requests survive a broker restart on classic queues too.",
     ),
     Setting(
+        "max_priority",
+        "ATASKS_MAX_PRIORITY",
+        None,
+        "1 to 9",
+        _int(1, 9),
+        (AMQP,),
+        "Classic request queues are declared with `x-max-priority` N, so priorities order them "
+        "(quorum queues need nothing; see Priorities).",
+        "none (classic queues are FIFO, as in 0.2)",
+    ),
+    Setting(
         "events",
         "ATASKS_EVENTS",
         False,

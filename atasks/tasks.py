@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from atasks.auth_context import AuthCheck
+from atasks.calls import check_priority
 from atasks.namespaces import DEFAULT, register_atask
 from atasks.retry import Retry
 from atasks.router import get_router
@@ -17,7 +18,7 @@ from atasks.router import get_router
 P = ParamSpec("P")
 R = TypeVar("R")
 
-OPTIONS = ("name", "namespace", "timeout", "auth_required", "retry", "mechanism")
+OPTIONS = ("name", "namespace", "timeout", "auth_required", "retry", "mechanism", "priority")
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
 
@@ -54,6 +55,7 @@ class ATask(Generic[P, R]):
         auth_required: bool | AuthCheck = False,
         retry: Retry | None = None,
         mechanism: Mechanism | None = None,
+        priority: int | None = None,
         kind: Kind = "call",
     ) -> None:
         if not callable(fn):
@@ -64,12 +66,16 @@ class ATask(Generic[P, R]):
             )
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"@atask(retry=...) takes an atasks.Retry, not {retry!r}")
+        if priority is not None:
+            where = getattr(fn, "__qualname__", repr(fn))
+            check_priority(priority, f"@atask(priority={priority!r}) on {where}")
         self.fn = fn
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.namespace = namespace
         self.timeout = timeout
         self.auth_required = auth_required
         self.retry = retry
+        self.priority = priority
         self.kind: Kind = kind
         self._is_async = inspect.iscoroutinefunction(fn)
         self.mechanism: Mechanism = _mechanism(fn, self._is_async, mechanism)
@@ -175,19 +181,22 @@ def atask(
     auth_required: bool | AuthCheck = False,
     retry: Retry | None = None,
     mechanism: Mechanism | None = None,
+    priority: int | None = None,
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
-    auth_required=..., retry=..., mechanism=...)``.
+    auth_required=..., retry=..., mechanism=..., priority=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
     ``<module>.<qualname>``. ``auth_required=True`` refuses calls that carry no valid auth
     context (``atasks.auth``) with ``AuthError``; a function of the claims (plain or async)
     also refuses those it returns false for. ``retry`` (an ``atasks.Retry``) runs a failing
     call again on its server. ``mechanism="process"`` runs a plain ``def`` in the server's
-    process pool. Any other option is a ``TypeError``.
+    process pool. ``priority`` (0 to 9) is the priority its calls are sent with where no
+    ``atasks.priority()`` block or inherited priority is in force. Any other option is a
+    ``TypeError``.
     """
     return _decorate(fn, "call", options)
 
@@ -213,6 +222,7 @@ def atask_queue(
     auth_required: bool | AuthCheck = False,
     retry: Retry | None = None,
     mechanism: Mechanism | None = None,
+    priority: int | None = None,
 ) -> OneWayDecorator: ...
 
 
@@ -239,6 +249,7 @@ def atask_broadcast(
     auth_required: bool | AuthCheck = False,
     retry: Retry | None = None,
     mechanism: Mechanism | None = None,
+    priority: int | None = None,
 ) -> OneWayDecorator: ...
 
 

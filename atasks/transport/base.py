@@ -56,6 +56,7 @@ class Request:
     body: bytes
     parent_id: str | None = None
     deadline: float | None = None  # absolute, in time.time() seconds
+    priority: int | None = None  # 0 (lowest) to 9; None: sent without one
     wants_progress: bool = False
     headers: Mapping[str, str] = NO_HEADERS
     """Context that travels with the call, set and read by the router: ``traceparent``

@@ -6,7 +6,8 @@ packs a ``Request`` into that message and a ``Reply`` into the answer: a first l
 format, a JSON header line (call id, content type, parent call or the outcome) and the codec's
 bytes. Routers wrap a classic transport in its adapter by themselves (``modern()``).
 
-The request's headers (trace context, auth snapshot) travel in the JSON header line. What such
+The request's headers (trace context, auth snapshot) and priority travel in the JSON header line
+(so the atasks a served call awaits inherit its priority; the transport orders nothing). What such
 a transport cannot carry: a deadline (the caller still stops waiting at its deadline,
 but the server is not told), a cancellation, progress reports, events.
 """
@@ -17,6 +18,7 @@ import asyncio
 import json
 from typing import Any
 
+from atasks.calls import priority_from
 from atasks.errors import ATasksError, JobNotFound, TransportError
 from atasks.events import ProgressListener
 from atasks.transport.base import Reply, Request, RequestHandler, Transport
@@ -122,6 +124,8 @@ def pack_request(request: Request) -> bytes:
         header["parent"] = request.parent_id
     if request.headers:
         header["headers"] = request.headers
+    if request.priority is not None:
+        header["priority"] = request.priority
     return MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + request.body
 
 
@@ -136,6 +140,7 @@ def unpack_request(name: str, content: bytes) -> Request:
         content_type=_text(header, "type"),
         body=body,
         parent_id=parent if isinstance(parent, str) else None,
+        priority=priority_from(header.get("priority")),
         headers=(
             {k: v for k, v in headers.items() if isinstance(v, str)}
             if isinstance(headers, dict)

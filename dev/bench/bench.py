@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # dev/bench/, for echo
 import aio_pika
 import baseline
 import echo
+import queued
 import rabbitmq4
 from rabbitnode import RabbitNode
 
@@ -56,7 +57,7 @@ REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 Call = Callable[[str], Awaitable[str]]
 
-PAYLOAD = "x" * 100  # the echoed value: a 100-character str
+PAYLOAD = echo.PAYLOAD
 READY_TIMEOUT = 60.0  # for a server to start consuming
 STOP_TIMEOUT = 15.0  # for a server process to exit after SIGTERM
 CLOSE_TIMEOUT = 30.0  # for a client to disconnect
@@ -758,6 +759,26 @@ class Bench:
             for count in self.sizes.workers
         }
 
+    async def fire_and_forget(self) -> dict[str, Any]:
+        """Confirmed publishes per second of ``@atask_queue`` against aio-pika's, no server."""
+        transport = atasks.get_transport()
+        assert isinstance(transport, AMQPTransport)
+        sizes = self.sizes
+        self.progress.start("atasks / baseline: fire and forget", sizes.calls * 2)
+        result = await guarded(
+            queued.measure(
+                self.url, transport, sizes.calls, sizes.inflight, sizes.rounds, self.progress.tick
+            ),
+            "fire-and-forget publishes",
+            _budget(sizes.calls * 2, 0.01),
+            self.servers,
+        )
+        self.progress.finish(
+            f"atasks {result['atasks_publishes_per_s']:.0f}/s, baseline "
+            f"{result['baseline_publishes_per_s']:.0f}/s confirmed publishes"
+        )
+        return result
+
     # ---- EVENTS/TRACKING ON -----------------------------------------------------------------
     # Throughput of a server started with `atasks run --events` (lifecycle events published to
     # the namespace's events exchange, with no consumer bound to it). Skipped, with a note, when
@@ -842,7 +863,7 @@ async def measure(
 ) -> dict[str, Any]:
     """Every phase, in order: atasks against the baseline, workers, events, loopback, context."""
     events = events_option()
-    progress = Progress(2 + len(sizes.workers) + 1 + 1 + 1)
+    progress = Progress(2 + len(sizes.workers) + 1 + 1 + 1 + 1)
     bench = Bench(node.url, broker_pid(node), sizes, servers, progress, queue_type)
     started = time.monotonic()
     other_load = OtherLoad()
@@ -857,6 +878,7 @@ async def measure(
         results["ratios"] = ratios(results["atasks"], results["baseline"])
         results["workers"] = await bench.workers()
         results["events"] = await bench.events(events)
+        results["fire_and_forget"] = await bench.fire_and_forget()
     finally:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await atasks.close(grace=1)
@@ -961,6 +983,8 @@ def table(results: dict[str, Any]) -> str:
         "",
         f"Events on (`atasks run --events`): {events_text}.",
         "",
+        *fire_and_forget_table(results["fire_and_forget"]),
+        "",
         "Baseline: transient messages, request confirmed, reply not; exclusive reply queue; "
         "prefetch 64. atasks: persistent requests, request and reply confirmed, request acked "
         "after its reply is confirmed; "
@@ -974,6 +998,20 @@ def table(results: dict[str, Any]) -> str:
         "time from /proc (the client: this process).",
     ]
     return "\n".join(lines)
+
+
+def fire_and_forget_table(result: dict[str, Any]) -> list[str]:
+    """The fire-and-forget phase as a markdown table."""
+    ratio = "n/a" if result["ratio"] is None else f"{result['ratio']:.2f}"
+    return [
+        f"| fire and forget, {result['calls']:,} requests, {result['inflight']} in flight "
+        "| confirmed publishes/s |",
+        "| --- | ---: |",
+        f"| `@atask_queue`: `await echo_queued(x)` | {result['atasks_publishes_per_s']:,.0f} |",
+        f"| baseline: aio-pika confirmed publish, durable quorum queue "
+        f"| {result['baseline_publishes_per_s']:,.0f} |",
+        f"| atasks / baseline | {ratio} |",
+    ]
 
 
 def context_table(context: dict[str, Any]) -> list[str]:

@@ -97,3 +97,10 @@ def test_context_costs_are_measured_against_none(report: dict[str, Any]) -> None
 
 def test_the_broker_is_the_one_asked_for(report: dict[str, Any], broker: str) -> None:
     assert report["environment"]["rabbitmq"].startswith(f"{broker.removeprefix('rabbitmq')}.")
+
+
+def test_fire_and_forget_is_measured_against_its_baseline(report: dict[str, Any]) -> None:
+    positive(
+        report["fire_and_forget"],
+        ("calls", "atasks_publishes_per_s", "baseline_publishes_per_s", "ratio"),
+    )

@@ -1,6 +1,6 @@
 """``atasks dead list|replay|purge`` against a real RabbitMQ: dead letters made cheaply (a
-request without ``reply_to``, rejected by its server; a request expired in its queue), listed
-without losing any, replayed, purged."""
+fire-and-forget request, without ``reply_to``, that its server refuses; a request expired in
+its queue), listed without losing any, replayed, purged."""
 
 from __future__ import annotations
 
@@ -106,6 +106,9 @@ async def test_list_replay_and_purge_dead_letters(amqp_url: str, tmp_path: Path)
         (record.name, "expired"),
     ]
     assert letters[0]["call_id"] == "no-reply-to"
+    # no reply_to: fire and forget, refused by its server for want of a content type
+    assert letters[0]["error"].startswith("atasks.errors.NoCodecRegistered: request is ''")
+    assert letters[1]["error"] == ""  # expired in its queue: it never ran
     assert letters[0]["reply_to"] is None
     assert letters[1]["reply_to"] is not None
     assert all(d["queue"] == queue for d in letters)
@@ -113,7 +116,7 @@ async def test_list_replay_and_purge_dead_letters(amqp_url: str, tmp_path: Path)
 
     text = (await run_dead(amqp_url, "list")).stdout.splitlines()
     assert text[0] == f"2 dead letters in {DEAD}"
-    assert text[1].split() == ["count", "atask", "reason", "age"]
+    assert text[1].split() == ["count", "atask", "reason", "age", "last", "error"]
     assert sorted(line.split()[:3] for line in text[3:]) == [
         ["1", record.name, "expired"],
         ["1", record.name, "rejected"],
@@ -163,6 +166,10 @@ async def test_a_dead_letter_whose_queue_is_gone_stays_put(amqp_url: str) -> Non
     await wait_length(amqp_url, DEAD, 1)
     (listed,) = await list_dead_letters(amqp_url, NS)
     assert (listed.atask, listed.reason, listed.age()) == ("gone", "delivery_limit", None)
+    assert listed.error == (
+        "atasks.errors.DeliveryLimitExceeded: delivered, and each time its server died, was "
+        "killed or lost its connection while running it"
+    )
     assert "?" in (await run_dead(amqp_url, "list")).stdout.splitlines()[-1]
     replay = await run_dead(amqp_url, "replay")
     assert replay.returncode == 1

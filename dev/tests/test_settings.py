@@ -42,6 +42,7 @@ BAD = {
     "consumer_timeout": "0.5",
     "persistent": "2",
     "events": "sure",
+    "max_priority": "10",
     "auth_ttl": "-3",
     "tracing": "on",
 }
@@ -172,6 +173,7 @@ def test_an_amqp_transport_reads_what_it_is_not_given_from_the_environment(
         "ATASKS_CONSUMER_TIMEOUT": "600",
         "ATASKS_PERSISTENT": "true",
         "ATASKS_EVENTS": "true",
+        "ATASKS_MAX_PRIORITY": "9",
     }.items():
         monkeypatch.setenv(name, text)
     for transport in (
@@ -183,6 +185,7 @@ def test_an_amqp_transport_reads_what_it_is_not_given_from_the_environment(
         topology = transport.topology
         assert (topology.queue_type, topology.delivery_limit) == ("classic", 3)  # given: wins
         assert topology.dead_letter_ttl == 60.0
+        assert topology.request_queue_arguments() == {"x-max-priority": 9}
         assert transport._caller.reply_to == "amq.rabbitmq.reply-to"
         assert transport._caller.persistent  # classic queues keep it
         link = transport._link

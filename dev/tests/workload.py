@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import atasks
-from atasks import Backoff, Retry, atask
+from atasks import Backoff, Retry, atask, atask_broadcast, atask_queue
 
 
 @atask
@@ -132,6 +132,13 @@ async def log_line(text: str) -> str | None:
     return atasks.current_call_id()
 
 
+@atask
+async def priority_chain(levels: int) -> list[int | None]:
+    """The priority in force here, then in each call of a chain of ``levels``."""
+    inner = await priority_chain(levels - 1) if levels > 1 else []
+    return [atasks.current_priority(), *inner]
+
+
 @atask(mechanism="process")
 def spin(marker: str, seconds: float) -> list[int]:
     """CPU-bound, in a worker process: write the worker's pid to ``marker``, then spin until a
@@ -167,6 +174,28 @@ def die_once(marker: str) -> int:
         Path(marker).write_text(str(os.getpid()))
         os._exit(3)
     return os.getpid()
+
+
+@atask_queue
+async def queued_tally(tally: str, token: str, seconds: float) -> None:
+    """Fire and forget: add ``start <token> <pid>`` to ``tally``, sleep, add ``done …``."""
+    with open(tally, "a") as lines:  # noqa: ASYNC230 - tiny, and a test
+        lines.write(f"start {token} {os.getpid()}\n")
+    await asyncio.sleep(seconds)
+    with open(tally, "a") as lines:  # noqa: ASYNC230 - tiny, and a test
+        lines.write(f"done {token} {os.getpid()}\n")
+
+
+@atask_queue(retry=Retry(attempts=2, backoff=Backoff.constant(0)))
+async def queued_fail(message: str) -> None:
+    raise LookupError(message)
+
+
+@atask_broadcast
+async def broadcast_tally(tally: str, token: str) -> None:
+    """Every server: add ``<token> <pid>`` to ``tally``."""
+    with open(tally, "a") as lines:  # noqa: ASYNC230 - tiny, and a test
+        lines.write(f"{token} {os.getpid()}\n")
 
 
 @atask

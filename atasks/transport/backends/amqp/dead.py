@@ -22,6 +22,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from atasks.calls import priority_from
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.server import died_running
 from atasks.transport.backends.amqp.topology import Topology
@@ -104,9 +105,9 @@ async def replay_dead_letters(
     queues they died in, each as a fresh request: a new copy is published (confirmed, and
     refused when no server ever declared that queue), then the dead letter is acked.
 
-    A replayed request keeps its call id, arguments and ``reply_to``, and loses the broker's
-    death records, its delivery count and its deadline (long past, most likely): it runs with
-    none. A caller still waiting gets its result; otherwise the reply is dropped.
+    A replayed request keeps its call id, arguments, priority and ``reply_to``, and loses the
+    broker's death records, its delivery count and its deadline (long past, most likely): it
+    runs with none. A caller still waiting gets its result; otherwise the reply is dropped.
     """
     topology = Topology(namespace)
     sent: list[DeadLetter] = []
@@ -210,6 +211,8 @@ def fresh_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        # From the header, as published: aio_pika reads a missing priority property as 0.
+        priority=wire.broker_priority(priority_from(headers.get(wire.H_PRIORITY))),
     )
 
 

@@ -104,6 +104,7 @@ class Leases:
             correlation_id=original.correlation_id,
             reply_to=original.reply_to,
             expiration=str(int(self.term * 1000)),
+            priority=original.priority,
         )
 
     async def still_held(self, properties: Basic.Properties) -> bool:

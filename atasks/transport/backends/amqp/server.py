@@ -74,8 +74,10 @@ class Server:
         statistics: Callable[[], Mapping[str, Any] | None],
         consumer_timeout: float,
         ask: Ask,
+        events: bool = False,
     ) -> None:
         self.link = link
+        self.events = events  # publish a "dead" event for each request it dead-letters
         self.topology = topology
         self.statistics = statistics
         self.started = time.time()
@@ -96,6 +98,7 @@ class Server:
         self._send_kept_again = False
         self._control_consumer: str | None = None
         self._broadcasts: str | None = None  # this server's exclusive broadcast queue
+        self._broadcasts_lock = asyncio.Lock()  # one queue, even with registrations racing
         self._event_batch: list[Event] = []
         self._event_flush: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -111,7 +114,8 @@ class Server:
             return
         await declare_all(channels.connection, self.topology, list(self.handlers))
         await self._consume_control(channels)
-        await self._consume_broadcasts(channels)
+        async with self._broadcasts_lock:
+            await self._consume_broadcasts(channels)
         for intake in self._intakes.values():
             await self._fit(channels.serve_raw, intake)
 
@@ -164,10 +168,11 @@ class Server:
         if self._control_consumer is None:
             await self._consume_control(channels)
         self.handlers[name] = handler
-        if self._broadcasts is None:
-            await self._consume_broadcasts(channels)
-        else:
-            await self._bind_broadcasts(channels, name, bind=True)
+        async with self._broadcasts_lock:
+            if self._broadcasts is None:
+                await self._consume_broadcasts(channels)
+            else:
+                await self._bind_broadcasts(channels, name, bind=True)
         self._intakes.setdefault(name, Intake(name))
         self.rebalance()
         await self._settled()
@@ -396,7 +401,7 @@ class Server:
     async def _on_broadcast(self, delivered: DeliveredMessage) -> None:
         message = Delivery(delivered)
         name = str(getattr(delivered.delivery, "routing_key", "") or "")
-        key = f"broadcast:{message.correlation_id or id(message)}"
+        key = f"broadcast:{id(message)}"  # not its call id: a cancellation is not for copies
         task = asyncio.get_running_loop().create_task(
             self._serve_copy(name, message), context=contextvars.Context()
         )
@@ -458,7 +463,13 @@ class Server:
                 reply.error_type,
                 reply.error_message,
             )
-            await self._dead_letter(name, message, reason, reply.error_type, reply.error_message)
+            try:
+                await self._dead_letter(
+                    name, message, reason, reply.error_type, reply.error_message
+                )
+            except aiormq.exceptions.DeliveryError as exc:  # kept: it runs again
+                log.warning("the broker refused the dead letter of %s: %s", reply.call_id, exc)
+                await message.nack(requeue=True)
 
     async def _send_reply(self, name: str, message: Delivery, reply: Reply) -> None:
         """Reply and ack; with the connection gone, keep the reply to send once reconnected
@@ -595,6 +606,18 @@ class Server:
         ack it: at least once, on either queue type."""
         properties = message.properties
         headers = wire.dead_letter_headers(message.headers, reason, error_type, error_message)
+        if self.events:
+            parent = message.headers.get(wire.H_PARENT)
+            self.publish_event(
+                Event(
+                    kind="dead",
+                    atask=name,
+                    call_id=properties.correlation_id or "",
+                    parent_id=parent if isinstance(parent, str) else None,
+                    namespace=self.topology.namespace,
+                    error=f"{reason}: {error_type}: {error_message}",
+                )
+            )
         await message.channel.basic_publish(
             message.body,
             exchange=self.topology.dead_letter_exchange,
@@ -605,6 +628,7 @@ class Server:
                 delivery_mode=wire.PERSISTENT,
                 correlation_id=properties.correlation_id,
                 reply_to=properties.reply_to,
+                priority=properties.priority,
             ),
         )
         await message.ack()
@@ -626,6 +650,7 @@ class Server:
             correlation_id=properties.correlation_id,
             reply_to=properties.reply_to,
             expiration=wire.expiration(wire.deadline_from(headers)),
+            priority=properties.priority,  # back among the requests of its priority
         )
         try:
             await message.channel.basic_publish(

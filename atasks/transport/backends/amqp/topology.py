@@ -33,6 +33,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from atasks.calls import HIGHEST_PRIORITY
 from atasks.errors import ConfigurationError
 
 QueueType = Literal["quorum", "classic"]
@@ -49,6 +50,7 @@ class Topology:
     queue_type: QueueType = "quorum"
     delivery_limit: int = 5
     dead_letter_ttl: float = 7 * 24 * 3600.0
+    max_priority: int | None = None  # classic queues' x-max-priority; None: no priorities
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:
@@ -59,6 +61,18 @@ class Topology:
             raise ConfigurationError(
                 f"delivery_limit must be at least 1, not {self.delivery_limit}"
             )
+        if self.max_priority is not None:
+            if self.queue_type != "classic":
+                raise ConfigurationError(
+                    f"max_priority={self.max_priority} is for classic request queues "
+                    "(x-max-priority): quorum queues order priorities without it on RabbitMQ "
+                    "4.x and refuse the argument"
+                )
+            if not 1 <= self.max_priority <= HIGHEST_PRIORITY:
+                raise ConfigurationError(
+                    f"max_priority must be between 1 and {HIGHEST_PRIORITY}, "
+                    f"not {self.max_priority}"
+                )
 
     @property
     def prefix(self) -> str:
@@ -117,10 +131,11 @@ class Topology:
     def request_queue_arguments(self) -> dict[str, Any]:
         """Quorum: the broker counts deliveries and dead-letters a request delivered
         ``delivery_limit`` times without an ack (at least once: nothing is lost on the way).
-        Classic: declared as atasks 0.2 did, so its queues keep working; atasks counts server
-        deaths in a header and dead-letters at the limit itself."""
+        Classic: declared as atasks 0.2 did, so its queues keep working, or with
+        ``x-max-priority`` when ``max_priority`` is set; atasks counts server deaths in a header
+        and dead-letters at the limit itself."""
         if self.queue_type == "classic":
-            return {}
+            return {} if self.max_priority is None else {"x-max-priority": self.max_priority}
         return {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": self.dead_letter_exchange,
@@ -224,9 +239,10 @@ async def _declare(
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise ConfigurationError(
             f"queue {name!r} already exists with other arguments ({_reason(exc)}); "
-            f"it was declared by an earlier atasks version or with another queue_type. "
-            f"Let it drain, then delete it (rabbitmqctl delete_queue {name}) and start the "
-            "servers again; or keep it with AMQPTransport(queue_type=...) matching it"
+            f"it was declared by an earlier atasks version or with another queue_type or "
+            f"max_priority. Let it drain, then delete it (rabbitmqctl delete_queue {name}) and "
+            "start the servers again; or keep it with AMQPTransport(queue_type=..., "
+            "max_priority=...) matching it"
         ) from None
 
 

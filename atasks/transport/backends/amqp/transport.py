@@ -46,6 +46,9 @@ class AMQPTransport(Transport):
     than half of it is leased rather than held, so it may run for hours (see ``lease``).
     ``persistent``:
     requests survive a broker restart on classic queues too (quorum queues keep every message).
+    ``max_priority``: classic request queues are declared with ``x-max-priority`` (1 to 9), so
+    the broker starts waiting requests of higher priority first; without it they are FIFO, as
+    in atasks 0.2. Quorum queues take no such argument (RabbitMQ 4.x orders them by itself).
     """
 
     messaging_system = "rabbitmq"
@@ -65,6 +68,7 @@ class AMQPTransport(Transport):
         consumer_timeout: float | None = None,
         persistent: bool | None = None,
         events: bool | None = None,
+        max_priority: int | None = None,
     ) -> None:
         # An argument left out comes from its ATASKS_* variable, else its default (settings).
         queue_type = settings.value("queue_type", queue_type)
@@ -77,6 +81,7 @@ class AMQPTransport(Transport):
         consumer_timeout = settings.value("consumer_timeout", consumer_timeout)
         persistent = settings.value("persistent", persistent)
         events = settings.value("events", events)
+        max_priority = settings.value("max_priority", max_priority)
         # Everything repr() shows is set before the base class binds the namespace.
         self.urls = parse_urls(url or settings.value("url"))
         self.url = self.urls[0]
@@ -87,6 +92,7 @@ class AMQPTransport(Transport):
             queue_type=queue_type,
             delivery_limit=delivery_limit,
             dead_letter_ttl=dead_letter_ttl,
+            max_priority=max_priority,
         )
         self._link = Link(
             self.urls,
@@ -102,6 +108,7 @@ class AMQPTransport(Transport):
             statistics=lambda: self.server_statistics() if self.server_statistics else None,
             consumer_timeout=consumer_timeout,
             ask=self._caller.ask,
+            events=events,
         )
         super().__init__(namespace=namespace)
 

@@ -1,9 +1,16 @@
 """How requests, replies and progress reports look as AMQP properties: pure functions, no I/O.
 
 A request carries ``correlation_id`` = call id, ``reply_to``, ``content_type`` = codec media type,
-``expiration`` from the deadline and a few headers — among them the request's own ``headers``
-(trace context, auth snapshot), each prefixed with ``atasks-ctx-``; a reply's ``type`` says
-``ok``, ``error`` (details in headers) or ``progress`` (a report before the outcome).
+``expiration`` from the deadline, ``priority`` and a few headers — among them the request's own
+``headers`` (trace context, auth snapshot), each prefixed with ``atasks-ctx-``; a reply's
+``type`` says ``ok``, ``error`` (details in headers) or ``progress`` (a report before the
+outcome).
+
+Every request has a ``priority`` property, the one the broker orders by: the call's, or 4 for a
+call without one. Queues disagree on a message without the property — 0 in a classic queue, 4
+in a RabbitMQ 4.x quorum queue — so it is always set. The ``atasks-priority`` header says the
+call has a priority of its own (the one its nested calls inherit); most calls have none, and
+carry no header for it.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ from typing import Any
 
 from pamqp.commands import Basic
 
+from atasks.calls import NORMAL_PRIORITY, priority_from
 from atasks.events import Progress
 from atasks.transport.base import Reply, Request
 
 H_DEADLINE = "atasks-deadline"
 H_PARENT = "atasks-parent"
+H_PRIORITY = "atasks-priority"  # only when the call has a priority (inherited by nested calls)
 H_PROGRESS = "atasks-progress"
 H_DELIVERIES = "atasks-deliveries"  # classic queues only: how many servers died holding it
 H_ERROR_TYPE = "atasks-error-type"
@@ -48,6 +57,9 @@ def request_properties(
         headers[H_DEADLINE] = repr(request.deadline)  # AMQP floats are 32-bit: a string
     if request.parent_id is not None:
         headers[H_PARENT] = request.parent_id
+    priority = request.priority
+    if priority is not None:
+        headers[H_PRIORITY] = priority
     for key, value in request.headers.items():
         headers[H_CONTEXT + key] = value
     return Basic.Properties(
@@ -57,7 +69,13 @@ def request_properties(
         correlation_id=request.call_id,
         reply_to=reply_to,
         expiration=expiration(request.deadline),
+        priority=broker_priority(priority),
     )
+
+
+def broker_priority(priority: int | None) -> int:
+    """The ``priority`` property of a request: the call's priority, or 4 for a call without."""
+    return NORMAL_PRIORITY if priority is None else priority
 
 
 def request_from(name: str, properties: Basic.Properties, body: bytes) -> Request:
@@ -71,6 +89,7 @@ def request_from(name: str, properties: Basic.Properties, body: bytes) -> Reques
         body=body,
         parent_id=parent if isinstance(parent, str) else None,
         deadline=deadline_from(headers),
+        priority=priority_from(headers.get(H_PRIORITY)),
         wants_progress=bool(headers.get(H_PROGRESS)),
         headers=context_from(headers),
     )

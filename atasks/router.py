@@ -329,10 +329,9 @@ class Router:
         raise await _rebuild_exception(reply, codec)
 
     async def firing(self, atask: ATask[Any, Any], call_id: str) -> Request:
-        """The request of a scheduled run of ``atask``: no arguments, no caller's context."""
-        codec = self.codec
-        body = await encode(codec, [[], {}, atask.name, call_id])
-        return Request(name=atask.name, call_id=call_id, content_type=codec.content_type, body=body)
+        """The request of a scheduled run of ``atask``: no arguments, no parent, no deadline
+        (the atask's ``timeout`` counts from when a server starts it)."""
+        return await self._request(atask, (), {}, self.codec, call_id, None, None, False)
 
     # --- serve side ----------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class RouterStatistics:
     concurrency: int
     running: int
     parked: int
+    waiting: int  # atasks waiting for a slot
     succeeded: int
     failed: int
     retried: int  # attempts made again by ``@atask(retry=...)``
@@ -517,6 +518,7 @@ class Router:
             concurrency=slots.limit if slots else 0,
             running=slots.running if slots else 0,
             parked=slots.parked if slots else 0,
+            waiting=slots.waiting if slots else 0,
             succeeded=self._succeeded,
             failed=self._failed,
             retried=self._retried,

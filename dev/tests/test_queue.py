@@ -200,8 +200,8 @@ async def test_activate_queue_and_activate_broadcast_serve_like_activate(
 def test_decorators_say_what_they_are_and_refuse_unknown_options() -> None:
     assert (remember.kind, everyone.kind, plain.kind) == ("queue", "broadcast", "call")
     assert repr(remember).startswith("<atask queue ")
-    with pytest.raises(TypeError, match="unknown @atask_queue option priority"):
-        atask_queue(priority=3)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="unknown @atask_queue option retries"):
+        atask_queue(retries=3)  # type: ignore[call-overload]
 
 
 # --- with `atasks run` servers, over a broker ---------------------------------------------

@@ -637,8 +637,10 @@ class Server:
         """Queue a fresh copy of ``message`` (confirmed), then ack the original: handing a request
         back this way does not count as a delivery that failed.
 
-        Until the ack is written, a copy reaching this server waits: run at once, a request that
-        kills its server would take the unacked original down too, doubling it.
+        Until the broker has processed the ack, a copy reaching this server waits: run at once, a
+        request that kills its server would take the unacked original down too, doubling it. An
+        ack merely written is not enough: a process killed with unread data on its socket resets
+        the connection, and what it sent last may never be read.
         """
         call_id = message.correlation_id or ""
         self._requeueing[call_id] = done = asyncio.Event()
@@ -657,6 +659,8 @@ class Server:
                 message.body, routing_key=self.topology.request_queue(name), properties=copy
             )
             await message.ack()
+            # A round trip on the same channel: the broker answers it after the ack.
+            await message.channel.exchange_declare("amq.direct", passive=True)
         finally:
             done.set()
             if self._requeueing.get(call_id) is done:

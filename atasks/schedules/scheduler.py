@@ -49,6 +49,7 @@ class Scheduler:
         self.state: dict[str, dict[str, Any]] = {}
         self._dirty = asyncio.Event()
         self._unsaved = False  # outcomes or merged states received since the last commit
+        self._failed: list[Reply] = []  # outcomes of failed firings, to dead-letter at the commit
         seat.on_state = self._on_state
         self._task: asyncio.Task[None] | None = None
 
@@ -98,6 +99,7 @@ class Scheduler:
                 await asyncio.sleep(RETRY_AFTER)
                 continue
             self.state = _decode(raw)
+            self._failed = []  # outcomes not committed come again with the role
             self.holding = True
             log.info("this server holds the scheduler role of namespace %r", self.router.namespace)
             await self._role_event("elected")
@@ -149,11 +151,20 @@ class Scheduler:
             await self.router.firing(schedule.atask, schedule.call_id(due))
             for schedule, due in firings
         ]
+        schedules = {schedule.name: schedule for schedule in registered(self.router.namespace)}
+        failed, self._failed = self._failed, []
+        dead = [
+            (await self.router.firing(schedules[name].atask, reply.call_id), reply)
+            for reply in failed
+            if (name := reply.call_id.rpartition("@")[0]) in schedules
+        ]
         self._unsaved = False
-        await self.seat.commit(requests, _encode(self.state))
+        await self.seat.commit(requests, _encode(self.state), dead)
         for schedule, due in firings:
             log.info("fired %s for %s", schedule.name, due.isoformat())
             await self._emit("fired", schedule.atask.name, schedule.call_id(due))
+        for request, _ in dead:
+            await self._emit("dead", request.name, request.call_id)
 
     async def _sleep(self, now: dt.datetime) -> None:
         """Until the next firing, or an outcome to record, or ``LONGEST_SLEEP``."""
@@ -171,7 +182,8 @@ class Scheduler:
         entry = self.state.get(name)
         if entry is None:
             return
-        if not reply.ok:  # never silent: the outcome is also kept for `atasks schedules`
+        if not reply.ok:  # never silent: dead-lettered, and kept for `atasks schedules`
+            self._failed.append(reply)
             log.warning(
                 "scheduled run %s failed: %s: %s",
                 reply.call_id,

@@ -7,14 +7,17 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from atasks.errors import TransportError
-from atasks.transport.base import Reply
+from atasks.transport.base import DeadRequest, Reply, dead_reason
 
 if TYPE_CHECKING:
-    from atasks.transport.base import Request, Transport
+    from atasks.transport.base import LoopbackTransport, Request
+
+Failed = tuple["Request", Reply]
+"""A fired call that failed (after its retries), and its outcome: to dead-letter."""
 
 log = logging.getLogger("atasks.schedules")
 
@@ -43,9 +46,12 @@ class SchedulerSeat(ABC):
         """Wait until this process holds the role; the last committed state (``None``: none)."""
 
     @abstractmethod
-    async def commit(self, firings: list[Request], state: bytes) -> None:
-        """Send each request as a call whose outcome comes back to the role's holder, and make
-        ``state`` the state — all or nothing. Raises ``SeatLost`` if the role is gone."""
+    async def commit(
+        self, firings: list[Request], state: bytes, failed: Sequence[Failed] = ()
+    ) -> None:
+        """Send each request as a call whose outcome comes back to the role's holder, dead-letter
+        each ``failed`` call with its last error, and make ``state`` the state — all or nothing.
+        Raises ``SeatLost`` if the role is gone."""
 
     @abstractmethod
     async def wait_lost(self) -> None:
@@ -63,7 +69,7 @@ class SchedulerSeat(ABC):
 class LoopbackSeat(SchedulerSeat):
     """The one process of a loopback transport holds the role; its state lives in memory."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: LoopbackTransport) -> None:
         self.transport = transport
         self._state: bytes | None = None
         self._closed = asyncio.Event()
@@ -74,10 +80,15 @@ class LoopbackSeat(SchedulerSeat):
             await asyncio.Future()  # never again: the process gave the role up
         return self._state
 
-    async def commit(self, firings: list[Request], state: bytes) -> None:
+    async def commit(
+        self, firings: list[Request], state: bytes, failed: Sequence[Failed] = ()
+    ) -> None:
         if self._closed.is_set():
             raise SeatLost("the scheduler role was given up")
         self._state = state
+        for request, reply in failed:
+            error = f"{reply.error_type}: {reply.error_message}"
+            self.transport.dead_letters.append(DeadRequest(request, dead_reason(reply), error))
         for request in firings:
             task = asyncio.get_running_loop().create_task(self._fire(request))
             self._calls.add(task)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 import schedule_workload
 from proxy import Proxy
@@ -25,8 +26,10 @@ from servers import REPO, Servers, delete_queues, publish_probe, until
 
 import atasks
 from atasks import Event, schedule
+from atasks.transport.backends.amqp.dead import DeadLetter, list_dead_letters
 from atasks.transport.backends.amqp.monitor import inspect_servers, stream_events
 from atasks.transport.backends.amqp.topology import Topology
+from atasks.transport.base import LoopbackTransport
 
 WORKLOAD = "dev/tests/schedule_workload.py"
 
@@ -195,28 +198,70 @@ async def test_loopback_fires_each_due_time_once(tmp_path: Path) -> None:
     assert all(str(c).startswith(f"{every_second.name}@") for c in fired)
 
 
-async def test_a_failed_run_is_logged_and_kept_as_the_schedules_result(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    @schedule(interval=dt.timedelta(seconds=1), name="failing", namespace="failing-schedules")
-    async def failing() -> None:
-        raise ValueError("no disk left")
+@schedule(interval=dt.timedelta(seconds=1), name="failing", namespace="failing-schedules")
+async def failing() -> None:
+    raise ValueError("no disk left")
 
-    router = await atasks.setup(namespace="failing-schedules")
 
+async def wait_for_failed_result(router: atasks.Router) -> dict[str, Any]:
     def result() -> dict[str, Any] | None:
         schedules = router.statistics().schedules or {}
-        return schedules.get("failing", {}).get("result")
+        found: dict[str, Any] | None = schedules.get("failing", {}).get("result")
+        return found
 
-    await until(lambda: result() is not None, within=10)
+    await until(lambda: result() is not None, within=20)
     found = result()
     assert found is not None
     assert found["ok"] is False
     assert found["error"] == "builtins.ValueError: no disk left"
     assert found["call_id"] == f"failing@{found['due']}"
+    return found
+
+
+async def test_a_failed_run_is_logged_dead_lettered_and_kept_as_the_schedules_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = await atasks.setup(namespace="failing-schedules")
+    found = await wait_for_failed_result(router)
     assert "scheduled run failing@" in caplog.text
     assert "no disk left" in caplog.text
+    transport = router.transport
+    assert isinstance(transport, LoopbackTransport)
+    await until(lambda: bool(transport.dead_letters), within=10)
+    dead = transport.dead_letters[0]
+    assert (dead.request.call_id, dead.reason) == (found["call_id"], "failed")
+    assert dead.error == "builtins.ValueError: no disk left"
     await atasks.close("failing-schedules")
+
+
+async def test_a_failed_run_on_a_broker_is_dead_lettered_once_with_its_last_error(
+    amqp_url: str,
+) -> None:
+    router = await atasks.setup("amqp", url=amqp_url, namespace="failing-schedules", serve=True)
+    try:
+        await wait_for_failed_result(router)
+        dead: list[DeadLetter] = []
+        async with asyncio.timeout(20):
+            while len(dead) < 2:  # two due times: their outcomes are committed one by one
+                dead = await list_dead_letters(amqp_url, "failing-schedules")
+        call_ids = [letter.call_id for letter in dead]
+        assert len(set(call_ids)) == len(call_ids), f"dead-lettered twice: {call_ids}"
+        assert {(d.atask, d.reason, d.error) for d in dead} == {
+            (failing.name, "failed", "builtins.ValueError: no disk left")
+        }
+        assert all(d.call_id.startswith("failing@") for d in dead)
+    finally:
+        await atasks.close("failing-schedules")
+        topology = Topology("failing-schedules")
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            for queue in (
+                topology.schedules_queue,
+                topology.request_queue(failing.name),
+                topology.dead_letter_queue,
+            ):
+                await channel.queue_delete(queue)
 
 
 async def test_a_scheduler_cut_off_the_broker_hands_the_role_over(

@@ -8,8 +8,8 @@ the queue and the broker makes another consumer active: that one gets the state,
 
 Firings are ordinary call requests whose ``reply_to`` is this same queue, so their outcomes come
 to whoever holds the role. A commit is one AMQP transaction on the holder's channel: publish the
-firings, publish the new state, ack the old state and the outcomes received — all applied by the
-broker at ``tx.commit``, or none of it if the holder dies first.
+firings, dead-letter those that failed, publish the new state, ack the old state and the outcomes
+received — all applied by the broker at ``tx.commit``, or none of it if the holder dies first.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 
 import aio_pika
 import aiormq
@@ -25,8 +26,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Link, describe
 from atasks.transport.backends.amqp.topology import Topology
-from atasks.transport.base import Request
-from atasks.transport.seat import SchedulerSeat, SeatLost
+from atasks.transport.base import Request, dead_reason
+from atasks.transport.seat import Failed, SchedulerSeat, SeatLost
 
 STATE = "atasks-schedule-state"  # the message type of the state
 PREFETCH = 256  # the state plus outcomes received between two commits
@@ -101,7 +102,9 @@ class AMQPSeat(SchedulerSeat):
             )
             self.on_outcome(wire.reply_from(properties, message.body))
 
-    async def commit(self, firings: list[Request], state: bytes) -> None:
+    async def commit(
+        self, firings: list[Request], state: bytes, failed: Sequence[Failed] = ()
+    ) -> None:
         raw = self._raw
         if raw is None or self._lost.is_set():
             raise SeatLost("this server does not hold the scheduler role")
@@ -112,6 +115,21 @@ class AMQPSeat(SchedulerSeat):
                     request.body,
                     routing_key=self.topology.request_queue(request.name),
                     properties=wire.request_properties(request, self.queue, persistent=True),
+                )
+            for request, reply in failed:  # as a server dead-letters a fire-and-forget call
+                properties = wire.request_properties(request, self.queue, persistent=True)
+                properties.headers = wire.dead_letter_headers(
+                    properties.headers or {},
+                    dead_reason(reply),
+                    reply.error_type,
+                    reply.error_message,
+                )
+                properties.expiration = None
+                await raw.basic_publish(
+                    request.body,
+                    exchange=self.topology.dead_letter_exchange,
+                    routing_key=self.topology.request_queue(request.name),
+                    properties=properties,
                 )
             # Known as ours before the commit: the broker may deliver it back before commit-ok.
             self._committed = await self._publish_state(state)

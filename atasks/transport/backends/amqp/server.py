@@ -51,6 +51,7 @@ CANCELLED_FOR = 3600.0  # …and for at most this long
 UNBOUNDED_PREFETCH = 64  # served without a router's capacity (register_callback by hand)
 KEPT_MAX = 100_000  # replies kept for a lost connection, at most…
 KEPT_FOR = 600.0  # …and for at most this long
+UNREGISTER_WITHIN = 10.0  # seconds for the broker to stop a queue's consumer or unbind it
 
 
 @dataclass(slots=True)
@@ -184,13 +185,15 @@ class Server:
         if intake is None or channels is None:
             return
         try:
-            await self._bind_broadcasts(channels, name, bind=False)
-        except CONNECTION_ERRORS as exc:
+            async with asyncio.timeout(UNREGISTER_WITHIN):  # the broker may not answer
+                await self._bind_broadcasts(channels, name, bind=False)
+        except (*CONNECTION_ERRORS, TimeoutError) as exc:
             log.debug("could not unbind broadcasts of %s: %s", name, describe(exc))
         for tag in [*intake.stale, *([intake.tag] if intake.tag else [])]:
             try:
-                await channels.serve_raw.basic_cancel(tag)
-            except CONNECTION_ERRORS as exc:
+                async with asyncio.timeout(UNREGISTER_WITHIN):
+                    await channels.serve_raw.basic_cancel(tag)
+            except (*CONNECTION_ERRORS, TimeoutError) as exc:
                 log.debug("could not cancel consumer of %s: %s", name, describe(exc))
 
     def set_capacity(self, capacity: Capacity) -> None:

@@ -22,12 +22,15 @@ from atasks.errors import (
     DecodeError,
     DeliveryLimitExceeded,
     DuplicateATask,
+    DuplicateScheduleError,
     EncodeError,
+    InvalidScheduleSpecificationError,
     JobNotFound,
     NoClientTransportRegistered,
     NoCodecRegistered,
     NotConnected,
     RemoteError,
+    ScheduleNotFoundError,
     StreamInterrupted,
     TransportError,
 )
@@ -37,6 +40,7 @@ from atasks.namespaces import get_codec, get_transport, reset
 from atasks.propagation import propagate, unpropagate
 from atasks.retry import Backoff, Retry
 from atasks.router import Router, get_router
+from atasks.schedules import Crontab, Month, Schedule, Weekday, get_schedule, schedule
 from atasks.streams import RemoteStream
 from atasks.tasks import ATask, StreamATask, atask, atask_broadcast, atask_queue
 from atasks.transport.base import LoopbackTransport, Transport
@@ -52,14 +56,18 @@ __all__ = [
     "Codec",
     "CodecError",
     "ConfigurationError",
+    "Crontab",
     "DecodeError",
     "DeliveryLimitExceeded",
     "DuplicateATask",
+    "DuplicateScheduleError",
     "EncodeError",
     "Event",
+    "InvalidScheduleSpecificationError",
     "JSONCodec",
     "JobNotFound",
     "LoopbackTransport",
+    "Month",
     "NoClientTransportRegistered",
     "NoCodecRegistered",
     "NotConnected",
@@ -69,10 +77,13 @@ __all__ = [
     "RemoteStream",
     "Retry",
     "Router",
+    "Schedule",
+    "ScheduleNotFoundError",
     "StreamATask",
     "StreamInterrupted",
     "Transport",
     "TransportError",
+    "Weekday",
     "atask",
     "atask_broadcast",
     "atask_queue",
@@ -87,6 +98,7 @@ __all__ = [
     "deliver_progress",
     "get_codec",
     "get_router",
+    "get_schedule",
     "get_transport",
     "iter_sync",
     "observe_progress",
@@ -95,6 +107,7 @@ __all__ = [
     "propagate",
     "reset",
     "run_sync",
+    "schedule",
     "setup",
     "setup_blocking",
     "unpropagate",

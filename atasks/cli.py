@@ -236,6 +236,39 @@ def inspect_command(url: str | None, namespace: str, wait: float, as_json: bool)
     click.echo(json.dumps(servers, indent=2) if as_json else format_inspect_table(servers))
 
 
+@main.command("schedules")
+@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
+@click.option("--namespace", default=DEFAULT, show_default=True)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0.1, max=60),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for the servers' answers.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+def schedules_command(url: str | None, namespace: str, wait: float, as_json: bool) -> None:
+    """List each schedule with its next due time, last firing and its result, as the server
+    holding the scheduler role knows them. Exits 1 if no server holds it."""
+    from atasks.monitor import format_schedules
+    from atasks.transport.backends.amqp import DEFAULT_URL
+    from atasks.transport.backends.amqp.monitor import inspect_servers
+
+    try:
+        servers = asyncio.run(inspect_servers(url or DEFAULT_URL, namespace, wait))
+    except Exception as exc:
+        raise Failure(f"cannot list schedules: {one_line(exc)}") from exc
+    holder = next((s for s in servers if s.get("scheduler")), None)
+    if as_json:
+        found = holder.get("schedules") or {} if holder is not None else {}
+        scheduler = holder.get("server") if holder is not None else None
+        click.echo(json.dumps({"namespace": namespace, "scheduler": scheduler, "schedules": found}))
+    else:
+        click.echo(format_schedules(holder, namespace))
+    if holder is None:
+        sys.exit(1)
+
+
 @main.group()
 def dead() -> None:
     """The namespace's dead letters: requests its servers gave up on (atasks-dead.<ns>)."""

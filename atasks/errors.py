@@ -4,7 +4,10 @@ ATasksError
 ├── ConfigurationError            something is missing or bound twice
 │   ├── NoCodecRegistered
 │   ├── NoClientTransportRegistered
-│   └── DuplicateATask
+│   ├── DuplicateATask
+│   ├── InvalidScheduleSpecificationError   @schedule(...) given a bad specification
+│   ├── DuplicateScheduleError    two different schedules under one name
+│   └── ScheduleNotFoundError     no schedule of that name is registered
 ├── JobNotFound                   no server serves the awaited atask
 ├── CodecError
 │   ├── EncodeError               a value could not be encoded
@@ -47,6 +50,19 @@ class NoClientTransportRegistered(ConfigurationError):
 
 class DuplicateATask(ConfigurationError):
     """Two different functions were registered under one atask name."""
+
+
+class InvalidScheduleSpecificationError(ConfigurationError):
+    """``@schedule(...)`` or ``Crontab(...)`` was given a specification that cannot work: none
+    or several of ``interval``, ``at`` and ``crontab``, or a value out of range."""
+
+
+class DuplicateScheduleError(ConfigurationError):
+    """Two different schedules were registered under one name in one namespace."""
+
+
+class ScheduleNotFoundError(ConfigurationError):
+    """No schedule of that name is registered in the namespace."""
 
 
 class JobNotFound(ATasksError):

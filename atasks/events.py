@@ -29,6 +29,9 @@ KINDS = (
     "cancelled",
     "dead",  # atasks dead-lettered the request (a fire-and-forget one that failed…)
 )
+SCHEDULER_KINDS = ("fired", "missed", "elected", "resigned")
+"""Events of the scheduler role: a due time fired (``call_id`` names it) or missed, and the
+server that ``server`` names taking the role or losing it (``atask`` and ``call_id`` empty)."""
 SERVER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -68,7 +71,7 @@ class Event:
 
     @classmethod
     def from_dict(cls, fields: Any) -> Event:
-        if not isinstance(fields, dict) or fields.get("kind") not in KINDS:
+        if not isinstance(fields, dict) or fields.get("kind") not in (*KINDS, *SCHEDULER_KINDS):
             raise ValueError("not an atasks event")
         values: dict[str, Any] = {name: fields.get(name) for name in cls.__dataclass_fields__}
         return cls(**values)

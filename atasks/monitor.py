@@ -18,6 +18,10 @@ COLOURS = {
     "failed": "red",
     "cancelled": "yellow",
     "dead": "bright_red",
+    "fired": "green",
+    "missed": "red",
+    "elected": "cyan",
+    "resigned": "yellow",
 }
 MARKS = {
     "received": "·",
@@ -28,11 +32,16 @@ MARKS = {
     "failed": "✗",
     "cancelled": "⊘",
     "dead": "☠",
+    "fired": "⏰",
+    "missed": "⌛",
+    "elected": "★",
+    "resigned": "☆",
 }
 COLUMNS = (
     "host",
     "pid",
     "namespace",
+    "role",
     "atasks",
     "concurrency",
     "in progress",
@@ -51,6 +60,7 @@ def format_inspect_table(servers: list[dict[str, Any]]) -> str:
             str(s.get("host", "?")),
             str(s.get("pid", "?")),
             str(s.get("namespace", "?")),
+            "scheduler" if s.get("scheduler") else "",
             _names(s.get("atasks", [])),
             str(s.get("concurrency", "?")),
             str(int(s.get("running", 0)) + int(s.get("parked", 0))),
@@ -67,6 +77,41 @@ def format_inspect_table(servers: list[dict[str, Any]]) -> str:
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     lines = [line.rstrip() for line in lines]
     return "\n".join(lines)
+
+
+SCHEDULE_COLUMNS = ("schedule", "when", "next due", "last fired", "result")
+
+
+def format_schedules(holder: dict[str, Any] | None, namespace: str) -> str:
+    """The schedules as the server holding the scheduler role sees them: one line each."""
+    if holder is None:
+        return f"no server holds the scheduler role of namespace {namespace!r}"
+    schedules: dict[str, dict[str, Any]] = holder.get("schedules") or {}
+    rows = [
+        (
+            name,
+            str(entry.get("when", "?")),
+            str(entry.get("next_due") or "-"),
+            str(entry.get("last_fired") or "-"),
+            _result(entry.get("result")),
+        )
+        for name, entry in sorted(schedules.items())
+    ]
+    lines = [f"scheduler: {holder.get('server', '?')}"]
+    if not rows:
+        return "\n".join([*lines, "no schedules"])
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(SCHEDULE_COLUMNS)]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(SCHEDULE_COLUMNS, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _result(result: dict[str, Any] | None) -> str:
+    if not result:
+        return "-"
+    due = str(result.get("due", ""))
+    return f"ok ({due})" if result.get("ok") else f"failed ({due}): {result.get('error')}"
 
 
 def format_dead_letters(letters: list[dict[str, Any]], queue: str) -> str:
@@ -166,7 +211,9 @@ class EventFormatter:
             if event.progress.get("note"):
                 detail += f" {event.progress['note']}"
         indent = "  " * self.depth(event)
+        # A scheduled call's id is <schedule>@<due time>: show the due time.
+        ident = event.call_id.rpartition("@")[2] if "@" in event.call_id else event.call_id[:8]
         return (
             f"{clock} {indent}{kind} {click.style(name, bold=True)} "
-            f"[{event.call_id[:8]}]{detail}  {click.style(event.server, dim=True)}"
+            f"[{ident}]{detail}  {click.style(event.server, dim=True)}"
         )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from atasks.errors import (
     ConfigurationError,
     DuplicateATask,
+    DuplicateScheduleError,
     NoClientTransportRegistered,
     NoCodecRegistered,
 )
@@ -26,6 +27,7 @@ from atasks.errors import (
 if TYPE_CHECKING:
     from atasks.codecs.base import Codec
     from atasks.router import Router
+    from atasks.schedules.decorator import Schedule
     from atasks.tasks import ATask
     from atasks.transport.base import Transport
 
@@ -47,6 +49,7 @@ class Namespace:
     """Transports that a newer one replaced: ``atasks.close()`` disconnects them too."""
     on_atask: list[Callable[[ATask[Any, Any]], None]] = field(default_factory=list)
     """Called with each atask registered from now on (a serving router starts serving it)."""
+    schedules: dict[str, Schedule] = field(default_factory=dict)
 
 
 _namespaces: dict[str, Namespace] = {}
@@ -131,6 +134,24 @@ def register_atask(atask: ATask[Any, Any]) -> None:
     ns.atasks[atask.name] = atask
     for listener in list(ns.on_atask):
         listener(atask)
+
+
+def register_schedule(schedule: Schedule) -> None:
+    """Register ``schedule`` in its atask's namespace; the same one again (a second import of
+    its module) replaces it, a different one under the same name is an error."""
+    ns = namespace(schedule.atask.namespace)
+    known = ns.schedules.get(schedule.name)
+    if known is not None and not (
+        known.atask.same_function(schedule.atask)
+        and (known.spec, known.jitter, known.missed)
+        == (schedule.spec, schedule.jitter, schedule.missed)
+    ):
+        raise DuplicateScheduleError(
+            f"schedule name {schedule.name!r} in namespace {ns.name!r} is taken by "
+            f"{known.atask.describe()} ({known.spec}); cannot also register "
+            f"{schedule.atask.describe()} ({schedule.spec}). Name one with @schedule(name=...)."
+        )
+    ns.schedules[schedule.name] = schedule
 
 
 def get_codec(namespace_name: str = DEFAULT) -> Codec:

@@ -57,6 +57,7 @@ from atasks.transport.classic import ClassicAdapter, modern
 
 if TYPE_CHECKING:
     from atasks.otel import Served
+    from atasks.schedules.scheduler import Scheduler
     from atasks.streams import Received
     from atasks.tasks import ATask
 
@@ -79,11 +80,14 @@ class RouterStatistics:
     concurrency: int
     running: int
     parked: int
+    waiting: int  # atasks waiting for a slot
     succeeded: int
     failed: int
     retried: int  # attempts made again by ``@atask(retry=...)``
     cancelled: int
     started_at: float
+    scheduler: bool = False  # holds the namespace's scheduler role
+    schedules: dict[str, Any] | None = None  # the holder's view of each schedule
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -122,6 +126,7 @@ class Router:
         self._started_at = 0.0
         self._processes: int | None = None
         self._pool: ProcessPool | None = None
+        self._scheduler: Scheduler | None = None
         bind_router(self, namespace)
 
     @property
@@ -345,6 +350,11 @@ class Router:
             return await decode(codec, reply.body)
         raise await _rebuild_exception(reply, codec)
 
+    async def firing(self, atask: ATask[Any, Any], call_id: str) -> Request:
+        """The request of a scheduled run of ``atask``: no arguments, no parent, no deadline
+        (the atask's ``timeout`` counts from when a server starts it)."""
+        return await self._request(atask, (), {}, self.codec, call_id, None, None, False)
+
     # --- serve side ----------------------------------------------------------------------
 
     async def activate(
@@ -387,6 +397,8 @@ class Router:
                 if name not in self._served:
                     self._served.append(name)
                     await transport.register_callback(name, self.handle)
+            if ns.schedules:
+                await self._start_scheduler(transport)
         except BaseException:
             await self.deactivate(0)
             raise
@@ -425,6 +437,9 @@ class Router:
         with contextlib.suppress(ValueError):
             namespace(self.namespace).on_atask.remove(self._on_new_atask)
         try:
+            scheduler, self._scheduler = self._scheduler, None
+            if scheduler is not None:
+                await scheduler.stop()  # first: another server takes the role over at once
             if self._registering:
                 await asyncio.wait(set(self._registering))
             for name in self._served:
@@ -436,6 +451,21 @@ class Router:
                 pool, self._pool = self._pool, None
                 if pool is not None:
                     await pool.close()
+
+    async def _start_scheduler(self, transport: Transport) -> None:
+        """Compete for the namespace's scheduler role, where the transport has one."""
+        from atasks.schedules.scheduler import Scheduler
+
+        seat = transport.scheduler_seat()
+        if seat is None:
+            log.warning(
+                "%r cannot hold a scheduler role: the schedules of namespace %r do not run here",
+                transport,
+                self.namespace,
+            )
+            return
+        self._scheduler = Scheduler(self, transport, seat)
+        self._scheduler.start()
 
     @property
     def serving(self) -> Transport | None:
@@ -509,11 +539,13 @@ class Router:
             concurrency=slots.limit if slots else 0,
             running=slots.running if slots else 0,
             parked=slots.parked if slots else 0,
+            waiting=slots.waiting if slots else 0,
             succeeded=self._succeeded,
             failed=self._failed,
             retried=self._retried,
             cancelled=self._cancelled,
             started_at=self._started_at,
+            **(self._scheduler.statistics() if self._scheduler is not None else {}),
         )
 
     async def handle(self, request: Request) -> Reply:

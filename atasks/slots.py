@@ -37,6 +37,11 @@ class Slots:
         """Slots a new request could take right now (none while someone waits for one)."""
         return 0 if self._waiters else self.limit - self.running
 
+    @property
+    def waiting(self) -> int:
+        """Atasks waiting for a slot."""
+        return len(self._waiters)
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 

@@ -23,6 +23,7 @@ log = logging.getLogger("atasks.transport")
 
 if TYPE_CHECKING:
     from atasks.events import Event
+    from atasks.transport.seat import SchedulerSeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +340,11 @@ class Transport(metaclass=BindOnConstruction):
     async def publish_event(self, event: Event) -> None:
         """Publish a lifecycle event, where the transport has somewhere to publish it."""
 
+    def scheduler_seat(self) -> SchedulerSeat | None:
+        """A new contender for the namespace's scheduler role (see ``atasks.schedules``), or
+        ``None`` where this transport cannot hold one."""
+        return None
+
     async def __aenter__(self) -> Transport:
         await self.connect()
         return self
@@ -539,6 +545,11 @@ class LoopbackTransport(Transport):
             self.callback = None
         else:
             self._handlers.pop(name, None)
+
+    def scheduler_seat(self) -> SchedulerSeat:
+        from atasks.transport.seat import LoopbackSeat
+
+        return LoopbackSeat(self)
 
     async def drain(self, grace: float) -> None:
         queued = set(self._queued)

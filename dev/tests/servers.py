@@ -116,6 +116,19 @@ async def wait_for_consumers(url: str, queue: str, count: int, within: float = 3
             await asyncio.sleep(0.05)
 
 
+async def wait_for_ready(url: str, queue: str, count: int, within: float = 30) -> None:
+    """Wait until ``count`` requests wait in ``queue`` (ready: in the broker, held by nobody)."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    async with connection, asyncio.timeout(within):
+        channel = await connection.channel()
+        while (
+            await channel.declare_queue(queue, passive=True)
+        ).declaration_result.message_count != count:
+            await asyncio.sleep(0.02)
+
+
 async def publish_probe(url: str, token: str, namespace: str = "default") -> None:
     """Publish one made-up event, atask ``probe.<token>``, on the events exchange of
     ``namespace``: whoever sees it is subscribed."""

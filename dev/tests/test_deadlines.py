@@ -8,10 +8,12 @@ import time
 import uuid
 
 import pytest
+from servers import until, wait_for_ready
 
 import atasks
 from atasks import atask
 from atasks.router import Router
+from atasks.transport.backends.amqp.topology import Topology
 
 seen: list[str] = []
 
@@ -21,7 +23,7 @@ def clear_seen() -> None:
     seen.clear()
 
 
-async def wait_seen(*entries: str, within: float = 1.0) -> None:
+async def wait_seen(*entries: str, within: float = 10.0) -> None:
     """Wait until every entry has been recorded by an atask."""
     async with asyncio.timeout(within):
         while not set(entries) <= set(seen):
@@ -146,29 +148,56 @@ async def occupy(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+gates: dict[str, asyncio.Event] = {}
+
+
+@atask
+async def held(label: str) -> None:
+    """Holds its slot until the test opens its gate."""
+    seen.append(f"{label} started")
+    await gates[label].wait()
+
+
+async def hold_the_only_slot(label: str) -> asyncio.Future[None]:
+    gates[label] = asyncio.Event()
+    holder = asyncio.ensure_future(held(label))
+    await wait_seen(f"{label} started")
+    return holder
+
+
+async def release(label: str, holder: asyncio.Future[None]) -> None:
+    """Open the gate; then run one more request of ``sleeper`` through the one slot, behind any
+    request queued before it: once it is done, those were either run or dropped."""
+    gates.pop(label).set()
+    await holder
+    await sleeper(f"{label} after", 0)
+
+
 async def test_a_request_still_queued_when_its_deadline_passes_never_runs(
     served_serially: Router,
 ) -> None:
     label = f"queued-{uuid.uuid4()}"  # requests of earlier tests may linger in durable queues
-    blocker = asyncio.ensure_future(occupy(0.6))
-    await asyncio.sleep(0.1)
+    holder = await hold_the_only_slot(f"{label} holder")
     with pytest.raises(TimeoutError):
         async with atasks.deadline(0.2):
             await sleeper(label, 0)
-    await blocker
-    await asyncio.sleep(0.3)
+    await release(f"{label} holder", holder)
     assert f"{label} started" not in seen
 
 
-async def test_a_cancelled_queued_request_never_runs(served_serially: Router) -> None:
+async def test_a_cancelled_queued_request_never_runs(
+    served_serially: Router, transport_kind: str, request: pytest.FixtureRequest
+) -> None:
     label = f"queued-{uuid.uuid4()}"
-    blocker = asyncio.ensure_future(occupy(0.6))
-    await asyncio.sleep(0.1)
+    holder = await hold_the_only_slot(f"{label} holder")
     queued = asyncio.ensure_future(sleeper(label, 0))
-    await asyncio.sleep(0.1)
+    if transport_kind == "amqp":  # cancelled once it waits in the broker
+        queue = Topology("default").request_queue(sleeper.name)
+        await wait_for_ready(request.getfixturevalue("amqp_url"), queue, 1)
+    else:  # cancelled once it waits for the slot
+        await until(lambda: served_serially.statistics().waiting == 1)
     queued.cancel()
-    await blocker
-    await asyncio.sleep(0.3)
+    await release(f"{label} holder", holder)
     assert f"{label} started" not in seen
 
 
@@ -198,10 +227,11 @@ async def test_a_child_that_outlives_its_parent_leaks_no_slot(served_serially: R
     for _ in range(2):
         with pytest.raises(ValueError, match="first child"):
             await parent_leaves_a_child_behind()
-    await asyncio.sleep(0.5)  # the orphaned children finish
-    assert served_serially.statistics().running == 0
-    assert served_serially.statistics().parked == 0
-    await asyncio.wait_for(occupy(0), 5)  # the one slot is free
+    # The one slot is free: a leaked slot would keep this waiting. Over a broker it runs after
+    # the orphaned children, queued before it for the same atask.
+    await asyncio.wait_for(occupy(0), 10)
+    statistics = served_serially.statistics
+    await until(lambda: (statistics().running, statistics().parked) == (0, 0), within=10)
 
 
 @atask

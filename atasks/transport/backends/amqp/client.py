@@ -39,7 +39,8 @@ log = logging.getLogger("atasks.amqp")
 CANCEL_TIMEOUT = 5.0
 REFUSALS = 4  # a request the broker refuses this many times in a row fails
 REFUSED_WAIT = 0.1  # seconds before publishing a refused request again, times the refusals
-NOT_NOTIFIED = ("expired",)  # its caller has already timed out
+# Dead letters whose caller knows already: it timed out, or it got the failure (a scheduled call).
+NOT_NOTIFIED = ("expired", "failed")
 Replies = Literal["durable", "direct"]
 REPLIES: tuple[Replies, ...] = ("durable", "direct")
 

@@ -19,7 +19,9 @@ async def inspect_servers(url: str, namespace: str, wait: float = 1.0) -> list[d
     pid. A server that does not answer in time is simply absent."""
     connection = await aio_pika.connect(url, timeout=wait + 5)
     async with connection:
-        channel = await connection.channel()
+        # No publisher confirms: the question is best effort, and a server that just died can
+        # get it nacked (its exclusive queue going away), which must not fail the whole inspect.
+        channel = await connection.channel(publisher_confirms=False)
         answers: list[dict[str, Any]] = []
         token = uuid.uuid4().hex
 

@@ -45,6 +45,7 @@ CANCELLED_FOR = 3600.0  # …and for at most this long
 UNBOUNDED_PREFETCH = 64  # served without a router's capacity (register_callback by hand)
 KEPT_MAX = 100_000  # replies kept for a lost connection, at most…
 KEPT_FOR = 600.0  # …and for at most this long
+UNREGISTER_WITHIN = 10.0  # seconds for the broker to stop a queue's consumer or unbind it
 
 
 @dataclass(slots=True)
@@ -180,13 +181,15 @@ class Server:
         if intake is None or channels is None:
             return
         try:
-            await self._bind_broadcasts(channels, name, bind=False)
-        except CONNECTION_ERRORS as exc:
+            async with asyncio.timeout(UNREGISTER_WITHIN):  # the broker may not answer
+                await self._bind_broadcasts(channels, name, bind=False)
+        except (*CONNECTION_ERRORS, TimeoutError) as exc:
             log.debug("could not unbind broadcasts of %s: %s", name, describe(exc))
         for tag in [*intake.stale, *([intake.tag] if intake.tag else [])]:
             try:
-                await channels.serve_raw.basic_cancel(tag)
-            except CONNECTION_ERRORS as exc:
+                async with asyncio.timeout(UNREGISTER_WITHIN):
+                    await channels.serve_raw.basic_cancel(tag)
+            except (*CONNECTION_ERRORS, TimeoutError) as exc:
                 log.debug("could not cancel consumer of %s: %s", name, describe(exc))
 
     def set_capacity(self, capacity: Capacity) -> None:
@@ -632,8 +635,10 @@ class Server:
         """Queue a fresh copy of ``message`` (confirmed), then ack the original: handing a request
         back this way does not count as a delivery that failed.
 
-        Until the ack is written, a copy reaching this server waits: run at once, a request that
-        kills its server would take the unacked original down too, doubling it.
+        Until the broker has processed the ack, a copy reaching this server waits: run at once, a
+        request that kills its server would take the unacked original down too, doubling it. An
+        ack merely written is not enough: a process killed with unread data on its socket resets
+        the connection, and what it sent last may never be read.
         """
         call_id = message.correlation_id or ""
         self._requeueing[call_id] = done = asyncio.Event()
@@ -652,6 +657,8 @@ class Server:
                 message.body, routing_key=self.topology.request_queue(name), properties=copy
             )
             await message.ack()
+            # A round trip on the same channel: the broker answers it after the ack.
+            await message.channel.exchange_declare("amq.direct", passive=True)
         finally:
             done.set()
             if self._requeueing.get(call_id) is done:

@@ -15,6 +15,9 @@ Per namespace ``ns``:
   once unused), unless it uses direct reply-to;
 - ``atasks-leases.<ns>``: fanout exchange and unconsumed queue where leases of long calls wait
   and expire back to their request queue (see ``lease``);
+- ``atasks-schedules.<ns>``: quorum queue with a single active consumer, holding the scheduler
+  state and the outcomes of scheduled calls; its active consumer holds the scheduler role (see
+  ``seat``);
 - ``atasks-dead.<ns>``: fanout exchange for dead letters, bound to the queue
   ``atasks-dead.<ns>`` (kept for people, expiring after ``dead_letter_ttl``) and to
   ``atasks-dead.<ns>.notify`` (consumed by every transport of the namespace, which tells the
@@ -112,6 +115,18 @@ class Topology:
     @property
     def lease_queue(self) -> str:
         return f"atasks-leases.{self.namespace}"
+
+    @property
+    def schedules_queue(self) -> str:
+        return f"atasks-schedules.{self.namespace}"
+
+    async def declare_schedules(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
+        return await _declare(
+            channel,
+            self.schedules_queue,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-single-active-consumer": True},
+        )
 
     def request_queue_arguments(self) -> dict[str, Any]:
         """Quorum: the broker counts deliveries and dead-letters a request delivered

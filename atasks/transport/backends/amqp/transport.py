@@ -11,6 +11,7 @@ from atasks.namespaces import DEFAULT
 from atasks.transport.backends.amqp.client import Caller, Replies
 from atasks.transport.backends.amqp.connection import Link, State, safe_url
 from atasks.transport.backends.amqp.intake import MAX_PREFETCH
+from atasks.transport.backends.amqp.seat import AMQPSeat
 from atasks.transport.backends.amqp.server import Server
 from atasks.transport.backends.amqp.topology import QueueType, Topology
 from atasks.transport.base import (
@@ -21,6 +22,7 @@ from atasks.transport.base import (
     RequestHandler,
     Transport,
 )
+from atasks.transport.seat import SchedulerSeat
 
 URL_ENV = "ATASKS_URL"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -179,6 +181,9 @@ class AMQPTransport(Transport):
     async def publish_event(self, event: Event) -> None:
         if self.events_enabled:
             self._server.publish_event(event)
+
+    def scheduler_seat(self) -> SchedulerSeat:
+        return AMQPSeat(self._link, self.topology)
 
 
 def parse_urls(url: str | Sequence[str]) -> list[str]:

@@ -6,6 +6,7 @@ In loopback mode (the default) one process serves and calls. Over RabbitMQ, star
 """
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from atasks import atask
 
@@ -45,6 +46,13 @@ async def fibonacci(n: int) -> int:
     return a + b
 
 
+@atask
+async def countdown(n: int) -> AsyncIterator[int]:
+    """A stream: each item reaches the caller's ``async for`` as the server yields it."""
+    for i in range(n, 0, -1):
+        yield i
+
+
 class NotEnoughMoney(Exception):
     pass
 
@@ -61,6 +69,7 @@ async def aiomain(n: int = 10) -> None:
     print("sequence:", await total(list(range(n + 1))))
     print("parallel:", await squares(n))
     print("recursion:", f"fibonacci({n}) =", await fibonacci(n))
+    print("stream:", [i async for i in countdown(n)])
     try:
         await withdraw(5, 20)
     except NotEnoughMoney as exc:

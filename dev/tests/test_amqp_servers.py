@@ -179,5 +179,6 @@ async def test_atasks_run_server_and_client_end_to_end(
         "sequence: 55",
         "parallel: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
         "recursion: fibonacci(10) = 55",
+        "stream: [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]",
         "error: NotEnoughMoney cannot withdraw 20 from 5",
     ]

@@ -34,6 +34,7 @@ def test_scenarios_run_out_of_the_box() -> None:
         "sequence: 55",
         "parallel: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
         "recursion: fibonacci(10) = 55",
+        "stream: [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]",
         "error: NotEnoughMoney cannot withdraw 20 from 5",
     ]
 
@@ -41,6 +42,7 @@ def test_scenarios_run_out_of_the_box() -> None:
 def test_options_reach_aiomain_and_env_sets_the_codec() -> None:
     result = atasks_run("examples/scenarios.py", "-o", "n=3", env={"ATASKS_CODEC": "json"})
     assert "recursion: fibonacci(3) = 2" in result.stdout
+    assert "stream: [3, 2, 1]" in result.stdout
     # JSON carries no custom exception types: it crosses as RemoteError, which aiomain does not
     # catch, so the run fails with that one line
     assert result.returncode == 1

@@ -30,6 +30,7 @@ log = logging.getLogger("atasks.schedules")
 
 LONGEST_SLEEP = 30.0  # seconds: wake up at least this often, whatever the clock did
 RETRY_AFTER = 1.0  # seconds before taking the role again after a failure
+STOP_WITHIN = 10.0  # seconds for the scheduler to stop once cancelled
 
 
 def utcnow() -> dt.datetime:
@@ -64,8 +65,13 @@ class Scheduler:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                async with asyncio.timeout(STOP_WITHIN):
+                    await task
+            except asyncio.CancelledError:
+                pass
+            except TimeoutError:
+                log.error("the scheduler did not stop within %gs; leaving it", STOP_WITHIN)
         await self.seat.close()
         if self.holding:
             self.holding = False
@@ -174,8 +180,11 @@ class Scheduler:
             if schedule.name in self.state
         ]
         seconds = min([(at - now).total_seconds() for at in wake] + [LONGEST_SLEEP])
+        # Not wait_for: on Python 3.11 it can swallow a cancellation that comes as the event
+        # is set, and the scheduler would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._dirty.wait(), max(seconds, 0.0))
+            async with asyncio.timeout(max(seconds, 0.0)):
+                await self._dirty.wait()
 
     def _on_outcome(self, reply: Reply) -> None:
         name, _, due = reply.call_id.rpartition("@")

@@ -19,10 +19,9 @@ from typing import Any
 
 import aio_pika
 import pytest
-import schedule_workload
 from proxy import Proxy
 from rabbitnode import RabbitNode
-from servers import REPO, Servers, delete_queues, publish_probe, until
+from servers import REPO, Servers, publish_probe, until
 
 import atasks
 from atasks import Event, schedule
@@ -32,6 +31,9 @@ from atasks.transport.backends.amqp.topology import Topology
 from atasks.transport.base import LoopbackTransport
 
 WORKLOAD = "dev/tests/schedule_workload.py"
+# Not imported here: its schedule would be this process's too, and every router these tests
+# serve in the default namespace would compete for the scheduler role and fire it.
+TICK = "schedule_workload.tick"  # the atask of schedule "tick", as `atasks run` names it
 
 
 def ticks(path: Path) -> list[tuple[dt.datetime, int]]:
@@ -96,13 +98,12 @@ async def schedule_servers(
     """``servers`` of the every-second schedule; its queues deleted afterwards."""
     yield servers
     servers.stop_all()
-    await delete_queues(amqp_url, schedule_workload)
-    import aio_pika
-
+    topology = Topology("default")
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        await channel.queue_delete(Topology("default").schedules_queue)
+        await channel.queue_delete(topology.request_queue(TICK))
+        await channel.queue_delete(topology.schedules_queue)
 
 
 def start(servers: Servers, tmp_path: Path, *args: str) -> None:
@@ -138,7 +139,7 @@ async def test_three_servers_fire_each_due_time_once(
     assert found["scheduler"] == holder["server"]
     tick = found["schedules"]["tick"]
     assert tick["when"] == "every 0:00:01"
-    assert tick["atask"] == schedule_workload.tick.name
+    assert tick["atask"] == TICK
     assert tick["result"]["ok"] is True
     assert dt.datetime.fromisoformat(tick["next_due"]) > dt.datetime.fromisoformat(
         tick["last_fired"]

@@ -248,10 +248,10 @@ class Meter:
     """Wall time and CPU time of this client, a server's process tree and the broker, from
     the moment it is made."""
 
-    def __init__(self, server: int | None, broker: int | None) -> None:
-        self.server = server
+    def __init__(self, server: int | tuple[int, ...] | None, broker: int | None) -> None:
+        self.server = (server,) if isinstance(server, int) else server or ()
         self.broker = broker
-        self.server_cpu = tree_cpu(server)
+        self.server_cpu = sum(map(tree_cpu, self.server))
         self.broker_cpu = tree_cpu(broker)
         self.client = time.process_time()  # after reading /proc: that costs CPU too
         self.wall = time.perf_counter()
@@ -260,7 +260,7 @@ class Meter:
         """What ``calls`` calls took since the start."""
         wall = time.perf_counter() - self.wall
         client = time.process_time() - self.client  # before reading /proc
-        server = tree_cpu(self.server) - self.server_cpu
+        server = sum(map(tree_cpu, self.server)) - self.server_cpu
         broker = tree_cpu(self.broker) - self.broker_cpu
         return Usage(calls, wall, client, server, broker)
 
@@ -430,9 +430,10 @@ class Target:
 
     label: str
     call: Call
-    server: int
+    server: int | tuple[int, ...]  # the server process, or several
     broker: int | None
     completed: int = 0  # calls done, warm-ups included: the heartbeat of guarded()
+    payload: str = PAYLOAD  # what each call sends, and expects back
 
     def meter(self) -> Meter:
         """Start metering this client, the server's process tree and the broker."""
@@ -440,9 +441,9 @@ class Target:
 
     async def echo(self) -> None:
         """One call, checked."""
-        result = await self.call(PAYLOAD)
-        if result != PAYLOAD:
-            raise BenchError(f"{self.label} echoed {result!r}")
+        result = await self.call(self.payload)
+        if result != self.payload:
+            raise BenchError(f"{self.label} echoed {result[:100]!r}")
         self.completed += 1
 
 
@@ -711,6 +712,12 @@ class Bench:
         server = self.servers.start(
             label, atasks_argv(*extra, url=self.url, queue_type=self.queue_type)
         )
+        return await self.atasks_ready(server, label, consumers)
+
+    async def atasks_ready(
+        self, server: subprocess.Popen[bytes], label: str, consumers: int = 1
+    ) -> Target:
+        """Wait until ``consumers`` processes of an atasks echo server consume."""
         transport = atasks.get_transport()
         assert isinstance(transport, AMQPTransport)
         await wait_ready(
@@ -942,6 +949,24 @@ async def measure(
     return results
 
 
+async def measure_scaling(
+    node: RabbitNode, sizes: Sizes, servers: Servers, queue_type: str
+) -> dict[str, Any]:
+    """The scaling phase alone (dev/bench/scaling.py), at its quick sizes with ``--quick``."""
+    import scaling  # imports this module: not at the top
+
+    scaled = scaling.QUICK_SCALING if sizes == QUICK else scaling.ScalingSizes()
+    progress = Progress(scaling.phases(scaled))
+    bench = Bench(node.url, broker_pid(node), sizes, servers, progress, queue_type)
+    started = time.monotonic()
+    other_load = OtherLoad()
+    results: dict[str, Any] = {"environment": environment(node, queue_type, "durable")}
+    results["scaling"] = await scaling.run(bench, scaled)
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["environment"]["other_processes_cpu_percent"] = other_load.percent()
+    return results
+
+
 # --- output --------------------------------------------------------------------------------
 
 
@@ -1109,14 +1134,23 @@ def context_table(context: dict[str, Any]) -> list[str]:
 # --- command line --------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None, str, str]:
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[Sizes, bool, Path | None, str, str, bool]:
     """The sizes, whether to print JSON, the root directory of the broker (None: this
-    machine's) and the request queues' type."""
+    machine's), the request queues' type, the replies and whether to run the scaling phase
+    alone."""
     parser = argparse.ArgumentParser(
         description="Benchmark atasks over a private RabbitMQ node against a minimal aio-pika RPC."
     )
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="only the scaling phase (dev/bench/scaling.py): calls in flight from 1 to 4,096, "
+        "payloads up to 16 MB, memory per call, server processes, uvloop",
+    )
     parser.add_argument("--calls", type=int, metavar="N", help="calls per throughput phase")
     parser.add_argument("--sequential", type=int, metavar="N", help="timed sequential calls")
     parser.add_argument(
@@ -1149,7 +1183,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, bool, Path | None,
     root = rabbitmq4.find() if args.broker == "4" else None
     if args.broker == "4" and root is None:
         parser.error("no RabbitMQ 4.x root: build it with `python3 dev/rabbitmq4.py` (as root)")
-    return sizes, args.json, root, args.queue_type, args.replies
+    return sizes, args.json, root, args.queue_type, args.replies, args.scaling
 
 
 @contextlib.contextmanager
@@ -1166,7 +1200,7 @@ def workspace() -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 on success, 1 when a phase could not be measured."""
-    sizes, as_json, root, queue_type, replies = parse_args(argv)
+    sizes, as_json, root, queue_type, replies, only_scaling = parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers and the node are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     for key in [key for key in os.environ if key.startswith("ATASKS_")]:
@@ -1183,7 +1217,10 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                results = asyncio.run(measure(node, sizes, servers, queue_type, replies))
+                if only_scaling:
+                    results = asyncio.run(measure_scaling(node, sizes, servers, queue_type))
+                else:
+                    results = asyncio.run(measure(node, sizes, servers, queue_type, replies))
             finally:
                 servers.stop_all()
                 node.close()
@@ -1192,6 +1229,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if as_json:
         print(json.dumps(results, allow_nan=False))
+    elif only_scaling:
+        import scaling  # imports this module: not at the top
+
+        print(scaling.table(results))
     else:
         print(table(results))
     return 0

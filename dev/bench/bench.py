@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dev/, for rabbitnode
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # dev/bench/, for echo and baseline
@@ -54,6 +54,9 @@ from rabbitnode import RabbitNode
 
 import atasks
 from atasks.transport.backends.amqp import AMQPTransport
+
+if TYPE_CHECKING:
+    from scaling import ScalingSizes
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -950,12 +953,11 @@ async def measure(
 
 
 async def measure_scaling(
-    node: RabbitNode, sizes: Sizes, servers: Servers, queue_type: str
+    node: RabbitNode, sizes: Sizes, scaled: ScalingSizes, servers: Servers, queue_type: str
 ) -> dict[str, Any]:
-    """The scaling phase alone (dev/bench/scaling.py), at its quick sizes with ``--quick``."""
+    """The scaling phase alone (dev/bench/scaling.py)."""
     import scaling  # imports this module: not at the top
 
-    scaled = scaling.QUICK_SCALING if sizes == QUICK else scaling.ScalingSizes()
     progress = Progress(scaling.phases(scaled))
     bench = Bench(node.url, broker_pid(node), sizes, servers, progress, queue_type)
     started = time.monotonic()
@@ -1136,10 +1138,10 @@ def context_table(context: dict[str, Any]) -> list[str]:
 
 def parse_args(
     argv: list[str] | None = None,
-) -> tuple[Sizes, bool, Path | None, str, str, bool]:
+) -> tuple[Sizes, bool, Path | None, str, str, ScalingSizes | None]:
     """The sizes, whether to print JSON, the root directory of the broker (None: this
-    machine's), the request queues' type, the replies and whether to run the scaling phase
-    alone."""
+    machine's), the request queues' type, the replies, and the sizes of the scaling phase
+    when it is to run alone."""
     parser = argparse.ArgumentParser(
         description="Benchmark atasks over a private RabbitMQ node against a minimal aio-pika RPC."
     )
@@ -1183,7 +1185,12 @@ def parse_args(
     root = rabbitmq4.find() if args.broker == "4" else None
     if args.broker == "4" and root is None:
         parser.error("no RabbitMQ 4.x root: build it with `python3 dev/rabbitmq4.py` (as root)")
-    return sizes, args.json, root, args.queue_type, args.replies, args.scaling
+    scaled = None
+    if args.scaling:
+        import scaling  # imports this module: not at the top
+
+        scaled = scaling.QUICK_SCALING if args.quick else scaling.ScalingSizes()
+    return sizes, args.json, root, args.queue_type, args.replies, scaled
 
 
 @contextlib.contextmanager
@@ -1200,7 +1207,7 @@ def workspace() -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 on success, 1 when a phase could not be measured."""
-    sizes, as_json, root, queue_type, replies, only_scaling = parse_args(argv)
+    sizes, as_json, root, queue_type, replies, scaled = parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers and the node are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     for key in [key for key in os.environ if key.startswith("ATASKS_")]:
@@ -1217,8 +1224,8 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                if only_scaling:
-                    results = asyncio.run(measure_scaling(node, sizes, servers, queue_type))
+                if scaled is not None:
+                    results = asyncio.run(measure_scaling(node, sizes, scaled, servers, queue_type))
                 else:
                     results = asyncio.run(measure(node, sizes, servers, queue_type, replies))
             finally:
@@ -1229,7 +1236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if as_json:
         print(json.dumps(results, allow_nan=False))
-    elif only_scaling:
+    elif scaled is not None:
         import scaling  # imports this module: not at the top
 
         print(scaling.table(results))

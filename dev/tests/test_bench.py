@@ -114,3 +114,75 @@ def test_fire_and_forget_is_measured_against_its_baseline(report: dict[str, Any]
         report["fire_and_forget"],
         ("calls", "atasks_publishes_per_s", "baseline_publishes_per_s", "ratio"),
     )
+
+
+@pytest.fixture(scope="module")
+def scaling(broker: str) -> dict[str, Any]:
+    """The scaling phase alone, at its quick sizes."""
+    broker_root(broker)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "dev/bench/bench.py",
+            "--scaling",
+            "--quick",
+            "--json",
+            "--broker",
+            broker.removeprefix("rabbitmq"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)["scaling"]
+    return result
+
+
+SCALED = (*THROUGHPUT, "mb_per_s", "total_cpu_us_per_call")
+
+
+def test_scaling_compares_both_sides_at_every_load(scaling: dict[str, Any]) -> None:
+    levels = {"1": 1, "8": 8, "64": 64, "512": 512, "4096": 4_096}
+    assert set(scaling["inflight"]) == set(levels)
+    for level, measured in scaling["inflight"].items():
+        for side in ("atasks", "baseline"):
+            positive(measured[side], SCALED)
+            assert measured[side]["inflight"] == levels[level]
+            assert measured[side]["calls"] >= 2 * levels[level]
+        positive(measured, ("ratio_throughput", "ratio_total_cpu_per_call"))
+
+
+def test_scaling_payloads_reach_16_mb(scaling: dict[str, Any]) -> None:
+    sizes = {"100": 100, "10000": 10_000, "1000000": 1_000_000, "16000000": 16_000_000}
+    assert set(scaling["payloads"]) == set(sizes)
+    for size, measured in scaling["payloads"].items():
+        for side in ("atasks", "baseline"):
+            positive(measured[side], SCALED)
+            assert measured[side]["payload_bytes"] == sizes[size]
+        positive(measured, ("ratio_mb_per_s",))
+
+
+def test_scaling_memory_per_call_in_flight(scaling: dict[str, Any]) -> None:
+    memory = scaling["memory"]
+    assert memory["inflight"] == 4_096
+    for side in ("atasks", "baseline"):
+        positive(memory[side], ("client_heap_kb_per_inflight",))  # 4,096 futures at least
+        for key in ("server_rss_growth_kb", "server_rss_kb_per_inflight"):  # may stay flat
+            assert memory[side][key] >= 0
+
+
+def test_scaling_server_processes_and_uvloop(scaling: dict[str, Any]) -> None:
+    assert set(scaling["workers"]) == {"1", "2", "4"}
+    for measured in scaling["workers"].values():
+        for side in ("atasks", "baseline"):
+            positive(measured[side], THROUGHPUT)
+        positive(measured, ("ratio_throughput",))
+    uv = scaling["uvloop"]
+    if uv["skipped"]:
+        assert uv["note"]
+    else:
+        for loop in ("asyncio", "uvloop"):
+            positive(uv[loop], THROUGHPUT)
+        positive(uv, ("ratio_throughput",))

@@ -5,6 +5,7 @@
     .venv/bin/python dev/bench/bench.py --quick    # tiny counts: a smoke test
     .venv/bin/python dev/bench/bench.py --json     # one JSON object on stdout instead
     .venv/bin/python dev/bench/bench.py --broker 4 # on RabbitMQ 4.x (dev/rabbitmq4.py)
+    .venv/bin/python dev/bench/bench.py --scaling  # only the scaling phase (scaling.py)
 
 Starts a private RabbitMQ node (``dev/rabbitnode.py``): Debian's rabbitmq-server on this
 machine, or with ``--broker 4`` Debian sid's from the root dev/rabbitmq4.py builds. Then, for

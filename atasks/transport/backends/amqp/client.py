@@ -161,14 +161,7 @@ class Caller:
                         f"{self.topology.namespace!r}: start a server that registers it"
                     ) from None
                 except aiormq.exceptions.DeliveryError as exc:
-                    # A quorum queue refuses messages for a moment while it is being declared;
-                    # a full one goes on refusing them.
-                    refusals += 1
-                    if refusals >= REFUSALS:
-                        raise TransportError(
-                            f"the broker refused the request {refusals} times: {describe(exc)}"
-                        ) from exc
-                    await asyncio.sleep(REFUSED_WAIT * refusals)
+                    refusals = await _after_refusal(refusals, "request", exc)
                 except CONNECTION_ERRORS as exc:
                     if not self.durable:
                         raise TransportError(
@@ -242,12 +235,7 @@ class Caller:
                     f"{self.topology.namespace!r} right now: nobody got the {what}"
                 ) from None
             except aiormq.exceptions.DeliveryError as exc:
-                refusals += 1
-                if refusals >= REFUSALS:
-                    raise TransportError(
-                        f"the broker refused the {what} {refusals} times: {describe(exc)}"
-                    ) from exc
-                await asyncio.sleep(REFUSED_WAIT * refusals)
+                refusals = await _after_refusal(refusals, what, exc)
             except CONNECTION_ERRORS:
                 # Unconfirmed: publish it again once reconnected (at least once).
                 channels = await self.link.renewed(channels)
@@ -372,3 +360,16 @@ class Caller:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):
             task.cancel()
+
+
+async def _after_refusal(refusals: int, what: str, exc: Exception) -> int:
+    """One more refusal of a publish, counted: wait before the next try, or fail at
+    ``REFUSALS``. A quorum queue refuses messages for a moment while it is being declared; a
+    full one goes on refusing them."""
+    refusals += 1
+    if refusals >= REFUSALS:
+        raise TransportError(
+            f"the broker refused the {what} {refusals} times: {describe(exc)}"
+        ) from exc
+    await asyncio.sleep(REFUSED_WAIT * refusals)
+    return refusals

@@ -56,7 +56,7 @@ from atasks.transport.base import FrameListener, Reply, Request, Transport
 from atasks.transport.classic import ClassicAdapter, modern
 
 if TYPE_CHECKING:
-    from atasks.otel import Served
+    from atasks.otel import Served, Tracing
     from atasks.schedules.scheduler import Scheduler
     from atasks.streams import Received
     from atasks.tasks import ATask
@@ -171,9 +171,7 @@ class Router:
         call_id = new_call_id()
         parent_id = scope.call_id if scope is not None else None
         # Context that travels, each costing nothing when unused: traces, auth, variables.
-        tracing = _tracing.active
-        if tracing is None and _OTEL in _modules:
-            tracing = _tracing.detect()
+        tracing = _tracing_in_force()
         span = (
             tracing.client(transport, self.namespace, atask.name, call_id, parent_id)
             if tracing is not None
@@ -311,9 +309,7 @@ class Router:
         scope = current_scope.get()
         call_id = call_id if call_id is not None else new_call_id()
         parent_id = scope.call_id if scope is not None else None
-        tracing = _tracing.active
-        if tracing is None and _OTEL in _modules:
-            tracing = _tracing.detect()
+        tracing = _tracing_in_force()
         span = (
             tracing.client(transport, self.namespace, atask.name, call_id, parent_id)
             if tracing is not None
@@ -562,9 +558,7 @@ class Router:
         serving = self._serving
         events = serving if serving is not None and serving.events_enabled else None
         received = time.monotonic()
-        tracing = _tracing.active
-        if tracing is None and _OTEL in _modules:
-            tracing = _tracing.detect()
+        tracing = _tracing_in_force()
         served = tracing.server(serving, self.namespace, request) if tracing is not None else None
         try:
             if events is not None:
@@ -830,6 +824,15 @@ class Router:
                 await caller(progress)
 
         return report
+
+
+def _tracing_in_force() -> Tracing | None:
+    """The tracing in force: looked for on each call once OpenTelemetry is imported and until
+    it is configured, so a call costs nothing for it before that."""
+    tracing = _tracing.active
+    if tracing is None and _OTEL in _modules:
+        tracing = _tracing.detect()
+    return tracing
 
 
 def get_router(namespace_name: str = DEFAULT) -> Router:

@@ -513,34 +513,36 @@ async def sequential(
     return results
 
 
+async def flood(target: Target, inflight: int, total: int, tick: Callable[[], None]) -> None:
+    """``total`` calls, ``inflight`` at a time; ``tick`` after each."""
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < total:
+            issued += 1
+            await target.echo()
+            tick()
+
+    await asyncio.gather(*(worker() for _ in range(min(inflight, total))))
+
+
 async def throughput(
     targets: list[Target], sizes: Sizes, servers: Servers, progress: Progress
 ) -> dict[str, dict[str, float]]:
     """Calls per second with ``sizes.inflight`` calls in flight, after a short warm-up; the
     targets take turns."""
 
-    async def flood(target: Target, total: int, tick: Callable[[], None]) -> None:
-        issued = 0
-
-        async def worker() -> None:
-            nonlocal issued
-            while issued < total:
-                issued += 1
-                await target.echo()
-                tick()
-
-        await asyncio.gather(*(worker() for _ in range(sizes.inflight)))
-
     async def run() -> dict[str, Usage]:
         for target in targets:
-            await flood(target, sizes.inflight * 4, lambda: None)
+            await flood(target, sizes.inflight, sizes.inflight * 4, lambda: None)
         labels = " / ".join(target.label for target in targets)
         progress.start(f"{labels}: {sizes.inflight} in flight", sizes.calls * len(targets))
         usage = {target.label: Usage() for target in targets}
         for chunk in _chunks(sizes.calls, sizes.rounds):
             for target in targets:
                 meter = target.meter()
-                await flood(target, chunk, progress.tick)
+                await flood(target, sizes.inflight, chunk, progress.tick)
                 usage[target.label].add(meter.stop(chunk))
         return usage
 

@@ -21,13 +21,12 @@ import importlib.util
 import os
 import sys
 import tracemalloc
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import baseline
 import bench
-from bench import Bench, Target, Usage, _budget, _chunks, _heartbeat, _ratio, guarded
+from bench import Bench, Target, Usage, _budget, _chunks, _heartbeat, _ratio, flood, guarded
 
 import atasks
 
@@ -102,7 +101,7 @@ async def _flood_measuring_memory(target: Target, inflight: int) -> Peak:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        await _flood(target, inflight, inflight, lambda: None)
+        await flood(target, inflight, inflight, lambda: None)
         peak.client = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
@@ -116,20 +115,6 @@ async def _flood_measuring_memory(target: Target, inflight: int) -> Peak:
 
 def _servers(target: Target) -> tuple[int, ...]:
     return (target.server,) if isinstance(target.server, int) else target.server
-
-
-async def _flood(target: Target, inflight: int, total: int, tick: Callable[[], None]) -> None:
-    """``total`` calls, ``inflight`` at a time."""
-    issued = 0
-
-    async def worker() -> None:
-        nonlocal issued
-        while issued < total:
-            issued += 1
-            await target.echo()
-            tick()
-
-    await asyncio.gather(*(worker() for _ in range(min(inflight, total))))
 
 
 async def turns(
@@ -154,14 +139,14 @@ async def turns(
             if memory:
                 peaks[target.label] = await _flood_measuring_memory(target, inflight)
             else:
-                await _flood(target, inflight, min(inflight, calls), lambda: None)
+                await flood(target, inflight, min(inflight, calls), lambda: None)
         labels = " / ".join(target.label for target in targets)
         bench_.progress.start(f"{labels}: {what or f'{inflight} in flight'}", calls * 2)
         usage = {target.label: Usage() for target in targets}
         for chunk in _chunks(calls, rounds):
             for target in targets:
                 meter = target.meter()
-                await _flood(target, inflight, chunk, bench_.progress.tick)
+                await flood(target, inflight, chunk, bench_.progress.tick)
                 usage[target.label].add(meter.stop(chunk))
         return usage
 
@@ -332,7 +317,7 @@ async def uvloop_phase(bench_: Bench, sizes: ScalingSizes) -> dict[str, Any]:
             try:
                 meter = target.meter()
                 await guarded(
-                    _flood(target, WORKERS_INFLIGHT, chunk, bench_.progress.tick),
+                    flood(target, WORKERS_INFLIGHT, chunk, bench_.progress.tick),
                     f"atasks on {loop}",
                     _budget(chunk, 0.01),
                     bench_.servers,

@@ -7,11 +7,18 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import atasks
 from atasks.errors import JobNotFound
+
+if TYPE_CHECKING:
+    from pamqp.commands import Queue
+
+    from atasks.events import Event
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = "dev/tests/workload.py"
@@ -105,28 +112,43 @@ async def wait_until_served(atask: atasks.ATask, *args: object, within: float = 
 
 async def wait_for_consumers(url: str, queue: str, count: int, within: float = 30) -> None:
     """Wait until ``queue`` has at least ``count`` consumers."""
-    import aio_pika
-
-    connection = await aio_pika.connect(url)
-    async with connection, asyncio.timeout(within):
-        channel = await connection.channel()
-        while (
-            await channel.declare_queue(queue, passive=True)
-        ).declaration_result.consumer_count < count:
-            await asyncio.sleep(0.05)
+    await _wait_for_queue(url, queue, lambda found: found.consumer_count >= count, within)
 
 
 async def wait_for_ready(url: str, queue: str, count: int, within: float = 30) -> None:
     """Wait until ``count`` requests wait in ``queue`` (ready: in the broker, held by nobody)."""
+    await _wait_for_queue(url, queue, lambda found: found.message_count == count, within)
+
+
+async def _wait_for_queue(
+    url: str, queue: str, holds: Callable[[Queue.DeclareOk], bool], within: float
+) -> None:
+    """Wait until ``holds`` is true of what a passive declare of ``queue`` reports."""
     import aio_pika
 
     connection = await aio_pika.connect(url)
     async with connection, asyncio.timeout(within):
         channel = await connection.channel()
-        while (
-            await channel.declare_queue(queue, passive=True)
-        ).declaration_result.message_count != count:
+        while not holds((await channel.declare_queue(queue, passive=True)).declaration_result):
             await asyncio.sleep(0.02)
+
+
+async def watch_events(url: str, into: list[Event]) -> asyncio.Future[None]:
+    """Collect the events of the default namespace into ``into``, once subscribed: a probe
+    event (atask ``probe.<token>``) is published until one arrives. Cancel the future after."""
+    from atasks.transport.backends.amqp.monitor import stream_events
+
+    async def collect() -> None:
+        async for event in stream_events(url, "default"):
+            into.append(event)
+
+    watcher = asyncio.ensure_future(collect())
+    token = uuid.uuid4().hex
+    async with asyncio.timeout(30):
+        while not any(e.call_id == token for e in into):
+            await publish_probe(url, token)
+            await asyncio.sleep(0.05)
+    return watcher
 
 
 async def publish_probe(url: str, token: str, namespace: str = "default") -> None:

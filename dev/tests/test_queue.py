@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import workload
 from rabbitnode import RabbitNode
-from servers import REPO, Servers, until
-from test_tracking import _watch
+from servers import REPO, Servers, until, watch_events
 
 import atasks
 from atasks import Backoff, Retry, atask, atask_broadcast, atask_queue
@@ -283,7 +282,7 @@ async def test_a_failing_queued_request_is_retried_then_a_dead_letter_and_events
     await _start(servers, 1, "--events")
     await atasks.setup("amqp", url=amqp_url)
     events: list[Event] = []
-    watcher = await _watch(amqp_url, events)
+    watcher = await watch_events(amqp_url, events)
     try:
         call_id = await atasks.get_router().enqueue(workload.queued_fail, ("boom",), {})
         await until(lambda: any(e.call_id == call_id and e.kind == "dead" for e in events))

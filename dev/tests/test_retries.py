@@ -12,8 +12,7 @@ from collections import defaultdict
 
 import click
 import pytest
-from servers import until
-from test_tracking import _watch
+from servers import until, watch_events
 
 import atasks
 from atasks import Backoff, Retry, atask
@@ -270,7 +269,7 @@ async def test_a_retry_waiting_for_its_delay_holds_no_slot(served_serially: Rout
 async def test_retries_are_events_and_counted_in_inspect(amqp_url: str) -> None:
     await atasks.setup("amqp", url=amqp_url, serve=True, events=True)
     events: list[Event] = []
-    watcher = await _watch(amqp_url, events)
+    watcher = await watch_events(amqp_url, events)
     token = uuid.uuid4().hex
     try:
         assert await flaky(token, 2) == 3

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,12 +20,12 @@ import aio_pika
 import pytest
 from proxy import Proxy
 from rabbitnode import RabbitNode
-from servers import REPO, Servers, publish_probe, until
+from servers import REPO, Servers, until, watch_events
 
 import atasks
 from atasks import Event, schedule
 from atasks.transport.backends.amqp.dead import DeadLetter, list_dead_letters
-from atasks.transport.backends.amqp.monitor import inspect_servers, stream_events
+from atasks.transport.backends.amqp.monitor import inspect_servers
 from atasks.transport.backends.amqp.topology import Topology
 from atasks.transport.base import LoopbackTransport
 
@@ -63,22 +62,6 @@ def assert_each_due_time_once(fired: list[tuple[dt.datetime, int]]) -> list[dt.d
 
 async def holders(url: str) -> list[dict[str, Any]]:
     return [s for s in await inspect_servers(url, "default", wait=0.5) if s.get("scheduler")]
-
-
-async def watch_events(url: str, into: list[Event]) -> asyncio.Future[None]:
-    """Collect the namespace's events into ``into``, once subscribed (a probe came back)."""
-
-    async def collect() -> None:
-        async for event in stream_events(url, "default"):
-            into.append(event)
-
-    watcher = asyncio.ensure_future(collect())
-    token = uuid.uuid4().hex
-    async with asyncio.timeout(30):
-        while not any(e.call_id == token for e in into):
-            await publish_probe(url, token)
-            await asyncio.sleep(0.05)
-    return watcher
 
 
 def atasks_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 import workload
-from servers import REPO, Servers, publish_probe, until, wait_until_served
+from servers import REPO, Servers, publish_probe, until, wait_until_served, watch_events
 
 import atasks
 from atasks.events import Event, Progress
 from atasks.router import Router
-from atasks.transport.backends.amqp.monitor import stream_events
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,7 +73,7 @@ async def test_a_sync_script_calls_a_server_from_many_threads(
     await wait_until_served(workload.ready)
     marker = tmp_path / "marker"
     events: list[Event] = []
-    watcher = await _watch(amqp_url, events)
+    watcher = await watch_events(amqp_url, events)
     script = tmp_path / "sync_client.py"
     script.write_text(SYNC_SCRIPT)
     result = await asyncio.to_thread(
@@ -109,23 +108,6 @@ async def test_a_sync_script_calls_a_server_from_many_threads(
     assert first == "cancelled" or str(first).startswith("builtins.TimeoutError")
 
 
-async def _collect(url: str, into: list[Event]) -> None:
-    async for event in stream_events(url, "default"):
-        into.append(event)
-
-
-async def _watch(url: str, into: list[Event]) -> asyncio.Future[None]:
-    """Collect the events of the default namespace into ``into``, once subscribed: a probe
-    event (atask ``probe.<token>``) is published until one arrives."""
-    watcher = asyncio.ensure_future(_collect(url, into))
-    token = uuid.uuid4().hex
-    async with asyncio.timeout(30):
-        while not any(e.call_id == token for e in into):
-            await publish_probe(url, token)
-            await asyncio.sleep(0.05)
-    return watcher
-
-
 async def test_events_show_a_nested_call_tree_with_parent_ids(
     servers: Servers, amqp_url: str
 ) -> None:
@@ -133,7 +115,7 @@ async def test_events_show_a_nested_call_tree_with_parent_ids(
     await atasks.setup("amqp", url=amqp_url)
     await wait_until_served(workload.ready)
     events: list[Event] = []
-    watcher = await _watch(amqp_url, events)
+    watcher = await watch_events(amqp_url, events)
     innermost, middle, outer = await workload.nested(3)
     await workload.count_up(2)
     await until(

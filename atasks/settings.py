@@ -302,6 +302,16 @@ SETTINGS: tuple[Setting, ...] = (
         "none (classic queues are FIFO, as in 0.2)",
     ),
     Setting(
+        "coalesce",
+        "ATASKS_COALESCE",
+        32,
+        "1 to 1000",
+        _int(1, 1000),
+        (AMQP,),
+        "Calls to one atask ready in the same turn of the event loop travel in one message, "
+        "up to N of them (1: each alone; see Coalescing).",
+    ),
+    Setting(
         "events",
         "ATASKS_EVENTS",
         False,

@@ -192,6 +192,9 @@ class Capacity(Protocol):
     def try_take(self) -> bool:
         """Take a slot for a request about to be handled, if one is free right now."""
 
+    def give_back_untaken(self) -> None:
+        """Give back a slot from ``try_take`` whose request was never handled."""
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever ``free`` may have changed."""
 

@@ -122,14 +122,17 @@ async def queue_length(url: str, queue: str) -> int:
         return declared.declaration_result.message_count or 0
 
 
+@pytest.mark.parametrize(("coalesce", "messages"), [(1, 6), (32, 1)])
 async def test_graceful_shutdown_finishes_work_and_returns_the_rest(
-    servers: Servers, client: None
+    servers: Servers, amqp_url: str, coalesce: int, messages: int
 ) -> None:
+    await atasks.setup("amqp", url=amqp_url, coalesce=coalesce)
     first = servers.start("--concurrency", "2", "--grace", "10")
     await wait_until_served(workload.ready)
     calls = [asyncio.ensure_future(workload.slow_pid(0.5)) for _ in range(8)]
-    # Two run on the one server (concurrency 2); the other six wait in the broker.
-    await wait_for_ready(servers.url, QUEUES.request_queue(workload.slow_pid.name), 6)
+    # Two run on the one server (concurrency 2); the other six wait in the broker: six
+    # messages, or the one the server handed back of the eight coalesced into one.
+    await wait_for_ready(servers.url, QUEUES.request_queue(workload.slow_pid.name), messages)
     first.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(first.wait, 30) == 0
     second = servers.start()

@@ -36,7 +36,9 @@ def positive(section: dict[str, Any], keys: tuple[str, ...]) -> None:
     for key in keys:
         value = section[key]
         assert isinstance(value, int | float), (key, value)
-        assert value > 0, (key, value)
+        # CPU time comes in clock ticks (10 ms): a quick run may see none of a process that
+        # had little to do (a broker handed a few batches of calls).
+        assert value >= 0 if key.endswith("cpu_us_per_call") else value > 0, (key, value)
 
 
 @pytest.fixture(scope="module")

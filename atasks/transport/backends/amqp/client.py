@@ -24,6 +24,7 @@ from atasks.errors import (
     TransportError,
 )
 from atasks.transport.backends.amqp import wire
+from atasks.transport.backends.amqp.coalesce import Coalescer
 from atasks.transport.backends.amqp.connection import (
     CONNECTION_ERRORS,
     Channels,
@@ -43,6 +44,9 @@ REFUSED_WAIT = 0.1  # seconds before publishing a refused request again, times t
 NOT_NOTIFIED = ("expired", "failed")
 Replies = Literal["durable", "direct"]
 REPLIES: tuple[Replies, ...] = ("durable", "direct")
+# Where a call goes, and what the calls of one message share: the channels it is published on,
+# its queue, its broker priority, its content type, and (a stream's) call id: a stream goes alone.
+Destination = tuple[Channels, str, int, str, str]
 
 
 class Caller:
@@ -56,7 +60,13 @@ class Caller:
     """
 
     def __init__(
-        self, link: Link, topology: Topology, *, persistent: bool, replies: Replies
+        self,
+        link: Link,
+        topology: Topology,
+        *,
+        persistent: bool,
+        replies: Replies,
+        coalesce: int = 1,
     ) -> None:
         if replies not in REPLIES:
             raise ConfigurationError(
@@ -77,6 +87,12 @@ class Caller:
         self.grants = Grants(link, self.spawn)
         self._give_up: asyncio.TimerHandle | None = None
         self._declared: set[str] = set()  # request queues declared on this connection
+        self._requests: Coalescer[Destination, Request] = Coalescer(
+            self._publish_requests,
+            count=coalesce,
+            size=min(wire.BATCH_BYTES, link.max_message_size),
+            measure=wire.entry_size,
+        )
         link.on_open.append(self._on_open)
         link.on_lost.append(self._on_lost)
 
@@ -139,7 +155,9 @@ class Caller:
                 f"{limit}-byte message size limit (AMQPTransport(max_message_size=...), "
                 "within the broker's own max_message_size)"
             )
-        properties = wire.request_properties(request, self.reply_to, persistent=self.persistent)
+        queue = self.topology.request_queue(request.name)
+        priority = wire.broker_priority(request.priority)
+        alone = request.call_id if request.window else ""
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.call_id] = future
         if on_frame is not None:
@@ -148,12 +166,8 @@ class Caller:
         try:
             while True:
                 try:
-                    await channels.calls_raw.basic_publish(
-                        request.body,
-                        routing_key=self.topology.request_queue(request.name),
-                        properties=properties,
-                        mandatory=True,
-                    )
+                    destination = (channels, queue, priority, request.content_type, alone)
+                    await self._requests.put(destination, request)
                     break
                 except aiormq.exceptions.PublishError:
                     raise JobNotFound(
@@ -180,6 +194,29 @@ class Caller:
                 self._listeners.pop(request.call_id, None)
             if request.window:
                 self.grants.closed(request.call_id)
+
+    async def _publish_requests(self, destination: Destination, requests: list[Request]) -> None:
+        """Publish calls that go to one queue together: one message for all of them, or one
+        each when together they would be over the message size limit."""
+        channels, queue, *_ = destination
+        body = requests[0].body
+        if len(requests) == 1:
+            properties = wire.request_properties(
+                requests[0], self.reply_to, persistent=self.persistent
+            )
+        else:
+            body = wire.pack_requests(requests)
+            if len(body) > self.link.max_message_size:
+                for request in requests:
+                    await self._publish_requests(destination, [request])
+                return
+            batch_id = f"{wire.BATCH}:{requests[0].call_id}"
+            properties = wire.batch_properties(
+                requests, batch_id, self.reply_to, persistent=self.persistent
+            )
+        await channels.calls_raw.basic_publish(
+            body, routing_key=queue, properties=properties, mandatory=True
+        )
 
     async def enqueue(self, request: Request) -> None:
         """Publish a fire-and-forget request to its queue, declared first (as its servers
@@ -245,20 +282,33 @@ class Caller:
         call_id = properties.correlation_id or ""
         if properties.message_type == wire.FRAME:
             self._on_frame(call_id, properties, message.body)
+        elif properties.message_type == wire.REPLIES:
+            try:
+                replies = wire.replies_from(message.body)
+            except ValueError as exc:  # nobody's reply can be told from it
+                log.warning("dropped a malformed message of replies: %s", exc)
+                replies = []
+            for reply in replies:
+                self._settle(reply.call_id, reply)
         else:
-            future = self._pending.pop(call_id, None)
-            if future is None or future.done():
-                log.debug("dropped a reply for unknown or finished call %s", call_id)
-            else:
-                try:
-                    future.set_result(wire.reply_from(properties, message.body))
-                except Exception as exc:  # a malformed reply fails its one call only
-                    future.set_exception(TransportError(f"malformed reply: {exc!r}"))
+            try:
+                self._settle(call_id, wire.reply_from(properties, message.body))
+            except Exception as exc:  # a malformed reply fails its one call only
+                self._settle(call_id, TransportError(f"malformed reply: {exc!r}"))
         if self.durable:  # after the call has it: lost before this, it comes again
             try:
                 await message.channel.basic_ack(message.delivery_tag or 0)
             except CONNECTION_ERRORS as exc:
                 log.debug("could not ack a reply: %s", describe(exc))
+
+    def _settle(self, call_id: str, outcome: Reply | Exception) -> None:
+        future = self._pending.pop(call_id, None)
+        if future is None or future.done():
+            log.debug("dropped a reply for unknown or finished call %s", call_id)
+        elif isinstance(outcome, Reply):
+            future.set_result(outcome)
+        else:
+            future.set_exception(outcome)
 
     def _on_frame(self, call_id: str, properties: Basic.Properties, body: bytes) -> None:
         listener = self._listeners.get(call_id)
@@ -298,11 +348,15 @@ class Caller:
                     "server finished it (each died or lost its connection); it is kept in the "
                     f"dead-letter queue {self.topology.dead_letter_queue!r}"
                 )
-                reply = Reply.failure(properties.correlation_id, error)
+                if properties.message_type == wire.BATCH:  # each of its calls fails
+                    ids = wire.batch_call_ids(message.body)
+                    replies = [Reply.failure(call_id, error) for call_id in ids]
+                    body, reply_properties = wire.pack_replies(replies), wire.replies_properties()
+                else:
+                    reply = Reply.failure(properties.correlation_id, error)
+                    body, reply_properties = reply.body, wire.reply_properties(reply)
                 await message.channel.basic_publish(
-                    reply.body,
-                    routing_key=properties.reply_to,
-                    properties=wire.reply_properties(reply),
+                    body, routing_key=properties.reply_to, properties=reply_properties
                 )
             await message.channel.basic_ack(message.delivery_tag or 0)
         except CONNECTION_ERRORS as exc:  # unacked: the broker hands it out again

@@ -105,6 +105,7 @@ class Leases:
             reply_to=original.reply_to,
             expiration=str(int(self.term * 1000)),
             priority=original.priority,
+            message_type=original.message_type,
         )
 
     async def still_held(self, properties: Basic.Properties) -> bool:

@@ -3,15 +3,20 @@ the router's handler, reply, and only then ack; broadcast requests, cancellation
 inspect requests and events.
 
 A request without ``reply_to`` is fire and forget: acked once its handler finished, or, when it
-failed, dead-lettered (confirmed, then acked) with its last error."""
+failed, dead-lettered (confirmed, then acked) with its last error.
+
+A batch (calls coalesced by their caller) is served call by call, each in a task of its own, as
+if each had come alone; replies to one caller that are ready together travel together."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
+import enum
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +29,7 @@ from pamqp.commands import Basic
 from atasks.errors import EncodeError, StreamInterrupted, TransportError
 from atasks.events import SERVER_ID, Event, encode_batch
 from atasks.transport.backends.amqp import wire
+from atasks.transport.backends.amqp.coalesce import Coalescer
 from atasks.transport.backends.amqp.connection import (
     CONNECTION_ERRORS,
     Channels,
@@ -46,6 +52,15 @@ UNBOUNDED_PREFETCH = 64  # served without a router's capacity (register_callback
 KEPT_MAX = 100_000  # replies kept for a lost connection, at most…
 KEPT_FOR = 600.0  # …and for at most this long
 UNREGISTER_WITHIN = 10.0  # seconds for the broker to stop a queue's consumer or unbind it
+REPLY_BATCH = 256  # replies in one message, at most
+
+
+class Outcome(enum.Enum):
+    """How one call of a batch ended, as its message sees it."""
+
+    ANSWERED = "answered"  # its reply is confirmed, or its caller cancelled it
+    BACK = "back"  # to hand back to the queue: the server stops, or the broker refused the reply
+    KEPT = "kept"  # its reply waits for the connection to come back
 
 
 @dataclass(slots=True)
@@ -98,6 +113,12 @@ class Server:
         self._event_batch: list[Event] = []
         self._event_flush: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._replies: Coalescer[tuple[aiormq.abc.AbstractChannel, str], Reply] = Coalescer(
+            self._publish_replies,
+            count=REPLY_BATCH,
+            size=min(wire.BATCH_BYTES, link.max_message_size),
+            measure=wire.entry_size,
+        )
         link.on_open.append(self._on_open)
         link.on_lost.append(self._on_lost)
 
@@ -266,8 +287,9 @@ class Server:
                 intake.delivered(message.consumer_tag)
                 message.counted = True
             # A context of its own: nothing set where the connection was opened leaks into it.
+            serve = self._serve_batch if message.is_batch else self._serve
             task = asyncio.get_running_loop().create_task(
-                self._serve(intake, message), context=contextvars.Context()
+                serve(intake, message), context=contextvars.Context()
             )
             key = message.correlation_id or f"?{id(task)}"
             self._running[key] = task
@@ -321,7 +343,7 @@ class Server:
                 )
                 await self._finish(name, message, Reply.failure(call_id, interrupted))
                 return
-            known = await self._known_outcome(name, message)
+            known = await self._known_outcome(name, message, call_id)
             if known is not None:  # run here already, its first delivery lost with a connection
                 await self._finish(name, message, known)
                 return
@@ -343,21 +365,10 @@ class Server:
                 elif not message.redelivered:  # a suspect of a server's death stays here
                     await self._give_back(intake, message)
                     return
-            inflight: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-            self._inflight[call_id] = inflight
             try:
                 with self._leases.holding(name, message):
-                    try:
-                        reply = await handler(request)
-                    except Exception as exc:  # a handler breaking its contract: still answer
-                        log.exception("the handler of %r failed on request %s", name, call_id)
-                        reply = Reply.failure(call_id, exc)
-                await self._frames.sent(call_id)  # the outcome comes after every frame
-                inflight.set_result(reply)
+                    reply = await self._run(name, request, handler)
             finally:
-                self._frames.forget(call_id)
-                inflight.cancel()  # no-op once it has the reply
-                del self._inflight[call_id]
                 _handled(intake, message)  # before the reply's round trip: credit is back
             replied = True
             await self._send_reply(name, message, reply)
@@ -367,6 +378,255 @@ class Server:
             log.warning("request %s of %r not finished: %s", call_id, name, describe(exc))
             with contextlib.suppress(*CONNECTION_ERRORS):  # on a live channel, try again
                 await message.nack(requeue=True)
+
+    async def _run(self, name: str, request: Request, handler: RequestHandler) -> Reply:
+        """Run one call: its reply, once every frame it sent is out."""
+        call_id = request.call_id
+        inflight: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._inflight[call_id] = inflight
+        try:
+            try:
+                reply = await handler(request)
+            except Exception as exc:  # a handler breaking its contract: still answer
+                log.exception("the handler of %r failed on request %s", name, call_id)
+                reply = Reply.failure(call_id, exc)
+            await self._frames.sent(call_id)  # the outcome comes after every frame
+            inflight.set_result(reply)
+        finally:
+            self._frames.forget(call_id)
+            inflight.cancel()  # no-op once it has the reply
+            del self._inflight[call_id]
+        return reply
+
+    async def _serve_batch(self, intake: Intake, message: Delivery) -> None:
+        """Serve a batch: each call as if it had come alone, in a task of its own. The message
+        is acked once every call is answered (its reply confirmed) or handed back to the queue in
+        a new message: calls with no free slot at once (as a lone request would be), and those
+        a stopping server had not finished."""
+        name = intake.name
+        try:
+            requeueing = self._requeueing.get(message.correlation_id or "")
+            if requeueing is not None:  # our copy overtook the ack of its original
+                await requeueing.wait()
+            if wire.H_LEASE_HOLDER in message.headers and await self._leases.still_held(
+                message.properties
+            ):
+                await message.ack()
+                return
+            try:
+                if not message.reply_to or not message.correlation_id:
+                    raise ValueError("a batch without reply_to or correlation_id")
+                requests = wire.batch_from(name, message.properties, message.body)
+            except ValueError as exc:
+                log.warning("dead-lettered a malformed batch for %r: %s", name, exc)
+                await self._dead_letter(
+                    name, message, "rejected", "atasks.errors.DecodeError", str(exc)
+                )
+                return
+            handler = self.handlers.get(name)
+            if handler is None:  # delivered while this server stopped serving it
+                await self._requeue(name, message, message.headers)
+                return
+            answered: dict[str, Reply] = {}  # calls answered without running
+            size, limit = len(message.body), self.link.max_message_size
+            for request in requests:
+                if size > limit:
+                    answered[request.call_id] = Reply.failure(
+                        request.call_id,
+                        TransportError(
+                            f"a batch of {size} bytes is over this server's {limit}-byte limit"
+                        ),
+                    )
+                elif request.call_id in self._cancelled:
+                    answered[request.call_id] = Reply.failure(
+                        request.call_id, TransportError("cancelled by its caller")
+                    )
+            # Not answered, not kept, not running here: these run (or go back to the queue).
+            fresh = [
+                r
+                for r in requests
+                if r.call_id not in answered
+                and r.call_id not in self._kept
+                and r.call_id not in self._inflight
+            ]
+            runs: list[Request] = []
+            if fresh and message.redelivered and self.topology.queue_type == "classic":
+                await self._count_death(name, message, fresh)
+            elif fresh:
+                runs = await self._take_slots(intake, message, fresh)
+            elsewhere = {r.call_id for r in fresh} - {r.call_id for r in runs}
+            with self._leases.holding(name, message):
+                entries = {
+                    r.call_id: (r, self._start_entry(name, message, r, handler, answered))
+                    for r in requests
+                    if r.call_id not in elsewhere
+                }
+                outcomes = await self._finished(entries)
+            _handled(intake, message)
+            unfinished = [
+                r
+                for r in requests
+                if r.call_id in outcomes and outcomes[r.call_id][0] is Outcome.BACK
+            ]
+            if unfinished:
+                await self._publish_copy(name, message, message.headers, unfinished)
+            if all(outcome is not Outcome.KEPT for outcome, _ in outcomes.values()):
+                await message.ack()
+                for call_id in outcomes:  # answered for good: forget their replies
+                    kept = self._kept.get(call_id)
+                    if kept is not None and kept.sent:
+                        del self._kept[call_id]
+        except asyncio.CancelledError:  # the server stops before any call of it ran
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await message.nack(requeue=True)
+            raise
+        except CONNECTION_ERRORS as exc:
+            log.warning("batch %s of %r not finished: %s", message.correlation_id, name, exc)
+            with contextlib.suppress(*CONNECTION_ERRORS):  # on a live channel, try again
+                await message.nack(requeue=True)
+
+    async def _take_slots(
+        self, intake: Intake, message: Delivery, requests: list[Request]
+    ) -> list[Request]:
+        """The calls of a batch that run here: those that got a free slot (and, in a delivery
+        that may have killed a server, the others too, to wait for one here); the rest go back
+        to the queue for another server at once, as a lone request would."""
+        capacity = self._capacity
+        if capacity is None:
+            return requests
+        runs: list[Request] = []
+        back: list[Request] = []
+        for request in requests:
+            if capacity.try_take():
+                request.slot_taken = True
+                runs.append(request)
+            elif message.redelivered:
+                runs.append(request)
+            else:
+                back.append(request)
+        if back:
+            if intake.tag is not None and intake.tag == message.consumer_tag:
+                intake.pause()
+                self.rebalance()  # cancels the consumer
+            log.debug("no free slot for %d calls of %r: handed back", len(back), intake.name)
+            try:
+                await self._publish_copy(intake.name, message, message.headers, back)
+            except BaseException:
+                for request in runs:
+                    if request.slot_taken:
+                        request.slot_taken = False
+                        capacity.give_back_untaken()
+                raise
+        return runs
+
+    def _start_entry(
+        self,
+        name: str,
+        message: Delivery,
+        request: Request,
+        handler: RequestHandler,
+        answered: Mapping[str, Reply],
+    ) -> asyncio.Task[tuple[Outcome, Reply | None]]:
+        call_id = request.call_id
+        task = asyncio.get_running_loop().create_task(
+            self._serve_entry(name, message, request, handler, answered.get(call_id)),
+            context=contextvars.Context(),
+        )
+        self._running[call_id] = task
+
+        def forget(done: asyncio.Task[tuple[Outcome, Reply | None]]) -> None:
+            if self._running.get(call_id) is done:
+                del self._running[call_id]
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _serve_entry(
+        self,
+        name: str,
+        message: Delivery,
+        request: Request,
+        handler: RequestHandler,
+        answer: Reply | None,
+    ) -> tuple[Outcome, Reply | None]:
+        """One call of a batch, from start to its reply's confirmation."""
+        call_id = request.call_id
+        try:
+            reply = answer
+            if reply is None and not request.slot_taken:
+                reply = await self._known_outcome(name, message, call_id, hold=False)
+            if reply is None:
+                assert message.reply_to is not None
+                self._frames.attach(request, message.reply_to)
+                reply = await self._run(name, request, handler)
+        except asyncio.CancelledError:  # by its caller (done), or this server stops
+            return _cancelled_outcome(call_id in self._cancelled)
+        return await self._reply_to_entry(message, reply), reply
+
+    async def _finished(
+        self, entries: Mapping[str, tuple[Request, asyncio.Task[tuple[Outcome, Reply | None]]]]
+    ) -> dict[str, tuple[Outcome, Reply | None]]:
+        """How each call of a batch ended, once all have. Should the server stop meanwhile
+        (this task is cancelled), so do they."""
+        tasks = {task for _, task in entries.values()}
+        if tasks:
+            try:
+                await asyncio.wait(tasks)
+            except asyncio.CancelledError:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks)
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()  # what it was told to do, it does: settle the batch
+        outcomes: dict[str, tuple[Outcome, Reply | None]] = {}
+        for call_id, (request, task) in entries.items():
+            if not task.cancelled():
+                outcomes[call_id] = task.result()
+                continue
+            # Cancelled before it started: its slot was never adopted.
+            if request.slot_taken and self._capacity is not None:
+                request.slot_taken = False
+                self._capacity.give_back_untaken()
+            outcomes[call_id] = _cancelled_outcome(call_id in self._cancelled)
+        return outcomes
+
+    async def _reply_to_entry(self, message: Delivery, reply: Reply) -> Outcome:
+        """Send one reply of a batch (with the others ready for the same caller)."""
+        assert message.reply_to is not None
+        try:
+            await self._replies.put((message.channel, message.reply_to), _fitting(reply, self.link))
+        except aiormq.exceptions.DeliveryError as exc:
+            log.warning(
+                "the broker refused the reply to %s (%s): handed back", reply.call_id, describe(exc)
+            )
+            return Outcome.BACK
+        except CONNECTION_ERRORS as exc:
+            log.info(
+                "kept the reply to %s until the broker is back (%s)", reply.call_id, describe(exc)
+            )
+            self._keep(Kept(message.reply_to, reply))
+            if self.link.is_ready:
+                await self._send_kept()
+            return Outcome.KEPT
+        # Kept until the batch is acked: should its delivery be lost with the connection, the
+        # call is answered from here when it comes again, not run again.
+        self._keep(Kept(message.reply_to, reply, sent=True))
+        return Outcome.ANSWERED
+
+    async def _publish_replies(
+        self, destination: tuple[aiormq.abc.AbstractChannel, str], replies: list[Reply]
+    ) -> None:
+        channel, reply_to = destination
+        if len(replies) == 1:
+            body, properties = replies[0].body, wire.reply_properties(replies[0])
+        else:
+            body, properties = wire.pack_replies(replies), wire.replies_properties()
+            if len(body) > self.link.max_message_size:  # too much together: one each
+                for reply in replies:
+                    await self._publish_replies(destination, [reply])
+                return
+        await channel.basic_publish(body, routing_key=reply_to, properties=properties)
 
     def _request_from(self, name: str, message: Delivery) -> Request | Reply:
         call_id = message.correlation_id or ""
@@ -388,9 +648,11 @@ class Server:
             self._frames.attach(request, message.reply_to)
         return request
 
-    async def _known_outcome(self, name: str, message: Delivery) -> Reply | None:
-        """The reply of a call this server ran, or is running, for an earlier delivery."""
-        call_id = message.correlation_id or ""
+    async def _known_outcome(
+        self, name: str, message: Delivery, call_id: str, *, hold: bool = True
+    ) -> Reply | None:
+        """The reply of a call this server ran, or is running, for an earlier delivery; with
+        ``hold``, leasing ``message`` should the wait be long."""
         kept = self._kept.get(call_id)
         if kept is not None:
             return kept.reply
@@ -398,7 +660,7 @@ class Server:
         if inflight is None:
             return None
         try:
-            with self._leases.holding(name, message):  # this delivery is held meanwhile
+            with self._leases.holding(name, message) if hold else contextlib.nullcontext():
                 return await asyncio.shield(inflight)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -482,18 +744,7 @@ class Server:
     async def _send_reply(self, name: str, message: Delivery, reply: Reply) -> None:
         """Reply and ack; with the connection gone, keep the reply to send once reconnected
         (the broker delivers the request again, and the kept reply answers it)."""
-        size, limit = len(reply.body), self.link.max_message_size
-        if size > limit:  # the broker would close the channel, and every call on it with it
-            log.warning(
-                "the reply to %s is %d bytes, over the %d-byte limit", reply.call_id, size, limit
-            )
-            reply = Reply.failure(
-                reply.call_id,
-                EncodeError(
-                    f"the {'result' if reply.ok else 'exception'} is {size} bytes, over the "
-                    f"{limit}-byte message size limit"
-                ),
-            )
+        reply = _fitting(reply, self.link)
         if not message.reply_to:
             try:
                 await self._finish(name, message, reply)
@@ -552,9 +803,7 @@ class Server:
     async def _reply_and_ack(self, message: Delivery, reply: Reply) -> None:
         assert message.reply_to is not None
         try:
-            await message.channel.basic_publish(
-                reply.body, routing_key=message.reply_to, properties=wire.reply_properties(reply)
-            )
+            await self._replies.put((message.channel, message.reply_to), reply)
         except aiormq.exceptions.DeliveryError as exc:
             # The broker refused the reply: run the request again rather than leave its caller
             # waiting (it counts towards the delivery limit).
@@ -576,9 +825,12 @@ class Server:
         )
         await self._requeue(intake.name, message, message.headers)
 
-    async def _count_death(self, name: str, message: Delivery) -> None:
+    async def _count_death(
+        self, name: str, message: Delivery, requests: list[Request] | None = None
+    ) -> None:
         """Classic queues: a redelivered request means its server died holding it. Count the
-        death in a header and queue a copy, or dead-letter it at the limit."""
+        death in a header and queue a copy, or dead-letter it at the limit. With ``requests``
+        (some calls of a batch), only those, and ``message`` is left for its other calls."""
         deaths = wire.deaths(message.headers) + 1
         if deaths >= self.topology.delivery_limit:
             log.error(
@@ -593,17 +845,31 @@ class Server:
                 "delivery_limit",
                 "atasks.errors.DeliveryLimitExceeded",
                 died_running(deaths),
+                requests,
             )
             return
-        await self._requeue(name, message, {**message.headers, wire.H_DELIVERIES: deaths})
+        headers = {**message.headers, wire.H_DELIVERIES: deaths}
+        if requests is None:
+            await self._requeue(name, message, headers)
+        else:
+            await self._publish_copy(name, message, headers, requests)
 
     async def _dead_letter(
-        self, name: str, message: Delivery, reason: str, error_type: str, error_message: str
+        self,
+        name: str,
+        message: Delivery,
+        reason: str,
+        error_type: str,
+        error_message: str,
+        requests: list[Request] | None = None,
     ) -> None:
         """Publish ``message`` to the dead letters with why and its last error (confirmed), then
-        ack it: at least once, on either queue type."""
-        properties = message.properties
-        headers = wire.dead_letter_headers(message.headers, reason, error_type, error_message)
+        ack it: at least once, on either queue type. With ``requests`` (some calls of a batch),
+        only those, in a batch of their own, and ``message`` is left for its other calls."""
+        body, properties = _part(message, requests)
+        headers = wire.dead_letter_headers(
+            properties.headers or {}, reason, error_type, error_message
+        )
         if self.events:
             parent = message.headers.get(wire.H_PARENT)
             self.publish_event(
@@ -617,7 +883,7 @@ class Server:
                 )
             )
         await message.channel.basic_publish(
-            message.body,
+            body,
             exchange=self.topology.dead_letter_exchange,
             routing_key=self.topology.request_queue(name),
             properties=Basic.Properties(
@@ -627,9 +893,11 @@ class Server:
                 correlation_id=properties.correlation_id,
                 reply_to=properties.reply_to,
                 priority=properties.priority,
+                message_type=properties.message_type,
             ),
         )
-        await message.ack()
+        if requests is None:
+            await message.ack()
 
     async def _requeue(self, name: str, message: Delivery, headers: Mapping[str, Any]) -> None:
         """Queue a fresh copy of ``message`` (confirmed), then ack the original: handing a request
@@ -642,20 +910,8 @@ class Server:
         """
         call_id = message.correlation_id or ""
         self._requeueing[call_id] = done = asyncio.Event()
-        properties = message.properties
-        copy = Basic.Properties(
-            headers={k: v for k, v in headers.items() if not k.startswith("x-")} or None,
-            content_type=properties.content_type,
-            delivery_mode=properties.delivery_mode,
-            correlation_id=properties.correlation_id,
-            reply_to=properties.reply_to,
-            expiration=wire.expiration(wire.deadline_from(headers)),
-            priority=properties.priority,  # back among the requests of its priority
-        )
         try:
-            await message.channel.basic_publish(
-                message.body, routing_key=self.topology.request_queue(name), properties=copy
-            )
+            await self._publish_copy(name, message, headers)
             await message.ack()
             # A round trip on the same channel: the broker answers it after the ack.
             await message.channel.exchange_declare("amq.direct", passive=True)
@@ -663,6 +919,38 @@ class Server:
             done.set()
             if self._requeueing.get(call_id) is done:
                 del self._requeueing[call_id]
+
+    async def _publish_copy(
+        self,
+        name: str,
+        message: Delivery,
+        headers: Mapping[str, Any],
+        requests: list[Request] | None = None,
+    ) -> None:
+        """Queue a fresh copy of ``message`` with ``headers`` (confirmed); with ``requests``, a
+        batch of just those calls of it."""
+        body, properties = _part(message, requests)
+        expires = (
+            properties.expiration
+            if requests is not None
+            else wire.expiration(wire.deadline_from(headers))
+        )
+        kept = {k: v for k, v in headers.items() if not k.startswith("x-")}
+        if requests is not None:  # a batch of its own: only what says how often it died
+            kept = {**(properties.headers or {}), **_only(kept, wire.H_DELIVERIES)}
+        copy = Basic.Properties(
+            headers=kept or None,
+            content_type=properties.content_type,
+            delivery_mode=message.properties.delivery_mode,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            expiration=expires,
+            priority=properties.priority,  # back among the requests of its priority
+            message_type=properties.message_type,
+        )
+        await message.channel.basic_publish(
+            body, routing_key=self.topology.request_queue(name), properties=copy
+        )
 
     async def _after_cancel(
         self, name: str, call_id: str | None, message: Delivery, *, replied: bool
@@ -799,6 +1087,43 @@ class Server:
             log.debug("dropped %d events: %s", len(batch), describe(exc))
 
 
+def _cancelled_outcome(by_caller: bool) -> tuple[Outcome, None]:
+    """A call of a batch that was cancelled: by its caller (nothing to answer), or because its
+    server stops (to hand back)."""
+    return (Outcome.ANSWERED if by_caller else Outcome.BACK), None
+
+
+def _fitting(reply: Reply, link: Link) -> Reply:
+    """``reply``, or a failure saying it is over the message size limit (the broker would
+    close the channel, and every call on it with it)."""
+    size, limit = len(reply.body), link.max_message_size
+    if size <= limit:
+        return reply
+    log.warning("the reply to %s is %d bytes, over the %d-byte limit", reply.call_id, size, limit)
+    return Reply.failure(
+        reply.call_id,
+        EncodeError(
+            f"the {'result' if reply.ok else 'exception'} is {size} bytes, over the "
+            f"{limit}-byte message size limit"
+        ),
+    )
+
+
+def _part(message: Delivery, requests: list[Request] | None) -> tuple[bytes, Basic.Properties]:
+    """The body and properties of ``message``, or of a new batch of some of its calls."""
+    if requests is None:
+        return message.body, message.properties
+    batch_id = f"{wire.BATCH}:{secrets.token_hex(8)}"
+    assert message.reply_to is not None
+    persistent = message.properties.delivery_mode == wire.PERSISTENT
+    properties = wire.batch_properties(requests, batch_id, message.reply_to, persistent=persistent)
+    return wire.pack_requests(requests), properties
+
+
+def _only(headers: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: headers[key] for key in keys if key in headers}
+
+
 def _delivered_before(message: Delivery) -> bool:
     """Whether a request may have run before: redelivered, or a copy made after a delivery."""
     headers = message.headers
@@ -863,6 +1188,10 @@ class Delivery:
     @property
     def headers(self) -> dict[str, Any]:
         return self.properties.headers or {}
+
+    @property
+    def is_batch(self) -> bool:
+        return self.properties.message_type == wire.BATCH
 
     async def ack(self) -> None:
         if not self.settled:

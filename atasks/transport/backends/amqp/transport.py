@@ -56,6 +56,9 @@ class AMQPTransport(Transport):
     ``max_priority``: classic request queues are declared with ``x-max-priority`` (1 to 9), so
     the broker starts waiting requests of higher priority first; without it they are FIFO, as
     in atasks 0.2. Quorum queues take no such argument (RabbitMQ 4.x orders them by itself).
+    ``coalesce``: calls to one atask that are ready in the same turn of the event loop (a
+    ``gather``) travel in one message, up to this many; each still runs, answers and fails as a
+    call of its own (1: every call alone).
     """
 
     messaging_system = "rabbitmq"
@@ -77,6 +80,7 @@ class AMQPTransport(Transport):
         persistent: bool | None = None,
         events: bool | None = None,
         max_priority: int | None = None,
+        coalesce: int | None = None,
     ) -> None:
         # An argument left out comes from its ATASKS_* variable, else its default (settings).
         queue_type = settings.value("queue_type", queue_type)
@@ -90,6 +94,7 @@ class AMQPTransport(Transport):
         persistent = settings.value("persistent", persistent)
         events = settings.value("events", events)
         max_priority = settings.value("max_priority", max_priority)
+        coalesce = settings.value("coalesce", coalesce)
         # Everything repr() shows is set before the base class binds the namespace.
         self.urls = parse_urls(url or settings.value("url"))
         self.url = self.urls[0]
@@ -109,7 +114,9 @@ class AMQPTransport(Transport):
             events=events,
             max_message_size=max_message_size,
         )
-        self._caller = Caller(self._link, self.topology, persistent=persistent, replies=replies)
+        self._caller = Caller(
+            self._link, self.topology, persistent=persistent, replies=replies, coalesce=coalesce
+        )
         self._server = Server(
             self._link,
             self.topology,

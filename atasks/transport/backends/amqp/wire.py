@@ -13,6 +13,12 @@ call without one. Queues disagree on a message without the property — 0 in a c
 in a RabbitMQ 4.x quorum queue — so it is always set. The ``atasks-priority`` header says the
 call has a priority of its own (the one its nested calls inherit); most calls have none, and
 carry no header for it.
+
+Calls to one atask that are ready to go in the same turn of the caller's event loop travel
+together: a ``batch`` message carries several requests, each its own entry (an AMQP field table
+of its call id and headers, then its body), with the properties they share; the server answers
+with ``replies`` messages, each carrying the replies to one caller that are ready together. A lone
+request or reply is a message of its own, as above.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pamqp import decode, encode
 from pamqp.commands import Basic
 
 from atasks.calls import NORMAL_PRIORITY, priority_from
@@ -49,9 +56,14 @@ H_LEASE_HOLDER = "atasks-lease-holder"  # the server running a leased call
 H_LEASE_CALL = "atasks-lease-call"  # in a query to a lease holder: which call
 FIRST_DEATH_QUEUE = "x-first-death-queue"
 H_CONTEXT = "atasks-ctx-"  # prefix of the entries of Request.headers (traceparent, auth…)
+H_CALLS = "atasks-calls"  # how many calls a batch carries
+E_ID, E_TYPE, E_CONTENT_TYPE = "id", "type", "content-type"  # in each entry of a batch
 
 PERSISTENT = 2
+BATCH_BYTES = 256 * 1024  # several calls or replies in one message: about this many bytes at most,
+ENTRY_BYTES = 256  # counting this many for the id and headers of each
 OK, ERROR, FRAME, CREDIT = "ok", "error", "frame", "credit"
+BATCH, REPLIES = "batch", "replies"  # several requests, several replies
 PROGRESS, ITEMS = "progress", "items"  # the kinds of frame
 _SIZE = struct.Struct(">I")
 
@@ -60,6 +72,20 @@ def request_properties(
     request: Request, reply_to: str | None, *, persistent: bool
 ) -> Basic.Properties:
     """A call's properties; without ``reply_to``, a fire-and-forget or broadcast request's."""
+    headers = request_headers(request)
+    return Basic.Properties(
+        headers=headers or None,
+        content_type=request.content_type,
+        delivery_mode=PERSISTENT if persistent else None,
+        correlation_id=request.call_id,
+        reply_to=reply_to,
+        expiration=expiration(request.deadline),
+        priority=broker_priority(request.priority),
+    )
+
+
+def request_headers(request: Request) -> dict[str, Any]:
+    """The AMQP headers that carry what a request says beyond its call id and body."""
     headers: dict[str, Any] = {}
     if request.wants_progress:
         headers[H_PROGRESS] = 1
@@ -74,15 +100,7 @@ def request_properties(
         headers[H_PRIORITY] = priority
     for key, value in request.headers.items():
         headers[H_CONTEXT + key] = value
-    return Basic.Properties(
-        headers=headers or None,
-        content_type=request.content_type,
-        delivery_mode=PERSISTENT if persistent else None,
-        correlation_id=request.call_id,
-        reply_to=reply_to,
-        expiration=expiration(request.deadline),
-        priority=broker_priority(priority),
-    )
+    return headers
 
 
 def broker_priority(priority: int | None) -> int:
@@ -92,12 +110,135 @@ def broker_priority(priority: int | None) -> int:
 
 def request_from(name: str, properties: Basic.Properties, body: bytes) -> Request:
     """The request a delivery carries; nonsense headers are ignored."""
-    headers = properties.headers or {}
+    return _request(
+        name,
+        properties.correlation_id or "",
+        properties.content_type or "",
+        properties.headers,
+        body,
+    )
+
+
+def entry_size(message: Request | Reply) -> int:
+    """About how many bytes a request or reply takes in a batch."""
+    if isinstance(message, Reply):
+        extra = len(message.error_message) + len(message.traceback)
+    else:
+        extra = sum(len(key) + len(value) for key, value in message.headers.items())
+    return len(message.body) + ENTRY_BYTES + extra
+
+
+def batch_properties(
+    requests: list[Request], batch_id: str, reply_to: str, *, persistent: bool
+) -> Basic.Properties:
+    """The properties of a batch of calls with one content type and priority: it expires when
+    the last of them does, and carries its own ``batch_id`` as correlation id."""
+    deadlines = [request.deadline for request in requests]
+    latest = None if None in deadlines else max(d for d in deadlines if d is not None)
+    return Basic.Properties(
+        headers={H_CALLS: len(requests)},
+        content_type=requests[0].content_type,
+        delivery_mode=PERSISTENT if persistent else None,
+        correlation_id=batch_id,
+        reply_to=reply_to,
+        expiration=expiration(latest),
+        priority=broker_priority(requests[0].priority),
+        message_type=BATCH,
+    )
+
+
+def pack_requests(requests: Iterable[Request]) -> bytes:
+    """The body of a batch: each request's call id and headers as a field table, then its body."""
+    parts: list[bytes] = []
+    for request in requests:
+        entry = request_headers(request)
+        entry[E_ID] = request.call_id
+        parts += (encode.field_table(entry), _SIZE.pack(len(request.body)), request.body)
+    return b"".join(parts)
+
+
+def batch_from(name: str, properties: Basic.Properties, body: bytes) -> list[Request]:
+    """The requests of a batch; raises ``ValueError`` when it is malformed."""
+    content_type = properties.content_type or ""
+    requests: list[Request] = []
+    for entry, data in _entries(body):
+        call_id = entry.get(E_ID)
+        if not isinstance(call_id, str) or not call_id:
+            raise ValueError("malformed batch: an entry without a call id")
+        requests.append(_request(name, call_id, content_type, entry, data))
+    if not requests:
+        raise ValueError("malformed batch: no calls")
+    return requests
+
+
+def batch_call_ids(body: bytes) -> list[str]:
+    """The call ids of a batch, as far as they can be read."""
+    ids: list[str] = []
+    try:
+        for entry, _ in _entries(body):
+            call_id = entry.get(E_ID)
+            if isinstance(call_id, str) and call_id:
+                ids.append(call_id)
+    except ValueError:
+        pass
+    return ids
+
+
+def replies_properties() -> Basic.Properties:
+    return Basic.Properties(message_type=REPLIES)
+
+
+def pack_replies(replies: Iterable[Reply]) -> bytes:
+    """The body of a ``replies`` message: each reply's call id, outcome, content type and error
+    as a field table, then its body."""
+    parts: list[bytes] = []
+    for reply in replies:
+        entry: dict[str, Any] = {
+            E_ID: reply.call_id,
+            E_TYPE: OK if reply.ok else ERROR,
+            E_CONTENT_TYPE: reply.content_type,
+        }
+        if not reply.ok:
+            entry |= _error_headers(reply)
+        parts += (encode.field_table(entry), _SIZE.pack(len(reply.body)), reply.body)
+    return b"".join(parts)
+
+
+def replies_from(body: bytes) -> list[Reply]:
+    """The replies of a ``replies`` message; raises ``ValueError`` when it is malformed."""
+    return [
+        _reply(entry.get(E_ID), entry.get(E_TYPE), entry.get(E_CONTENT_TYPE), entry, data)
+        for entry, data in _entries(body)
+    ]
+
+
+def _entries(body: bytes) -> Iterable[tuple[dict[str, Any], bytes]]:
+    at = 0
+    while at < len(body):
+        try:
+            (table_size,) = _SIZE.unpack_from(body, at)
+            end = at + _SIZE.size + table_size
+            if end + _SIZE.size > len(body):
+                raise ValueError("an entry cut short")
+            _, entry = decode.field_table(body[at:end])
+            (size,) = _SIZE.unpack_from(body, end)
+        except (struct.error, ValueError, TypeError, LookupError, UnicodeDecodeError) as exc:
+            raise ValueError(f"malformed entry: {exc}") from None
+        at = end + _SIZE.size + size
+        if at > len(body):
+            raise ValueError("malformed entry: a body cut short")
+        yield entry, body[end + _SIZE.size : at]
+
+
+def _request(
+    name: str, call_id: str, content_type: str, headers: Mapping[str, Any] | None, body: bytes
+) -> Request:
+    headers = headers or {}
     parent = headers.get(H_PARENT)
     return Request(
         name=name,
-        call_id=properties.correlation_id or "",
-        content_type=properties.content_type or "",
+        call_id=call_id,
+        content_type=content_type,
         body=body,
         parent_id=parent if isinstance(parent, str) else None,
         deadline=deadline_from(headers),
@@ -125,27 +266,40 @@ def context_from(headers: Mapping[str, Any]) -> dict[str, str]:
 
 
 def reply_properties(reply: Reply) -> Basic.Properties:
-    headers: dict[str, Any] | None = None
-    if not reply.ok:
-        headers = {
-            H_ERROR_TYPE: reply.error_type,
-            H_ERROR_MESSAGE: reply.error_message,
-            H_TRACEBACK: reply.traceback,
-        }
     return Basic.Properties(
-        headers=headers,
+        headers=None if reply.ok else _error_headers(reply),
         content_type=reply.content_type,
         correlation_id=reply.call_id,
         message_type=OK if reply.ok else ERROR,
     )
 
 
+def _error_headers(reply: Reply) -> dict[str, Any]:
+    return {
+        H_ERROR_TYPE: reply.error_type,
+        H_ERROR_MESSAGE: reply.error_message,
+        H_TRACEBACK: reply.traceback,
+    }
+
+
 def reply_from(properties: Basic.Properties, body: bytes) -> Reply:
-    headers = properties.headers or {}
+    return _reply(
+        properties.correlation_id,
+        properties.message_type,
+        properties.content_type,
+        properties.headers,
+        body,
+    )
+
+
+def _reply(
+    call_id: Any, kind: Any, content_type: Any, headers: Mapping[str, Any] | None, body: bytes
+) -> Reply:
+    headers = headers or {}
     return Reply(
-        call_id=properties.correlation_id or "",
-        ok=properties.message_type == OK,
-        content_type=properties.content_type or "",
+        call_id=str(call_id or ""),
+        ok=kind == OK,
+        content_type=str(content_type or ""),
         body=body,
         error_type=str(headers.get(H_ERROR_TYPE, "")),
         error_message=str(headers.get(H_ERROR_MESSAGE, "")),

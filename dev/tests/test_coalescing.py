@@ -1,0 +1,275 @@
+"""Calls to one atask that are ready together travel together (AMQP), and each is still a call
+of its own: its result, error, deadline, cancellation, progress — the same over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import aio_pika
+import pytest
+import workload
+from proxy import Proxy
+from rabbitnode import RabbitNode
+from servers import (
+    Servers,
+    until,
+    wait_for_consumers,
+    wait_for_ready,
+    wait_until_served,
+)
+
+import atasks
+from atasks import atask
+from atasks.errors import DeliveryLimitExceeded
+from atasks.events import Progress
+from atasks.router import Router
+from atasks.transport.backends.amqp import wire
+from atasks.transport.backends.amqp.coalesce import Coalescer
+from atasks.transport.backends.amqp.dead import list_dead_letters
+from atasks.transport.backends.amqp.topology import Topology
+from atasks.transport.base import Reply, Request
+
+pytestmark = pytest.mark.timeout(180)
+
+QUEUES = Topology("default")
+started: set[int] = set()
+stopped: set[int] = set()
+
+
+@atask
+async def echo_after(value: int, seconds: float) -> int:
+    started.add(value)
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        stopped.add(value)
+        raise
+    return value
+
+
+@atask
+async def refuse(value: int) -> int:
+    raise LookupError(f"no {value}")
+
+
+@atask
+async def report(steps: int) -> int:
+    for step in range(1, steps + 1):
+        await atasks.progress(step, steps)
+    return steps
+
+
+async def test_the_calls_of_a_fan_out_keep_their_own_outcomes(served: Router) -> None:
+    started.clear()
+    stopped.clear()
+
+    async def timed_out() -> int:
+        async with atasks.deadline(0.5):
+            return await echo_after(-1, 60)
+
+    async def observed(steps: int) -> tuple[int, list[float]]:
+        seen: list[Progress] = []
+        async with atasks.observe_progress(seen.append):
+            result = await report(steps)
+        return result, [p.done for p in seen]
+
+    cancelled = asyncio.ensure_future(echo_after(-2, 60))
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(
+            *(echo_after(i, 0.01) for i in range(40)),
+            *(refuse(i) for i in range(3)),
+            timed_out(),
+            observed(2),
+            observed(3),
+            return_exceptions=True,
+        ),
+        60,
+    )
+    assert outcomes[:40] == list(range(40))
+    for i, error in enumerate(outcomes[40:43]):
+        assert isinstance(error, LookupError)
+        assert str(error) == f"no {i}"
+    assert isinstance(outcomes[43], TimeoutError)
+    assert outcomes[44:] == [(2, [1.0, 2.0]), (3, [1.0, 2.0, 3.0])]
+    await until(lambda: -2 in started)
+    cancelled.cancel()
+    await until(lambda: {-1, -2} <= stopped)  # on their server too: past its deadline, cancelled
+    assert stopped == {-1, -2}
+
+
+@pytest.mark.parametrize(("coalesce", "messages"), [(32, 3), (1, 70)])
+async def test_a_fan_out_travels_in_few_messages(
+    servers: Servers, amqp_url: str, coalesce: int, messages: int
+) -> None:
+    await atasks.setup("amqp", url=amqp_url, coalesce=coalesce)
+    first = servers.start()
+    await wait_until_served(workload.ready)  # every queue of the workload is declared
+    first.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(first.wait, 30) == 0
+    calls = [asyncio.ensure_future(workload.slow_pid(0)) for _ in range(70)]
+    # Nobody serves them: they wait in the queue, 32 + 32 + 6 calls to a message, or one each.
+    await wait_for_ready(amqp_url, QUEUES.request_queue(workload.slow_pid.name), messages)
+    second = servers.start()
+    assert await asyncio.wait_for(asyncio.gather(*calls), 60) == [second.pid] * 70
+
+
+async def test_competing_servers_share_a_fan_out(servers: Servers, amqp_url: str) -> None:
+    await atasks.setup("amqp", url=amqp_url)
+    pids = {servers.start("--concurrency", "8").pid, servers.start("--concurrency", "8").pid}
+    await wait_until_served(workload.ready)
+    await wait_for_consumers(amqp_url, QUEUES.request_queue(workload.slow_pid.name), 2)
+    # One message of 32 calls: the server it reaches starts 8 and hands the rest back.
+    ran = Counter(
+        await asyncio.wait_for(asyncio.gather(*(workload.slow_pid(0.2) for _ in range(32))), 60)
+    )
+    assert set(ran) == pids
+    assert min(ran.values()) >= 8
+
+
+async def test_a_batch_delivered_again_runs_no_answered_call_again(
+    servers: Servers, rabbit: RabbitNode, tmp_path: Path
+) -> None:
+    await atasks.setup("amqp", url=rabbit.url)
+    async with Proxy(rabbit.port) as proxy:
+        servers.url = proxy.url
+        server = servers.start()
+        await wait_until_served(workload.ready)
+        tallies = [tmp_path / f"tally-{i}" for i in range(6)]
+        # One message: three calls answered at once, three still running when the server's
+        # connection drops; the broker delivers the message again once it is back.
+        calls = [
+            asyncio.ensure_future(workload.count_run(str(tally), 0 if i < 3 else 2.0))
+            for i, tally in enumerate(tallies)
+        ]
+        await until(lambda: all(c.done() for c in calls[:3]) and all(map(Path.exists, tallies)))
+        assert proxy.cut() == 1
+        assert await asyncio.wait_for(asyncio.gather(*calls), 60) == [server.pid] * 6
+        assert proxy.accepted == 2
+    assert [len(tally.read_text().splitlines()) for tally in tallies] == [1] * 6
+    assert "kept the reply" in servers.log(0)
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_each_call_of_a_poison_batch_is_told(
+    servers: Servers, amqp_url: str, queue_type: str
+) -> None:
+    await atasks.setup("amqp", url=amqp_url, queue_type=queue_type)
+    servers.start("--workers", "2", "--queue-type", queue_type)
+    await wait_until_served(workload.ready)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(workload.kill_my_server() for _ in range(3)), return_exceptions=True),
+        120,
+    )
+    assert [type(outcome) for outcome in outcomes] == [DeliveryLimitExceeded] * 3
+    assert await workload.pid() > 0  # restarted workers still serve
+
+
+async def test_a_malformed_batch_is_dead_lettered_and_the_server_goes_on(
+    servers: Servers, amqp_url: str
+) -> None:
+    await atasks.setup("amqp", url=amqp_url)
+    servers.start()
+    await wait_until_served(workload.ready)
+    batch_id = f"batch:{os.urandom(8).hex()}"
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                b"\x00\x00\x00\x09not a table",
+                type="batch",
+                correlation_id=batch_id,
+                reply_to="nobody",
+                content_type="application/x-python-pickle",
+            ),
+            routing_key=QUEUES.request_queue(workload.pid.name),
+        )
+
+    async def dead() -> list[str]:
+        return [
+            d.reason for d in await list_dead_letters(amqp_url, "default") if d.call_id == batch_id
+        ]
+
+    async with asyncio.timeout(30):
+        while not await dead():
+            await asyncio.sleep(0.05)
+    assert await dead() == ["rejected"]
+    assert await workload.pid() > 0
+
+
+def test_a_batch_and_its_replies_read_back_as_sent() -> None:
+    requests = [
+        Request(name="f", call_id="a", content_type="t", body=b"1", deadline=1e9, priority=7),
+        Request(
+            name="f",
+            call_id="b",
+            content_type="t",
+            body=b"",
+            parent_id="p",
+            wants_progress=True,
+            headers={"traceparent": "00-x"},
+        ),
+    ]
+    properties = wire.batch_properties(requests, "batch:a", "replies", persistent=False)
+    assert properties.message_type == wire.BATCH
+    assert properties.expiration is None  # one call has no deadline: the batch never expires
+    assert wire.batch_from("f", properties, wire.pack_requests(requests)) == requests
+    replies = [
+        Reply(call_id="a", ok=True, content_type="t", body=b"ok"),
+        Reply(
+            call_id="b",
+            ok=False,
+            content_type="",
+            body=b"",
+            error_type="E",
+            error_message="m",
+            traceback="tb",
+        ),
+    ]
+    assert wire.replies_from(wire.pack_replies(replies)) == replies
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\x00", b"\x00\x00\x00\x09not a table", b"", b"\x00\x00\x00\x00\x00\x00\x00\x09cut"],
+)
+def test_a_malformed_batch_is_an_error(body: bytes) -> None:
+    properties = wire.batch_properties(
+        [Request(name="f", call_id="a", content_type="t", body=b"")], "b", "r", persistent=False
+    )
+    with pytest.raises(ValueError, match="malformed"):
+        wire.batch_from("f", properties, body)
+
+
+async def test_a_coalescer_sends_what_is_ready_together_within_its_bounds() -> None:
+    sent: list[tuple[str, list[bytes]]] = []
+
+    async def send(key: str, items: list[bytes]) -> None:
+        sent.append((key, items))
+        if b"bad" in items:
+            raise LookupError("refused")
+
+    coalescer: Coalescer[str, bytes] = Coalescer(send, count=3, size=10, measure=len)
+    await coalescer.put("k", b"alone")  # a lone item goes on the next turn, by itself
+    assert sent == [("k", [b"alone"])]
+    sent.clear()
+    items = [b"a", b"b", b"c", b"d", b"0123456789ab", b"e"]
+    skipped = asyncio.ensure_future(coalescer.put("k", b"never"))
+    puts = [asyncio.ensure_future(coalescer.put("k", item)) for item in items]
+    other = asyncio.ensure_future(coalescer.put("j", b"x"))
+    await asyncio.sleep(0)  # the puts run; the flush is due on the next turn
+    skipped.cancel()
+    await asyncio.gather(*puts, other)
+    assert sorted(sent) == [
+        ("j", [b"x"]),
+        ("k", [b"0123456789ab"]),  # over the size: alone
+        ("k", [b"a", b"b", b"c"]),  # at most three
+        ("k", [b"d"]),
+        ("k", [b"e"]),
+    ]
+    with pytest.raises(LookupError):
+        await asyncio.gather(coalescer.put("k", b"bad"), coalescer.put("k", b"with it"))

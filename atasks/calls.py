@@ -75,14 +75,20 @@ async def deadline(seconds: float) -> AsyncIterator[None]:
 
 def effective_deadline(timeout: float | None) -> float | None:
     """The tightest of: the enclosing ``deadline()``, the serving call's deadline, ``timeout``."""
+    return scope_deadline(current_scope.get(), timeout)
+
+
+def scope_deadline(scope: CallScope | None, timeout: float | None) -> float | None:
+    """``effective_deadline`` with the current scope already looked up."""
     tightest = _deadline.get()
-    scope = current_scope.get()
-    for candidate in (
-        scope.deadline if scope is not None else None,
-        time.time() + timeout if timeout is not None else None,
-    ):
-        if candidate is not None and (tightest is None or candidate < tightest):
-            tightest = candidate
+    if scope is not None:
+        inherited = scope.deadline
+        if inherited is not None and (tightest is None or inherited < tightest):
+            tightest = inherited
+    if timeout is not None:
+        own = time.time() + timeout
+        if tightest is None or own < tightest:
+            tightest = own
     return tightest
 
 

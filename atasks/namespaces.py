@@ -113,13 +113,15 @@ def bind_transport(transport: Transport, name: str) -> None:
     ns.transport = transport
 
 
-def bind_router(router: Router, name: str) -> None:
+def bind_router(router: Router, name: str) -> Namespace:
+    """Make ``router`` the router of namespace ``name``, and return that namespace."""
     ns = namespace(name)
     if ns.router is not None and ns.router is not router:
         raise ConfigurationError(
             f"namespace {name!r} already has router {ns.router!r}; cannot also bind {router!r}."
         )
     ns.router = router
+    return ns
 
 
 def register_atask(atask: ATask[Any, Any]) -> None:

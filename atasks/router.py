@@ -17,7 +17,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from atasks import errors
@@ -26,13 +28,13 @@ from atasks.auth_context import AuthContext, admit, auth_var, stamp
 from atasks.calls import (
     CallScope,
     current_scope,
-    effective_deadline,
     effective_priority,
     enter_priority,
     leave_priority,
     new_call_id,
+    scope_deadline,
 )
-from atasks.codecs.base import Codec, decode, encode
+from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
 from atasks.codecs.pickle_codec import PickleCodec
 from atasks.errors import (
     AuthError,
@@ -127,15 +129,19 @@ class Router:
         self._processes: int | None = None
         self._pool: ProcessPool | None = None
         self._scheduler: Scheduler | None = None
-        bind_router(self, namespace)
+        self._ns = bind_router(self, namespace)  # never replaced: reset() empties it in place
 
     @property
     def codec(self) -> Codec:
-        return self._codec if self._codec is not None else get_codec(self.namespace)
+        """The codec given to this router, else the one its namespace has now."""
+        codec = self._codec if self._codec is not None else self._ns.codec
+        return codec if codec is not None else get_codec(self.namespace)  # which raises
 
     @property
     def transport(self) -> Transport:
-        return self._transport if self._transport is not None else get_transport(self.namespace)
+        """The transport given to this router, else the one its namespace has now."""
+        transport = self._transport if self._transport is not None else self._ns.transport
+        return transport if transport is not None else get_transport(self.namespace)  # raises
 
     @property
     def active(self) -> bool:
@@ -167,11 +173,13 @@ class Router:
         if self._registering:  # an atask imported since activate(): served once registered
             await asyncio.wait(set(self._registering))
         scope = current_scope.get()
-        deadline = effective_deadline(atask.timeout)
+        deadline = scope_deadline(scope, atask.timeout)
         call_id = new_call_id()
         parent_id = scope.call_id if scope is not None else None
         # Context that travels, each costing nothing when unused: traces, auth, variables.
-        tracing = _tracing_in_force()
+        tracing = _tracing.active
+        if tracing is None and _OTEL in _modules:
+            tracing = _tracing_in_force()
         span = (
             tracing.client(transport, self.namespace, atask.name, call_id, parent_id)
             if tracing is not None
@@ -184,8 +192,12 @@ class Router:
             if stream is not None:
                 stream.opened(call_id, transport, relay)
                 on_frame = stream
-            request = await self._request(
-                atask, args, kwargs, codec, call_id, parent_id, deadline, listener is not None
+            payload = _payload(atask, args, kwargs, call_id)
+            body = (
+                encode_now(codec, payload) if codec._fast_encode else await encode(codec, payload)
+            )
+            request = self._request(
+                atask, codec, body, call_id, parent_id, deadline, listener is not None
             )
             if stream is not None:
                 request.window = stream.window
@@ -217,6 +229,8 @@ class Router:
                     await slots.call_ended(scope, direct)
             if relay is not None:  # every report reaches the listener before the outcome
                 await relay.flushed()
+            if reply.ok and codec._fast_decode and reply.content_type == codec.content_type:
+                return decode_now(codec, reply.body)
             return await self._outcome(reply, codec)
         except BaseException as exc:
             if span is not None:
@@ -227,28 +241,23 @@ class Router:
             if span is not None:
                 span.end()
 
-    async def _request(
+    def _request(
         self,
         atask: ATask[Any, Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
         codec: Codec,
+        body: bytes,
         call_id: str,
         parent_id: str | None,
         deadline: float | None,
         wants_progress: bool,
     ) -> Request:
-        """The request of one call: its payload encoded, with the context that travels."""
-        payload = [list(args), kwargs, atask.name, call_id]
-        if propagated:
-            values = capture()
-            if values:
-                payload.append(values)
+        """The request of one call, ``body`` its encoded ``_payload``, with the context that
+        travels."""
         request = Request(
             name=atask.name,
             call_id=call_id,
             content_type=codec.content_type,
-            body=await encode(codec, payload),
+            body=body,
             parent_id=parent_id,
             deadline=deadline,
             priority=effective_priority(atask.priority),
@@ -316,9 +325,8 @@ class Router:
             else None
         )
         try:
-            request = await self._request(
-                atask, args, kwargs, codec, call_id, parent_id, None, False
-            )
+            body = await encode(codec, _payload(atask, args, kwargs, call_id))
+            request = self._request(atask, codec, body, call_id, parent_id, None, False)
             if span is not None:
                 assert tracing is not None
                 tracing.inject(span, request)
@@ -349,7 +357,9 @@ class Router:
     async def firing(self, atask: ATask[Any, Any], call_id: str) -> Request:
         """The request of a scheduled run of ``atask``: no arguments, no parent, no deadline
         (the atask's ``timeout`` counts from when a server starts it)."""
-        return await self._request(atask, (), {}, self.codec, call_id, None, None, False)
+        codec = self.codec
+        body = await encode(codec, _payload(atask, (), {}, call_id))
+        return self._request(atask, codec, body, call_id, None, None, False)
 
     # --- serve side ----------------------------------------------------------------------
 
@@ -546,27 +556,34 @@ class Router:
 
     async def handle(self, request: Request) -> Reply:
         """Serve one request. Returns a reply for every outcome; only cancellation propagates."""
-        try:
-            return await self._handle(request)
-        finally:
-            if request.slot_taken:  # taken by the transport, never adopted by a call
-                request.slot_taken = False
-                if self._slots is not None:
-                    self._slots.give_back_untaken()
-
-    async def _handle(self, request: Request) -> Reply:
         serving = self._serving
         events = serving if serving is not None and serving.events_enabled else None
-        received = time.monotonic()
-        tracing = _tracing_in_force()
-        served = tracing.server(serving, self.namespace, request) if tracing is not None else None
+        received = time.monotonic() if events is not None else 0.0  # only events tell durations
+        served: Served | None = None
         try:
+            tracing = _tracing.active
+            if tracing is None and _OTEL in _modules:
+                tracing = _tracing_in_force()
+            if tracing is not None:
+                served = tracing.server(serving, self.namespace, request)
             if events is not None:
                 await self._emit(events, "received", request)
             codec: Codec | None = None
             try:
                 codec = self.codec
-                atask, args, kwargs, values, verified = await self._unpack(request, codec)
+                atask = self._served_atask(request, codec)
+                # The auth context is verified before anything is decoded.
+                verified = (
+                    await admit(atask, request, codec)
+                    if request.headers or atask.auth_required
+                    else None
+                )
+                payload = (
+                    decode_now(codec, request.body)
+                    if codec._fast_decode
+                    else await decode(codec, request.body)
+                )
+                args, kwargs, values = _split_arguments(payload, request)
             except (JobNotFound, NoCodecRegistered, DecodeError, AuthError) as exc:
                 log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
                 return await self._failed_with(request, codec, exc, events, received, served)
@@ -597,7 +614,9 @@ class Router:
             except Exception as exc:
                 return await self._failed_with(request, codec, exc, events, received, served)
             try:
-                body = await encode(codec, result)
+                body = (
+                    encode_now(codec, result) if codec._fast_encode else await encode(codec, result)
+                )
             except EncodeError as exc:
                 failure = EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
                 log.warning("call %s of %r: %s", request.call_id, request.name, failure)
@@ -611,6 +630,10 @@ class Router:
         finally:
             if served is not None:
                 served.end()
+            if request.slot_taken:  # taken by the transport, never adopted by a call
+                request.slot_taken = False
+                if self._slots is not None:
+                    self._slots.give_back_untaken()
 
     async def _failed_with(
         self,
@@ -663,14 +686,9 @@ class Router:
         except Exception as exc:  # events are best effort: never fail a call for one
             log.debug("could not publish %s event of %s: %s", kind, request.call_id, exc)
 
-    async def _unpack(
-        self, request: Request, codec: Codec
-    ) -> tuple[
-        ATask[Any, Any], list[Any], dict[str, Any], dict[str, Any] | None, AuthContext | None
-    ]:
-        """The atask, its arguments, the context values and the verified auth context of a
-        request; the auth context is verified before anything is decoded."""
-        atask = namespace(self.namespace).atasks.get(request.name)
+    def _served_atask(self, request: Request, codec: Codec) -> ATask[Any, Any]:
+        """The atask a request calls, once this server serves it and speaks its codec."""
+        atask = self._ns.atasks.get(request.name)
         if atask is None:
             raise JobNotFound(
                 f"this server does not serve atask {request.name!r} in namespace {self.namespace!r}"
@@ -680,11 +698,7 @@ class Router:
                 f"request is {request.content_type!r} but this server's codec is "
                 f"{codec.content_type!r}: configure the same codec (and key) everywhere"
             )
-        verified = None
-        if request.headers or atask.auth_required:
-            verified = await admit(atask, request, codec)
-        args, kwargs, values = _split_arguments(await decode(codec, request.body), request)
-        return atask, args, kwargs, values, verified
+        return atask
 
     async def _run(
         self,
@@ -722,12 +736,16 @@ class Router:
                 if request.slot_taken:
                     request.slot_taken = False
                     scope.holds_slot = True
-                else:
+                elif not slots.take_now(scope):
                     await slots.take(scope)
             if events is not None:
                 await self._emit(events, "started", request)
+            running: Coroutine[Any, Any, Any]
             if atask.streams:
                 running = serve_items(atask, request, args, kwargs, self.codec)
+            elif atask.mechanism == "async":  # its coroutine, without one around it
+                called = atask.fn(*args, **kwargs)
+                running = called if type(called) is CoroutineType else _awaited(called)
             elif atask.mechanism == "process":
                 running = self._process_pool().run(atask.fn, args, kwargs)
             else:
@@ -839,6 +857,23 @@ def get_router(namespace_name: str = DEFAULT) -> Router:
     """The router of a namespace, created on first use."""
     router = namespace(namespace_name).router
     return router if router is not None else Router(namespace=namespace_name)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _payload(
+    atask: ATask[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], call_id: str
+) -> list[Any]:
+    """What a request's body encodes: ``[args, kwargs, atask name, call id]``, plus the values
+    of the propagated context variables set here, if any."""
+    payload = [list(args), kwargs, atask.name, call_id]
+    if propagated:
+        values = capture()
+        if values:
+            payload.append(values)
+    return payload
 
 
 def _split_arguments(

@@ -61,14 +61,21 @@ class Slots:
         """A slot from ``try_take`` that no scope adopted."""
         self._give()
 
+    def take_now(self, scope: CallScope) -> bool:
+        """Whether ``scope`` holds a slot, taking a free one if it does not and one is free
+        (``take`` waits for one)."""
+        if scope.holds_slot:
+            return True
+        if self._waiters or self.running >= self.limit:
+            return False
+        self.running += 1
+        self._hold(scope)
+        self._changed()
+        return True
+
     async def take(self, scope: CallScope) -> None:
         """Wait for a slot for ``scope``."""
-        if scope.holds_slot:
-            return
-        if self.free > 0:
-            self.running += 1
-            self._hold(scope)
-            self._changed()
+        if self.take_now(scope):
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((granted, scope))

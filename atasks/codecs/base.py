@@ -106,16 +106,32 @@ class Codec(metaclass=BindOnConstruction):
 async def encode(codec: Codec, obj: Any) -> bytes:
     """``codec``'s bytes for ``obj``, without an await where the codec is synchronous; failures
     as ``EncodeError``."""
+    if codec._fast_encode:
+        return encode_now(codec, obj)
     try:
-        content: Any = codec.dumps(obj) if codec._fast_encode else codec.encode(obj)
-        if type(content) is bytes:  # the common, synchronous case
-            return content
+        content: Any = codec.encode(obj)
         if inspect.isawaitable(content):
             content = await content
     except EncodeError:
         raise
     except Exception as exc:
         raise EncodeError(f"{codec!r} cannot encode {_brief(obj)}: {exc}") from exc
+    return _as_bytes(codec, content)
+
+
+def encode_now(codec: Codec, obj: Any) -> bytes:
+    """``encode`` for a codec whose ``_fast_encode`` holds (its ``dumps`` is the
+    implementation): the router's hot path, with no coroutine to create."""
+    try:
+        content: Any = codec.dumps(obj)
+    except EncodeError:
+        raise
+    except Exception as exc:
+        raise EncodeError(f"{codec!r} cannot encode {_brief(obj)}: {exc}") from exc
+    return content if type(content) is bytes else _as_bytes(codec, content)
+
+
+def _as_bytes(codec: Codec, content: Any) -> bytes:
     if not isinstance(content, bytes | bytearray | memoryview):
         raise EncodeError(f"{codec!r}.encode returned {type(content).__name__}, not bytes")
     return bytes(content)
@@ -124,9 +140,9 @@ async def encode(codec: Codec, obj: Any) -> bytes:
 async def decode(codec: Codec, content: bytes) -> Any:
     """The object ``codec`` reads in ``content``, without an await where the codec is
     synchronous; failures as ``DecodeError``."""
+    if codec._fast_decode:
+        return decode_now(codec, content)
     try:
-        if codec._fast_decode:
-            return codec.loads(content)
         obj = codec.decode(content)
         if inspect.isawaitable(obj):
             obj = await obj
@@ -135,6 +151,17 @@ async def decode(codec: Codec, content: bytes) -> Any:
     except Exception as exc:
         raise DecodeError(f"{codec!r} cannot decode {len(content)} bytes: {exc}") from exc
     return obj
+
+
+def decode_now(codec: Codec, content: bytes) -> Any:
+    """``decode`` for a codec whose ``_fast_decode`` holds (its ``loads`` is the
+    implementation), with no coroutine to create."""
+    try:
+        return codec.loads(content)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"{codec!r} cannot decode {len(content)} bytes: {exc}") from exc
 
 
 def _brief(obj: Any) -> str:

@@ -392,7 +392,8 @@ class LoopbackTransport(Transport):
     def __init__(self, namespace: str | None = DEFAULT) -> None:
         super().__init__(namespace)
         self._handlers: dict[str, RequestHandler] = {}
-        self._calls: dict[object, tuple[asyncio.Task[Any], asyncio.Future[None]]] = {}
+        self._calls: dict[object, asyncio.Task[Any]] = {}  # request calls running: their task
+        self._watched: dict[object, asyncio.Future[None]] = {}  # set as each ends, for drain()
         self._stopping: set[asyncio.Task[Any]] = set()
         self._inline_depth: dict[asyncio.Task[Any], int] = {}
         self._credits: dict[str, Credits] = {}
@@ -450,8 +451,8 @@ class LoopbackTransport(Transport):
         else:  # deep recursion: a task of its own keeps the stack flat
             serving = asyncio.get_running_loop().create_task(handler(request), context=context)
             awaited = serving
-        key, finished = object(), asyncio.get_running_loop().create_future()
-        self._calls[key] = (serving, finished)
+        key = object()
+        self._calls[key] = serving
         try:
             return await awaited
         except asyncio.CancelledError:
@@ -466,7 +467,10 @@ class LoopbackTransport(Transport):
             if request.window:
                 self._credits.pop(request.call_id, None)
             del self._calls[key]
-            finished.set_result(None)
+            if self._watched:
+                finished = self._watched.pop(key, None)
+                if finished is not None:
+                    finished.set_result(None)
             if serving is caller:
                 if depth:
                     self._inline_depth[caller] = depth
@@ -554,11 +558,19 @@ class LoopbackTransport(Transport):
 
         return LoopbackSeat(self)
 
+    def _watch(self) -> set[asyncio.Future[None]]:
+        """A future for each request call running now, set when it ends (made only here: a
+        call costs no future unless someone drains)."""
+        loop, watched = asyncio.get_running_loop(), self._watched
+        for key in self._calls:
+            if key not in watched:
+                watched[key] = loop.create_future()
+        return {watched[key] for key in self._calls}
+
     async def drain(self, grace: float) -> None:
         queued = set(self._queued)
         if (self._calls or queued) and grace > 0:
-            finished = {finished for _, finished in self._calls.values()}
-            await asyncio.wait(finished | queued, timeout=grace)
+            await asyncio.wait(self._watch() | queued, timeout=grace)
         for task in self._queued:
             task.cancel()
         if self._queued:
@@ -566,15 +578,12 @@ class LoopbackTransport(Transport):
         # Nested inline calls share a task, and one cancel ends only the innermost: cancel
         # again until every call is over.
         while self._calls:
-            tasks = {task for task, _ in self._calls.values()}
+            tasks = set(self._calls.values())
             self._stopping |= tasks
             try:
                 for task in tasks:
                     task.cancel()
-                await asyncio.wait(
-                    {finished for _, finished in self._calls.values()},
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                await asyncio.wait(self._watch(), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self._stopping -= tasks
 

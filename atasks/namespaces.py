@@ -124,7 +124,8 @@ def bind_router(router: Router, name: str) -> Namespace:
     return ns
 
 
-def register_atask(atask: ATask[Any, Any]) -> None:
+def register_atask(atask: ATask[Any, Any]) -> Namespace:
+    """Register ``atask`` in its namespace, and return that namespace."""
     ns = namespace(atask.namespace)
     known = ns.atasks.get(atask.name)
     if known is not None and not known.same_function(atask):
@@ -136,6 +137,7 @@ def register_atask(atask: ATask[Any, Any]) -> None:
     ns.atasks[atask.name] = atask
     for listener in list(ns.on_atask):
         listener(atask)
+    return ns
 
 
 def register_schedule(schedule: Schedule) -> None:

@@ -722,7 +722,8 @@ class Router:
         if events is not None or caller is not None:
             scope.report = self._reporter(request, caller, events)
         token = current_scope.set(scope)
-        priority_token = enter_priority(request.priority)  # inherited by the calls it makes
+        # The priority it arrived with, inherited by the calls it makes.
+        priority_token = enter_priority(request.priority) if request.priority is not None else None
         # What the caller's context carried, in force while the atask runs (and so in the calls
         # it makes); undone after, for transports that serve in a context of their own.
         restoring = apply(values) if values else None
@@ -763,7 +764,8 @@ class Router:
                 auth_var.reset(auth_token)
             if restoring:
                 restore(restoring)
-            leave_priority(priority_token)
+            if priority_token is not None:
+                leave_priority(priority_token)
             current_scope.reset(token)
 
     async def _retrying(
@@ -883,6 +885,16 @@ def _split_arguments(
     call id]`` plus ``{name: value}`` of propagated variables when the caller had any set, once
     the name and id are those the request arrived with: a (signed) request replayed into
     another atask's queue, or under another call id, is refused."""
+    if (  # the common shape, checked at a glance: positional arguments, no context values
+        type(payload) is list
+        and len(payload) == 4
+        and type(payload[0]) is list
+        and not payload[1]
+        and type(payload[1]) is dict
+        and payload[2] == request.name
+        and payload[3] == request.call_id
+    ):
+        return payload[0], payload[1], None
     if not (
         isinstance(payload, list | tuple)
         and len(payload) in (4, 5)

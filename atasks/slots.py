@@ -143,7 +143,9 @@ class Slots:
         if scope.lent:
             scope.lent = False
             self.parked -= 1
-        self.release(scope)
+        if scope.holds_slot:
+            scope.holds_slot = False
+            self._give()
 
     def drive(self, coroutine: Coroutine[Any, Any, T], scope: CallScope) -> Awaitable[T]:
         """Await ``coroutine`` (the atask) so that it lends its slot while suspended with calls

@@ -119,11 +119,14 @@ class ATask(Generic[P, R]):
         self.__kwdefaults__ = None
         if hasattr(inspect, "markcoroutinefunction") and not self.streams:
             inspect.markcoroutinefunction(self)
-        register_atask(self)
+        self._ns = register_atask(self)  # its namespace, never replaced (reset() empties it)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         if self.kind == "call":
-            return get_router(self.namespace).call(self, args, kwargs)
+            router = self._ns.router
+            if router is None:
+                router = get_router(self.namespace)
+            return router.call(self, args, kwargs)
         return self._one_way(args, kwargs)
 
     async def _one_way(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -29,7 +29,7 @@ from atasks.events import Progress
 from atasks.router import Router
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.coalesce import Coalescer
-from atasks.transport.backends.amqp.dead import list_dead_letters
+from atasks.transport.backends.amqp.dead import list_dead_letters, replay_dead_letters
 from atasks.transport.backends.amqp.topology import Topology
 from atasks.transport.base import Reply, Request
 
@@ -166,6 +166,38 @@ async def test_each_call_of_a_poison_batch_is_told(
     )
     assert [type(outcome) for outcome in outcomes] == [DeliveryLimitExceeded] * 3
     assert await workload.pid() > 0  # restarted workers still serve
+
+
+async def test_an_expired_batch_is_dead_lettered_and_replayed_whole(
+    servers: Servers, amqp_url: str, tmp_path: Path
+) -> None:
+    await atasks.setup("amqp", url=amqp_url)
+    first = servers.start()
+    await wait_until_served(workload.ready)
+    first.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(first.wait, 30) == 0
+    earlier = {d.call_id for d in await list_dead_letters(amqp_url, "default")}
+    tallies = [tmp_path / f"tally-{i}" for i in range(3)]
+    with pytest.raises(TimeoutError):  # nobody serves them: they expire in the queue, together
+        async with atasks.deadline(0.5):
+            await asyncio.gather(*(workload.count_run(str(tally), 0) for tally in tallies))
+
+    async def batches() -> list[str]:
+        letters = await list_dead_letters(amqp_url, "default")
+        return [
+            d.reason for d in letters if d.call_id not in earlier and d.call_id.startswith("batch:")
+        ]
+
+    async with asyncio.timeout(30):
+        while not await batches():
+            await asyncio.sleep(0.05)
+    assert await batches() == ["expired"]
+    servers.start()
+    await wait_until_served(workload.ready)
+    replayed = await replay_dead_letters(amqp_url, "default", atask=workload.count_run.name)
+    assert len(replayed.sent) == 1
+    await until(lambda: all(map(Path.exists, tallies)))  # each call ran, without its deadline
+    assert [len(tally.read_text().splitlines()) for tally in tallies] == [1] * 3
 
 
 async def test_a_malformed_batch_is_dead_lettered_and_the_server_goes_on(

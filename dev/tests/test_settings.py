@@ -43,6 +43,7 @@ BAD = {
     "persistent": "2",
     "events": "sure",
     "max_priority": "10",
+    "coalesce": "0",
     "auth_ttl": "-3",
     "tracing": "on",
 }

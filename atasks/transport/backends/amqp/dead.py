@@ -21,6 +21,7 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from pamqp.commands import Basic
 
 from atasks.calls import priority_from
 from atasks.transport.backends.amqp import wire
@@ -205,15 +206,28 @@ def fresh_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
         if not key.startswith("x-") and key not in DROPPED_ON_REPLAY
     }
     return aio_pika.Message(
-        message.body,
+        _without_deadlines(message) if message.type == wire.BATCH else message.body,
         headers=headers or None,
         content_type=message.content_type,
+        type=message.type,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         # From the header, as published: aio_pika reads a missing priority property as 0.
         priority=wire.broker_priority(priority_from(headers.get(wire.H_PRIORITY))),
     )
+
+
+def _without_deadlines(message: AbstractIncomingMessage) -> bytes:
+    """The body of a dead batch of calls, each without its deadline (as a lone request loses
+    its own); a batch that cannot be read goes back as it is, to be dead-lettered again."""
+    try:
+        requests = wire.batch_from("", Basic.Properties(), message.body)
+    except ValueError:
+        return message.body
+    for request in requests:
+        request.deadline = None
+    return wire.pack_requests(requests)
 
 
 @asynccontextmanager

@@ -27,11 +27,9 @@ from atasks import atask
 from atasks.errors import DeliveryLimitExceeded
 from atasks.events import Progress
 from atasks.router import Router
-from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.coalesce import Coalescer
 from atasks.transport.backends.amqp.dead import list_dead_letters, replay_dead_letters
 from atasks.transport.backends.amqp.topology import Topology
-from atasks.transport.base import Reply, Request
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -231,50 +229,6 @@ async def test_a_malformed_batch_is_dead_lettered_and_the_server_goes_on(
             await asyncio.sleep(0.05)
     assert await dead() == ["rejected"]
     assert await workload.pid() > 0
-
-
-def test_a_batch_and_its_replies_read_back_as_sent() -> None:
-    requests = [
-        Request(name="f", call_id="a", content_type="t", body=b"1", deadline=1e9, priority=7),
-        Request(
-            name="f",
-            call_id="b",
-            content_type="t",
-            body=b"",
-            parent_id="p",
-            wants_progress=True,
-            headers={"traceparent": "00-x"},
-        ),
-    ]
-    properties = wire.batch_properties(requests, "batch:a", "replies", persistent=False)
-    assert properties.message_type == wire.BATCH
-    assert properties.expiration is None  # one call has no deadline: the batch never expires
-    assert wire.batch_from("f", properties, wire.pack_requests(requests)) == requests
-    replies = [
-        Reply(call_id="a", ok=True, content_type="t", body=b"ok"),
-        Reply(
-            call_id="b",
-            ok=False,
-            content_type="",
-            body=b"",
-            error_type="E",
-            error_message="m",
-            traceback="tb",
-        ),
-    ]
-    assert wire.replies_from(wire.pack_replies(replies)) == replies
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b"\x00", b"\x00\x00\x00\x09not a table", b"", b"\x00\x00\x00\x00\x00\x00\x00\x09cut"],
-)
-def test_a_malformed_batch_is_an_error(body: bytes) -> None:
-    properties = wire.batch_properties(
-        [Request(name="f", call_id="a", content_type="t", body=b"")], "b", "r", persistent=False
-    )
-    with pytest.raises(ValueError, match="malformed"):
-        wire.batch_from("f", properties, body)
 
 
 async def test_a_coalescer_sends_what_is_ready_together_within_its_bounds() -> None:

@@ -63,21 +63,21 @@ def test_nonsense_headers_are_ignored() -> None:
     assert wire.deaths(properties.headers or {}) == 0
 
 
-@pytest.mark.parametrize(
-    "reply",
-    [
-        Reply(call_id="c3", ok=True, content_type="application/json", body=b"7"),
-        Reply(
-            call_id="c4",
-            ok=False,
-            content_type="application/json",
-            body=b"",
-            error_type="builtins.KeyError",
-            error_message="'k'",
-            traceback="Traceback...",
-        ),
-    ],
-)
+REPLIES = [
+    Reply(call_id="c3", ok=True, content_type="application/json", body=b"7"),
+    Reply(
+        call_id="c4",
+        ok=False,
+        content_type="application/json",
+        body=b"",
+        error_type="builtins.KeyError",
+        error_message="'k'",
+        traceback="Traceback...",
+    ),
+]
+
+
+@pytest.mark.parametrize("reply", REPLIES)
 def test_a_reply_round_trips(reply: Reply) -> None:
     assert wire.reply_from(wire.reply_properties(reply), reply.body) == reply
 
@@ -123,3 +123,35 @@ def test_dead_reason_from_the_broker_or_from_atasks() -> None:
     assert wire.dead_reason({wire.FIRST_DEATH_REASON: "delivery_limit"}) == "delivery_limit"
     assert wire.dead_reason({wire.H_DEAD_REASON: "rejected"}) == "rejected"
     assert wire.dead_reason({}) == ""
+
+
+def test_a_batch_and_its_replies_read_back_as_sent() -> None:
+    requests = [
+        Request(name="f", call_id="a", content_type="t", body=b"1", deadline=1e9, priority=7),
+        Request(
+            name="f",
+            call_id="b",
+            content_type="t",
+            body=b"",
+            parent_id="p",
+            wants_progress=True,
+            headers={"traceparent": "00-x"},
+        ),
+    ]
+    properties = wire.batch_properties(requests, "batch:a", "replies", persistent=False)
+    assert properties.message_type == wire.BATCH
+    assert properties.expiration is None  # one call has no deadline: the batch never expires
+    assert wire.batch_from("f", properties, wire.pack_requests(requests)) == requests
+    assert wire.replies_from(wire.pack_replies(REPLIES)) == REPLIES
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\x00", b"\x00\x00\x00\x09not a table", b"", b"\x00\x00\x00\x00\x00\x00\x00\x09cut"],
+)
+def test_a_malformed_batch_is_an_error(body: bytes) -> None:
+    properties = wire.batch_properties(
+        [Request(name="f", call_id="a", content_type="t", body=b"")], "b", "r", persistent=False
+    )
+    with pytest.raises(ValueError, match="malformed"):
+        wire.batch_from("f", properties, body)

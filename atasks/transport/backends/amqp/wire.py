@@ -15,8 +15,8 @@ call has a priority of its own (the one its nested calls inherit); most calls ha
 carry no header for it.
 
 Calls to one atask that are ready to go in the same turn of the caller's event loop travel
-together: a ``batch`` message carries several requests, each its own entry (an AMQP field table
-of its call id and headers, then its body), with the properties they share; the server answers
+together: a ``batch`` message carries several requests, each its own entry (its call id, the
+headers a lone request would carry, its body), with the properties they share; the server answers
 with ``replies`` messages, each carrying the replies to one caller that are ready together. A lone
 request or reply is a message of its own, as above.
 """
@@ -57,7 +57,6 @@ H_LEASE_CALL = "atasks-lease-call"  # in a query to a lease holder: which call
 FIRST_DEATH_QUEUE = "x-first-death-queue"
 H_CONTEXT = "atasks-ctx-"  # prefix of the entries of Request.headers (traceparent, auth…)
 H_CALLS = "atasks-calls"  # how many calls a batch carries
-E_ID, E_TYPE, E_CONTENT_TYPE = "id", "type", "content-type"  # in each entry of a batch
 
 PERSISTENT = 2
 BATCH_BYTES = 256 * 1024  # several calls or replies in one message: about this many bytes at most,
@@ -148,24 +147,21 @@ def batch_properties(
 
 
 def pack_requests(requests: Iterable[Request]) -> bytes:
-    """The body of a batch: each request's call id and headers as a field table, then its body."""
+    """The body of a batch: an entry per request (see ``_pack_entry``), its headers those a
+    lone request would carry."""
     parts: list[bytes] = []
     for request in requests:
-        entry = request_headers(request)
-        entry[E_ID] = request.call_id
-        parts += (encode.field_table(entry), _SIZE.pack(len(request.body)), request.body)
+        _pack_entry(parts, request.call_id, 0, "", request_headers(request), request.body)
     return b"".join(parts)
 
 
 def batch_from(name: str, properties: Basic.Properties, body: bytes) -> list[Request]:
     """The requests of a batch; raises ``ValueError`` when it is malformed."""
     content_type = properties.content_type or ""
-    requests: list[Request] = []
-    for entry, data in _entries(body):
-        call_id = entry.get(E_ID)
-        if not isinstance(call_id, str) or not call_id:
-            raise ValueError("malformed batch: an entry without a call id")
-        requests.append(_request(name, call_id, content_type, entry, data))
+    requests = [
+        _request(name, call_id, content_type, headers, data)
+        for call_id, _, _, headers, data in _entries(body)
+    ]
     if not requests:
         raise ValueError("malformed batch: no calls")
     return requests
@@ -175,10 +171,8 @@ def batch_call_ids(body: bytes) -> list[str]:
     """The call ids of a batch, as far as they can be read."""
     ids: list[str] = []
     try:
-        for entry, _ in _entries(body):
-            call_id = entry.get(E_ID)
-            if isinstance(call_id, str) and call_id:
-                ids.append(call_id)
+        for call_id, *_ in _entries(body):
+            ids.append(call_id)
     except ValueError:
         pass
     return ids
@@ -189,45 +183,84 @@ def replies_properties() -> Basic.Properties:
 
 
 def pack_replies(replies: Iterable[Reply]) -> bytes:
-    """The body of a ``replies`` message: each reply's call id, outcome, content type and error
-    as a field table, then its body."""
+    """The body of a ``replies`` message: an entry per reply (see ``_pack_entry``), its headers
+    those of a lone failed reply."""
     parts: list[bytes] = []
     for reply in replies:
-        entry: dict[str, Any] = {
-            E_ID: reply.call_id,
-            E_TYPE: OK if reply.ok else ERROR,
-            E_CONTENT_TYPE: reply.content_type,
-        }
-        if not reply.ok:
-            entry |= _error_headers(reply)
-        parts += (encode.field_table(entry), _SIZE.pack(len(reply.body)), reply.body)
+        if reply.ok:
+            _pack_entry(parts, reply.call_id, _OK, reply.content_type, None, reply.body)
+        else:
+            headers = _error_headers(reply)
+            _pack_entry(parts, reply.call_id, _ERROR, reply.content_type, headers, reply.body)
     return b"".join(parts)
 
 
 def replies_from(body: bytes) -> list[Reply]:
     """The replies of a ``replies`` message; raises ``ValueError`` when it is malformed."""
     return [
-        _reply(entry.get(E_ID), entry.get(E_TYPE), entry.get(E_CONTENT_TYPE), entry, data)
-        for entry, data in _entries(body)
+        _reply(call_id, OK if kind == _OK else ERROR, content_type, headers, data)
+        for call_id, kind, content_type, headers, data in _entries(body)
     ]
 
 
-def _entries(body: bytes) -> Iterable[tuple[dict[str, Any], bytes]]:
-    at = 0
-    while at < len(body):
+_OK, _ERROR = 0, 1  # the kind of a reply's entry (a request's is 0)
+_SHORT = struct.Struct(">H")
+_NO_TABLE = _SIZE.pack(0)
+
+
+def _pack_entry(
+    parts: list[bytes],
+    call_id: str,
+    kind: int,
+    content_type: str,
+    headers: Mapping[str, Any] | None,
+    body: bytes,
+) -> None:
+    """One call's entry in a message of several: its call id and content type (each a 16-bit
+    length and UTF-8), its kind (a byte), its headers (an AMQP field table, empty for most), and
+    its body (a 32-bit length and the bytes)."""
+    ident, media = call_id.encode(), content_type.encode()
+    table = encode.field_table(dict(headers)) if headers else _NO_TABLE
+    parts += (
+        _SHORT.pack(len(ident)),
+        ident,
+        _SHORT.pack(len(media)),
+        media,
+        bytes((kind,)),
+        table,
+        _SIZE.pack(len(body)),
+        body,
+    )
+
+
+def _entries(body: bytes) -> Iterable[tuple[str, int, str, dict[str, Any], bytes]]:
+    """The entries of a message of several calls: call id, kind, content type, headers, body."""
+    at, end = 0, len(body)
+    while at < end:
         try:
-            (table_size,) = _SIZE.unpack_from(body, at)
-            end = at + _SIZE.size + table_size
-            if end + _SIZE.size > len(body):
-                raise ValueError("an entry cut short")
-            _, entry = decode.field_table(body[at:end])
-            (size,) = _SIZE.unpack_from(body, end)
+            call_id, at = _text_at(body, at)
+            content_type, at = _text_at(body, at)
+            kind = body[at]
+            (size,) = _SIZE.unpack_from(body, at + 1)
+            headers = decode.field_table(body[at + 1 : at + 5 + size])[1] if size else {}
+            at += 5 + size
+            (size,) = _SIZE.unpack_from(body, at)
         except (struct.error, ValueError, TypeError, LookupError, UnicodeDecodeError) as exc:
             raise ValueError(f"malformed entry: {exc}") from None
-        at = end + _SIZE.size + size
-        if at > len(body):
+        at += _SIZE.size + size
+        if at > end:
             raise ValueError("malformed entry: a body cut short")
-        yield entry, body[end + _SIZE.size : at]
+        if not call_id:
+            raise ValueError("malformed entry: no call id")
+        yield call_id, kind, content_type, headers, body[at - size : at]
+
+
+def _text_at(body: bytes, at: int) -> tuple[str, int]:
+    (size,) = _SHORT.unpack_from(body, at)
+    start = at + _SHORT.size
+    if start + size > len(body):
+        raise ValueError("a text cut short")
+    return body[start : start + size].decode(), start + size
 
 
 def _request(

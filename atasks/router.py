@@ -162,8 +162,9 @@ class Router:
     ) -> Any:
         """Run ``atask(*args, **kwargs)`` on a server and return its result; with ``stream``,
         its items go there and the result is how many the server sent."""
-        codec = self.codec
-        transport = self.transport
+        ns = self._ns
+        codec = self._codec or ns.codec or self.codec  # the property raises for none
+        transport = self._transport or ns.transport or self.transport
         if transport.classic:
             transport = modern(transport)
         if stream is not None and not transport.streams:
@@ -570,7 +571,7 @@ class Router:
                 await self._emit(events, "received", request)
             codec: Codec | None = None
             try:
-                codec = self.codec
+                codec = self._codec or self._ns.codec or self.codec
                 atask = self._served_atask(request, codec)
                 # The auth context is verified before anything is decoded.
                 verified = (

@@ -15,6 +15,8 @@ from atasks.namespaces import DEFAULT
 SECRET_ENV = "ATASKS_SECRET"
 _DIGEST = hashlib.sha256
 _SIGNATURE_SIZE = _DIGEST().digest_size
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_dumps, _loads = pickle.dumps, pickle.loads
 
 
 class PickleCodec(Codec):
@@ -54,7 +56,7 @@ class PickleCodec(Codec):
 
     def dumps(self, obj: Any) -> bytes:
         try:
-            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            data = _dumps(obj, _PROTOCOL)
         except Exception as exc:
             raise EncodeError(f"cannot pickle {type(obj).__name__}: {exc}") from exc
         if self._key is None:
@@ -68,7 +70,7 @@ class PickleCodec(Codec):
             if not hmac.compare_digest(signature, expected):
                 raise DecodeError("pickle signature missing or wrong: rejected unread")
         try:
-            return pickle.loads(content)
+            return _loads(content)
         except Exception as exc:
             raise DecodeError(f"cannot unpickle {len(content)} bytes: {exc!r}") from exc
 

@@ -446,8 +446,19 @@ class LoopbackTransport(Transport):
         context = contextvars.Context()
         awaited: Awaitable[Reply]
         if depth < INLINE_DEPTH:  # the fast path: no task, no trip through the event loop
-            serving, awaited = caller, _InContext(handler(request), context)
+            coroutine = handler(request)
             self._inline_depth[caller] = depth + 1
+            try:  # its first step now: most calls finish in it, and need nothing more
+                first = context.run(coroutine.send, None)
+            except BaseException as exc:
+                self._left(caller, depth)
+                if request.window:
+                    self._credits.pop(request.call_id, None)
+                if isinstance(exc, StopIteration):
+                    result: Reply = exc.value
+                    return result
+                raise
+            serving, awaited = caller, _InContext(coroutine, context, first)
         else:  # deep recursion: a task of its own keeps the stack flat
             serving = asyncio.get_running_loop().create_task(handler(request), context=context)
             awaited = serving
@@ -472,10 +483,14 @@ class LoopbackTransport(Transport):
                 if finished is not None:
                     finished.set_result(None)
             if serving is caller:
-                if depth:
-                    self._inline_depth[caller] = depth
-                else:
-                    del self._inline_depth[caller]
+                self._left(caller, depth)
+
+    def _left(self, caller: asyncio.Task[Any], depth: int) -> None:
+        """An inline call of ``caller`` is over: back to ``depth`` calls deep."""
+        if depth:
+            self._inline_depth[caller] = depth
+        else:
+            del self._inline_depth[caller]
 
     def grant(self, call_id: str, credits: int) -> None:
         window = self._credits.get(call_id)
@@ -589,25 +604,30 @@ class LoopbackTransport(Transport):
 
 
 class _InContext:
-    """Await a coroutine inside the current task, but with every step run in ``context``."""
+    """Await a coroutine inside the current task, but with every step run in ``context``; its
+    first step was taken already, and yielded ``first``."""
 
-    __slots__ = ("context", "coroutine")
+    __slots__ = ("context", "coroutine", "first")
 
-    def __init__(self, coroutine: Coroutine[Any, Any, Reply], context: contextvars.Context):
+    def __init__(
+        self, coroutine: Coroutine[Any, Any, Reply], context: contextvars.Context, first: Any
+    ) -> None:
         self.coroutine = coroutine
         self.context = context
+        self.first = first
 
     def __await__(self) -> Generator[Any, Any, Reply]:
         run, send, throw = self.context.run, self.coroutine.send, self.coroutine.throw
-        value: Any = None
-        error: BaseException | None = None
+        step = self.first
         while True:
+            resume: Any
             try:
-                step = run(send, value) if error is None else run(throw, error)
+                argument: Any = yield step
+                resume = send
+            except BaseException as exc:  # delivered into the coroutine at its next step
+                resume, argument = throw, exc
+            try:
+                step = run(resume, argument)
             except StopIteration as stop:
                 result: Reply = stop.value
                 return result
-            try:
-                value, error = (yield step), None
-            except BaseException as exc:  # delivered into the coroutine at its next step
-                value, error = None, exc

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -212,3 +212,30 @@ async def test_deactivating_waits_for_loopback_calls_in_flight_then_stops_the_re
         await asyncio.wait_for(stranded, 10)
     assert not transport._calls
     assert not transport._watched
+
+
+@atask(namespace=NS, window=8)
+async def count_to(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+@atask(namespace=NS)
+async def after_a_turn(value: int) -> int:
+    await asyncio.sleep(0)
+    return value
+
+
+async def test_a_loopback_call_leaves_nothing_behind_however_it_ends() -> None:
+    """Calls that finish in their first step (most), that suspend, that fail, and streams: once
+    over, the transport keeps nothing of them."""
+    await atasks.setup("loopback", namespace=NS)
+    transport = get_router(NS).transport
+    assert isinstance(transport, LoopbackTransport)
+    assert await echo(1) == 1
+    assert await after_a_turn(2) == 2
+    assert [i async for i in count_to(3)] == [0, 1, 2]
+    with pytest.raises(EncodeError):
+        await echo(lambda: None)
+    assert await asyncio.gather(echo(3), after_a_turn(4)) == [3, 4]
+    assert (transport._inline_depth, transport._credits, transport._calls) == ({}, {}, {})

@@ -198,6 +198,27 @@ async def test_an_expired_batch_is_dead_lettered_and_replayed_whole(
     assert [len(tally.read_text().splitlines()) for tally in tallies] == [1] * 3
 
 
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_a_batch_whose_server_died_comes_back_one_call_a_message(
+    servers: Servers, amqp_url: str, tmp_path: Path, queue_type: str
+) -> None:
+    """So that a call that kills its servers takes no other call of its batch down with it
+    every time (each would reach the delivery limit with it)."""
+    await atasks.setup("amqp", url=amqp_url, queue_type=queue_type)
+    doomed = servers.start("--queue-type", queue_type)
+    await wait_until_served(workload.ready)
+    markers = [tmp_path / f"marker-{i}" for i in range(4)]
+    calls = [
+        asyncio.ensure_future(workload.mark_then_sleep(str(marker), 1.0)) for marker in markers
+    ]
+    await until(lambda: all(marker.exists() and marker.read_text() for marker in markers))
+    survivor = servers.start("--queue-type", queue_type)
+    await servers.wait_serving(1)
+    os.kill(doomed.pid, signal.SIGKILL)  # mid-batch
+    assert await asyncio.wait_for(asyncio.gather(*calls), 60) == [survivor.pid] * 4
+    assert "split a batch of 'workload.mark_then_sleep' delivered again into 4" in servers.log(1)
+
+
 async def test_a_malformed_batch_is_dead_lettered_and_the_server_goes_on(
     servers: Servers, amqp_url: str
 ) -> None:

@@ -404,6 +404,7 @@ class Server:
         a new message: calls with no free slot at once (as a lone request would be), and those
         a stopping server had not finished."""
         name = intake.name
+        split: dict[str, asyncio.Event] = {}  # calls queued alone, waiting for this ack
         try:
             requeueing = self._requeueing.get(message.correlation_id or "")
             if requeueing is not None:  # our copy overtook the ack of its original
@@ -450,7 +451,9 @@ class Server:
                 and r.call_id not in self._inflight
             ]
             runs: list[Request] = []
-            if fresh and message.redelivered and self.topology.queue_type == "classic":
+            if len(fresh) > 1 and _delivered_before(message):
+                split = await self._split(name, message, fresh)
+            elif fresh and message.redelivered and self.topology.queue_type == "classic":
                 await self._count_death(name, message, fresh)
             elif fresh:
                 runs = await self._take_slots(intake, message, fresh)
@@ -476,6 +479,8 @@ class Server:
                     kept = self._kept.get(call_id)
                     if kept is not None and kept.sent:
                         del self._kept[call_id]
+                if split:  # a round trip on the channel: the broker answers after the ack
+                    await message.channel.exchange_declare("amq.direct", passive=True)
         except asyncio.CancelledError:  # the server stops before any call of it ran
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await message.nack(requeue=True)
@@ -484,6 +489,48 @@ class Server:
             log.warning("batch %s of %r not finished: %s", message.correlation_id, name, exc)
             with contextlib.suppress(*CONNECTION_ERRORS):  # on a live channel, try again
                 await message.nack(requeue=True)
+        finally:
+            self._release(split)
+
+    async def _split(
+        self, name: str, message: Delivery, requests: list[Request]
+    ) -> dict[str, asyncio.Event]:
+        """Queue each of ``requests``, calls of a batch that may have killed its server, as a
+        request of its own (confirmed), so that a call that kills every server running it does
+        not take the others down with it each time: alone, it reaches the delivery limit alone.
+
+        Until the batch is acked (see ``_requeue``), a copy reaching this server waits: the
+        events returned are set then."""
+        assert message.reply_to is not None
+        persistent = message.properties.delivery_mode == wire.PERSISTENT
+        queue = self.topology.request_queue(name)
+        held = {request.call_id: asyncio.Event() for request in requests}
+        self._requeueing.update(held)
+        log.info("split a batch of %r delivered again into %d requests", name, len(requests))
+        try:
+            await asyncio.gather(
+                *(
+                    message.channel.basic_publish(
+                        request.body,
+                        routing_key=queue,
+                        properties=wire.request_properties(
+                            request, message.reply_to, persistent=persistent
+                        ),
+                    )
+                    for request in requests
+                )
+            )
+        except BaseException:
+            self._release(held)
+            raise
+        return held
+
+    def _release(self, held: Mapping[str, asyncio.Event]) -> None:
+        """Let copies of these calls run: their original is acked, or will never be."""
+        for call_id, done in held.items():
+            done.set()
+            if self._requeueing.get(call_id) is done:
+                del self._requeueing[call_id]
 
     async def _take_slots(
         self, intake: Intake, message: Delivery, requests: list[Request]
@@ -916,9 +963,7 @@ class Server:
             # A round trip on the same channel: the broker answers it after the ack.
             await message.channel.exchange_declare("amq.direct", passive=True)
         finally:
-            done.set()
-            if self._requeueing.get(call_id) is done:
-                del self._requeueing[call_id]
+            self._release({call_id: done})
 
     async def _publish_copy(
         self,

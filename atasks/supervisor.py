@@ -35,6 +35,7 @@ class Pool:
     stop: asyncio.Event
     failures: int = 0  # start-up failures in a row, no worker serving since
     last_error: str = ""
+    stop_timeout: float = STOP_TIMEOUT  # then a worker that has not stopped is killed
 
 
 def supervise(workers: int, argv: list[str]) -> int:
@@ -95,9 +96,9 @@ async def _keep_running(slot: int, argv: list[str], pool: Pool) -> None:
         if pool.stop.is_set():
             if process.returncode is None:
                 process.terminate()
-            try:
-                await asyncio.wait_for(waiter, STOP_TIMEOUT)
-            except TimeoutError:
+            # Not wait_for: on a timeout it would cancel ``waiter``, which is still needed.
+            stopped, _ = await asyncio.wait({waiter}, timeout=pool.stop_timeout)
+            if not stopped:
                 log.error("worker %d (pid %d) did not stop; killing it", slot, process.pid)
                 process.kill()
                 await waiter
@@ -130,7 +131,8 @@ async def _keep_running(slot: int, argv: list[str], pool: Pool) -> None:
         # Back off when a worker dies right after starting, to avoid a restart storm.
         delay = 0.5 if time.monotonic() - started > 30 else min(delay * 2, RESTART_DELAY_MAX)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pool.stop.wait(), delay)
+            async with asyncio.timeout(delay):
+                await pool.stop.wait()
 
 
 def _served(ready: asyncio.Future[bool], pool: Pool) -> None:

@@ -391,15 +391,14 @@ class Caller:
 
     async def publish_cancel(self, call_id: str) -> None:
         try:
-            channels = await asyncio.wait_for(self.link.ready(), CANCEL_TIMEOUT)
-            await asyncio.wait_for(
-                channels.calls_raw.basic_publish(
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                channels = await self.link.ready()
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                await channels.calls_raw.basic_publish(
                     b"",
                     exchange=self.topology.control_exchange,
                     properties=Basic.Properties(message_type="cancel", correlation_id=call_id),
-                ),
-                CANCEL_TIMEOUT,
-            )
+                )
         except Exception as exc:  # best effort, in the background: aiormq may raise anything
             log.warning("could not send the cancellation of call %s: %s", call_id, describe(exc))
 

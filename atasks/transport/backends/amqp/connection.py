@@ -208,7 +208,8 @@ class Link:
             if self.state is State.CLOSED:
                 raise NotConnected("the transport was disconnected")
             try:
-                await asyncio.wait_for(self._ready.wait(), self.reconnect_wait)
+                async with asyncio.timeout(self.reconnect_wait):
+                    await self._ready.wait()
             except TimeoutError:
                 raise TransportError(
                     f"no connection to the broker at {self.safe_url} for {self.reconnect_wait:g}s"

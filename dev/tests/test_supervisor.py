@@ -1,0 +1,46 @@
+"""The supervisor of ``atasks run --workers N``, driven in this process with a stand-in worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import pytest
+from servers import until
+
+from atasks.supervisor import Pool, _keep_running
+
+# A worker that says it serves, names its pid on stderr, and then ignores SIGTERM.
+STUBBORN = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.write(int(os.environ["ATASKS_READY_FD"]), b"ready")
+print(f"stubborn {os.getpid()}", file=sys.stderr, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_a_worker_that_ignores_sigterm_is_killed_and_reaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = Pool(workers=1, stop=asyncio.Event(), stop_timeout=0.5)
+    slot = asyncio.create_task(_keep_running(0, [sys.executable, "-c", STUBBORN], pool))
+    await until(lambda: pool.last_error.startswith("stubborn "))
+    pid = int(pool.last_error.split()[1])
+    with caplog.at_level(logging.ERROR, logger="atasks.supervisor"):
+        pool.stop.set()
+        async with asyncio.timeout(30):
+            await slot  # returns: neither hangs nor raises
+    assert f"worker 0 (pid {pid}) did not stop; killing it" in caplog.text
+    assert _gone(pid)  # killed and reaped, not left a zombie
+    assert pool.failures == 0

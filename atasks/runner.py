@@ -26,15 +26,12 @@ from atasks.errors import ATasksError
 from atasks.lifecycle import close, make_codec, make_transport
 from atasks.namespaces import DEFAULT, namespace, namespaces
 from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE, get_router
+from atasks.supervisor import READY_FD_ENV, WORKER_ENV, supervise
 
 log = logging.getLogger("atasks.runner")
 
 MODES = ("server", "client", "loopback")
 TRANSPORTS = ("loopback", "amqp")
-WORKER_ENV = "ATASKS_WORKER"
-"""Set in each supervised worker's environment: a worker never supervises workers itself."""
-READY_FD_ENV = "ATASKS_READY_FD"
-"""A supervised worker writes a line to this file descriptor once it serves."""
 
 
 class RunFailure(Exception):
@@ -167,8 +164,6 @@ def run(
     if options.workers > 1:
         if os.environ.get(WORKER_ENV):
             raise RunUsageError(f"a supervised worker cannot supervise workers ({WORKER_ENV})")
-        from atasks.supervisor import supervise
-
         return supervise(options.workers, worker_argv())
     modules = [load(target) for target in targets]
     asyncio.run(_run(modules, options))

@@ -18,9 +18,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-from atasks.runner import READY_FD_ENV, WORKER_ENV
-
 log = logging.getLogger("atasks.supervisor")
+
+WORKER_ENV = "ATASKS_WORKER"
+"""Set in each supervised worker's environment: a worker never supervises workers itself."""
+READY_FD_ENV = "ATASKS_READY_FD"
+"""A supervised worker writes a line to this file descriptor once it serves."""
 
 RESTART_DELAY_MAX = 10.0
 STOP_TIMEOUT = 60.0

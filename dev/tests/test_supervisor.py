@@ -10,14 +10,14 @@ import sys
 import pytest
 from servers import until
 
-from atasks.supervisor import Pool, _keep_running
+from atasks.supervisor import READY_FD_ENV, Pool, _keep_running
 
 # A worker that says it serves, names its pid on stderr, and then ignores SIGTERM.
-STUBBORN = """
+STUBBORN = f"""
 import os, signal, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-os.write(int(os.environ["ATASKS_READY_FD"]), b"ready")
-print(f"stubborn {os.getpid()}", file=sys.stderr, flush=True)
+os.write(int(os.environ["{READY_FD_ENV}"]), b"ready")
+print(f"stubborn {{os.getpid()}}", file=sys.stderr, flush=True)
 time.sleep(120)
 """
 

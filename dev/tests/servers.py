@@ -88,8 +88,9 @@ class Servers:
 
 
 async def delete_queues(url: str, atasks_module: object, namespace: str = "default") -> None:
-    """Delete the request queues of every atask in ``atasks_module``, so no request left over
-    by one test reaches the servers of the next."""
+    """Delete the request queues of every atask in ``atasks_module`` and the namespace's
+    suspects queue, so no request left over by one test reaches the servers of the next (and
+    the next may declare them as another queue type)."""
     import aio_pika
 
     connection = await aio_pika.connect(url)
@@ -98,6 +99,7 @@ async def delete_queues(url: str, atasks_module: object, namespace: str = "defau
         for value in vars(atasks_module).values():
             if isinstance(value, atasks.ATask):
                 await channel.queue_delete(f"atasks.{namespace}.{value.name}")
+        await channel.queue_delete(f"atasks-suspects.{namespace}")
 
 
 async def wait_until_served(atask: atasks.ATask, *args: object, within: float = 30) -> object:

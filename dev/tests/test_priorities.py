@@ -183,8 +183,8 @@ BY_PRIORITY = ["p9-a", "p9-b", "p5", "none", "p2-a", "p2-b", "p0"]  # none count
 
 @pytest.fixture
 async def fresh_queue(amqp_url: str) -> AsyncIterator[None]:
-    """No request queues of ``job`` and ``other`` before or after: each test declares its own
-    kind."""
+    """No request queues of ``job`` and ``other`` (nor suspects queue) before or after: each
+    test declares its own kind."""
 
     async def delete() -> None:
         connection = await aio_pika.connect(amqp_url)
@@ -192,6 +192,7 @@ async def fresh_queue(amqp_url: str) -> AsyncIterator[None]:
             channel = await connection.channel()
             await channel.queue_delete(QUEUE)
             await channel.queue_delete(OTHER_QUEUE)
+            await channel.queue_delete(f"atasks-suspects.{NS}")
 
     global release
     started.clear()

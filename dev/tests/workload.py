@@ -43,6 +43,13 @@ async def kill_my_server() -> None:
 
 
 @atask
+async def kill_my_server_after(seconds: float) -> None:
+    """Slow poison: SIGKILLs every server that runs it, ``seconds`` after it starts."""
+    await asyncio.sleep(seconds)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@atask
 async def fanout(depth: int, wide_levels: int) -> int:
     """Nested calls: two children per level for the top ``wide_levels`` levels, then one."""
     if depth == 0:

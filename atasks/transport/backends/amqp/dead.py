@@ -34,7 +34,9 @@ DROPPED_ON_REPLAY = (
     wire.H_DEAD_AT,
     wire.H_ERROR_TYPE,
     wire.H_ERROR_MESSAGE,
-    wire.H_DELIVERIES,  # classic queues: the deaths it counted start again
+    wire.H_DELIVERIES,  # the deaths it counted start again
+    wire.H_SUSPECT_OF,
+    wire.H_UNISOLATED,
     wire.H_DEADLINE,  # long past: its server would refuse the call at once
     wire.H_LEASE_HOLDER,
     wire.H_LEASE_CALL,

@@ -97,6 +97,9 @@ class Leases:
             if not key.startswith("x-")
         }
         headers[wire.H_LEASE_HOLDER] = self.server
+        deaths = wire.deaths_now(original.headers or {}, died=False)
+        if deaths:  # the broker's count is not copied: atasks' own goes on
+            headers[wire.H_DELIVERIES] = deaths
         return Basic.Properties(
             headers=headers,
             content_type=original.content_type,

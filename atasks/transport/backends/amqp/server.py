@@ -6,7 +6,11 @@ A request without ``reply_to`` is fire and forget: acked once its handler finish
 failed, dead-lettered (confirmed, then acked) with its last error.
 
 A batch (calls coalesced by their caller) is served call by call, each in a task of its own, as
-if each had come alone; replies to one caller that are ready together travel together."""
+if each had come alone; replies to one caller that are ready together travel together.
+
+A request held by servers that died twice (``ISOLATE_AFTER``) is a suspect: it goes, alone, to
+the namespace's suspects queue, which every server takes one request at a time. So a request
+that kills its servers reaches the delivery limit without taking the calls beside it along."""
 
 from __future__ import annotations
 
@@ -53,6 +57,9 @@ KEPT_MAX = 100_000  # replies kept for a lost connection, at most…
 KEPT_FOR = 600.0  # …and for at most this long
 UNREGISTER_WITHIN = 10.0  # seconds for the broker to stop a queue's consumer or unbind it
 REPLY_BATCH = 256  # replies in one message, at most
+ISOLATE_AFTER = 2  # deaths of servers holding a request, after which it runs alone
+SUSPECTS = "(suspects)"  # the intake of the suspects queue
+SUSPECT_HANDLER_WAIT = 5.0  # seconds a suspect waits for its atask to register (at start)
 
 
 class Outcome(enum.Enum):
@@ -61,6 +68,15 @@ class Outcome(enum.Enum):
     ANSWERED = "answered"  # its reply is confirmed, or its caller cancelled it
     BACK = "back"  # to hand back to the queue: the server stops, or the broker refused the reply
     KEPT = "kept"  # its reply waits for the connection to come back
+
+
+class Verdict(enum.Enum):
+    """What a delivery's count of dead servers makes of it."""
+
+    RUN = "run"  # no death, or the quorum queue counts them
+    COUNT = "count"  # classic queue: back to its queue with the death counted
+    ISOLATE = "isolate"  # to the suspects queue, to run alone
+    DEAD = "dead"  # dead-lettered at the delivery limit
 
 
 @dataclass(slots=True)
@@ -109,7 +125,12 @@ class Server:
         self._send_kept_again = False
         self._control_consumer: str | None = None
         self._broadcasts: str | None = None  # this server's exclusive broadcast queue
-        self._broadcasts_lock = asyncio.Lock()  # one queue, even with registrations racing
+        # One broadcast queue and one suspects consumer, even with registrations racing; and
+        # each consumer made with its own prefetch on the shared channel.
+        self._calls_consumers = asyncio.Lock()
+        self._suspects = Intake(SUSPECTS)
+        self._suspects_consumer: str | None = None
+        self._registered = asyncio.Event()  # set, and replaced, at each registration
         self._event_batch: list[Event] = []
         self._event_flush: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -131,14 +152,17 @@ class Server:
             return
         await declare_all(channels.connection, self.topology, list(self.handlers))
         await self._consume_control(channels)
-        async with self._broadcasts_lock:
+        async with self._calls_consumers:
             await self._consume_broadcasts(channels)
+            await self._consume_suspects(channels)
         for intake in self._intakes.values():
             await self._fit(channels.serve_raw, intake)
 
     def _on_lost(self) -> None:
         self._control_consumer = None
         self._broadcasts = None
+        self._suspects_consumer = None
+        self._suspects.reset()
         for intake in self._intakes.values():
             intake.reset()
         if is_consumer_timeout(self.link.lost_because):
@@ -167,6 +191,14 @@ class Server:
         await channels.calls_raw.basic_consume(queue.name, self._on_broadcast)
         self._broadcasts = queue.name
 
+    async def _consume_suspects(self, channels: Channels) -> None:
+        """The suspects queue, one request at a time (see ``_verdict``)."""
+        await channels.calls_raw.basic_qos(prefetch_count=1, global_=False)
+        ok = await channels.calls_raw.basic_consume(
+            self.topology.suspects_queue, self._on_request(self._suspects)
+        )
+        self._suspects_consumer = ok.consumer_tag
+
     async def _bind_broadcasts(self, channels: Channels, name: str, *, bind: bool) -> None:
         queue = self._broadcasts
         if queue is None:
@@ -186,11 +218,15 @@ class Server:
         if self._control_consumer is None:
             await self._consume_control(channels)
         self.handlers[name] = handler
-        async with self._broadcasts_lock:
+        self._registered.set()
+        self._registered = asyncio.Event()
+        async with self._calls_consumers:
             if self._broadcasts is None:
                 await self._consume_broadcasts(channels)
             else:
                 await self._bind_broadcasts(channels, name, bind=True)
+            if self._suspects_consumer is None:
+                await self._consume_suspects(channels)
         self._intakes.setdefault(name, Intake(name))
         self.rebalance()
         await self._settled()
@@ -212,6 +248,13 @@ class Server:
                     await channels.serve_raw.basic_cancel(tag)
             except (*CONNECTION_ERRORS, TimeoutError) as exc:
                 log.debug("could not cancel consumer of %s: %s", name, describe(exc))
+        if not self.handlers and self._suspects_consumer is not None:
+            tag, self._suspects_consumer = self._suspects_consumer, None
+            try:
+                async with asyncio.timeout(UNREGISTER_WITHIN):
+                    await channels.calls_raw.basic_cancel(tag)
+            except (*CONNECTION_ERRORS, TimeoutError) as exc:
+                log.debug("could not cancel the suspects consumer: %s", describe(exc))
 
     def set_capacity(self, capacity: Capacity) -> None:
         self._capacity = capacity
@@ -306,18 +349,20 @@ class Server:
         return on_request
 
     async def _serve(self, intake: Intake, message: Delivery) -> None:
-        name = intake.name
+        isolated = intake is self._suspects
+        name = _suspect_of(message) if isolated else intake.name
         call_id = message.correlation_id
         replied = False
         try:
-            if not call_id:
-                log.warning("dead-lettered a request for %r without correlation_id", name)
+            if not call_id or not name:
+                missing = f"header {wire.H_SUSPECT_OF}" if call_id else "correlation_id"
+                log.warning("dead-lettered a request for %r without %s", name, missing)
                 await self._dead_letter(
                     name,
                     message,
                     "rejected",
                     "atasks.errors.DecodeError",
-                    "the request has no correlation_id (its call id)",
+                    f"the request has no {missing}",
                 )
                 return
             requeueing = self._requeueing.get(call_id)
@@ -347,12 +392,19 @@ class Server:
             if known is not None:  # run here already, its first delivery lost with a connection
                 await self._finish(name, message, known)
                 return
-            if message.redelivered and self.topology.queue_type == "classic":
-                await self._count_death(name, message)
+            verdict, deaths = self._verdict(message, isolated=isolated)
+            if verdict is not Verdict.RUN:
+                await self._after_deaths(name, message, verdict, deaths)
                 return
             handler = self.handlers.get(name)
+            if handler is None and isolated:
+                handler = await self._handler_within(name, SUSPECT_HANDLER_WAIT)
             if handler is None:  # delivered while this server stopped serving it
-                await self._requeue(name, message, message.headers)
+                if isolated:  # to its own queue, where a server that serves it runs it
+                    headers = {**message.headers, wire.H_UNISOLATED: 1}
+                    await self._requeue(name, message, headers, self.topology.request_queue(name))
+                else:
+                    await self._requeue(name, message, message.headers)
                 return
             request = self._request_from(name, message)
             if isinstance(request, Reply):
@@ -362,7 +414,7 @@ class Server:
             if capacity is not None:
                 if capacity.try_take():
                     request.slot_taken = True
-                elif not message.redelivered:  # a suspect of a server's death stays here
+                elif not (isolated or message.redelivered):  # these wait for a slot here
                     await self._give_back(intake, message)
                     return
             try:
@@ -378,6 +430,17 @@ class Server:
             log.warning("request %s of %r not finished: %s", call_id, name, describe(exc))
             with contextlib.suppress(*CONNECTION_ERRORS):  # on a live channel, try again
                 await message.nack(requeue=True)
+
+    async def _handler_within(self, name: str, seconds: float) -> RequestHandler | None:
+        """The handler of ``name`` once registered, if within ``seconds``: a server takes
+        suspects once it serves one atask, and registers the others one by one."""
+        try:
+            async with asyncio.timeout(seconds):
+                while (handler := self.handlers.get(name)) is None:
+                    await self._registered.wait()
+        except TimeoutError:
+            return None
+        return handler
 
     async def _run(self, name: str, request: Request, handler: RequestHandler) -> Reply:
         """Run one call: its reply, once every frame it sent is out."""
@@ -404,7 +467,7 @@ class Server:
         a new message: calls with no free slot at once (as a lone request would be), and those
         a stopping server had not finished."""
         name = intake.name
-        split: dict[str, asyncio.Event] = {}  # calls queued alone, waiting for this ack
+        held: dict[str, asyncio.Event] = {}  # calls queued alone, waiting for this ack
         try:
             requeueing = self._requeueing.get(message.correlation_id or "")
             if requeueing is not None:  # our copy overtook the ack of its original
@@ -415,6 +478,9 @@ class Server:
                 await message.ack()
                 return
             try:
+                if intake is self._suspects:
+                    name = _suspect_of(message)
+                    raise ValueError("a batch in the suspects queue, where each call goes alone")
                 if not message.reply_to or not message.correlation_id:
                     raise ValueError("a batch without reply_to or correlation_id")
                 requests = wire.batch_from(name, message.properties, message.body)
@@ -451,12 +517,12 @@ class Server:
                 and r.call_id not in self._inflight
             ]
             runs: list[Request] = []
-            if len(fresh) > 1 and _delivered_before(message):
-                split = await self._split(name, message, fresh)
-            elif fresh and message.redelivered and self.topology.queue_type == "classic":
-                await self._count_death(name, message, fresh)
-            elif fresh:
-                runs = await self._take_slots(intake, message, fresh)
+            if fresh:
+                verdict, deaths = self._verdict(message, isolated=False)
+                if verdict is Verdict.RUN:
+                    runs = await self._take_slots(intake, message, fresh)
+                else:
+                    held = await self._after_deaths(name, message, verdict, deaths, fresh)
             elsewhere = {r.call_id for r in fresh} - {r.call_id for r in runs}
             with self._leases.holding(name, message):
                 entries = {
@@ -479,7 +545,7 @@ class Server:
                     kept = self._kept.get(call_id)
                     if kept is not None and kept.sent:
                         del self._kept[call_id]
-                if split:  # a round trip on the channel: the broker answers after the ack
+                if held:  # a round trip on the channel: the broker answers after the ack
                     await message.channel.exchange_declare("amq.direct", passive=True)
         except asyncio.CancelledError:  # the server stops before any call of it ran
             with contextlib.suppress(*CONNECTION_ERRORS):
@@ -490,36 +556,111 @@ class Server:
             with contextlib.suppress(*CONNECTION_ERRORS):  # on a live channel, try again
                 await message.nack(requeue=True)
         finally:
-            self._release(split)
+            self._release(held)
 
-    async def _split(
-        self, name: str, message: Delivery, requests: list[Request]
+    def _verdict(self, message: Delivery, *, isolated: bool) -> tuple[Verdict, int]:
+        """What to do with a delivery given the servers that died holding it (with their count,
+        this delivery included). Redelivered, or back from an expired lease, means its last
+        server died, was killed or lost its connection while holding it."""
+        headers = message.headers
+        died = message.redelivered or wire.H_LEASE_HOLDER in headers
+        deaths = wire.deaths_now(headers, died=died)
+        limit = self.topology.delivery_limit
+        if deaths >= limit:
+            return Verdict.DEAD, deaths
+        if isolated:  # a suspect that took its server down goes back in line, counted
+            return (Verdict.ISOLATE if deaths > wire.deaths(headers) else Verdict.RUN), deaths
+        if deaths >= max(1, min(ISOLATE_AFTER, limit - 1)) and wire.H_UNISOLATED not in headers:
+            return Verdict.ISOLATE, deaths
+        if died and self.topology.queue_type == "classic":
+            return Verdict.COUNT, deaths
+        return Verdict.RUN, deaths
+
+    async def _after_deaths(
+        self,
+        name: str,
+        message: Delivery,
+        verdict: Verdict,
+        deaths: int,
+        requests: list[Request] | None = None,
     ) -> dict[str, asyncio.Event]:
-        """Queue each of ``requests``, calls of a batch that may have killed its server, as a
-        request of its own (confirmed), so that a call that kills every server running it does
-        not take the others down with it each time: alone, it reaches the delivery limit alone.
+        """Carry out ``verdict`` on ``message``, or on ``requests`` (calls of a batch, which is
+        left to settle). Copies of a batch or of its calls reaching this server wait for the
+        batch's ack (see ``_requeue``): the events returned are set then."""
+        if verdict is Verdict.DEAD:
+            log.error(
+                "request %s for %r: %d servers died holding it; dead-lettered",
+                message.correlation_id,
+                name,
+                deaths,
+            )
+            await self._dead_letter(
+                name,
+                message,
+                "delivery_limit",
+                "atasks.errors.DeliveryLimitExceeded",
+                died_running(deaths),
+                requests,
+            )
+        elif verdict is Verdict.COUNT:
+            headers = {**message.headers, wire.H_DELIVERIES: deaths}
+            if requests is None:
+                await self._requeue(name, message, headers)
+            else:  # the copy, should it reach this server, waits for this batch's ack
+                batch_id = new_batch_id()
+                held = {batch_id: asyncio.Event()}
+                self._requeueing.update(held)
+                try:
+                    await self._publish_copy(name, message, headers, requests, batch_id=batch_id)
+                except BaseException:
+                    self._release(held)
+                    raise
+                return held
+        elif requests is None:
+            log.info(
+                "request %s for %r: %d servers died holding it; it runs alone from now on",
+                message.correlation_id,
+                name,
+                deaths,
+            )
+            headers = {
+                **_without(message.headers, wire.H_LEASE_HOLDER, wire.H_UNISOLATED),
+                wire.H_DELIVERIES: deaths,
+                wire.H_SUSPECT_OF: name,
+            }
+            await self._requeue(name, message, headers, self.topology.suspects_queue)
+        else:
+            return await self._isolate_calls(name, message, requests, deaths)
+        return {}
 
-        Until the batch is acked (see ``_requeue``), a copy reaching this server waits: the
-        events returned are set then."""
+    async def _isolate_calls(
+        self, name: str, message: Delivery, requests: list[Request], deaths: int
+    ) -> dict[str, asyncio.Event]:
+        """Queue each of ``requests``, calls of a batch whose servers died holding it, alone in
+        the suspects queue (confirmed)."""
         assert message.reply_to is not None
         persistent = message.properties.delivery_mode == wire.PERSISTENT
-        queue = self.topology.request_queue(name)
         held = {request.call_id: asyncio.Event() for request in requests}
         self._requeueing.update(held)
-        log.info("split a batch of %r delivered again into %d requests", name, len(requests))
+        log.info(
+            "%d calls of a batch of %r: %d servers died holding them; they run alone from now on",
+            len(requests),
+            name,
+            deaths,
+        )
         try:
-            await asyncio.gather(
-                *(
-                    message.channel.basic_publish(
-                        request.body,
-                        routing_key=queue,
-                        properties=wire.request_properties(
-                            request, message.reply_to, persistent=persistent
-                        ),
-                    )
-                    for request in requests
+            for request in requests:
+                properties = wire.request_properties(
+                    request, message.reply_to, persistent=persistent
                 )
-            )
+                properties.headers = {
+                    **(properties.headers or {}),
+                    wire.H_DELIVERIES: deaths,
+                    wire.H_SUSPECT_OF: name,
+                }
+                await message.channel.basic_publish(
+                    request.body, routing_key=self.topology.suspects_queue, properties=properties
+                )
         except BaseException:
             self._release(held)
             raise
@@ -872,35 +1013,6 @@ class Server:
         )
         await self._requeue(intake.name, message, message.headers)
 
-    async def _count_death(
-        self, name: str, message: Delivery, requests: list[Request] | None = None
-    ) -> None:
-        """Classic queues: a redelivered request means its server died holding it. Count the
-        death in a header and queue a copy, or dead-letter it at the limit. With ``requests``
-        (some calls of a batch), only those, and ``message`` is left for its other calls."""
-        deaths = wire.deaths(message.headers) + 1
-        if deaths >= self.topology.delivery_limit:
-            log.error(
-                "request %s for %r: %d servers died running it; dead-lettered",
-                message.correlation_id,
-                name,
-                deaths,
-            )
-            await self._dead_letter(
-                name,
-                message,
-                "delivery_limit",
-                "atasks.errors.DeliveryLimitExceeded",
-                died_running(deaths),
-                requests,
-            )
-            return
-        headers = {**message.headers, wire.H_DELIVERIES: deaths}
-        if requests is None:
-            await self._requeue(name, message, headers)
-        else:
-            await self._publish_copy(name, message, headers, requests)
-
     async def _dead_letter(
         self,
         name: str,
@@ -932,7 +1044,7 @@ class Server:
         await message.channel.basic_publish(
             body,
             exchange=self.topology.dead_letter_exchange,
-            routing_key=self.topology.request_queue(name),
+            routing_key=self.topology.request_queue(name) if name else self.topology.suspects_queue,
             properties=Basic.Properties(
                 headers=headers,
                 content_type=properties.content_type,
@@ -946,9 +1058,16 @@ class Server:
         if requests is None:
             await message.ack()
 
-    async def _requeue(self, name: str, message: Delivery, headers: Mapping[str, Any]) -> None:
-        """Queue a fresh copy of ``message`` (confirmed), then ack the original: handing a request
-        back this way does not count as a delivery that failed.
+    async def _requeue(
+        self,
+        name: str,
+        message: Delivery,
+        headers: Mapping[str, Any],
+        queue: str | None = None,
+    ) -> None:
+        """Queue a fresh copy of ``message`` (confirmed) in its atask's queue or in ``queue``,
+        then ack the original: handing a request back this way does not count as a delivery
+        that failed.
 
         Until the broker has processed the ack, a copy reaching this server waits: run at once, a
         request that kills its server would take the unacked original down too, doubling it. An
@@ -958,7 +1077,7 @@ class Server:
         call_id = message.correlation_id or ""
         self._requeueing[call_id] = done = asyncio.Event()
         try:
-            await self._publish_copy(name, message, headers)
+            await self._publish_copy(name, message, headers, queue=queue)
             await message.ack()
             # A round trip on the same channel: the broker answers it after the ack.
             await message.channel.exchange_declare("amq.direct", passive=True)
@@ -971,10 +1090,13 @@ class Server:
         message: Delivery,
         headers: Mapping[str, Any],
         requests: list[Request] | None = None,
+        *,
+        queue: str | None = None,
+        batch_id: str | None = None,
     ) -> None:
-        """Queue a fresh copy of ``message`` with ``headers`` (confirmed); with ``requests``, a
-        batch of just those calls of it."""
-        body, properties = _part(message, requests)
+        """Queue a fresh copy of ``message`` with ``headers`` (confirmed) in its atask's queue or
+        in ``queue``; with ``requests``, a batch of just those calls of it (``batch_id``)."""
+        body, properties = _part(message, requests, batch_id)
         expires = (
             properties.expiration
             if requests is not None
@@ -994,7 +1116,7 @@ class Server:
             message_type=properties.message_type,
         )
         await message.channel.basic_publish(
-            body, routing_key=self.topology.request_queue(name), properties=copy
+            body, routing_key=queue or self.topology.request_queue(name), properties=copy
         )
 
     async def _after_cancel(
@@ -1154,19 +1276,38 @@ def _fitting(reply: Reply, link: Link) -> Reply:
     )
 
 
-def _part(message: Delivery, requests: list[Request] | None) -> tuple[bytes, Basic.Properties]:
-    """The body and properties of ``message``, or of a new batch of some of its calls."""
+def _part(
+    message: Delivery, requests: list[Request] | None, batch_id: str | None = None
+) -> tuple[bytes, Basic.Properties]:
+    """The body and properties of ``message``, or of a new batch of some of its calls (with
+    ``batch_id``, or a new one)."""
     if requests is None:
         return message.body, message.properties
-    batch_id = f"{wire.BATCH}:{secrets.token_hex(8)}"
+    batch_id = batch_id or new_batch_id()
     assert message.reply_to is not None
     persistent = message.properties.delivery_mode == wire.PERSISTENT
     properties = wire.batch_properties(requests, batch_id, message.reply_to, persistent=persistent)
     return wire.pack_requests(requests), properties
 
 
+def new_batch_id() -> str:
+    return f"{wire.BATCH}:{secrets.token_hex(8)}"
+
+
 def _only(headers: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     return {key: headers[key] for key in keys if key in headers}
+
+
+def _without(headers: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: value for key, value in headers.items() if key not in keys}
+
+
+def _suspect_of(message: Delivery) -> str:
+    """The atask a request in the suspects queue is for ("" if it does not say)."""
+    name = message.headers.get(wire.H_SUSPECT_OF)
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return name if isinstance(name, str) else ""
 
 
 def _delivered_before(message: Delivery) -> bool:

@@ -6,6 +6,10 @@ Per namespace ``ns``:
 - ``atasks.<ns>.<atask>``: one request queue per atask (quorum by default), declared by its
   servers and by whoever fire-and-forgets a request to it (so none is refused or lost before
   a server starts), with the broker's delivery limit and at-least-once dead-lettering;
+- ``atasks-suspects.<ns>``: requests that were running when their server died, each sent
+  here alone by the next server that gets it; every server consumes it one request at a time,
+  so a request that kills its servers takes no other call down with it again (same type and
+  arguments as the request queues);
 - ``atasks.<ns>.broadcast``: direct exchange for broadcast requests, routing key = atask name;
   each server binds an exclusive queue of its own to it under the names it serves;
 - ``atasks.<ns>.control``: fanout exchange for cancellations and inspect requests, each server
@@ -85,6 +89,10 @@ class Topology:
         return f"atasks-replies.{self.namespace}.{client}"
 
     @property
+    def suspects_queue(self) -> str:
+        return f"atasks-suspects.{self.namespace}"
+
+    @property
     def control_exchange(self) -> str:
         return self.prefix + "control"
 
@@ -148,6 +156,11 @@ class Topology:
         name = self.request_queue(atask_name)
         await _declare(channel, name, durable=True, arguments=self.request_queue_arguments())
 
+    async def declare_suspects(self, channel: AbstractChannel) -> None:
+        await _declare(
+            channel, self.suspects_queue, durable=True, arguments=self.request_queue_arguments()
+        )
+
     async def declare_dead_letters(self, channel: AbstractChannel) -> None:
         exchange = await channel.declare_exchange(
             self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
@@ -199,8 +212,8 @@ async def declare_all(
     reply_queue_expires: float = 0.0,
 ) -> None:
     """Declare the namespace's exchanges, its dead letters and the request queues of
-    ``atask_names``, on a channel of their own: a queue that exists with other arguments closes
-    only that channel."""
+    ``atask_names`` (and, with any, the suspects queue), on a channel of their own: a queue
+    that exists with other arguments closes only that channel."""
     channel = await connection.channel(publisher_confirms=False)
     try:
         await channel.declare_exchange(
@@ -226,6 +239,8 @@ async def declare_all(
             )
         for name in atask_names:
             await topology.declare_request_queue(channel, name)
+        if atask_names:
+            await topology.declare_suspects(channel)
     finally:
         if not channel.is_closed:
             await channel.close()

@@ -44,7 +44,9 @@ H_FRAME = "atasks-frame"  # which frame: progress, items
 H_SEQ = "atasks-seq"  # the seq of a message's first item
 H_CREDIT_TO = "atasks-credit-to"  # the queue that takes a stream's credits
 H_CREDITS = "atasks-credits"
-H_DELIVERIES = "atasks-deliveries"  # classic queues only: how many servers died holding it
+H_DELIVERIES = "atasks-deliveries"  # how many servers died holding it (counted by atasks)
+H_SUSPECT_OF = "atasks-suspect-of"  # in the suspects queue: the atask the request is for
+H_UNISOLATED = "atasks-unisolated"  # a suspect sent back by a server that does not serve it
 H_ERROR_TYPE = "atasks-error-type"
 H_ERROR_MESSAGE = "atasks-error-message"
 H_TRACEBACK = "atasks-traceback"
@@ -448,9 +450,18 @@ def expiration(deadline: float | None) -> str | None:
 
 
 def deaths(headers: Mapping[str, Any]) -> int:
-    """How many servers died holding a classic-queue request (counted by atasks itself)."""
+    """How many servers died holding a request, as atasks counted them before this delivery."""
     count = headers.get(H_DELIVERIES, 0)
     return count if isinstance(count, int) and count >= 0 else 0
+
+
+def deaths_now(headers: Mapping[str, Any], *, died: bool) -> int:
+    """How many servers died holding a request, this delivery included: atasks' count, plus
+    the quorum queue's (``x-delivery-count``), or one if ``died`` (redelivered, say) and the
+    broker counted nothing."""
+    count = headers.get(BROKER_DELIVERY_COUNT)
+    broker = count if isinstance(count, int) and count > 0 else 0
+    return deaths(headers) + max(broker, 1 if died else 0)
 
 
 def dead_letter_headers(

@@ -158,9 +158,7 @@ async def test_each_call_of_a_poison_batch_is_told(
     # Each poison call runs alone once its servers died twice, and needs its own deaths from
     # then on, each worker restarted later than the last: a lower limit keeps the test short.
     await atasks.setup("amqp", url=amqp_url, queue_type=queue_type, delivery_limit=3)
-    servers.start(
-        "--workers", "2", "--queue-type", queue_type, env={"ATASKS_DELIVERY_LIMIT": "3"}
-    )
+    servers.start("--workers", "2", "--queue-type", queue_type, env={"ATASKS_DELIVERY_LIMIT": "3"})
     await wait_until_served(workload.ready)
     outcomes = await asyncio.wait_for(
         asyncio.gather(*(workload.kill_my_server() for _ in range(3)), return_exceptions=True),

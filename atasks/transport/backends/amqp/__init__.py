@@ -8,8 +8,9 @@
 - ``transport``: ``AMQPTransport``, all of it together; ``monitor``: ``atasks inspect/events``.
 
 A server acks a request only after its reply is confirmed, so a server that dies mid-call
-leaves the request to another server; the broker counts such deliveries and dead-letters a
-request past ``delivery_limit``, and its caller is told.
+leaves the request to another server; such deliveries are counted (by the quorum queue, or by
+atasks in a header), a request whose servers died twice runs alone from the namespace's
+suspects queue, and one past ``delivery_limit`` is dead-lettered and its caller told.
 """
 
 from atasks.transport.backends.amqp.transport import DEFAULT_URL, URL_ENV, AMQPTransport

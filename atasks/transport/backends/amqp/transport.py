@@ -44,7 +44,8 @@ class AMQPTransport(Transport):
     ``queue_type``: request queues are ``"quorum"`` (durable, replicated in a cluster; the
     default) or ``"classic"``. ``delivery_limit``: a request delivered this many times without
     being finished (each server died holding it) is dead-lettered and its caller gets
-    ``DeliveryLimitExceeded``. ``dead_letter_ttl``: seconds a dead letter is kept.
+    ``DeliveryLimitExceeded``; from its second such death it runs alone (README: Suspects).
+    ``dead_letter_ttl``: seconds a dead letter is kept.
     ``max_message_size``: the largest request or reply, checked before publishing so that one
     oversize call fails alone (by default the broker's own default: 16 MiB on RabbitMQ 4.x,
     128 MiB on 3.x; set it to your broker's ``max_message_size``). ``reconnect_wait``:

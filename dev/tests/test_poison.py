@@ -30,8 +30,8 @@ async def test_calls_beside_a_poison_call_survive_its_every_crash(
     process = servers.start("--queue-type", queue_type)
     await wait_until_served(workload.ready)
     calls = asyncio.gather(
-        workload.kill_my_server_after(0.5),
-        *(workload.slow_pid(2.0) for _ in range(6)),
+        workload.kill_my_server_after(0.3),
+        *(workload.slow_pid(1.0) for _ in range(6)),
         return_exceptions=True,
     )
     async with asyncio.timeout(200):

@@ -172,6 +172,15 @@ async def publish_probe(url: str, token: str, namespace: str = "default") -> Non
         await exchange.publish(aio_pika.Message(encode_batch([event])), routing_key="events")
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie, not yet reaped by its parent, counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 async def until(condition: Callable[[], bool], within: float = 30, every: float = 0.02) -> None:
     """Wait until ``condition()`` holds, checking every ``every`` seconds."""
     async with asyncio.timeout(within):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import workload
-from servers import Servers, until, wait_until_served
+from servers import Servers, alive, until, wait_until_served
 
 import atasks
 from atasks import atask
@@ -19,15 +19,6 @@ from atasks.processes import ProcessPool
 from atasks.router import Router
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (a zombie, not yet reaped by its parent, counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def running_on(marker: Path) -> int:

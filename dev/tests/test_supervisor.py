@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 
 import pytest
-from servers import until
+from servers import alive, until
 
 from atasks.supervisor import READY_FD_ENV, Pool, _keep_running
 
@@ -20,14 +19,6 @@ os.write(int(os.environ["{READY_FD_ENV}"]), b"ready")
 print(f"stubborn {{os.getpid()}}", file=sys.stderr, flush=True)
 time.sleep(120)
 """
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def test_a_worker_that_ignores_sigterm_is_killed_and_reaped(
@@ -42,5 +33,5 @@ async def test_a_worker_that_ignores_sigterm_is_killed_and_reaped(
         async with asyncio.timeout(30):
             await slot  # returns: neither hangs nor raises
     assert f"worker 0 (pid {pid}) did not stop; killing it" in caplog.text
-    assert _gone(pid)  # killed and reaped, not left a zombie
+    assert not alive(pid)  # killed and reaped, not left a zombie
     assert pool.failures == 0

@@ -22,7 +22,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,18 +243,10 @@ class Server:
         except (*CONNECTION_ERRORS, TimeoutError) as exc:
             log.debug("could not unbind broadcasts of %s: %s", name, describe(exc))
         for tag in [*intake.stale, *([intake.tag] if intake.tag else [])]:
-            try:
-                async with asyncio.timeout(UNREGISTER_WITHIN):
-                    await channels.serve_raw.basic_cancel(tag)
-            except (*CONNECTION_ERRORS, TimeoutError) as exc:
-                log.debug("could not cancel consumer of %s: %s", name, describe(exc))
+            await _cancel_consumer(channels.serve_raw, tag, name)
         if not self.handlers and self._suspects_consumer is not None:
             tag, self._suspects_consumer = self._suspects_consumer, None
-            try:
-                async with asyncio.timeout(UNREGISTER_WITHIN):
-                    await channels.calls_raw.basic_cancel(tag)
-            except (*CONNECTION_ERRORS, TimeoutError) as exc:
-                log.debug("could not cancel the suspects consumer: %s", describe(exc))
+            await _cancel_consumer(channels.calls_raw, tag, SUSPECTS)
 
     def set_capacity(self, capacity: Capacity) -> None:
         self._capacity = capacity
@@ -400,11 +392,9 @@ class Server:
             if handler is None and isolated:
                 handler = await self._handler_within(name, SUSPECT_HANDLER_WAIT)
             if handler is None:  # delivered while this server stopped serving it
-                if isolated:  # to its own queue, where a server that serves it runs it
-                    headers = {**message.headers, wire.H_UNISOLATED: 1}
-                    await self._requeue(name, message, headers, self.topology.request_queue(name))
-                else:
-                    await self._requeue(name, message, message.headers)
+                # A suspect too goes to its atask's queue, where a server that serves it runs it.
+                headers = {**message.headers, wire.H_UNISOLATED: 1} if isolated else message.headers
+                await self._requeue(name, message, headers)
                 return
             request = self._request_from(name, message)
             if isinstance(request, Reply):
@@ -608,14 +598,10 @@ class Server:
                 await self._requeue(name, message, headers)
             else:  # the copy, should it reach this server, waits for this batch's ack
                 batch_id = new_batch_id()
-                held = {batch_id: asyncio.Event()}
-                self._requeueing.update(held)
-                try:
-                    await self._publish_copy(name, message, headers, requests, batch_id=batch_id)
-                except BaseException:
-                    self._release(held)
-                    raise
-                return held
+                return await self._holding(
+                    [batch_id],
+                    self._publish_copy(name, message, headers, requests, batch_id=batch_id),
+                )
         elif requests is None:
             log.info(
                 "request %s for %r: %d servers died holding it; it runs alone from now on",
@@ -640,27 +626,37 @@ class Server:
         the suspects queue (confirmed)."""
         assert message.reply_to is not None
         persistent = message.properties.delivery_mode == wire.PERSISTENT
-        held = {request.call_id: asyncio.Event() for request in requests}
-        self._requeueing.update(held)
         log.info(
             "%d calls of a batch of %r: %d servers died holding them; they run alone from now on",
             len(requests),
             name,
             deaths,
         )
-        try:
-            for request in requests:
-                properties = wire.request_properties(
-                    request, message.reply_to, persistent=persistent
-                )
-                properties.headers = {
-                    **(properties.headers or {}),
-                    wire.H_DELIVERIES: deaths,
-                    wire.H_SUSPECT_OF: name,
-                }
-                await message.channel.basic_publish(
+        copies = []
+        for request in requests:
+            properties = wire.request_properties(request, message.reply_to, persistent=persistent)
+            properties.headers = {
+                **(properties.headers or {}),
+                wire.H_DELIVERIES: deaths,
+                wire.H_SUSPECT_OF: name,
+            }
+            copies.append(
+                message.channel.basic_publish(
                     request.body, routing_key=self.topology.suspects_queue, properties=properties
                 )
+            )
+        return await self._holding([r.call_id for r in requests], asyncio.gather(*copies))
+
+    async def _holding(
+        self, keys: list[str], publishing: Awaitable[object]
+    ) -> dict[str, asyncio.Event]:
+        """Await ``publishing`` (copies of a message being settled); until the events returned
+        are set (see ``_release``), a copy of ``keys`` reaching this server waits, as with
+        ``_requeue``. Released at once should publishing fail."""
+        held = {key: asyncio.Event() for key in keys}
+        self._requeueing.update(held)
+        try:
+            await publishing
         except BaseException:
             self._release(held)
             raise
@@ -1292,6 +1288,15 @@ def _part(
 
 def new_batch_id() -> str:
     return f"{wire.BATCH}:{secrets.token_hex(8)}"
+
+
+async def _cancel_consumer(channel: aiormq.abc.AbstractChannel, tag: str, queue: str) -> None:
+    """Stop a consumer, as far as the broker answers within ``UNREGISTER_WITHIN``."""
+    try:
+        async with asyncio.timeout(UNREGISTER_WITHIN):
+            await channel.basic_cancel(tag)
+    except (*CONNECTION_ERRORS, TimeoutError) as exc:
+        log.debug("could not cancel the consumer of %s: %s", queue, describe(exc))
 
 
 def _only(headers: Mapping[str, Any], *keys: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from atasks.errors import JobNotFound
 
 if TYPE_CHECKING:
     from pamqp.commands import Queue
+    from rabbitnode import RabbitNode
 
     from atasks.events import Event
 
@@ -170,6 +171,12 @@ async def publish_probe(url: str, token: str, namespace: str = "default") -> Non
             f"atasks.{namespace}.events", aio_pika.ExchangeType.TOPIC, durable=True
         )
         await exchange.publish(aio_pika.Message(encode_batch([event])), routing_key="events")
+
+
+def isolates_suspects(rabbit: RabbitNode, queue_type: str) -> bool:
+    """Whether servers on ``rabbit`` isolate suspects: not with RabbitMQ 3.x quorum queues, whose
+    delivery count cannot tell a server's death (README: Suspects)."""
+    return queue_type == "classic" or int(str(rabbit.version).split(".")[0]) >= 4
 
 
 def alive(pid: int) -> bool:

@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 import workload
-from servers import Servers, wait_for_consumers, wait_for_ready, wait_until_served
+from rabbitnode import RabbitNode
+from servers import (
+    Servers,
+    isolates_suspects,
+    wait_for_consumers,
+    wait_for_ready,
+    wait_until_served,
+)
 
 import atasks
 from atasks import atask
@@ -22,7 +29,7 @@ from atasks.transport.backends.amqp.topology import Topology
 @pytest.mark.parametrize("coalesce", [1, 32])
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_calls_beside_a_poison_call_survive_its_every_crash(
-    servers: Servers, amqp_url: str, queue_type: str, coalesce: int
+    servers: Servers, rabbit: RabbitNode, amqp_url: str, queue_type: str, coalesce: int
 ) -> None:
     """One server at a time, restarted whenever the poison kills it (as systemd would): the
     calls held beside the poison die with it at first, and must not die with it every time."""
@@ -43,7 +50,8 @@ async def test_calls_beside_a_poison_call_survive_its_every_crash(
             process = servers.start("--queue-type", queue_type)
     outcomes = calls.result()
     assert isinstance(outcomes[0], DeliveryLimitExceeded)
-    assert [type(outcome) for outcome in outcomes[1:]] == [int] * 6, outcomes
+    if isolates_suspects(rabbit, queue_type):  # not 3.x quorum queues: the poison alone here
+        assert [type(outcome) for outcome in outcomes[1:]] == [int] * 6, outcomes
 
 
 NS = "suspects"

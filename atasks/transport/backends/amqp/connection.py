@@ -113,13 +113,19 @@ class Link:
         (RabbitMQ 4.x: 16 MiB; 3.x: 128 MiB)."""
         return self._max_message_size
 
+    @property
+    def broker_major(self) -> int | None:
+        """The broker's major version, once connected (None if it did not say)."""
+        major = self.broker_version.split(".", 1)[0]
+        return int(major) if major.isdigit() else None
+
     def _learn_version(self, version: str) -> None:
         self.broker_version = version
         if self.configured_max_message_size is not None:
             self._max_message_size = self.configured_max_message_size
         else:
-            major = version.split(".", 1)[0]
-            self._max_message_size = 128 * MIB if major.isdigit() and int(major) < 4 else 16 * MIB
+            major = self.broker_major
+            self._max_message_size = 128 * MIB if major is not None and major < 4 else 16 * MIB
 
     async def open(self) -> None:
         """Connect, once: concurrent callers share the attempt; later calls return at once."""

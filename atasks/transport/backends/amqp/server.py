@@ -560,11 +560,23 @@ class Server:
             return Verdict.DEAD, deaths
         if isolated:  # a suspect that took its server down goes back in line, counted
             return (Verdict.ISOLATE if deaths > wire.deaths(headers) else Verdict.RUN), deaths
-        if deaths >= max(1, min(ISOLATE_AFTER, limit - 1)) and wire.H_UNISOLATED not in headers:
+        if (
+            deaths >= max(1, min(ISOLATE_AFTER, limit - 1))
+            and wire.H_UNISOLATED not in headers
+            and self._counts_only_deaths()
+        ):
             return Verdict.ISOLATE, deaths
         if died and self.topology.queue_type == "classic":
             return Verdict.COUNT, deaths
         return Verdict.RUN, deaths
+
+    def _counts_only_deaths(self) -> bool:
+        """Whether a request's count of deliveries counts only its servers' deaths. Not on
+        RabbitMQ 3.x quorum queues: they also count a delivery on its way to a consumer that
+        was cancelled, as servers' consumers are whenever their free slots change. There,
+        requests are not isolated (a fan-out would deadlock on suspects that are not)."""
+        major = self.link.broker_major
+        return self.topology.queue_type == "classic" or major is None or major >= 4
 
     async def _after_deaths(
         self,

@@ -38,7 +38,6 @@ from atasks.errors import AuthError, AuthUnavailable
 
 if TYPE_CHECKING:
     from atasks.codecs.base import Codec
-    from atasks.tasks import ATask
     from atasks.transport.base import Request
 
 HEADER = "auth"
@@ -155,11 +154,8 @@ def key_for(codec: Codec | None) -> bytes | None:
     return derived
 
 
-def stamp(request: Request, codec: Codec) -> None:
-    """Attach the auth context in force, if any, to ``request`` (the caller's side)."""
-    context = auth_var.get()
-    if context is None:
-        return
+def stamp(request: Request, codec: Codec, context: AuthContext) -> None:
+    """Attach ``context``, signed, to ``request`` (the caller's side)."""
     now = time.time()
     if context.expires <= now:
         raise AuthError(
@@ -218,11 +214,11 @@ def verify(snapshot: str, key: bytes, request: Request) -> AuthContext:
     return context
 
 
-async def admit(atask: ATask[Any, Any], request: Request, codec: Codec) -> AuthContext | None:
+async def admit(required: bool | AuthCheck, request: Request, codec: Codec) -> AuthContext | None:
     """The server's side: the verified auth context of ``request``, or ``None`` when it carries
-    none and ``atask`` does not require one; ``AuthError`` otherwise (fail closed)."""
+    none and its atask does not require one (``required``, its ``auth_required``);
+    ``AuthError`` otherwise (fail closed)."""
     snapshot = request.headers.get(HEADER)
-    required = atask.auth_required
     if snapshot is None:
         if required:
             raise AuthError(

@@ -7,15 +7,34 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from atasks.events import ProgressSink
-    from atasks.slots import Slots
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a running atask reported with ``atasks.progress()``."""
+
+    call_id: str
+    atask: str
+    done: float
+    total: float | None = None
+    note: str = ""
+
+
+ProgressSink = Callable[[Progress], Awaitable[None]]
+"""Takes the progress reports of one call."""
+
+
+class SlotPool(Protocol):
+    """The slots a server runs atasks in (``atasks.slots.Slots``), as calls see them."""
+
+    def call_started(self, scope: CallScope) -> bool: ...
+
+    async def call_ended(self, scope: CallScope, direct: bool) -> None: ...
 
 
 @dataclass(slots=True)
@@ -25,7 +44,7 @@ class CallScope:
     call_id: str
     name: str
     deadline: float | None
-    slots: Slots | None = None
+    slots: SlotPool | None = None
     parent_id: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # the request's: traceparent…
     report: ProgressSink | None = None

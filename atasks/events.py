@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from atasks.calls import Progress as Progress
+from atasks.calls import ProgressSink as ProgressSink
 from atasks.calls import current_scope
 
 log = logging.getLogger("atasks.events")
@@ -33,17 +35,6 @@ SCHEDULER_KINDS = ("fired", "missed", "elected", "resigned")
 """Events of the scheduler role: a due time fired (``call_id`` names it) or missed, and the
 server that ``server`` names taking the role or losing it (``atask`` and ``call_id`` empty)."""
 SERVER_ID = f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """What a running atask reported with ``atasks.progress()``."""
-
-    call_id: str
-    atask: str
-    done: float
-    total: float | None = None
-    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +83,6 @@ def decode_batch(body: bytes) -> list[Event]:
 
 ProgressListener = Callable[[Progress], Any]
 """Called with each progress report: a plain function, or an ``async def`` (awaited)."""
-
-ProgressSink = Callable[[Progress], Awaitable[None]]
-"""Serve side: where a running atask's reports go."""
 
 _listener: ContextVar[ProgressListener | None] = ContextVar("atasks_progress", default=None)
 

@@ -10,7 +10,8 @@ from atasks.codecs import CODECS, Codec
 from atasks.errors import ConfigurationError
 from atasks.namespaces import DEFAULT, namespaces, reset
 from atasks.namespaces import namespace as _namespace
-from atasks.router import DEFAULT_GRACE, Router, get_router
+from atasks.router import Router, get_router
+from atasks.settings import DEFAULT_GRACE
 from atasks.transport.base import LoopbackTransport, Transport
 
 

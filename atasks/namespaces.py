@@ -2,7 +2,8 @@
 atasks registered in it.
 
 Constructing a codec or transport with a ``namespace`` records it here once the object is fully
-built (``BindOnConstruction``), and does nothing else: no I/O, no event loop. As in the 2019
+built (``atasks.binding``, whose installer this module is), and does nothing else: no I/O, no
+event loop. As in the 2019
 design, the newest codec or transport of a namespace is the one installed; replacing a different
 one logs a WARNING naming both. A router already serving keeps the transport it was activated
 with until it is deactivated. ``reset()`` forgets bindings so tests can start clean.
@@ -11,11 +12,11 @@ with until it is deactivated. ``reset()`` forgets bindings so tests can start cl
 from __future__ import annotations
 
 import logging
-from abc import ABCMeta
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from atasks import binding
 from atasks.errors import (
     ConfigurationError,
     DuplicateATask,
@@ -23,17 +24,51 @@ from atasks.errors import (
     NoClientTransportRegistered,
     NoCodecRegistered,
 )
+from atasks.settings import DEFAULT_NAMESPACE
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the contracts below this registry; what is above it, it knows as protocols
     from atasks.codecs.base import Codec
-    from atasks.router import Router
-    from atasks.schedules.decorator import Schedule
-    from atasks.tasks import ATask
     from atasks.transport.base import Transport
 
 log = logging.getLogger("atasks.namespaces")
 
-DEFAULT = "default"
+DEFAULT = DEFAULT_NAMESPACE
+
+
+class Registered(Protocol):
+    """An atask as this registry knows it."""
+
+    name: str
+    namespace: str
+
+    def same_function(self, other: Any) -> bool: ...
+
+    def describe(self) -> str: ...
+
+
+class ScheduleEntry(Protocol):
+    """A schedule as this registry knows it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def atask(self) -> Registered: ...
+
+    @property
+    def spec(self) -> str: ...
+
+    @property
+    def jitter(self) -> Any: ...
+
+    @property
+    def missed(self) -> str: ...
+
+
+class Bound(Protocol):
+    """A router as this registry knows it."""
+
+    namespace: str
 
 
 @dataclass
@@ -43,37 +78,19 @@ class Namespace:
     name: str
     codec: Codec | None = None
     transport: Transport | None = None
-    router: Router | None = None
-    atasks: dict[str, ATask[Any, Any]] = field(default_factory=dict)
+    router: Any = None
+    """The namespace's ``atasks.router.Router``, once made."""
+    atasks: dict[str, Any] = field(default_factory=dict)
+    """Its ``atasks.tasks.ATask`` objects by name."""
     replaced: list[Transport] = field(default_factory=list)
     """Transports that a newer one replaced: ``atasks.close()`` disconnects them too."""
-    on_atask: list[Callable[[ATask[Any, Any]], None]] = field(default_factory=list)
+    on_atask: list[Callable[[Any], None]] = field(default_factory=list)
     """Called with each atask registered from now on (a serving router starts serving it)."""
-    schedules: dict[str, Schedule] = field(default_factory=dict)
+    schedules: dict[str, Any] = field(default_factory=dict)
+    """Its ``atasks.schedules.Schedule`` objects by name."""
 
 
 _namespaces: dict[str, Namespace] = {}
-
-
-class BindOnConstruction(ABCMeta):
-    """Metaclass of codecs and transports: once ``__init__`` has run to its end — a subclass's
-    attributes included — the new object binds itself to its namespace (``_bind()``).
-
-    Binding after construction means that nothing here ever sees a half-built object (its
-    ``repr``, say, in a warning). A subclass may declare methods it still lacks in ``_missing()``:
-    constructing it is then a ``TypeError``, as with abstract methods.
-    """
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        missing: tuple[str, ...] = cls._missing()  # type: ignore[attr-defined]
-        if missing:
-            raise TypeError(
-                f"Can't instantiate {cls.__name__} without an implementation of "
-                f"{', '.join(missing)}"
-            )
-        instance = super().__call__(*args, **kwargs)
-        instance._bind()
-        return instance
 
 
 def namespace(name: str = DEFAULT) -> Namespace:
@@ -98,6 +115,20 @@ def bind_codec(codec: Codec, name: str) -> None:
     ns.codec = codec
 
 
+def _install(constructed: Any) -> None:
+    """Install a codec or transport just constructed with a namespace (``binding``)."""
+    name = constructed.namespace
+    if name is None:
+        return
+    if constructed.installs_as == "codec":
+        bind_codec(constructed, name)
+    else:
+        bind_transport(constructed, name)
+
+
+binding.install_with(_install)
+
+
 def bind_transport(transport: Transport, name: str) -> None:
     """Install ``transport`` in namespace ``name``; the one it replaces is kept for ``close()``.
 
@@ -113,7 +144,7 @@ def bind_transport(transport: Transport, name: str) -> None:
     ns.transport = transport
 
 
-def bind_router(router: Router, name: str) -> Namespace:
+def bind_router(router: Bound, name: str) -> Namespace:
     """Make ``router`` the router of namespace ``name``, and return that namespace."""
     ns = namespace(name)
     if ns.router is not None and ns.router is not router:
@@ -124,7 +155,7 @@ def bind_router(router: Router, name: str) -> Namespace:
     return ns
 
 
-def register_atask(atask: ATask[Any, Any]) -> Namespace:
+def register_atask(atask: Registered) -> Namespace:
     """Register ``atask`` in its namespace, and return that namespace."""
     ns = namespace(atask.namespace)
     known = ns.atasks.get(atask.name)
@@ -140,7 +171,7 @@ def register_atask(atask: ATask[Any, Any]) -> Namespace:
     return ns
 
 
-def register_schedule(schedule: Schedule) -> None:
+def register_schedule(schedule: ScheduleEntry) -> None:
     """Register ``schedule`` in its atask's namespace; the same one again (a second import of
     its module) replaces it, a different one under the same name is an error."""
     ns = namespace(schedule.atask.namespace)

@@ -67,11 +67,9 @@ class Tracing:
         """Record ``exc`` as the outcome of ``span``."""
         failed(span, exc)
 
-    def inject(self, span: Span, request: Request) -> None:
-        """Write ``span``'s context into the request's headers (``traceparent``…)."""
-        headers = dict(request.headers)
+    def inject(self, span: Span, headers: dict[str, str]) -> None:
+        """Write ``span``'s context into a call's ``headers`` (``traceparent``…)."""
         propagate.inject(headers, context=trace.set_span_in_context(span))
-        request.headers = headers
 
     def server(self, transport: Transport | None, namespace: str, request: Request) -> Served:
         """Start the server's span of a call, a child of the caller's span if the request

@@ -28,7 +28,7 @@ import socket
 import struct
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from atasks.errors import ConfigurationError, DecodeError, EncodeError, RemoteError, type_name
@@ -55,7 +55,7 @@ class ProcessPool:
     def __repr__(self) -> str:
         return f"ProcessPool(size={self.size}, alive={len(self._workers)})"
 
-    async def run(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    async def run(self, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         """``fn(*args, **kwargs)`` in a worker process. Cancelling this kills that worker."""
         name = f"{fn.__module__}.{fn.__qualname__}"
         try:
@@ -252,13 +252,11 @@ def _outcome(job: bytes, functions: dict[tuple[str, str], Callable[..., Any]]) -
 
 
 def _resolve(module: str, qualname: str) -> Callable[..., Any]:
-    from atasks.tasks import ATask
-
     found: Any = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
-    if isinstance(found, ATask):
-        return found.fn
+    if getattr(type(found), "runs_as_atask", False):  # an atask: its function
+        return found.fn  # type: ignore[no-any-return]
     if not callable(found):
         raise TypeError(f"{module}.{qualname} is not a function")
     return found  # type: ignore[no-any-return]

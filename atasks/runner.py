@@ -25,7 +25,8 @@ from atasks import settings
 from atasks.errors import ATasksError
 from atasks.lifecycle import close, make_codec, make_transport
 from atasks.namespaces import DEFAULT, namespace, namespaces
-from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE, get_router
+from atasks.router import get_router
+from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.supervisor import READY_FD_ENV, WORKER_ENV, supervise
 
 log = logging.getLogger("atasks.runner")

@@ -18,6 +18,15 @@ from typing import Any
 
 from atasks.errors import ConfigurationError
 
+DEFAULT_NAMESPACE = "default"
+"""The namespace of atasks, codecs and transports that name none."""
+DEFAULT_CONCURRENCY = 64
+"""Atasks one server runs at once, unless told otherwise."""
+DEFAULT_GRACE = 10.0
+"""Seconds a stopping server lets the calls it runs finish."""
+DEFAULT_WINDOW = 64
+"""Items a streaming atask's server makes ahead of its consumer, unless told otherwise."""
+
 SETUP = "setup"
 AMQP = "AMQPTransport"
 RUN = "atasks run"
@@ -162,7 +171,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "concurrency",
         "ATASKS_CONCURRENCY",
-        64,
+        DEFAULT_CONCURRENCY,
         "1 to 65535",
         _int(1, 65_535),
         (SETUP, RUN),
@@ -201,7 +210,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "grace",
         "ATASKS_GRACE",
-        10.0,
+        DEFAULT_GRACE,
         "seconds, at least 0",
         _seconds(0),
         (RUN,),

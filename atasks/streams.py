@@ -12,21 +12,33 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import AsyncGenerator, Coroutine, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from atasks.codecs.base import Codec, decode, encode
 from atasks.errors import EncodeError, StreamInterrupted, TransportError
 from atasks.events import ProgressRelay
+from atasks.settings import DEFAULT_WINDOW
 from atasks.transport.base import Frame, Item, Request, Transport
 
-if TYPE_CHECKING:
-    from atasks.router import Router
-    from atasks.tasks import ATask
+
+class Calls(Protocol):
+    """The router that makes a stream's call."""
+
+    @property
+    def codec(self) -> Codec: ...
+
+    def call(
+        self,
+        atask: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        stream: Received | None = None,
+    ) -> Coroutine[Any, Any, Any]: ...
+
 
 Y = TypeVar("Y")
-
-DEFAULT_WINDOW = 64
 
 
 class Received:
@@ -79,7 +91,7 @@ class RemoteStream(Generic[Y]):
     """
 
     def __init__(
-        self, router: Router, atask: ATask[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, router: Calls, atask: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self._router = router
         self._atask = atask
@@ -201,9 +213,9 @@ def _retrieve(call: asyncio.Task[Any]) -> None:
 
 
 async def serve_items(
-    atask: ATask[Any, Any],
+    atask: Any,
     request: Request,
-    args: list[Any],
+    args: Sequence[Any],
     kwargs: dict[str, Any],
     codec: Codec,
 ) -> int:
@@ -215,7 +227,7 @@ async def serve_items(
             f"atask {request.name!r} is a stream: iterate it with `async for` through a "
             "transport that carries streams"
         )
-    generator: AsyncGenerator[Any, None] = atask.fn(*args, **kwargs)  # type: ignore[assignment]
+    generator: AsyncGenerator[Any, None] = atask.fn(*args, **kwargs)
     sent = 0
     try:
         while True:

@@ -7,14 +7,15 @@ import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, ClassVar, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from atasks.auth_context import AuthCheck
 from atasks.calls import check_priority
 from atasks.namespaces import DEFAULT, register_atask
 from atasks.retry import Retry
-from atasks.router import get_router
-from atasks.streams import DEFAULT_WINDOW, RemoteStream
+from atasks.router import Router, get_router
+from atasks.settings import DEFAULT_WINDOW
+from atasks.streams import RemoteStream
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -60,6 +61,9 @@ class ATask(Generic[P, R]):
     ``inspect.iscoroutinefunction(atask)`` is true, and ``inspect.signature(atask)`` is the
     function's. On an async generator function, it is a ``StreamATask``.
     """
+
+    runs_as_atask: ClassVar[bool] = True
+    """Marks atasks for worker processes, which import a function by name and run its ``fn``."""
 
     def __new__(cls, fn: Any, **options: Any) -> ATask[P, R]:
         if (
@@ -123,7 +127,7 @@ class ATask(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         if self.kind == "call":
-            router = self._ns.router
+            router: Router | None = self._ns.router
             if router is None:
                 router = get_router(self.namespace)
             return router.call(self, args, kwargs)

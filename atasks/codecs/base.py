@@ -6,8 +6,9 @@ import inspect
 import re
 from typing import Any, ClassVar
 
+from atasks.binding import BindOnConstruction
 from atasks.errors import DecodeError, EncodeError
-from atasks.namespaces import DEFAULT, BindOnConstruction, bind_codec
+from atasks.settings import DEFAULT_NAMESPACE
 
 
 class Codec(metaclass=BindOnConstruction):
@@ -24,6 +25,7 @@ class Codec(metaclass=BindOnConstruction):
     """
 
     content_type: str = "application/x-atasks-codec"
+    installs_as: ClassVar[str] = "codec"
     _derived_content_type: ClassVar[bool] = True
     _fast_encode: ClassVar[bool] = False
     _fast_decode: ClassVar[bool] = False
@@ -50,12 +52,8 @@ class Codec(metaclass=BindOnConstruction):
             missing.append("decode (or loads)")
         return tuple(missing)
 
-    def __init__(self, namespace: str | None = DEFAULT) -> None:
+    def __init__(self, namespace: str | None = DEFAULT_NAMESPACE) -> None:
         self.namespace = namespace
-
-    def _bind(self) -> None:
-        if self.namespace is not None:
-            bind_codec(self, self.namespace)
 
     async def encode(self, obj: Any) -> bytes:
         """Bytes for ``obj``; raise ``EncodeError`` when it cannot be encoded.

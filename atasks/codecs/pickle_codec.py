@@ -10,7 +10,7 @@ from typing import Any
 
 from atasks.codecs.base import Codec
 from atasks.errors import ConfigurationError, DecodeError, EncodeError
-from atasks.namespaces import DEFAULT
+from atasks.settings import DEFAULT_NAMESPACE as DEFAULT
 
 SECRET_ENV = "ATASKS_SECRET"
 _DIGEST = hashlib.sha256

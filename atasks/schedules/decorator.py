@@ -155,7 +155,7 @@ def schedule(
 
 def get_schedule(name: str, namespace_name: str = DEFAULT) -> Schedule:
     """The schedule registered as ``name``; ``ScheduleNotFoundError`` if there is none."""
-    found = namespace(namespace_name).schedules.get(name)
+    found: Schedule | None = namespace(namespace_name).schedules.get(name)
     if found is None:
         raise ScheduleNotFoundError(
             f"no schedule {name!r} in namespace {namespace_name!r}: import the module that "

@@ -16,21 +16,65 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from atasks.events import SERVER_ID, Event
-from atasks.schedules.decorator import Schedule, registered
+from atasks.namespaces import namespace
 from atasks.transport.seat import SchedulerSeat, SeatLost
 
 if TYPE_CHECKING:
-    from atasks.router import Router
-    from atasks.transport.base import Reply, Transport
+    from atasks.transport.base import Reply, Request, Transport
 
 log = logging.getLogger("atasks.schedules")
 
 LONGEST_SLEEP = 30.0  # seconds: wake up at least this often, whatever the clock did
 RETRY_AFTER = 1.0  # seconds before taking the role again after a failure
 STOP_WITHIN = 10.0  # seconds for the scheduler to stop once cancelled
+
+
+class Plan(Protocol):
+    """What a schedule says to do now (``atasks.schedules.decorator.Plan``)."""
+
+    fire: list[dt.datetime]
+    missed: tuple[dt.datetime, dt.datetime] | None
+    last: dt.datetime
+
+
+class Schedule(Protocol):
+    """A registered schedule (``atasks.schedules.Schedule``), as the scheduler uses it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def atask(self) -> Any: ...
+
+    @property
+    def spec(self) -> str: ...
+
+    @property
+    def missed(self) -> str: ...
+
+    def next_due(self, after: dt.datetime) -> dt.datetime: ...
+
+    def call_id(self, due: dt.datetime) -> str: ...
+
+    def plan(self, last: dt.datetime, now: dt.datetime) -> Plan: ...
+
+    def wake_at(self, last: dt.datetime) -> dt.datetime: ...
+
+
+class Firing(Protocol):
+    """The serving router whose namespace's schedules are fired."""
+
+    namespace: str
+
+    async def firing(self, atask: Any, call_id: str) -> Request: ...
+
+
+def registered(namespace_name: str) -> list[Schedule]:
+    """The schedules registered in a namespace, by name."""
+    return sorted(namespace(namespace_name).schedules.values(), key=lambda s: s.name)
 
 
 def utcnow() -> dt.datetime:
@@ -41,7 +85,7 @@ class Scheduler:
     """Takes the scheduler role of ``router``'s namespace whenever it can, and fires due times
     while it holds it."""
 
-    def __init__(self, router: Router, transport: Transport, seat: SchedulerSeat) -> None:
+    def __init__(self, router: Firing, transport: Transport, seat: SchedulerSeat) -> None:
         self.router = router
         self.transport = transport
         self.seat = seat

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, overload
 
+from atasks.binding import BindOnConstruction
 from atasks.credits import Credits
 from atasks.errors import JobNotFound, NotConnected, TransportError, type_name
 from atasks.events import Progress
-from atasks.namespaces import DEFAULT, BindOnConstruction, bind_transport, get_transport
+from atasks.namespaces import get_transport  # the 2019 import path of get_transport
+from atasks.settings import DEFAULT_NAMESPACE as DEFAULT
 
 log = logging.getLogger("atasks.transport")
 
@@ -220,6 +222,7 @@ class Transport(metaclass=BindOnConstruction):
     ``Transport()`` can be constructed, and its methods raise ``NotImplementedError``.
     """
 
+    installs_as: ClassVar[str] = "transport"
     events_enabled = False
     """Whether ``publish_event`` publishes anything; routers skip building events otherwise."""
     classic: ClassVar[bool] = True
@@ -249,10 +252,6 @@ class Transport(metaclass=BindOnConstruction):
         """The 2019 interface: what ``register_callback(callback)`` stored."""
         self.server_statistics: Callable[[], Mapping[str, Any]] | None = None
         """Set by a serving router: what ``atasks inspect`` shows of this server."""
-
-    def _bind(self) -> None:
-        if self.namespace is not None:
-            bind_transport(self, self.namespace)
 
     async def connect(self) -> None:
         """Get ready to send and serve. Idempotent."""

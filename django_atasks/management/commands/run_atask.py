@@ -22,8 +22,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from atasks import runner
 from atasks.errors import ConfigurationError
-from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.runner import MODES, TRANSPORTS, RunFailure, RunOptions, one_line, parse_option
+from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 
 log = logging.getLogger("django_atasks")
 

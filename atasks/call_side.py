@@ -1,0 +1,269 @@
+"""The calling side of a router: an atask awaited here becomes a ``Call``, goes through the
+namespace's call-side middlewares, and is encoded into a request, sent, and its reply decoded.
+
+Call side: args → middlewares → codec → Request → transport → Reply → codec → value or raised
+exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from atasks import tracing as _tracing
+from atasks.auth_context import auth_var, stamp
+from atasks.calls import current_scope, effective_priority, new_call_id, scope_deadline
+from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
+from atasks.errors import ConfigurationError, NoCodecRegistered
+from atasks.events import ProgressRelay, progress_listener
+from atasks.middleware import Call, Middleware, Proceed, chain
+from atasks.middlewares.auth import Stamp
+from atasks.middlewares.propagation import Capture
+from atasks.middlewares.tracing import ClientSpans
+from atasks.outcomes import rebuild_exception
+from atasks.payload import pack_arguments
+from atasks.propagation import propagated
+from atasks.transport.base import FrameListener, Reply, Request, Transport
+from atasks.transport.classic import modern
+
+if TYPE_CHECKING:
+    from atasks.namespaces import Namespace
+    from atasks.otel import Tracing
+    from atasks.streams import Received
+
+_OTEL, _modules = _tracing.OTEL_MODULE, sys.modules  # read on every call: tracing set up yet?
+
+Kind = Literal["call", "queue", "broadcast"]
+_CAPTURE, _STAMP = Capture(), Stamp()
+
+
+class Routing(Protocol):
+    """The router whose calls are made and served (``atasks.router.Router``)."""
+
+    namespace: str
+    ns: Namespace
+    given_codec: Codec | None
+    given_transport: Transport | None
+    registering: set[asyncio.Task[None]]
+
+    @property
+    def codec(self) -> Codec: ...
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def serving(self) -> Transport | None: ...
+
+    def served_atask(self, request: Request, codec: Codec) -> Any: ...
+
+
+def tracing_in_force() -> Tracing | None:
+    """The tracing in force: looked for on each call once OpenTelemetry is imported and until
+    it is configured, so a call costs nothing for it before that."""
+    tracing = _tracing.active
+    if tracing is None and _OTEL in _modules:
+        tracing = _tracing.detect()
+    return tracing
+
+
+class Caller:
+    """Makes the calls of one router; keeps its call-side chains, built when first needed."""
+
+    def __init__(self, router: Routing) -> None:
+        self.router = router
+        self.middleware: list[Middleware] = []
+        self._chains: dict[tuple[Any, Kind, int], Proceed] = {}
+        self._tracing: Tracing | None = None
+
+    def forget_chains(self) -> None:
+        """Build every chain again on its next call (the middlewares changed)."""
+        self._chains.clear()
+
+    def _chain(self, atask: Any, kind: Kind, tracing: Tracing | None) -> Proceed:
+        """The chain of ``atask``'s calls of ``kind`` in the context in force."""
+        if tracing is not self._tracing:
+            self._chains.clear()
+            self._tracing = tracing
+        flags = (1 if propagated else 0) | (2 if auth_var.get() is not None else 0)
+        key = (atask, kind, flags)
+        found = self._chains.get(key)
+        if found is None:
+            found = self._chains[key] = self._build(kind, flags, tracing)
+        return found
+
+    def _build(self, kind: Kind, flags: int, tracing: Tracing | None) -> Proceed:
+        middlewares: list[Middleware] = [] if tracing is None else [ClientSpans(tracing)]
+        middlewares += self.middleware
+        if flags & 1:
+            middlewares.append(_CAPTURE)
+        if flags & 2:
+            middlewares.append(_STAMP)
+        innermost = {"call": self._send, "queue": self._enqueue, "broadcast": self._broadcast}
+        return chain(middlewares, "call", innermost[kind])
+
+    def _route(self, atask: Any, stream: Received | None = None) -> tuple[Codec, Transport]:
+        router = self.router
+        ns = router.ns
+        codec = router.given_codec or ns.codec or router.codec  # the property raises for none
+        transport = router.given_transport or ns.transport or router.transport
+        if transport.classic:
+            transport = modern(transport)
+        if stream is not None and not transport.streams:
+            raise ConfigurationError(
+                f"atask {atask.name!r} is a stream, and {transport!r} does not carry streams"
+            )
+        return codec, transport
+
+    async def call(
+        self,
+        atask: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stream: Received | None,
+    ) -> Any:
+        """Run ``atask(*args, **kwargs)`` on a server and return its result."""
+        router = self.router
+        codec, transport = self._route(atask, stream)
+        if router.registering:  # an atask imported since activate(): served once registered
+            await asyncio.wait(set(router.registering))
+        scope = current_scope.get()
+        call = Call(
+            atask,
+            new_call_id(),
+            args,
+            kwargs,
+            router.namespace,
+            scope.call_id if scope is not None else None,
+            scope_deadline(scope, atask.timeout),
+        )
+        call.codec, call.transport, call.scope, call.stream = codec, transport, scope, stream
+        tracing = _tracing.active
+        if tracing is None and _OTEL in _modules:
+            tracing = _tracing.detect()
+        return await self._chain(atask, "call", tracing)(call)
+
+    async def one_way(
+        self,
+        atask: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        call_id: str | None,
+        kind: Kind,
+    ) -> str:
+        """Send ``atask(*args, **kwargs)`` without waiting for an outcome: to one server
+        (``queue``) or to every server serving it (``broadcast``); return its call id."""
+        router = self.router
+        codec, transport = self._route(atask)
+        if transport.classic:
+            raise ConfigurationError(
+                f"{transport!r} is written to the 2019 interface, which has no "
+                f"{'broadcast' if kind == 'broadcast' else 'fire-and-forget'} requests"
+            )
+        if router.registering:
+            await asyncio.wait(set(router.registering))
+        scope = current_scope.get()
+        call = Call(
+            atask,
+            call_id if call_id is not None else new_call_id(),
+            args,
+            kwargs,
+            router.namespace,
+            scope.call_id if scope is not None else None,
+            None,
+        )
+        call.codec, call.transport = codec, transport
+        result: str = await self._chain(atask, kind, tracing_in_force())(call)
+        return result
+
+    async def _send(self, call: Call) -> Any:
+        """The innermost step of a call: encode, send, wait within the deadline, decode."""
+        codec: Codec = call.codec
+        transport: Transport = call.transport
+        stream: Received | None = call.stream
+        listener = progress_listener()
+        relay = ProgressRelay(listener) if listener is not None else None
+        on_frame: FrameListener | None = relay
+        if stream is not None:
+            stream.opened(call.call_id, transport, relay)
+            on_frame = stream
+        payload = pack_arguments(call.atask, call.args, call.kwargs, call.call_id, call.values)
+        body = encode_now(codec, payload) if codec._fast_encode else await encode(codec, payload)
+        request = self.request(call, codec, body, listener is not None)
+        if stream is not None:
+            request.window = stream.window
+        scope = call.scope
+        slots = scope.slots if scope is not None else None
+        direct = False
+        if slots is not None:
+            direct = slots.call_started(scope)
+        deadline = call.deadline
+        try:
+            if deadline is None:
+                reply = await transport.send_request(request, on_frame)
+            else:
+                loop = asyncio.get_running_loop()
+                try:
+                    async with asyncio.timeout_at(loop.time() + deadline - time.time()):
+                        reply = await transport.send_request(request, on_frame)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"atask {call.atask!r} did not finish before its deadline"
+                    ) from None
+        finally:
+            if slots is not None:
+                # Always take a slot again, even when this child was cancelled: the parent
+                # may go on (a timeout around one child), and must not run without a slot.
+                await slots.call_ended(scope, direct)
+        if relay is not None:  # every report reaches the listener before the outcome
+            await relay.flushed()
+        if reply.ok and codec._fast_decode and reply.content_type == codec.content_type:
+            return decode_now(codec, reply.body)
+        return await outcome(reply, codec)
+
+    async def _enqueue(self, call: Call) -> str:
+        """The innermost step of a fire-and-forget request: encode, and hand it over."""
+        await call.transport.enqueue(await self._encoded(call))
+        return call.call_id
+
+    async def _broadcast(self, call: Call) -> str:
+        """The innermost step of a broadcast request: encode, and hand it over."""
+        await call.transport.broadcast(await self._encoded(call))
+        return call.call_id
+
+    async def _encoded(self, call: Call) -> Request:
+        codec: Codec = call.codec
+        payload = pack_arguments(call.atask, call.args, call.kwargs, call.call_id, call.values)
+        return self.request(call, codec, await encode(codec, payload), False)
+
+    @staticmethod
+    def request(call: Call, codec: Codec, body: bytes, wants_progress: bool) -> Request:
+        """The request of ``call``, ``body`` its encoded arguments, with what travels."""
+        request = Request(
+            name=call.atask,
+            call_id=call.call_id,
+            content_type=codec.content_type,
+            body=body,
+            parent_id=call.parent_id,
+            deadline=call.deadline,
+            priority=effective_priority(call.definition.priority),
+            wants_progress=wants_progress,
+            headers=call.sent_headers,
+        )
+        if call.auth is not None:
+            stamp(request, codec, call.auth)
+        return request
+
+
+async def outcome(reply: Reply, codec: Codec) -> Any:
+    """The value a reply carries, or its exception raised."""
+    if reply.ok:
+        if reply.content_type != codec.content_type:
+            raise NoCodecRegistered(
+                f"reply is {reply.content_type!r} but this side's codec is "
+                f"{codec.content_type!r}: configure the same codec on clients and servers"
+            )
+        return await decode(codec, reply.body)
+    raise await rebuild_exception(reply, codec)

@@ -36,6 +36,7 @@ from atasks.errors import (
 )
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
 from atasks.lifecycle import close, setup
+from atasks.middleware import Call, Middleware, Proceed
 from atasks.namespaces import get_codec, get_transport, reset
 from atasks.propagation import propagate, unpropagate
 from atasks.retry import Backoff, Retry
@@ -52,6 +53,7 @@ __all__ = [
     "AuthError",
     "AuthUnavailable",
     "Backoff",
+    "Call",
     "ClassicAdapter",
     "Codec",
     "CodecError",
@@ -67,11 +69,13 @@ __all__ = [
     "JSONCodec",
     "JobNotFound",
     "LoopbackTransport",
+    "Middleware",
     "Month",
     "NoClientTransportRegistered",
     "NoCodecRegistered",
     "NotConnected",
     "PickleCodec",
+    "Proceed",
     "Progress",
     "RemoteError",
     "RemoteStream",

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from atasks import tracing as _tracing
-from atasks.auth_context import auth_var, stamp
-from atasks.calls import current_scope, effective_priority, new_call_id, scope_deadline
+from atasks.auth_context import AuthContext, auth_var, stamp
+from atasks.calls import CallScope, current_scope, effective_priority, new_call_id, scope_deadline
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
 from atasks.errors import ConfigurationError, NoCodecRegistered
 from atasks.events import ProgressRelay, progress_listener
@@ -25,7 +26,7 @@ from atasks.middlewares.tracing import ClientSpans
 from atasks.outcomes import rebuild_exception
 from atasks.payload import pack_arguments
 from atasks.propagation import propagated
-from atasks.transport.base import FrameListener, Reply, Request, Transport
+from atasks.transport.base import NO_HEADERS, FrameListener, Reply, Request, Transport
 from atasks.transport.classic import modern
 
 if TYPE_CHECKING:
@@ -77,17 +78,25 @@ class Caller:
         self.middleware: list[Middleware] = []
         self._chains: dict[tuple[Any, Kind, int], Proceed] = {}
         self._tracing: Tracing | None = None
+        self._innermost: dict[Kind, Proceed] = {
+            "call": self._send,
+            "queue": self._enqueue,
+            "broadcast": self._broadcast,
+        }
 
     def forget_chains(self) -> None:
         """Build every chain again on its next call (the middlewares changed)."""
         self._chains.clear()
 
-    def _chain(self, atask: Any, kind: Kind, tracing: Tracing | None) -> Proceed:
-        """The chain of ``atask``'s calls of ``kind`` in the context in force."""
+    def _chain(self, atask: Any, kind: Kind, tracing: Tracing | None) -> Proceed | None:
+        """The chain of ``atask``'s calls of ``kind`` in the context in force; ``None`` when no
+        middleware has anything to do (the common case, which then costs nothing more)."""
+        flags = (1 if propagated else 0) | (2 if auth_var.get() is not None else 0)
+        if not flags and tracing is None and not self.middleware:
+            return None
         if tracing is not self._tracing:
             self._chains.clear()
             self._tracing = tracing
-        flags = (1 if propagated else 0) | (2 if auth_var.get() is not None else 0)
         key = (atask, kind, flags)
         found = self._chains.get(key)
         if found is None:
@@ -101,15 +110,21 @@ class Caller:
             middlewares.append(_CAPTURE)
         if flags & 2:
             middlewares.append(_STAMP)
-        innermost = {"call": self._send, "queue": self._enqueue, "broadcast": self._broadcast}
-        return chain(middlewares, "call", innermost[kind])
+        return chain(middlewares, "call", self._innermost[kind])
 
-    def _route(self, atask: Any, stream: Received | None = None) -> tuple[Codec, Transport]:
+    def _route(
+        self, atask: Any, kind: Kind, stream: Received | None = None
+    ) -> tuple[Codec, Transport]:
         router = self.router
         ns = router.ns
         codec = router.given_codec or ns.codec or router.codec  # the property raises for none
         transport = router.given_transport or ns.transport or router.transport
         if transport.classic:
+            if kind != "call":
+                raise ConfigurationError(
+                    f"{transport!r} is written to the 2019 interface, which has no "
+                    f"{'broadcast' if kind == 'broadcast' else 'fire-and-forget'} requests"
+                )
             transport = modern(transport)
         if stream is not None and not transport.streams:
             raise ConfigurationError(
@@ -126,24 +141,29 @@ class Caller:
     ) -> Any:
         """Run ``atask(*args, **kwargs)`` on a server and return its result."""
         router = self.router
-        codec, transport = self._route(atask, stream)
+        ns = router.ns
+        codec = router.given_codec or ns.codec or router.codec  # the property raises for none
+        transport = router.given_transport or ns.transport or router.transport
+        if transport.classic or stream is not None:
+            codec, transport = self._route(atask, "call", stream)
         if router.registering:  # an atask imported since activate(): served once registered
             await asyncio.wait(set(router.registering))
         scope = current_scope.get()
-        call = Call(
-            atask,
-            new_call_id(),
-            args,
-            kwargs,
-            router.namespace,
-            scope.call_id if scope is not None else None,
-            scope_deadline(scope, atask.timeout),
-        )
-        call.codec, call.transport, call.scope, call.stream = codec, transport, scope, stream
+        call_id = new_call_id()
+        parent_id = scope.call_id if scope is not None else None
+        deadline = scope_deadline(scope, atask.timeout)
         tracing = _tracing.active
         if tracing is None and _OTEL in _modules:
             tracing = _tracing.detect()
-        return await self._chain(atask, "call", tracing)(call)
+        if tracing is None and not self.middleware and not propagated and auth_var.get() is None:
+            return await self._deliver(
+                atask, call_id, args, kwargs, parent_id, deadline, codec, transport, scope, stream
+            )
+        proceed = self._chain(atask, "call", tracing)
+        assert proceed is not None
+        call = Call(atask, call_id, args, kwargs, router.namespace, parent_id, deadline)
+        call.codec, call.transport, call.scope, call.stream = codec, transport, scope, stream
+        return await proceed(call)
 
     async def one_way(
         self,
@@ -156,12 +176,7 @@ class Caller:
         """Send ``atask(*args, **kwargs)`` without waiting for an outcome: to one server
         (``queue``) or to every server serving it (``broadcast``); return its call id."""
         router = self.router
-        codec, transport = self._route(atask)
-        if transport.classic:
-            raise ConfigurationError(
-                f"{transport!r} is written to the 2019 interface, which has no "
-                f"{'broadcast' if kind == 'broadcast' else 'fire-and-forget'} requests"
-            )
+        codec, transport = self._route(atask, kind)
         if router.registering:
             await asyncio.wait(set(router.registering))
         scope = current_scope.get()
@@ -175,31 +190,74 @@ class Caller:
             None,
         )
         call.codec, call.transport = codec, transport
-        result: str = await self._chain(atask, kind, tracing_in_force())(call)
+        proceed = self._chain(atask, kind, tracing_in_force())
+        if proceed is None:
+            proceed = self._innermost[kind]
+        result: str = await proceed(call)
         return result
 
-    async def _send(self, call: Call) -> Any:
-        """The innermost step of a call: encode, send, wait within the deadline, decode."""
-        codec: Codec = call.codec
-        transport: Transport = call.transport
-        stream: Received | None = call.stream
+    def _send(self, call: Call) -> Coroutine[Any, Any, Any]:
+        """The innermost step of a call's chain."""
+        return self._deliver(
+            call.definition,
+            call.call_id,
+            call.args,
+            call.kwargs,
+            call.parent_id,
+            call.deadline,
+            call.codec,
+            call.transport,
+            call.scope,
+            call.stream,
+            call.values,
+            call.auth,
+            call.sent_headers,
+        )
+
+    async def _deliver(
+        self,
+        atask: Any,
+        call_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        parent_id: str | None,
+        deadline: float | None,
+        codec: Codec,
+        transport: Transport,
+        scope: CallScope | None,
+        stream: Received | None,
+        values: dict[str, Any] | None = None,
+        auth: AuthContext | None = None,
+        headers: Mapping[str, str] = NO_HEADERS,
+    ) -> Any:
+        """Encode a call, send it, wait for its outcome within its deadline, decode it."""
         listener = progress_listener()
         relay = ProgressRelay(listener) if listener is not None else None
         on_frame: FrameListener | None = relay
         if stream is not None:
-            stream.opened(call.call_id, transport, relay)
+            stream.opened(call_id, transport, relay)
             on_frame = stream
-        payload = pack_arguments(call.atask, call.args, call.kwargs, call.call_id, call.values)
+        payload = pack_arguments(atask.name, args, kwargs, call_id, values)
         body = encode_now(codec, payload) if codec._fast_encode else await encode(codec, payload)
-        request = self.request(call, codec, body, listener is not None)
-        if stream is not None:
-            request.window = stream.window
-        scope = call.scope
+        request = Request(
+            name=atask.name,
+            call_id=call_id,
+            content_type=codec.content_type,
+            body=body,
+            parent_id=parent_id,
+            deadline=deadline,
+            priority=effective_priority(atask.priority),
+            wants_progress=listener is not None,
+            window=stream.window if stream is not None else 0,
+            headers=headers,
+        )
+        if auth is not None:
+            stamp(request, codec, auth)
         slots = scope.slots if scope is not None else None
         direct = False
         if slots is not None:
+            assert scope is not None
             direct = slots.call_started(scope)
-        deadline = call.deadline
         try:
             if deadline is None:
                 reply = await transport.send_request(request, on_frame)
@@ -210,10 +268,11 @@ class Caller:
                         reply = await transport.send_request(request, on_frame)
                 except TimeoutError:
                     raise TimeoutError(
-                        f"atask {call.atask!r} did not finish before its deadline"
+                        f"atask {atask.name!r} did not finish before its deadline"
                     ) from None
         finally:
             if slots is not None:
+                assert scope is not None
                 # Always take a slot again, even when this child was cancelled: the parent
                 # may go on (a timeout around one child), and must not run without a slot.
                 await slots.call_ended(scope, direct)
@@ -236,20 +295,13 @@ class Caller:
     async def _encoded(self, call: Call) -> Request:
         codec: Codec = call.codec
         payload = pack_arguments(call.atask, call.args, call.kwargs, call.call_id, call.values)
-        return self.request(call, codec, await encode(codec, payload), False)
-
-    @staticmethod
-    def request(call: Call, codec: Codec, body: bytes, wants_progress: bool) -> Request:
-        """The request of ``call``, ``body`` its encoded arguments, with what travels."""
         request = Request(
             name=call.atask,
             call_id=call.call_id,
             content_type=codec.content_type,
-            body=body,
+            body=await encode(codec, payload),
             parent_id=call.parent_id,
-            deadline=call.deadline,
             priority=effective_priority(call.definition.priority),
-            wants_progress=wants_progress,
             headers=call.sent_headers,
         )
         if call.auth is not None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 from atasks import settings
 from atasks.codecs import CODECS, Codec
 from atasks.errors import ConfigurationError
+from atasks.middleware import Middleware
 from atasks.namespaces import DEFAULT, namespaces, reset
 from atasks.namespaces import namespace as _namespace
 from atasks.router import Router, get_router
@@ -50,6 +52,7 @@ async def setup(
     concurrency: int | None = None,
     processes: int | None = None,
     namespace: str = DEFAULT,
+    middleware: Iterable[Middleware] = (),
     **transport_options: Any,
 ) -> Router:
     """Bind a codec and a transport to ``namespace``, connect, and serve if asked.
@@ -58,8 +61,9 @@ async def setup(
     ``atasks.settings``): ``transport`` ``"loopback"``, ``codec`` ``"pickle"``, ``key``
     ``ATASKS_SECRET``, ``concurrency`` 64, ``processes`` (workers for ``mechanism="process"``
     atasks) one per CPU, and ``AMQPTransport``'s options. ``serve`` defaults to ``True`` for the
-    loopback transport (it reaches only this process) and ``False`` otherwise. Returns the
-    namespace's router.
+    loopback transport (it reaches only this process) and ``False`` otherwise. ``middleware``
+    (``atasks.Middleware`` objects, outermost first) are added to the namespace's router, after
+    any it has. Returns the namespace's router.
 
     All or nothing: if any step fails, the namespace keeps the codec and transport it had, and
     a transport made here is disconnected.
@@ -82,6 +86,8 @@ async def setup(
             )
         await transport.connect()
         router = get_router(namespace)
+        for one in middleware:
+            router.add_middleware(one)
         if serve:
             await router.activate(transport, concurrency=concurrency, processes=processes)
     except BaseException:

@@ -82,7 +82,8 @@ class Router(Router0_0_3):
         self.given_transport = transport
         self.registering: set[asyncio.Task[None]] = set()
         """Registrations of atasks imported since ``activate``: calls wait for them."""
-        self._caller = Caller(self)
+        self.caller = Caller(self)
+        """Makes this router's calls: ``ATask`` objects call ``caller.call`` directly."""
         self._active: Transport | None = None
         self._server: Serving | None = None
         self._served: list[str] = []
@@ -118,14 +119,14 @@ class Router(Router0_0_3):
     @property
     def middleware(self) -> tuple[Middleware, ...]:
         """The user's middlewares of this namespace, outermost first."""
-        return tuple(self._caller.middleware)
+        return tuple(self.caller.middleware)
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Wrap every call from now on in ``middleware`` too, inside those added before."""
         if not isinstance(middleware, Middleware):
             raise TypeError(f"add_middleware takes an atasks.Middleware, not {middleware!r}")
-        self._caller.middleware.append(middleware)
-        self._caller.forget_chains()
+        self.caller.middleware.append(middleware)
+        self.caller.forget_chains()
         if self._server is not None:
             self._server.forget_chains()
 
@@ -144,7 +145,7 @@ class Router(Router0_0_3):
     ) -> Coroutine[Any, Any, Any]:
         """Run ``atask(*args, **kwargs)`` on a server and return its result; with ``stream``,
         its items go there and the result is how many the server sent."""
-        return self._caller.call(atask, args, kwargs, stream)
+        return self.caller.call(atask, args, kwargs, stream)
 
     async def enqueue(
         self,
@@ -161,7 +162,7 @@ class Router(Router0_0_3):
         from when a server starts it. ``call_id`` (default: a new one) names it on the wire and
         in events and dead letters, e.g. a schedule's deterministic id.
         """
-        return await self._caller.one_way(atask, args, kwargs, call_id, "queue")
+        return await self.caller.one_way(atask, args, kwargs, call_id, "queue")
 
     async def broadcast(
         self,
@@ -174,7 +175,7 @@ class Router(Router0_0_3):
         """Run ``atask(*args, **kwargs)`` on every server that serves it right now, each its own
         copy, without replies; return its call id once the transport accepted it. Raises
         ``JobNotFound`` when no server serves it."""
-        return await self._caller.one_way(atask, args, kwargs, call_id, "broadcast")
+        return await self.caller.one_way(atask, args, kwargs, call_id, "broadcast")
 
     async def firing(self, atask: Any, call_id: str) -> Request:
         """The request of a scheduled run of ``atask``: no arguments, no parent, no deadline
@@ -215,7 +216,7 @@ class Router(Router0_0_3):
             raise ConfigurationError(f"processes must be at least 1, not {processes}")
         slots = Slots(concurrency)
         transport.set_capacity(slots)
-        self._server = Serving(self, transport, slots, processes, self._caller.middleware)
+        self._server = Serving(self, transport, slots, processes, self.caller.middleware)
         self._active = transport
         self._loop = asyncio.get_running_loop()
         transport.server_statistics = lambda: self.statistics().as_dict()
@@ -227,7 +228,7 @@ class Router(Router0_0_3):
             for name in list(ns.atasks):
                 if name not in self._served:
                     self._served.append(name)
-                    await transport.register_callback(name, self.handle)
+                    await transport.register_callback(name, self._server.handle)
             if ns.schedules:
                 await self._start_scheduler(transport)
         except BaseException:
@@ -337,8 +338,10 @@ class Router(Router0_0_3):
         if transport is None or name in self._served:
             return
         self._served.append(name)
+        server = self._server
+        assert server is not None
         task = asyncio.get_running_loop().create_task(
-            transport.register_callback(name, self.handle)
+            transport.register_callback(name, server.handle)
         )
         self.registering.add(task)
 

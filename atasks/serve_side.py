@@ -12,12 +12,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Sequence
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
+from atasks import tracing as _tracing
 from atasks.auth_context import admit, auth_var
-from atasks.call_side import Routing, tracing_in_force
+from atasks.call_side import _OTEL, Routing, _modules, tracing_in_force
 from atasks.calls import CallScope, ProgressSink, current_scope, enter_priority, leave_priority
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
 from atasks.errors import AuthError, DecodeError, EncodeError, JobNotFound, NoCodecRegistered
@@ -64,12 +65,15 @@ class Serving:
         self._events = Events(transport, router.namespace) if transport.events_enabled else None
         self._chains: dict[tuple[Any, int], tuple[Proceed, bool]] = {}
         self._tracing: Tracing | None = None
+        self.plain = self._events is None and not middleware
+        """Whether a call needs no chain unless its context or atask asks for one."""
         self.succeeded = self.failed = self.retried = self.cancelled = 0
         self.started_at = time.time()
 
     def forget_chains(self) -> None:
         """Build every chain again on its next call (the middlewares changed)."""
         self._chains.clear()
+        self.plain = self._events is None and not self.middleware
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -120,7 +124,9 @@ class Serving:
         events = self._events
         received = time.monotonic() if events is not None else 0.0
         try:
-            tracing = tracing_in_force()
+            tracing = _tracing.active
+            if tracing is None and _OTEL in _modules:
+                tracing = tracing_in_force()
             if events is not None:
                 await events.publish("received", request)
             codec: Codec | None = None
@@ -147,27 +153,35 @@ class Serving:
             if request.deadline is None and atask.timeout is not None:
                 # Fire and forget (or a 2019 transport): the timeout counts from here.
                 request.deadline = time.time() + atask.timeout
-            call = Call(
-                atask,
-                request.call_id,
-                args,
-                kwargs,
-                router.namespace,
-                request.parent_id,
-                request.deadline,
-                request.headers,
-            )
-            call.request, call.codec, call.values, call.auth = request, codec, values, verified
             flags = (1 if verified is not None or auth_var.get() is not None else 0) | (
                 2 if values else 0
             )
-            proceed, encoded = self._chain(atask, flags, tracing)
+            encoded = False
             try:
-                result = await proceed(call)
+                if self.plain and not flags and tracing is None and atask.retry is None:
+                    result = await self._execute(request, atask, args, kwargs, None)
+                else:
+                    proceed, encoded = self._chain(atask, flags, tracing)
+                    call = Call(
+                        atask,
+                        request.call_id,
+                        args,
+                        kwargs,
+                        router.namespace,
+                        request.parent_id,
+                        request.deadline,
+                        request.headers,
+                    )
+                    call.request, call.codec, call.values = request, codec, values
+                    call.auth = verified
+                    result = await proceed(call)
                 if encoded:
                     body = result
                 elif codec._fast_encode:
-                    body = _encode_now(request, codec, result)
+                    try:
+                        body = encode_now(codec, result)
+                    except EncodeError as exc:
+                        raise _cannot_travel(request, exc) from exc
                 else:
                     body = await _encoded(request, codec, result)
             except asyncio.CancelledError:
@@ -201,11 +215,20 @@ class Serving:
             await events.publish("failed", request, received, error=describe(exc))
         return reply
 
-    async def _run(self, call: Call) -> Any:
-        """The innermost step: run the atask in a slot, within its deadline."""
-        request: Request = call.request
-        atask = call.definition
-        deadline = call.deadline
+    def _run(self, call: Call) -> Coroutine[Any, Any, Any]:
+        """The innermost step of a chain."""
+        return self._execute(call.request, call.definition, call.args, call.kwargs, call.events)
+
+    async def _execute(
+        self,
+        request: Request,
+        atask: Any,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        events: Events | None,
+    ) -> Any:
+        """Run the atask in a slot, within its deadline."""
+        deadline = request.deadline
         if deadline is not None and deadline <= time.time():
             raise TimeoutError(f"atask {request.name!r} reached its deadline before it started")
         slots = self.slots
@@ -214,7 +237,6 @@ class Serving:
         )
         task = scope.owner = asyncio.current_task()
         caller = request.emit if request.wants_progress else None
-        events: Events | None = call.events
         if events is not None or caller is not None:
             scope.report = _reporter(request, caller, events)
         token = current_scope.set(scope)
@@ -230,14 +252,14 @@ class Serving:
                 await events.publish("started", request)
             running: Coroutine[Any, Any, Any]
             if atask.streams:
-                running = serve_items(atask, request, call.args, call.kwargs, self.router.codec)
+                running = serve_items(atask, request, args, kwargs, self.router.codec)
             elif atask.mechanism == "async":  # its coroutine, without one around it
-                called = atask.fn(*call.args, **call.kwargs)
+                called = atask.fn(*args, **kwargs)
                 running = called if type(called) is CoroutineType else _awaited(called)
             elif atask.mechanism == "process":
-                running = self._process_pool().run(atask.fn, call.args, call.kwargs)
+                running = self._process_pool().run(atask.fn, args, kwargs)
             else:
-                running = atask.run(call.args, call.kwargs)
+                running = atask.run(args, kwargs)
             work = slots.drive(running, scope)
             if deadline is None:
                 return await work
@@ -266,13 +288,6 @@ class Serving:
 async def _encoded(request: Request, codec: Codec, result: Any) -> bytes:
     try:
         return encode_now(codec, result) if codec._fast_encode else await encode(codec, result)
-    except EncodeError as exc:
-        raise _cannot_travel(request, exc) from exc
-
-
-def _encode_now(request: Request, codec: Codec, result: Any) -> bytes:
-    try:
-        return encode_now(codec, result)
     except EncodeError as exc:
         raise _cannot_travel(request, exc) from exc
 

@@ -130,7 +130,7 @@ class ATask(Generic[P, R]):
             router: Router | None = self._ns.router
             if router is None:
                 router = get_router(self.namespace)
-            return router.call(self, args, kwargs)
+            return router.caller.call(self, args, kwargs, None)
         return self._one_way(args, kwargs)
 
     async def _one_way(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

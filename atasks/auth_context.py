@@ -13,7 +13,8 @@ declared ``@atask(auth_required=True)`` (or whose check refuses the claims). A s
 key fails the call with ``AuthUnavailable``.
 
 The key: the namespace's signed ``PickleCodec`` key, else ``ATASKS_SECRET``; what signs is a key
-derived from it, so a snapshot signature never doubles as a pickle signature.
+derived from it, so a snapshot signature never doubles as a pickle signature. With several keys
+(rotating: ``ATASKS_SECRET=new,old``) the first signs and a snapshot signed by any is accepted.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ import hmac
 import inspect
 import json
 import math
-import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from atasks import keys
 from atasks.errors import AuthError, AuthUnavailable
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from atasks.transport.base import Request
 
 HEADER = "auth"
-SECRET_ENV = "ATASKS_SECRET"
+SECRET_ENV = keys.SECRET_ENV
 TTL_ENV = "ATASKS_AUTH_TTL"
 DEFAULT_TTL = 300.0
 MAX_CLAIMS = 8192  # bytes of encoded claims: they travel in a header on every call
@@ -142,12 +143,24 @@ def default_ttl() -> float:
 
 def key_for(codec: Codec | None) -> bytes | None:
     """The key auth snapshots are signed with in a namespace whose codec is ``codec``."""
-    raw = codec.signing_key() if codec is not None else None
-    if raw is None:
-        secret = os.environ.get(SECRET_ENV)
-        raw = secret.encode() if secret else None
-    if raw is None:
-        return None
+    found = keys_for(codec)
+    return found[0] if found else None
+
+
+def keys_for(codec: Codec | None) -> tuple[bytes, ...]:
+    """The keys auth snapshots are verified with (the signing one first); ``()``: none."""
+    signing = codec.signing_key() if codec is not None else None
+    raw: Sequence[bytes]
+    if signing is not None:
+        # A codec that signs with one key of several (PickleCodec) says which verify.
+        verifying = getattr(codec, "verifying_keys", None)
+        raw = verifying() if callable(verifying) else (signing,)
+    else:
+        raw = keys.from_env() or ()
+    return tuple(_derive(key) for key in raw)
+
+
+def _derive(raw: bytes) -> bytes:
     derived = _derived.get(raw)
     if derived is None:
         derived = _derived[raw] = hmac.digest(raw, _DERIVE, hashlib.sha256)
@@ -178,9 +191,9 @@ def sign(token: str, key: bytes, request: Request) -> str:
     return f"{_VERSION}.{token}.{_b64(mac)}"
 
 
-def verify(snapshot: str, key: bytes, request: Request) -> AuthContext:
+def verify(snapshot: str, keys: Sequence[bytes], request: Request) -> AuthContext:
     """The auth context ``snapshot`` carries for ``request``; ``AuthError`` unless it is
-    well-formed, signed with ``key`` for this very call, and unexpired."""
+    well-formed, signed with one of ``keys`` for this very call, and unexpired."""
     where = f"call {request.call_id} of {request.name!r}"
     parts = snapshot.split(".")
     try:
@@ -189,8 +202,8 @@ def verify(snapshot: str, key: bytes, request: Request) -> AuthContext:
         token, mac = parts[1], _unb64(parts[2])
     except (ValueError, binascii.Error):
         raise AuthError(f"the auth snapshot of {where} is malformed") from None
-    expected = hmac.digest(key, _message(token, request), hashlib.sha256)
-    if not hmac.compare_digest(mac, expected):
+    message = _message(token, request)
+    if not any(hmac.compare_digest(mac, hmac.digest(key, message, hashlib.sha256)) for key in keys):
         raise AuthError(
             f"the auth snapshot of {where} has a wrong signature (forged, altered, made for "
             "another call, or signed with another key)"
@@ -226,13 +239,13 @@ async def admit(required: bool | AuthCheck, request: Request, codec: Codec) -> A
                 "carries none (await it inside `async with atasks.auth(claims)`)"
             )
         return None
-    key = key_for(codec)
-    if key is None:
+    verifying = keys_for(codec)
+    if not verifying:
         raise AuthUnavailable(
             f"call {request.call_id} of {request.name!r} carries an auth context, and this "
             f"server has no key to verify it (set {SECRET_ENV})"
         )
-    context = verify(snapshot, key, request)
+    context = verify(snapshot, verifying, request)
     if callable(required):
         verdict = required(context.claims)
         if inspect.isawaitable(verdict):

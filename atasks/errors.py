@@ -53,8 +53,9 @@ class DuplicateATask(ConfigurationError):
 
 
 class InvalidScheduleSpecificationError(ConfigurationError):
-    """``@schedule(...)`` or ``Crontab(...)`` was given a specification that cannot work: none
-    or several of ``interval``, ``at`` and ``crontab``, or a value out of range."""
+    """``@schedule(...)``, ``Crontab(...)`` or ``Crontab.parse`` was given a specification that
+    cannot work: none or several of ``interval``, ``at``, ``crontab`` and ``cron``, a value out
+    of range, or a cron string that does not parse."""
 
 
 class DuplicateScheduleError(ConfigurationError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from atasks import settings
@@ -29,7 +29,9 @@ def make_transport(kind: str, *, namespace: str, **options: Any) -> Transport:
     raise ConfigurationError(f"unknown transport {kind!r}: use 'loopback' or 'amqp'")
 
 
-def make_codec(kind: str, *, namespace: str, key: str | bytes | None = None) -> Codec:
+def make_codec(
+    kind: str, *, namespace: str, key: str | bytes | Sequence[str | bytes] | None = None
+) -> Codec:
     """A codec by name: ``pickle`` or ``json``."""
     if kind not in CODECS:
         raise ConfigurationError(f"unknown codec {kind!r}: use one of {', '.join(CODECS)}")
@@ -47,7 +49,7 @@ async def setup(
     *,
     url: str | None = None,
     codec: str | Codec | None = None,
-    key: str | bytes | None = None,
+    key: str | bytes | Sequence[str | bytes] | None = None,
     serve: bool | None = None,
     concurrency: int | None = None,
     processes: int | None = None,

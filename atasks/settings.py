@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from atasks import keys
 from atasks.errors import ConfigurationError
 
 DEFAULT_NAMESPACE = "default"
@@ -49,6 +50,7 @@ class Setting:
     where: tuple[str, ...]
     help: str
     shown_default: str | None = None  # when the default needs words
+    secret: bool = False  # its value never appears in a message
 
     def default_text(self) -> str:
         if self.shown_default is not None:
@@ -114,8 +116,8 @@ def _text(text: str) -> str:
     return text.strip()
 
 
-def _secret(text: str) -> str:
-    return text  # used as it is; empty means unset
+def _secret(text: str) -> tuple[bytes, ...]:
+    return keys.parse(text)  # the keys, the signing one first
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -152,11 +154,13 @@ SETTINGS: tuple[Setting, ...] = (
         "key",
         "ATASKS_SECRET",
         None,
-        "any text",
+        "text; several comma-separated",
         _secret,
         (SETUP, PROCESS),
-        "The namespace key: signs pickle (HMAC-SHA256) and auth contexts. Same everywhere.",
+        "The namespace key: signs pickle (HMAC-SHA256) and auth contexts. Same everywhere; "
+        "to rotate, `new,old`: the first signs, any verifies.",
         "none (unsigned pickle, no auth)",
+        secret=True,
     ),
     Setting(
         "serve",
@@ -367,7 +371,8 @@ def from_env(name: str, environ: Mapping[str, str] | None = None) -> Any:
     try:
         return found.parse(text)
     except ValueError as exc:
-        raise ConfigurationError(f"{found.env}={text!r}: {exc}") from None
+        shown = found.env if found.secret else f"{found.env}={text!r}"
+        raise ConfigurationError(f"{shown}: {exc}") from None
 
 
 def value(name: str, given: Any = None, environ: Mapping[str, str] | None = None) -> Any:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
+from atasks import keys
 from atasks.codecs.base import Codec
-from atasks.errors import ConfigurationError, DecodeError, EncodeError
+from atasks.errors import DecodeError, EncodeError
 from atasks.settings import DEFAULT_NAMESPACE as DEFAULT
 
-SECRET_ENV = "ATASKS_SECRET"
+SECRET_ENV = keys.SECRET_ENV
 _DIGEST = hashlib.sha256
 _SIGNATURE_SIZE = _DIGEST().digest_size
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -28,21 +29,23 @@ class PickleCodec(Codec):
     atask name and call id inside each signed request, so a request replayed into another
     atask's queue, or under another call id, is refused.
 
+    Several keys rotate without downtime: ``key=[new, old]`` (or ``ATASKS_SECRET=new,old``)
+    signs with the first and accepts a signature by any of them.
+
     ``key=""`` is a ``ConfigurationError``: an empty key signs nothing. An empty
     ``ATASKS_SECRET`` counts as unset (unsigned).
     """
 
     content_type: str = "application/x-python-pickle"
 
-    def __init__(self, namespace: str | None = DEFAULT, *, key: str | bytes | None = None) -> None:
-        if key is None:
-            key = os.environ.get(SECRET_ENV) or None
-        elif not key:
-            raise ConfigurationError(
-                "PickleCodec(key=...) needs a non-empty key: an empty one would sign nothing. "
-                "Leave key out for unsigned pickle."
-            )
-        self._key = key.encode() if isinstance(key, str) else key
+    def __init__(
+        self,
+        namespace: str | None = DEFAULT,
+        *,
+        key: str | bytes | Sequence[str | bytes] | None = None,
+    ) -> None:
+        self._keys = keys.from_env() if key is None else keys.given(key, "PickleCodec(key=...)")
+        self._key = self._keys[0] if self._keys else None
         if self._key is not None:
             self.content_type = "application/x-python-pickle; signed=hmac-sha256"
         super().__init__(namespace)
@@ -54,6 +57,10 @@ class PickleCodec(Codec):
     def signing_key(self) -> bytes | None:
         return self._key
 
+    def verifying_keys(self) -> keys.Keys:
+        """Every key a signature is checked against, the signing one first; ``()`` unsigned."""
+        return self._keys or ()
+
     def dumps(self, obj: Any) -> bytes:
         try:
             data = _dumps(obj, _PROTOCOL)
@@ -64,10 +71,12 @@ class PickleCodec(Codec):
         return hmac.digest(self._key, data, _DIGEST) + data
 
     def loads(self, content: bytes) -> Any:
-        if self._key is not None:
+        if self._keys:
             signature, content = content[:_SIGNATURE_SIZE], content[_SIGNATURE_SIZE:]
-            expected = hmac.digest(self._key, content, _DIGEST)
-            if not hmac.compare_digest(signature, expected):
+            if not any(
+                hmac.compare_digest(signature, hmac.digest(key, content, _DIGEST))
+                for key in self._keys
+            ):
                 raise DecodeError("pickle signature missing or wrong: rejected unread")
         try:
             return _loads(content)
@@ -75,8 +84,10 @@ class PickleCodec(Codec):
             raise DecodeError(f"cannot unpickle {len(content)} bytes: {exc!r}") from exc
 
     def _identity(self) -> tuple[Any, ...]:
-        return (self._key,)
+        return (self._keys,)
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never the keys
         signed = ", signed" if self.signed else ""
+        if self._keys and len(self._keys) > 1:
+            signed += f", {len(self._keys)} keys"
         return f"PickleCodec(namespace={self.namespace!r}{signed})"

@@ -1,4 +1,4 @@
-"""Schedules: ``@schedule(interval= | at= | crontab=)`` runs an atask at fixed times, fired
+"""Schedules: ``@schedule(interval= | at= | crontab= | cron=)`` runs an atask at fixed times, fired
 exactly once per due time by whichever server of the namespace holds the scheduler role.
 
 ``crontab`` (the specification), ``timing`` (pure due-time arithmetic), ``decorator`` (the

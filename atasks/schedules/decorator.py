@@ -95,6 +95,7 @@ def schedule(
     interval: dt.timedelta | None = None,
     at: dt.time | None = None,
     crontab: Crontab | None = None,
+    cron: str | None = None,
     tz: str | dt.tzinfo | None = None,
     jitter: dt.timedelta | float = 0,
     missed: Missed = "skip",
@@ -102,22 +103,27 @@ def schedule(
     namespace: str | None = None,
 ) -> Callable[[Callable[..., Any]], ATask[Any, Any]]:
     """Run the decorated atask (or plain function, then registered as an atask) on one server of
-    its namespace at each due time: every ``interval``, daily ``at`` a time of day, or when a
-    ``crontab`` matches — exactly one of them, in time zone ``tz`` (a zoneinfo name or
+    its namespace at each due time: every ``interval``, daily ``at`` a time of day, when a
+    ``crontab`` matches, or a ``cron`` string (``"*/5 9-17 * * 1-5"``, see ``Crontab.parse``:
+    cron's "day or weekday") — exactly one of them, in time zone ``tz`` (a zoneinfo name or
     ``tzinfo``; default UTC). Each firing waits a share of ``jitter`` (a ``timedelta`` or
     seconds), the same on every server. ``missed``: due times that passed while no server ran
     (``"skip"``, the default, or ``"catch_up"``: run once). ``name`` defaults to the atask's.
 
     Raises ``InvalidScheduleSpecificationError`` where it decorates.
     """
-    given = [option for option in (interval, at, crontab) if option is not None]
+    given = [option for option in (interval, at, crontab, cron) if option is not None]
     if len(given) != 1:
         raise InvalidScheduleSpecificationError(
-            "@schedule takes exactly one of interval=, at= and crontab=, not "
+            "@schedule takes exactly one of interval=, at=, crontab= and cron=, not "
             f"{len(given) or 'none'}"
         )
     zone = _zone(tz)
+    if cron is not None:
+        crontab = Crontab.parse(cron)
     rule, spec = _rule(interval, at, crontab, zone)
+    if cron is not None:
+        spec = f"cron {' '.join(cron.split())!r} ({zone})"
     delay = _jitter(jitter, interval)
     if missed not in MISSED:
         raise InvalidScheduleSpecificationError(
@@ -205,7 +211,8 @@ def _rule(
         return WallClock(_every_day, (at,), zone), f"daily at {at.isoformat()} ({zone})"
     if not isinstance(crontab, Crontab):
         raise InvalidScheduleSpecificationError(
-            f"@schedule(crontab=...) takes an atasks.Crontab, not {crontab!r}"
+            f"@schedule(crontab=...) takes an atasks.Crontab, not {crontab!r} (a cron string "
+            "goes in cron=)"
         )
     months, days = set(values(crontab, "month")), set(values(crontab, "day"))
     weekdays = set(values(crontab, "weekday"))
@@ -214,8 +221,14 @@ def _rule(
         for hour, minute in itertools.product(values(crontab, "hour"), values(crontab, "minute"))
     )
 
+    either = crontab.day_or_weekday and crontab.day is not None and crontab.weekday is not None
+
     def dates(day: dt.date) -> bool:
-        return day.month in months and day.day in days and day.weekday() in weekdays
+        if day.month not in months:
+            return False
+        if either:
+            return day.day in days or day.weekday() in weekdays
+        return day.day in days and day.weekday() in weekdays
 
     return WallClock(dates, times, zone), f"{crontab!r} ({zone})"
 

@@ -208,7 +208,7 @@ async def test_fire_and_forget_calls_go_through_the_call_side_too(served: Router
 
 def test_add_middleware_takes_only_middlewares() -> None:
     router = atasks.get_router("test_middleware.types")
-    with pytest.raises(TypeError, match="atasks.Middleware"):
+    with pytest.raises(TypeError, match=r"atasks\.Middleware"):
         router.add_middleware(lambda call, proceed: proceed(call))  # type: ignore[arg-type]
 
 

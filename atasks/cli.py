@@ -120,6 +120,7 @@ def main() -> None:
 @setting_option("grace", metavar="SECONDS")
 @setting_option("max_message_size", metavar="BYTES")
 @setting_option("consumer_timeout", metavar="SECONDS")
+@setting_option("connect_timeout", metavar="SECONDS")
 @setting_option("queue_type")
 @click.option(
     "--events/--no-events",
@@ -141,6 +142,7 @@ def run(
     grace: float | None,
     max_message_size: int | None,
     consumer_timeout: float | None,
+    connect_timeout: float | None,
     queue_type: str | None,
     events: bool | None,
     verbose: int,
@@ -157,6 +159,7 @@ def run(
         "grace": grace,
         "max_message_size": max_message_size,
         "consumer_timeout": consumer_timeout,
+        "connect_timeout": connect_timeout,
         "queue_type": queue_type,
         "events": events,
     }
@@ -203,6 +206,8 @@ def _worker_argv(
 ) -> list[str]:
     """The command line of one supervised worker: this run's options, with ``--workers 1``."""
     argv = [sys.executable, "-m", "atasks", "run", *targets, *settings.worker_flags()]
+    if settings.connect_timeout is not None:  # not in worker_flags: run_atask has no such flag
+        argv += ["--connect-timeout", repr(settings.connect_timeout)]
     for item in options:
         argv += ["-o", item]
     if verbose:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atasks import logging as call_logging
 from atasks import settings
@@ -28,9 +28,14 @@ from atasks.namespaces import DEFAULT, namespace, namespaces
 from atasks.router import DEFAULT_CONCURRENCY, DEFAULT_GRACE, get_router
 from atasks.supervisor import READY_FD_ENV, WORKER_ENV, supervise
 
+if TYPE_CHECKING:
+    from atasks.transport.base import Transport
+
 log = logging.getLogger("atasks.runner")
 
 MODES = ("server", "client", "loopback")
+BROKER_WAIT = 60.0
+"""Seconds a server waits for its broker when ``connect_timeout`` is not given."""
 TRANSPORTS = ("loopback", "amqp")
 
 
@@ -58,6 +63,8 @@ class RunOptions:
     grace: float = DEFAULT_GRACE
     max_message_size: int | None = None
     consumer_timeout: float | None = None
+    connect_timeout: float | None = None
+    """Time allowed to connect; a server waits that long for its broker (``BROKER_WAIT``)."""
     queue_type: str = "quorum"
     events: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -144,6 +151,7 @@ def options_from(given: Mapping[str, Any], extra: dict[str, Any]) -> RunOptions:
         grace=settings.value("grace", given.get("grace")),
         max_message_size=maybe("max_message_size"),
         consumer_timeout=maybe("consumer_timeout"),
+        connect_timeout=maybe("connect_timeout"),
         queue_type=settings.value("queue_type", given.get("queue_type")),
         events=settings.value("events", given.get("events")),
         extra=extra,
@@ -260,6 +268,8 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
         transport_options["queue_type"] = options.queue_type
         if options.consumer_timeout is not None:
             transport_options["consumer_timeout"] = options.consumer_timeout
+        if options.connect_timeout is not None:
+            transport_options["connect_timeout"] = options.connect_timeout
     names = {ns.name for ns in namespaces() if ns.atasks} | {DEFAULT}
     try:
         for name in sorted(names):
@@ -268,7 +278,7 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             transport = namespace(name).transport or make_transport(
                 options.transport_kind, namespace=name, **transport_options
             )
-            await transport.connect()
+            await _connect(transport, options)
             if options.mode != "client":
                 await get_router(name).activate(
                     transport, concurrency=options.concurrency, processes=options.processes
@@ -286,6 +296,19 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             await asyncio.gather(*mains)
     finally:
         await close(grace=options.grace)
+
+
+async def _connect(transport: Transport, options: RunOptions) -> None:
+    """A server waits for its broker, which may start after it (containers, boot order)."""
+    if options.mode == "server" and options.transport_kind == "amqp":
+        from atasks.transport.backends.amqp import AMQPTransport
+        from atasks.transport.backends.amqp.connection import wait_for_broker
+
+        if isinstance(transport, AMQPTransport):
+            within = options.connect_timeout or BROKER_WAIT
+            await wait_for_broker(transport.connect, transport.urls, within)
+            return
+    await transport.connect()
 
 
 def announce_ready() -> None:

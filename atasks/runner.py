@@ -278,7 +278,8 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             transport = namespace(name).transport or make_transport(
                 options.transport_kind, namespace=name, **transport_options
             )
-            await _connect(transport, options)
+            if not await _connect(transport, options):
+                return
             if options.mode != "client":
                 await get_router(name).activate(
                     transport, concurrency=options.concurrency, processes=options.processes
@@ -298,17 +299,33 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
         await close(grace=options.grace)
 
 
-async def _connect(transport: Transport, options: RunOptions) -> None:
-    """A server waits for its broker, which may start after it (containers, boot order)."""
+async def _connect(transport: Transport, options: RunOptions) -> bool:
+    """Connect ``transport``; ``False`` if SIGTERM stopped the server first. A server waits for
+    its broker, which may start after it (containers, boot order); SIGTERM ends the wait (as PID
+    1 of a container, Python would ignore it until the server installs its handlers)."""
     if options.mode == "server" and options.transport_kind == "amqp":
         from atasks.transport.backends.amqp import AMQPTransport
         from atasks.transport.backends.amqp.connection import wait_for_broker
 
         if isinstance(transport, AMQPTransport):
             within = options.connect_timeout or BROKER_WAIT
-            await wait_for_broker(transport.connect, transport.urls, within)
-            return
+            waiting = asyncio.ensure_future(
+                wait_for_broker(transport.connect, transport.urls, within)
+            )
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, waiting.cancel)
+            try:
+                await asyncio.wait({waiting})
+            finally:
+                loop.remove_signal_handler(signal.SIGTERM)
+                waiting.cancel()
+            if waiting.cancelled():
+                log.info("stopped (SIGTERM) while waiting for the broker")
+                return False
+            waiting.result()
+            return True
     await transport.connect()
+    return True
 
 
 def announce_ready() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -287,6 +288,20 @@ def test_a_server_gives_up_on_a_broker_that_does_not_come() -> None:
         "(is the broker running on that port?); waited 1.5s for it"
     )
     assert "s3cret" not in done.stderr + done.stdout
+
+
+async def test_sigterm_stops_a_server_waiting_for_its_broker(
+    early_servers: Callable[[str], Servers],
+) -> None:
+    """As PID 1 of a container, Python ignores a SIGTERM it has no handler for: the wait must
+    have one, or stopping the container would take its whole grace period."""
+    port = free_port()
+    servers = early_servers(f"amqp://guest:guest@127.0.0.1:{port}/")
+    server = servers.start()
+    await until(lambda: WAITING.format(port=port, within=60) in servers.log(0), within=30)
+    server.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.wait, 30) == 0
+    assert "stopped (SIGTERM) while waiting for the broker" in servers.log(0)
 
 
 def test_a_refused_login_is_not_waited_for(rabbit: RabbitNode) -> None:

@@ -85,25 +85,29 @@ def format_inspect_table(servers: list[dict[str, Any]]) -> str:
     return "\n".join(lines + (["", queues] if queues else []))
 
 
-QUEUE_COLUMNS = ("atask", "queue", "waiting", "consumers")
+QUEUE_COLUMNS = ("atask", "queue", "waiting", "consumers", "servers")
 
 
 def format_queues(servers: list[dict[str, Any]]) -> str:
     """The request queue of each atask the servers serve: messages waiting (one may carry
-    several calls) and consumers; empty when the answers carry no queues."""
+    several calls), AMQP consumers (a server replacing its consumer keeps the old one until its
+    deliveries are done) and the servers that answered serving it; empty when the answers carry
+    no queues."""
     queues: dict[str, dict[str, Any] | None] = {}
+    serving: dict[str, int] = {}
     for server in servers:
-        queues.update(server.get("queues") or {})
+        for name, queue in (server.get("queues") or {}).items():
+            queues[name] = queue
+            serving[name] = serving.get(name, 0) + 1
     if not queues:
         return ""
     rows = [
-        (name.rpartition(".")[2] or name, "(gone)", "-", "-")
-        if queue is None
-        else (
+        (
             name.rpartition(".")[2] or name,
-            str(queue.get("queue", "?")),
-            str(queue.get("messages", "?")),
-            str(queue.get("consumers", "?")),
+            "(gone)" if queue is None else str(queue.get("queue", "?")),
+            "-" if queue is None else str(queue.get("messages", "?")),
+            "-" if queue is None else str(queue.get("consumers", "?")),
+            str(serving[name]),
         )
         for name, queue in sorted(queues.items())
     ]
@@ -304,5 +308,8 @@ async def in_time_order(
         while held:
             yield heapq.heappop(held)[3]
     finally:
-        if coming is not None:
+        if coming is not None:  # let the source close itself (its broker channel) here
             coming.cancel()
+            await asyncio.wait({coming})
+            if not coming.cancelled():
+                coming.exception()  # retrieved: closing may fail, and that is no news

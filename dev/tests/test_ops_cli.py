@@ -132,10 +132,11 @@ async def test_inspect_shows_request_queue_depth_and_consumers(
         assert text.returncode == 0, text.stderr
         lines = text.stdout.splitlines()
         header = lines.index(next(line for line in lines if line.startswith("atask ")))
-        assert lines[header].split() == ["atask", "queue", "waiting", "consumers"]
+        assert lines[header].split() == ["atask", "queue", "waiting", "consumers", "servers"]
         row = next(line.split() for line in lines[header + 2 :] if line.startswith("slow_pid "))
         assert row[1] == f"atasks.default.{name}"
         assert int(row[2]) >= 1
+        assert row[4] == "1"  # servers
     finally:
         for call in calls:
             call.cancel()

@@ -94,6 +94,13 @@ def setting_option(name: str, *decls: str, metavar: str | None = None) -> Callab
     )
 
 
+def _quiet_backend() -> None:
+    """The broker client's own logs stay out of the monitoring commands' output: their errors
+    are reported in one line of ours."""
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 @click.group()
 @click.version_option(package_name="atasks")
 def main() -> None:
@@ -120,6 +127,7 @@ def main() -> None:
 @setting_option("grace", metavar="SECONDS")
 @setting_option("max_message_size", metavar="BYTES")
 @setting_option("consumer_timeout", metavar="SECONDS")
+@setting_option("connect_timeout", metavar="SECONDS")
 @setting_option("queue_type")
 @click.option(
     "--events/--no-events",
@@ -141,6 +149,7 @@ def run(
     grace: float | None,
     max_message_size: int | None,
     consumer_timeout: float | None,
+    connect_timeout: float | None,
     queue_type: str | None,
     events: bool | None,
     verbose: int,
@@ -157,6 +166,7 @@ def run(
         "grace": grace,
         "max_message_size": max_message_size,
         "consumer_timeout": consumer_timeout,
+        "connect_timeout": connect_timeout,
         "queue_type": queue_type,
         "events": events,
     }
@@ -203,6 +213,8 @@ def _worker_argv(
 ) -> list[str]:
     """The command line of one supervised worker: this run's options, with ``--workers 1``."""
     argv = [sys.executable, "-m", "atasks", "run", *targets, *settings.worker_flags()]
+    if settings.connect_timeout is not None:  # not in worker_flags: run_atask has no such flag
+        argv += ["--connect-timeout", repr(settings.connect_timeout)]
     for item in options:
         argv += ["-o", item]
     if verbose:
@@ -224,16 +236,71 @@ def _worker_argv(
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for machines.")
 def inspect_command(url: str | None, namespace: str, wait: float, as_json: bool) -> None:
-    """Ask every live server what it is doing, and print a table."""
+    """Ask every live server what it is doing, and print a table of them and one of the request
+    queues of their atasks (messages waiting, consumers). Exits 1 if no server answers."""
     from atasks.monitor import format_inspect_table
     from atasks.transport.backends.amqp import DEFAULT_URL
-    from atasks.transport.backends.amqp.monitor import inspect_servers
+    from atasks.transport.backends.amqp.monitor import inspect_with_queues
+
+    _quiet_backend()
 
     try:
-        servers = asyncio.run(inspect_servers(url or DEFAULT_URL, namespace, wait))
+        servers = asyncio.run(inspect_with_queues(url or DEFAULT_URL, namespace, wait))
     except Exception as exc:
         raise Failure(f"cannot inspect: {one_line(exc)}") from exc
-    click.echo(json.dumps(servers, indent=2) if as_json else format_inspect_table(servers))
+    if as_json:
+        click.echo(json.dumps(servers, indent=2))
+    elif servers:
+        click.echo(format_inspect_table(servers))
+    if not servers:
+        if not as_json:
+            click.echo(f"no server of namespace {namespace!r} answered within {wait:g}s", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
+@click.option("--namespace", default=DEFAULT, show_default=True)
+@click.option(
+    "--timeout",
+    "within",
+    type=click.FloatRange(min=0.1, max=300),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for a server to answer, connecting included.",
+)
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Only a server on this host counts (a container's probe: its own server).",
+)
+def ping(url: str | None, namespace: str, within: float, local: bool) -> None:
+    """Exit 0 once a server of the namespace answers, printing which; 1 if none does in time."""
+    import socket
+
+    from atasks.monitor import format_ping
+    from atasks.transport.backends.amqp import DEFAULT_URL
+    from atasks.transport.backends.amqp.connection import describe, safe_url
+    from atasks.transport.backends.amqp.monitor import ping_servers
+
+    _quiet_backend()
+
+    url = url or DEFAULT_URL
+    where = ",".join(safe_url(part.strip()) for part in url.split(","))
+    host = socket.gethostname() if local else None
+    try:
+        servers = asyncio.run(ping_servers(url, namespace, within, host=host))
+    except TimeoutError as exc:
+        raise Failure(f"cannot reach the broker at {where}: timed out after {within:g}s") from exc
+    except Exception as exc:
+        raise Failure(f"cannot reach the broker at {where}: {describe(exc, url)}") from exc
+    if not servers:
+        on = f" on {host}" if host else ""
+        raise Failure(
+            f"no server of namespace {namespace!r}{on} answered within {within:g}s (broker {where})"
+        )
+    for server in servers:
+        click.echo(format_ping(server))
 
 
 @main.command("schedules")
@@ -253,6 +320,8 @@ def schedules_command(url: str | None, namespace: str, wait: float, as_json: boo
     from atasks.monitor import format_schedules
     from atasks.transport.backends.amqp import DEFAULT_URL
     from atasks.transport.backends.amqp.monitor import inspect_servers
+
+    _quiet_backend()
 
     try:
         servers = asyncio.run(inspect_servers(url or DEFAULT_URL, namespace, wait))
@@ -285,6 +354,8 @@ def dead_list(url: str | None, namespace: str, as_json: bool) -> None:
     from atasks.transport.backends.amqp.dead import list_dead_letters
     from atasks.transport.backends.amqp.topology import Topology
 
+    _quiet_backend()
+
     try:
         letters = asyncio.run(list_dead_letters(url or DEFAULT_URL, namespace))
     except Exception as exc:
@@ -312,6 +383,8 @@ def dead_replay(url: str | None, namespace: str, atask_name: str | None, limit: 
     from atasks.transport.backends.amqp import DEFAULT_URL
     from atasks.transport.backends.amqp.dead import replay_dead_letters
 
+    _quiet_backend()
+
     try:
         replayed = asyncio.run(
             replay_dead_letters(url or DEFAULT_URL, namespace, atask=atask_name, limit=limit)
@@ -321,7 +394,7 @@ def dead_replay(url: str | None, namespace: str, atask_name: str | None, limit: 
     count = len(replayed.sent)
     click.echo(f"replayed {count} dead letter{'s' if count != 1 else ''}")
     for letter, why in replayed.left:
-        click.echo(f"left {letter.atask} [{letter.call_id[:8]}] in place: {why}", err=True)
+        click.echo(f"left {letter.atask} [{letter.call_id}] in place: {why}", err=True)
     if replayed.left:
         sys.exit(1)
 
@@ -333,6 +406,8 @@ def dead_purge(url: str | None, namespace: str) -> None:
     """Delete every dead letter of the namespace."""
     from atasks.transport.backends.amqp import DEFAULT_URL
     from atasks.transport.backends.amqp.dead import purge_dead_letters
+
+    _quiet_backend()
 
     try:
         count = asyncio.run(purge_dead_letters(url or DEFAULT_URL, namespace))
@@ -346,15 +421,19 @@ def dead_purge(url: str | None, namespace: str) -> None:
 @click.option("--namespace", default=DEFAULT, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line, for machines.")
 def events(url: str | None, namespace: str, as_json: bool) -> None:
-    """Stream the lifecycle events of servers run with --events, live, until Ctrl-C."""
-    from atasks.monitor import EventFormatter
+    """Stream the lifecycle events of servers run with --events, live, until Ctrl-C: in the
+    order they happened (each is held 0.3 s for earlier ones from other servers), with whole
+    call ids."""
+    from atasks.monitor import EventFormatter, in_time_order
     from atasks.transport.backends.amqp import DEFAULT_URL
     from atasks.transport.backends.amqp.monitor import stream_events
+
+    _quiet_backend()
 
     formatter = EventFormatter()
 
     async def follow() -> None:
-        async for event in stream_events(url or DEFAULT_URL, namespace):
+        async for event in in_time_order(stream_events(url or DEFAULT_URL, namespace)):
             line = event.to_json().decode() if as_json else formatter.format(event)
             click.echo(line)
 

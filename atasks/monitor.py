@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import click
@@ -53,6 +57,7 @@ COLUMNS = (
 
 
 def format_inspect_table(servers: list[dict[str, Any]]) -> str:
+    """One line per server, then, if the answers carry them, one per request queue."""
     if not servers:
         return "no server answered"
     rows = [
@@ -76,7 +81,51 @@ def format_inspect_table(servers: list[dict[str, Any]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     lines = [line.rstrip() for line in lines]
-    return "\n".join(lines)
+    queues = format_queues(servers)
+    return "\n".join(lines + (["", queues] if queues else []))
+
+
+QUEUE_COLUMNS = ("atask", "queue", "waiting", "consumers", "servers")
+
+
+def format_queues(servers: list[dict[str, Any]]) -> str:
+    """The request queue of each atask the servers serve: messages waiting (one may carry
+    several calls), AMQP consumers (a server replacing its consumer keeps the old one until its
+    deliveries are done) and the servers that answered serving it; empty when the answers carry
+    no queues."""
+    queues: dict[str, dict[str, Any] | None] = {}
+    serving: dict[str, int] = {}
+    for server in servers:
+        for name, queue in (server.get("queues") or {}).items():
+            queues[name] = queue
+            serving[name] = serving.get(name, 0) + 1
+    if not queues:
+        return ""
+    rows = [
+        (
+            name.rpartition(".")[2] or name,
+            "(gone)" if queue is None else str(queue.get("queue", "?")),
+            "-" if queue is None else str(queue.get("messages", "?")),
+            "-" if queue is None else str(queue.get("consumers", "?")),
+            str(serving[name]),
+        )
+        for name, queue in sorted(queues.items())
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(QUEUE_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(QUEUE_COLUMNS, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_ping(server: dict[str, Any]) -> str:
+    """One line for a server that answered ``atasks ping``."""
+    served = len(server.get("atasks") or ())
+    uptime = _duration(float(server.get("uptime", 0)))
+    return (
+        f"{server.get('server', '?')} answers: namespace {server.get('namespace', '?')}, "
+        f"{served} atask{'s' if served != 1 else ''}, up {uptime}"
+    )
 
 
 SCHEDULE_COLUMNS = ("schedule", "when", "next due", "last fired", "result")
@@ -211,9 +260,56 @@ class EventFormatter:
             if event.progress.get("note"):
                 detail += f" {event.progress['note']}"
         indent = "  " * self.depth(event)
-        # A scheduled call's id is <schedule>@<due time>: show the due time.
-        ident = event.call_id.rpartition("@")[2] if "@" in event.call_id else event.call_id[:8]
+        # A scheduled call's id is <schedule>@<due time>: show the due time. Any other id is
+        # shown whole: its first 16 digits are the same for every call of one process.
+        ident = event.call_id.rpartition("@")[2] if "@" in event.call_id else event.call_id
         return (
             f"{clock} {indent}{kind} {click.style(name, bold=True)} "
             f"[{ident}]{detail}  {click.style(event.server, dim=True)}"
         )
+
+
+ORDER_WINDOW = 0.3
+"""Seconds ``in_time_order`` holds an event back for earlier ones from other servers (a server
+sends its events every 0.05 s)."""
+
+
+async def in_time_order(
+    events: AsyncIterator[Event], window: float = ORDER_WINDOW
+) -> AsyncIterator[Event]:
+    """``events`` by their timestamps: each is held ``window`` seconds after it arrives, so that
+    one that happened earlier on another server, arriving a little later, goes before it (and
+    out with it). The timestamps are the servers' clocks; an event that arrives after a later
+    one went out, ``window`` seconds earlier, is out of order."""
+    loop = asyncio.get_running_loop()
+    held: list[tuple[float, int, float, Event]] = []  # timestamp, arrival order, arrival time
+    order = itertools.count()
+    source = aiter(events)
+    coming: asyncio.Future[Event] | None = None
+    try:
+        while True:
+            if coming is None:
+                coming = asyncio.ensure_future(anext(source))
+            first = min((arrived for _, _, arrived, _ in held), default=None)
+            wait = None if first is None else max(first + window - loop.time(), 0.0)
+            done, _ = await asyncio.wait({coming}, timeout=wait)
+            if done:
+                try:
+                    event = coming.result()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    coming = None
+                heapq.heappush(held, (event.timestamp or 0.0, next(order), loop.time(), event))
+            due = loop.time() - window
+            ripe = max((stamp for stamp, _, arrived, _ in held if arrived <= due), default=None)
+            while held and ripe is not None and held[0][0] <= ripe:
+                yield heapq.heappop(held)[3]
+        while held:
+            yield heapq.heappop(held)[3]
+    finally:
+        if coming is not None:  # let the source close itself (its broker channel) here
+            coming.cancel()
+            await asyncio.wait({coming})
+            if not coming.cancelled():
+                coming.exception()  # retrieved: closing may fail, and that is no news

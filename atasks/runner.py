@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atasks import logging as call_logging
 from atasks import settings
@@ -29,9 +29,14 @@ from atasks.router import get_router
 from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.supervisor import READY_FD_ENV, WORKER_ENV, supervise
 
+if TYPE_CHECKING:
+    from atasks.transport.base import Transport
+
 log = logging.getLogger("atasks.runner")
 
 MODES = ("server", "client", "loopback")
+BROKER_WAIT = 60.0
+"""Seconds a server waits for its broker when ``connect_timeout`` is not given."""
 TRANSPORTS = ("loopback", "amqp")
 
 
@@ -59,6 +64,8 @@ class RunOptions:
     grace: float = DEFAULT_GRACE
     max_message_size: int | None = None
     consumer_timeout: float | None = None
+    connect_timeout: float | None = None
+    """Time allowed to connect; a server waits that long for its broker (``BROKER_WAIT``)."""
     queue_type: str = "quorum"
     events: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +152,7 @@ def options_from(given: Mapping[str, Any], extra: dict[str, Any]) -> RunOptions:
         grace=settings.value("grace", given.get("grace")),
         max_message_size=maybe("max_message_size"),
         consumer_timeout=maybe("consumer_timeout"),
+        connect_timeout=maybe("connect_timeout"),
         queue_type=settings.value("queue_type", given.get("queue_type")),
         events=settings.value("events", given.get("events")),
         extra=extra,
@@ -261,6 +269,8 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
         transport_options["queue_type"] = options.queue_type
         if options.consumer_timeout is not None:
             transport_options["consumer_timeout"] = options.consumer_timeout
+        if options.connect_timeout is not None:
+            transport_options["connect_timeout"] = options.connect_timeout
     names = {ns.name for ns in namespaces() if ns.atasks} | {DEFAULT}
     try:
         for name in sorted(names):
@@ -269,7 +279,8 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             transport = namespace(name).transport or make_transport(
                 options.transport_kind, namespace=name, **transport_options
             )
-            await transport.connect()
+            if not await _connect(transport, options):
+                return
             if options.mode != "client":
                 await get_router(name).activate(
                     transport, concurrency=options.concurrency, processes=options.processes
@@ -287,6 +298,35 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             await asyncio.gather(*mains)
     finally:
         await close(grace=options.grace)
+
+
+async def _connect(transport: Transport, options: RunOptions) -> bool:
+    """Connect ``transport``; ``False`` if SIGTERM stopped the server first. A server waits for
+    its broker, which may start after it (containers, boot order); SIGTERM ends the wait (as PID
+    1 of a container, Python would ignore it until the server installs its handlers)."""
+    if options.mode == "server" and options.transport_kind == "amqp":
+        from atasks.transport.backends.amqp import AMQPTransport
+        from atasks.transport.backends.amqp.connection import wait_for_broker
+
+        if isinstance(transport, AMQPTransport):
+            within = options.connect_timeout or BROKER_WAIT
+            waiting = asyncio.ensure_future(
+                wait_for_broker(transport.connect, transport.urls, within)
+            )
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, waiting.cancel)
+            try:
+                await asyncio.wait({waiting})
+            finally:
+                loop.remove_signal_handler(signal.SIGTERM)
+                waiting.cancel()
+            if waiting.cancelled():
+                log.info("stopped (SIGTERM) while waiting for the broker")
+                return False
+            waiting.result()
+            return True
+    await transport.connect()
+    return True
 
 
 def announce_ready() -> None:

@@ -282,8 +282,10 @@ SETTINGS: tuple[Setting, ...] = (
         10.0,
         "seconds, over 0",
         _seconds(0, above=True),
-        (AMQP,),
-        "Time allowed to open a connection.",
+        (AMQP, RUN),
+        "Time allowed to open a connection; an `atasks run` server keeps trying that long "
+        "while its broker is not there (not yet started, restarting).",
+        "10 (`atasks run` servers: 60)",
     ),
     Setting(
         "consumer_timeout",

@@ -212,7 +212,15 @@ async def test_inspect_sees_two_servers_and_their_calls_in_progress(
     assert all(workload.slow_pid.name in s["atasks"] for s in table)
     text = await _inspect(amqp_url)
     assert text.splitlines()[0].split()[:3] == ["host", "pid", "namespace"]
-    assert len(text.splitlines()) == 4
+    servers_table, queues_table = text.split("\n\n")
+    assert len(servers_table.splitlines()) == 4
+    assert queues_table.splitlines()[0].split() == [
+        "atask",
+        "queue",
+        "waiting",
+        "consumers",
+        "servers",
+    ]
     await asyncio.gather(*calls)
 
 

@@ -294,6 +294,55 @@ class Link:
             await _quietly_close(channels.connection)
 
 
+async def wait_for_broker(
+    connect: Callable[[], Awaitable[None]], urls: list[str], within: float
+) -> None:
+    """Await ``connect()``, trying again with jittered back-off for up to ``within`` seconds
+    while the broker is not there (a server started before it). Says so once in the log. A
+    failure that waiting cannot mend (a wrong password, a missing virtual host), or the last
+    one when the time is up, is raised."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    delay = RECONNECT_FIRST
+    waiting = False
+    while True:
+        try:
+            await connect()
+        except TransportError as exc:
+            left = started + within - loop.time()
+            if not may_come_up(exc.__cause__):
+                raise
+            if left <= 0:
+                if not waiting:
+                    raise
+                raise TransportError(f"{exc}; waited {within:g}s for it") from exc.__cause__
+            if not waiting:
+                waiting = True
+                where = ",".join(map(safe_url, urls))
+                reason = describe(exc.__cause__, urls[0])
+                log.warning("waiting for the broker at %s up to %gs: %s", where, within, reason)
+            await asyncio.sleep(min(random.uniform(delay / 2, delay), left))
+            delay = min(delay * 2, RECONNECT_MAX)
+        else:
+            if waiting:
+                log.info("the broker is there, after %.1fs", loop.time() - started)
+            return
+
+
+def may_come_up(exc: BaseException | None) -> bool:
+    """Whether a failure to connect may pass once the broker is up: refused, unreachable, not
+    answering; not a refused login or virtual host."""
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return False
+    if _vhost_refused(str(exc)):
+        return False
+    return isinstance(exc, (TimeoutError, *CONNECTION_ERRORS))
+
+
+def _vhost_refused(text: str) -> bool:
+    return "Connection.Close" in text and "Connection.OpenOk" in text
+
+
 async def _quietly_close(connection: AbstractConnection) -> None:
     with contextlib.suppress(Exception):
         await connection.close()
@@ -316,7 +365,7 @@ def describe(exc: BaseException | None, url: str | None = None) -> str:
             "the broker's consumer timeout: a call was held longer than it allows; give "
             "AMQPTransport(consumer_timeout=...) or --consumer-timeout the broker's value"
         )
-    if "Connection.Close" in text and "Connection.OpenOk" in text:  # refused while opening
+    if _vhost_refused(text):  # closed by the broker while opening
         vhost = urllib.parse.unquote(urllib.parse.urlsplit(url or "").path[1:]) or "/"
         return (
             f"the broker refused virtual host {vhost!r} (it does not exist, or this user may "

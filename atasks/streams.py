@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from atasks.codecs.base import Codec, decode, encode
 from atasks.errors import EncodeError, StreamInterrupted, TransportError
 from atasks.events import ProgressRelay
-from atasks.transport.base import Frame, Item, Request, Transport
+from atasks.transport.contract import Transport
+from atasks.transport.messages import Frame, Item, Request
 
 if TYPE_CHECKING:
     from atasks.router import Router

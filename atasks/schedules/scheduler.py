@@ -24,7 +24,8 @@ from atasks.transport.seat import SchedulerSeat, SeatLost
 
 if TYPE_CHECKING:
     from atasks.router import Router
-    from atasks.transport.base import Reply, Transport
+    from atasks.transport.contract import Transport
+    from atasks.transport.messages import Reply
 
 log = logging.getLogger("atasks.schedules")
 

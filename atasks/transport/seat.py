@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from atasks.errors import TransportError
-from atasks.transport.base import DeadRequest, Reply, dead_reason
+from atasks.transport.messages import DeadRequest, Reply, dead_reason
 
 if TYPE_CHECKING:
-    from atasks.transport.base import LoopbackTransport, Request
+    from atasks.transport.loopback import LoopbackTransport
+    from atasks.transport.messages import Request
 
 Failed = tuple["Request", Reply]
 """A fired call that failed (after its retries), and its outcome: to dead-letter."""

@@ -33,7 +33,7 @@ from atasks.transport.backends.amqp.connection import (
 )
 from atasks.transport.backends.amqp.streams import Grants
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
-from atasks.transport.base import FrameListener, Reply, Request
+from atasks.transport.messages import FrameListener, Reply, Request
 
 log = logging.getLogger("atasks.amqp")
 

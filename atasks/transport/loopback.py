@@ -286,7 +286,7 @@ class _Queued:
     async def reply(self, reply: Reply) -> None:
         await self.ack()
 
-    async def keep(self, reply: Reply) -> None:
+    async def keep(self, reply: Reply, error: BaseException) -> None:
         pass
 
 

@@ -56,8 +56,9 @@ class Delivery(Protocol):
     def cancelled_by_caller(self) -> bool:
         """Whether its caller cancelled the call: nothing is left to answer."""
 
-    lost: tuple[type[BaseException], ...]
-    """The errors that mean the transport lost its connection while settling."""
+    @property
+    def lost(self) -> tuple[type[BaseException], ...]:
+        """The errors that mean the transport lost its connection while settling."""
 
     async def ack(self) -> None:
         """Done with it, for good."""
@@ -73,9 +74,9 @@ class Delivery(Protocol):
         """Send ``reply`` to its caller, then ack it (or, should the reply be refused, leave it to
         run again)."""
 
-    async def keep(self, reply: Reply) -> None:
-        """Its outcome could not be settled (the connection was lost, see ``lost``): keep it for
-        the next connection, or for a redelivery."""
+    async def keep(self, reply: Reply, error: BaseException) -> None:
+        """Its outcome could not be settled: the connection was lost (``error``, one of
+        ``lost``). Keep it for the next connection, or for a redelivery."""
 
 
 Run = Callable[[], Awaitable[Reply]]
@@ -101,8 +102,8 @@ async def serve(delivery: Delivery, take: Callable[[], Awaitable[Taken]]) -> Non
         replied = True
         try:
             await settle(delivery, reply)
-        except delivery.lost:
-            await delivery.keep(reply)
+        except delivery.lost as exc:
+            await delivery.keep(reply, exc)
     except asyncio.CancelledError:
         await after_cancel(delivery, replied=replied)
 

@@ -44,8 +44,9 @@ from atasks.router import Router, get_router
 from atasks.schedules import Crontab, Month, Schedule, Weekday, get_schedule, schedule
 from atasks.streams import RemoteStream
 from atasks.tasks import ATask, StreamATask, atask, atask_broadcast, atask_queue
-from atasks.transport.base import LoopbackTransport, Transport
 from atasks.transport.classic import ClassicAdapter
+from atasks.transport.contract import Transport
+from atasks.transport.loopback import LoopbackTransport
 
 __all__ = [
     "ATask",

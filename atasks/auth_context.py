@@ -39,7 +39,7 @@ from atasks.errors import AuthError, AuthUnavailable
 
 if TYPE_CHECKING:
     from atasks.codecs.base import Codec
-    from atasks.transport.base import Request
+    from atasks.transport.messages import Request
 
 HEADER = "auth"
 SECRET_ENV = keys.SECRET_ENV

@@ -26,8 +26,9 @@ from atasks.middlewares.tracing import ClientSpans
 from atasks.outcomes import rebuild_exception
 from atasks.payload import pack_arguments
 from atasks.propagation import propagated
-from atasks.transport.base import NO_HEADERS, FrameListener, Reply, Request, Transport
 from atasks.transport.classic import modern
+from atasks.transport.contract import Transport
+from atasks.transport.messages import NO_HEADERS, FrameListener, Reply, Request
 
 if TYPE_CHECKING:
     from atasks.namespaces import Namespace

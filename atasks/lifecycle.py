@@ -14,7 +14,8 @@ from atasks.namespaces import DEFAULT, namespaces, reset
 from atasks.namespaces import namespace as _namespace
 from atasks.router import Router, get_router
 from atasks.settings import DEFAULT_GRACE
-from atasks.transport.base import LoopbackTransport, Transport
+from atasks.transport.contract import Transport
+from atasks.transport.loopback import LoopbackTransport
 
 
 def make_transport(kind: str, *, namespace: str, **options: Any) -> Transport:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from atasks.transport.base import NO_HEADERS
+from atasks.transport.messages import NO_HEADERS
 
 Proceed = Callable[["Call"], Awaitable[Any]]
 """The rest of the chain: ``await proceed(call)``."""

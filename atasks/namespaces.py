@@ -28,7 +28,7 @@ from atasks.settings import DEFAULT_NAMESPACE
 
 if TYPE_CHECKING:  # the contracts below this registry; what is above it, it knows as protocols
     from atasks.codecs.base import Codec
-    from atasks.transport.base import Transport
+    from atasks.transport.contract import Transport
 
 log = logging.getLogger("atasks.namespaces")
 

@@ -23,7 +23,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from atasks.errors import type_name
 
 if TYPE_CHECKING:
-    from atasks.transport.base import Request, Transport
+    from atasks.transport.contract import Transport
+    from atasks.transport.messages import Request
 
 STATUS_LIMIT = 200  # characters of an exception's message in a span's status
 

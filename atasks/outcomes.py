@@ -11,7 +11,7 @@ import traceback
 from atasks import errors
 from atasks.codecs.base import Codec, decode, encode
 from atasks.errors import CodecError, DecodeError, RemoteError, type_name
-from atasks.transport.base import Reply, Request
+from atasks.transport.messages import Reply, Request
 
 log = logging.getLogger("atasks.router")
 

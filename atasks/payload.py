@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from atasks.errors import DecodeError
-from atasks.transport.base import Request
+from atasks.transport.messages import Request
 
 
 def pack_arguments(

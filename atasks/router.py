@@ -25,8 +25,9 @@ from atasks.payload import pack_arguments
 from atasks.serve_side import Serving
 from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.slots import Slots
-from atasks.transport.base import Reply, Request, Transport
 from atasks.transport.classic import ClassicAdapter, modern
+from atasks.transport.contract import Transport
+from atasks.transport.messages import Reply, Request
 
 if TYPE_CHECKING:
     from atasks.schedules.scheduler import Scheduler
@@ -220,7 +221,7 @@ class Router(Router0_0_3):
         self._active = transport
         self._loop = asyncio.get_running_loop()
         transport.server_statistics = lambda: self.statistics().as_dict()
-        self._check_codec(self.serving or transport)
+        check_codec(self, self.serving or transport)
         ns = namespace(self.namespace)
         self._served = []
         ns.on_atask.append(self._on_new_atask)
@@ -352,32 +353,33 @@ class Router(Router0_0_3):
 
         task.add_done_callback(done)
 
-    def _check_codec(self, transport: Transport) -> None:
-        """Say at start what would otherwise surprise: no codec, or unsigned pickle on a broker."""
-        global _unsigned_pickle_warned
-        try:
-            codec = self.codec
-        except NoCodecRegistered:
-            log.warning(
-                "%r serves without a codec: every request is answered with NoCodecRegistered "
-                "until one is installed (e.g. PickleCodec(%r))",
-                self,
-                self.namespace,
-            )
-            return
-        if (
-            isinstance(codec, PickleCodec)
-            and not codec.signed
-            and not transport.in_process
-            and not _unsigned_pickle_warned
-        ):
-            _unsigned_pickle_warned = True
-            log.warning(
-                "serving unsigned pickle through %r: anyone who can publish to the broker can "
-                "run code in this process. Sign it with PickleCodec(key=...) or ATASKS_SECRET "
-                "on every client and server, or use JSONCodec.",
-                transport,
-            )
+
+def check_codec(router: Router, transport: Transport) -> None:
+    """Say at start what would otherwise surprise: no codec, or unsigned pickle on a broker."""
+    global _unsigned_pickle_warned
+    try:
+        codec = router.codec
+    except NoCodecRegistered:
+        log.warning(
+            "%r serves without a codec: every request is answered with NoCodecRegistered "
+            "until one is installed (e.g. PickleCodec(%r))",
+            router,
+            router.namespace,
+        )
+        return
+    if (
+        isinstance(codec, PickleCodec)
+        and not codec.signed
+        and not transport.in_process
+        and not _unsigned_pickle_warned
+    ):
+        _unsigned_pickle_warned = True
+        log.warning(
+            "serving unsigned pickle through %r: anyone who can publish to the broker can "
+            "run code in this process. Sign it with PickleCodec(key=...) or ATASKS_SECRET "
+            "on every client and server, or use JSONCodec.",
+            transport,
+        )
 
 
 def get_router(namespace_name: str = DEFAULT) -> Router:

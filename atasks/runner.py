@@ -30,7 +30,7 @@ from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.supervisor import READY_FD_ENV, WORKER_ENV, supervise
 
 if TYPE_CHECKING:
-    from atasks.transport.base import Transport
+    from atasks.transport.contract import Transport
 
 log = logging.getLogger("atasks.runner")
 

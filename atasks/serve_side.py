@@ -33,7 +33,8 @@ from atasks.payload import split_arguments
 from atasks.processes import ProcessPool
 from atasks.slots import Slots
 from atasks.streams import serve_items
-from atasks.transport.base import Reply, Request, Transport
+from atasks.transport.contract import Transport
+from atasks.transport.messages import Reply, Request
 
 if TYPE_CHECKING:
     from atasks.calls import Progress

@@ -19,7 +19,8 @@ from atasks.codecs.base import Codec, decode, encode
 from atasks.errors import EncodeError, StreamInterrupted, TransportError
 from atasks.events import ProgressRelay
 from atasks.settings import DEFAULT_WINDOW
-from atasks.transport.base import Frame, Item, Request, Transport
+from atasks.transport.contract import Transport
+from atasks.transport.messages import Frame, Item, Request
 
 
 class Calls(Protocol):

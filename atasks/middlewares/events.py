@@ -13,7 +13,8 @@ from atasks.middleware import Call, Middleware, Proceed
 from atasks.outcomes import describe
 
 if TYPE_CHECKING:
-    from atasks.transport.base import Request, Transport
+    from atasks.transport.contract import Transport
+    from atasks.transport.messages import Request
 
 log = logging.getLogger("atasks.router")
 

@@ -9,7 +9,8 @@ from atasks.middleware import Call, Middleware, Proceed
 
 if TYPE_CHECKING:
     from atasks.otel import Tracing
-    from atasks.transport.base import Request, Transport
+    from atasks.transport.contract import Transport
+    from atasks.transport.messages import Request
 
 
 class ClientSpans(Middleware):

@@ -23,7 +23,8 @@ from atasks.namespaces import namespace
 from atasks.transport.seat import SchedulerSeat, SeatLost
 
 if TYPE_CHECKING:
-    from atasks.transport.base import Reply, Request, Transport
+    from atasks.transport.contract import Transport
+    from atasks.transport.messages import Reply, Request
 
 log = logging.getLogger("atasks.schedules")
 

@@ -1,15 +1,10 @@
 """Transports: how requests reach servers and replies come back."""
 
 from atasks.namespaces import get_transport
-from atasks.transport.base import (
-    ClassicCallback,
-    LoopbackTransport,
-    Reply,
-    Request,
-    RequestHandler,
-    Transport,
-)
 from atasks.transport.classic import ClassicAdapter
+from atasks.transport.contract import ClassicCallback, RequestHandler, Transport
+from atasks.transport.loopback import LoopbackTransport
+from atasks.transport.messages import Reply, Request
 
 __all__ = [
     "ClassicAdapter",

@@ -20,7 +20,8 @@ from typing import Any
 
 from atasks.calls import priority_from
 from atasks.errors import ATasksError, JobNotFound, TransportError
-from atasks.transport.base import FrameListener, Reply, Request, RequestHandler, Transport
+from atasks.transport.contract import RequestHandler, Transport
+from atasks.transport.messages import FrameListener, Reply, Request
 
 MAGIC = b"atasks-classic/1\n"
 _ADAPTER = "_atasks_classic_adapter"

@@ -8,15 +8,12 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from atasks.errors import TransportError
-from atasks.transport.base import DeadRequest, Reply, dead_reason
+from atasks.transport.messages import DeadRequest, Reply, Request, dead_reason
 
-if TYPE_CHECKING:
-    from atasks.transport.base import LoopbackTransport, Request
-
-Failed = tuple["Request", Reply]
+Failed = tuple[Request, Reply]
 """A fired call that failed (after its retries), and its outcome: to dead-letter."""
 
 log = logging.getLogger("atasks.schedules")
@@ -66,10 +63,18 @@ class SchedulerSeat(ABC):
         """Give up the role for good; idempotent."""
 
 
+class _Loopback(Protocol):
+    """What a loopback seat needs of its transport (typed here: the transport imports this)."""
+
+    dead_letters: list[DeadRequest]
+
+    async def send_request(self, request: Request) -> Reply: ...
+
+
 class LoopbackSeat(SchedulerSeat):
     """The one process of a loopback transport holds the role; its state lives in memory."""
 
-    def __init__(self, transport: LoopbackTransport) -> None:
+    def __init__(self, transport: _Loopback) -> None:
         self.transport = transport
         self._state: bytes | None = None
         self._closed = asyncio.Event()

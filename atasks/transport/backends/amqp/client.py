@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Mapping
+from functools import partial
 from typing import Any, Literal
 
 import aiormq
@@ -17,7 +18,6 @@ from pamqp.commands import Basic
 
 from atasks.errors import (
     ConfigurationError,
-    DeliveryLimitExceeded,
     EncodeError,
     JobNotFound,
     NotConnected,
@@ -31,17 +31,15 @@ from atasks.transport.backends.amqp.connection import (
     Link,
     describe,
 )
+from atasks.transport.backends.amqp.dead_notices import pass_on_dead_letter
+from atasks.transport.backends.amqp.oneway import after_refusal, publish_one_way
 from atasks.transport.backends.amqp.streams import Grants
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
-from atasks.transport.base import FrameListener, Reply, Request
+from atasks.transport.messages import FrameListener, Reply, Request
 
 log = logging.getLogger("atasks.amqp")
 
 CANCEL_TIMEOUT = 5.0
-REFUSALS = 4  # a request the broker refuses this many times in a row fails
-REFUSED_WAIT = 0.1  # seconds before publishing a refused request again, times the refusals
-# Dead letters whose caller knows already: it timed out, or it got the failure (a scheduled call).
-NOT_NOTIFIED = ("expired", "failed")
 Replies = Literal["durable", "direct"]
 REPLIES: tuple[Replies, ...] = ("durable", "direct")
 # Where a call goes, and what the calls of one message share: the channels it is published on,
@@ -109,7 +107,7 @@ class Caller:
             self.reply_to, self._on_reply, no_ack=not self.durable
         )
         await channels.calls_raw.basic_consume(
-            self.topology.dead_letter_notify_queue, self._on_dead_letter
+            self.topology.dead_letter_notify_queue, partial(pass_on_dead_letter, self.topology)
         )
         if self._give_up is not None:
             self._give_up.cancel()
@@ -175,7 +173,7 @@ class Caller:
                         f"{self.topology.namespace!r}: start a server that registers it"
                     ) from None
                 except aiormq.exceptions.DeliveryError as exc:
-                    refusals = await _after_refusal(refusals, "request", exc)
+                    refusals = await after_refusal(refusals, "request", exc)
                 except CONNECTION_ERRORS as exc:
                     if not self.durable:
                         raise TransportError(
@@ -236,46 +234,9 @@ class Caller:
     ) -> None:
         if self.closing:
             raise NotConnected("the transport is disconnecting")
-        channels = await self.link.ready()
-        size, limit = len(request.body), self.link.max_message_size
-        if size > limit:
-            raise EncodeError(
-                f"the arguments of atask {request.name!r} are {size} bytes, over the "
-                f"{limit}-byte message size limit"
-            )
-        queued = not exchange
-        properties = wire.request_properties(
-            request, None, persistent=queued and self.topology.queue_type == "classic"
+        await publish_one_way(
+            self.link, self.topology, self._declared, request, exchange, routing_key, what
         )
-        refusals = 0
-        while True:
-            try:
-                if queued and request.name not in self._declared:
-                    await declare_all(channels.connection, self.topology, [request.name])
-                    self._declared.add(request.name)
-                await channels.calls_raw.basic_publish(
-                    request.body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=properties,
-                    mandatory=True,
-                )
-                return
-            except aiormq.exceptions.PublishError:
-                if queued:  # its queue was deleted since: declare it again
-                    self._declared.discard(request.name)
-                    refusals += 1
-                    if refusals < REFUSALS:
-                        continue
-                raise JobNotFound(
-                    f"no server serves atask {request.name!r} in namespace "
-                    f"{self.topology.namespace!r} right now: nobody got the {what}"
-                ) from None
-            except aiormq.exceptions.DeliveryError as exc:
-                refusals = await _after_refusal(refusals, what, exc)
-            except CONNECTION_ERRORS:
-                # Unconfirmed: publish it again once reconnected (at least once).
-                channels = await self.link.renewed(channels)
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
@@ -324,43 +285,6 @@ class Caller:
             self.grants.learned(call_id, credit_to)
         for frame in frames:
             listener(frame)
-
-    async def _on_dead_letter(self, message: DeliveredMessage) -> None:
-        """A request the broker dead-lettered: tell its caller, wherever it waits."""
-        properties = message.header.properties
-        headers = properties.headers or {}
-        reason = wire.dead_reason(headers)
-        queue = str(
-            headers.get(wire.FIRST_DEATH_QUEUE) or getattr(message.delivery, "routing_key", "")
-        )
-        atask = queue.removeprefix(self.topology.prefix)
-        try:
-            if properties.reply_to and properties.correlation_id and reason not in NOT_NOTIFIED:
-                log.error(
-                    "request %s for %r was dead-lettered (%s) after %d deliveries",
-                    properties.correlation_id,
-                    atask,
-                    reason,
-                    self.topology.delivery_limit,
-                )
-                error = DeliveryLimitExceeded(
-                    f"atask {atask!r} was delivered {self.topology.delivery_limit} times and no "
-                    "server finished it (each died or lost its connection); it is kept in the "
-                    f"dead-letter queue {self.topology.dead_letter_queue!r}"
-                )
-                if properties.message_type == wire.BATCH:  # each of its calls fails
-                    ids = wire.batch_call_ids(message.body)
-                    replies = [Reply.failure(call_id, error) for call_id in ids]
-                    body, reply_properties = wire.pack_replies(replies), wire.replies_properties()
-                else:
-                    reply = Reply.failure(properties.correlation_id, error)
-                    body, reply_properties = reply.body, wire.reply_properties(reply)
-                await message.channel.basic_publish(
-                    body, routing_key=properties.reply_to, properties=reply_properties
-                )
-            await message.channel.basic_ack(message.delivery_tag or 0)
-        except CONNECTION_ERRORS as exc:  # unacked: the broker hands it out again
-            log.debug("could not pass on a dead letter: %s", describe(exc))
 
     async def ask(
         self, exchange: str, message_type: str, headers: Mapping[str, Any], within: float
@@ -413,16 +337,3 @@ class Caller:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):
             task.cancel()
-
-
-async def _after_refusal(refusals: int, what: str, exc: Exception) -> int:
-    """One more refusal of a publish, counted: wait before the next try, or fail at
-    ``REFUSALS``. A quorum queue refuses messages for a moment while it is being declared; a
-    full one goes on refusing them."""
-    refusals += 1
-    if refusals >= REFUSALS:
-        raise TransportError(
-            f"the broker refused the {what} {refusals} times: {describe(exc)}"
-        ) from exc
-    await asyncio.sleep(REFUSED_WAIT * refusals)
-    return refusals

@@ -24,7 +24,7 @@ from atasks.events import SERVER_ID
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import Link, describe
 from atasks.transport.backends.amqp.topology import Topology
-from atasks.transport.base import Reply
+from atasks.transport.messages import Reply
 
 log = logging.getLogger("atasks.amqp")
 

@@ -26,7 +26,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Link, describe
 from atasks.transport.backends.amqp.topology import Topology
-from atasks.transport.base import Request, dead_reason
+from atasks.transport.messages import Request, dead_reason
 from atasks.transport.seat import Failed, SchedulerSeat, SeatLost
 
 STATE = "atasks-schedule-state"  # the message type of the state

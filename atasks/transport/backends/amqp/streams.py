@@ -24,7 +24,7 @@ from atasks.errors import EncodeError, TransportError
 from atasks.events import Progress
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import Link, describe
-from atasks.transport.base import Frame, Item, Request
+from atasks.transport.messages import Frame, Item, Request
 
 log = logging.getLogger("atasks.amqp")
 

@@ -14,14 +14,8 @@ from atasks.transport.backends.amqp.intake import MAX_PREFETCH
 from atasks.transport.backends.amqp.seat import AMQPSeat
 from atasks.transport.backends.amqp.server import Server
 from atasks.transport.backends.amqp.topology import QueueType, Topology
-from atasks.transport.base import (
-    Capacity,
-    FrameListener,
-    Reply,
-    Request,
-    RequestHandler,
-    Transport,
-)
+from atasks.transport.contract import Capacity, RequestHandler, Transport
+from atasks.transport.messages import FrameListener, Reply, Request
 from atasks.transport.seat import SchedulerSeat
 
 URL_ENV = "ATASKS_URL"

@@ -33,7 +33,7 @@ from pamqp.commands import Basic
 
 from atasks.calls import NORMAL_PRIORITY, priority_from
 from atasks.events import Progress
-from atasks.transport.base import Frame, Item, Reply, Request
+from atasks.transport.messages import Frame, Item, Reply, Request
 
 H_DEADLINE = "atasks-deadline"
 H_PARENT = "atasks-parent"

@@ -1,0 +1,263 @@
+"""Batches: calls a caller coalesced into one message, served call by call, each in a task of
+its own as if it had come alone; replies to one caller that are ready together travel together.
+The message settles by ``policies.settle_batch``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from collections.abc import Mapping
+
+import aiormq
+
+from atasks.errors import TransportError
+from atasks.transport.backends.amqp import wire
+from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, describe
+from atasks.transport.backends.amqp.intake import Intake
+from atasks.transport.backends.amqp.server.kept import Kept
+from atasks.transport.backends.amqp.server.message import Message, fitting, handled, suspect_of
+from atasks.transport.backends.amqp.server.policies import (
+    Outcome,
+    Verdict,
+    cancelled_outcome,
+    settle_batch,
+)
+from atasks.transport.backends.amqp.server.state import Shared
+from atasks.transport.backends.amqp.server.suspects import Suspects
+from atasks.transport.contract import RequestHandler
+from atasks.transport.messages import Reply, Request
+
+log = logging.getLogger("atasks.amqp")
+
+Ended = tuple[Outcome, Reply | None]
+"""How one call of a batch ended, and its reply if it has one."""
+
+
+class Batches:
+    """Serves batch messages."""
+
+    def __init__(self, shared: Shared, suspects: Suspects) -> None:
+        self.shared = shared
+        self.suspects = suspects
+
+    async def serve(self, intake: Intake, message: Message) -> None:
+        """Serve a batch: each call as if it had come alone, in a task of its own. The message
+        is acked once every call is answered (its reply confirmed) or handed back to the queue in
+        a new message: calls with no free slot at once (as a lone request would be), and those
+        a stopping server had not finished."""
+        shared, settlement = self.shared, self.shared.settlement
+        name = intake.name
+        held: dict[str, asyncio.Event] = {}  # calls queued alone, waiting for this ack
+        try:
+            await settlement.overtaken(message.correlation_id or "")
+            if wire.H_LEASE_HOLDER in message.headers and await shared.leases.still_held(
+                message.properties
+            ):
+                await message.ack()
+                return
+            try:
+                if intake is shared.suspects:
+                    name = suspect_of(message)
+                    raise ValueError("a batch in the suspects queue, where each call goes alone")
+                if not message.reply_to or not message.correlation_id:
+                    raise ValueError("a batch without reply_to or correlation_id")
+                requests = wire.batch_from(name, message.properties, message.body)
+            except ValueError as exc:
+                log.warning("dead-lettered a malformed batch for %r: %s", name, exc)
+                await settlement.dead_letter(
+                    name, message, "rejected", "atasks.errors.DecodeError", str(exc)
+                )
+                return
+            handler = shared.handlers.get(name)
+            if handler is None:  # delivered while this server stopped serving it
+                await settlement.requeue(name, message, message.headers)
+                return
+            answered = self._answered(message, requests)
+            # Not answered, not kept, not running here: these run (or go back to the queue).
+            fresh = [
+                r
+                for r in requests
+                if r.call_id not in answered
+                and r.call_id not in shared.kept
+                and r.call_id not in shared.inflight
+            ]
+            runs: list[Request] = []
+            if fresh:
+                verdict, deaths = self.suspects.verdict(message, isolated=False)
+                if verdict is Verdict.RUN:
+                    runs = await self._take_slots(intake, message, fresh)
+                else:
+                    held = await self.suspects.carry_out(name, message, verdict, deaths, fresh)
+            elsewhere = {r.call_id for r in fresh} - {r.call_id for r in runs}
+            with shared.leases.holding(name, message):
+                entries = {
+                    r.call_id: (r, self._start(name, message, r, handler, answered))
+                    for r in requests
+                    if r.call_id not in elsewhere
+                }
+                ended = await self._ended(entries)
+            handled(intake, message)
+            settling = settle_batch({call_id: outcome for call_id, (outcome, _) in ended.items()})
+            if settling.hand_back:
+                back = set(settling.hand_back)
+                unfinished = [r for r in requests if r.call_id in back]
+                await settlement.publish_copy(name, message, message.headers, unfinished)
+            if settling.ack:
+                await message.ack()
+                for call_id in ended:  # answered for good: forget their replies
+                    shared.kept.forget_sent(call_id)
+                if held:  # a round trip on the channel: the broker answers after the ack
+                    await message.channel.exchange_declare("amq.direct", passive=True)
+        except asyncio.CancelledError:  # the server stops before any call of it ran
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await message.nack(requeue=True)
+            raise
+        except CONNECTION_ERRORS as exc:
+            log.warning("batch %s of %r not finished: %s", message.correlation_id, name, exc)
+            with contextlib.suppress(*CONNECTION_ERRORS):  # on a live channel, try again
+                await message.nack(requeue=True)
+        finally:
+            settlement.release(held)
+
+    def _answered(self, message: Message, requests: list[Request]) -> dict[str, Reply]:
+        """The calls of a batch answered without running: over the size limit, or cancelled."""
+        answered: dict[str, Reply] = {}
+        size, limit = len(message.body), self.shared.link.max_message_size
+        for request in requests:
+            if size > limit:
+                answered[request.call_id] = Reply.failure(
+                    request.call_id,
+                    TransportError(
+                        f"a batch of {size} bytes is over this server's {limit}-byte limit"
+                    ),
+                )
+            elif request.call_id in self.shared.cancelled:
+                answered[request.call_id] = Reply.failure(
+                    request.call_id, TransportError("cancelled by its caller")
+                )
+        return answered
+
+    async def _take_slots(
+        self, intake: Intake, message: Message, requests: list[Request]
+    ) -> list[Request]:
+        """The calls of a batch that run here: those that got a free slot (and, in a delivery
+        that may have killed a server, the others too, to wait for one here); the rest go back
+        to the queue for another server at once, as a lone request would."""
+        capacity = self.shared.capacity
+        if capacity is None:
+            return requests
+        runs: list[Request] = []
+        back: list[Request] = []
+        for request in requests:
+            if capacity.try_take():
+                request.slot_taken = True
+                runs.append(request)
+            elif message.redelivered:
+                runs.append(request)
+            else:
+                back.append(request)
+        if back:
+            if intake.tag is not None and intake.tag == message.consumer_tag:
+                intake.pause()
+                self.shared.rebalance()  # cancels the consumer
+            log.debug("no free slot for %d calls of %r: handed back", len(back), intake.name)
+            try:
+                await self.shared.settlement.publish_copy(
+                    intake.name, message, message.headers, back
+                )
+            except BaseException:
+                for request in runs:
+                    self.shared.give_back_slot(request)
+                raise
+        return runs
+
+    def _start(
+        self,
+        name: str,
+        message: Message,
+        request: Request,
+        handler: RequestHandler,
+        answered: Mapping[str, Reply],
+    ) -> asyncio.Task[Ended]:
+        call_id = request.call_id
+        task = asyncio.get_running_loop().create_task(
+            self._serve_entry(name, message, request, handler, answered.get(call_id)),
+            context=contextvars.Context(),
+        )
+        running = self.shared.running
+        running[call_id] = task
+
+        def forget(done: asyncio.Task[Ended]) -> None:
+            if running.get(call_id) is done:
+                del running[call_id]
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _serve_entry(
+        self,
+        name: str,
+        message: Message,
+        request: Request,
+        handler: RequestHandler,
+        answer: Reply | None,
+    ) -> Ended:
+        """One call of a batch, from start to its reply's confirmation."""
+        call_id = request.call_id
+        try:
+            reply = answer
+            if reply is None and not request.slot_taken:
+                reply = await self.shared.known_outcome(name, message, call_id, hold=False)
+            if reply is None:
+                assert message.reply_to is not None
+                self.shared.frames.attach(request, message.reply_to)
+                reply = await self.shared.run(name, request, handler)
+        except asyncio.CancelledError:  # by its caller (done), or this server stops
+            return cancelled_outcome(call_id in self.shared.cancelled), None
+        return await self._reply(message, reply), reply
+
+    async def _ended(
+        self, entries: Mapping[str, tuple[Request, asyncio.Task[Ended]]]
+    ) -> dict[str, Ended]:
+        """How each call of a batch ended, once all have. Should the server stop meanwhile
+        (this task is cancelled), so do they."""
+        tasks = {task for _, task in entries.values()}
+        if tasks:
+            try:
+                await asyncio.wait(tasks)
+            except asyncio.CancelledError:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks)
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()  # what it was told to do, it does: settle the batch
+        ended: dict[str, Ended] = {}
+        for call_id, (request, task) in entries.items():
+            if not task.cancelled():
+                ended[call_id] = task.result()
+                continue
+            self.shared.give_back_slot(request)  # cancelled before it started: never adopted
+            ended[call_id] = cancelled_outcome(call_id in self.shared.cancelled), None
+        return ended
+
+    async def _reply(self, message: Message, reply: Reply) -> Outcome:
+        """Send one reply of a batch (with the others ready for the same caller)."""
+        assert message.reply_to is not None
+        kept = self.shared.kept
+        try:
+            await self.shared.settlement.reply(message, fitting(reply, self.shared.link))
+        except aiormq.exceptions.DeliveryError as exc:
+            log.warning(
+                "the broker refused the reply to %s (%s): handed back", reply.call_id, describe(exc)
+            )
+            return Outcome.BACK
+        except CONNECTION_ERRORS as exc:
+            await kept.keep_unsent(message.reply_to, reply, exc)
+            return Outcome.KEPT
+        # Kept until the batch is acked: should its delivery be lost with the connection, the
+        # call is answered from here when it comes again, not run again.
+        kept.keep(Kept(message.reply_to, reply, sent=True))
+        return Outcome.ANSWERED

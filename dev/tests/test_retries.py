@@ -129,7 +129,7 @@ def test_a_retrying_event_reads_well() -> None:
     assert Event.from_dict(event.as_dict()) == event
     line = click.unstyle(EventFormatter().format(event))
     assert "↻ retrying" in line
-    assert "fetch [abcdef01] attempt 2 in 1.50s" in line
+    assert "fetch [abcdef0123] attempt 2 in 1.50s" in line
     assert "ConnectionError: refused" in line
     table = format_inspect_table([{"host": "h", "pid": 1, "retried": 7}])
     assert table.splitlines()[0].split()[-2:] == ["retried", "uptime"]

@@ -35,6 +35,7 @@ from atasks.errors import (
     TransportError,
 )
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
+from atasks.handlers import handler
 from atasks.lifecycle import close, setup
 from atasks.middleware import Call, Middleware, Proceed
 from atasks.namespaces import get_codec, get_transport, reset
@@ -105,6 +106,7 @@ __all__ = [
     "get_router",
     "get_schedule",
     "get_transport",
+    "handler",
     "iter_sync",
     "observe_progress",
     "priority",

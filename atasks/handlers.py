@@ -10,12 +10,15 @@ from __future__ import annotations
 import inspect
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from atasks.tasks import ATask
 
 T = TypeVar("T", bound=type)
+
+_handlers: weakref.WeakSet[Handler] = weakref.WeakSet()
 
 HANDLER_ATTRIBUTE = "__atasks_handler__"
 """Where ``@handler`` puts a class's ``Handler`` (in the class's own ``__dict__``)."""
@@ -31,6 +34,7 @@ class Handler:
         self._pid = 0
         # Thread-mechanism methods may ask for it first from several pool threads at once.
         self._lock = threading.Lock()
+        _handlers.add(self)
 
     def instance(self) -> Any:
         """This process's instance, made at the first call (a forked process makes its own)."""
@@ -114,3 +118,9 @@ def _check_constructor(klass: type) -> None:
             f"arguments, and {klass.__qualname__}{signature} needs some; give a factory that "
             f"makes it: @atasks.handler(factory=make_{klass.__name__.lower()})"
         ) from None
+
+
+def forget_instances() -> None:
+    """Drop every handler's instance in this process: the next calls make new ones (tests)."""
+    for made in list(_handlers):
+        made.forget()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from rabbitnode import RabbitNode
+
+from atasks.testing.rabbitnode import RabbitNode
 
 
 def atasks_run(

@@ -19,11 +19,11 @@ from typing import Any
 import aio_pika
 import pytest
 from proxy import Proxy
-from rabbitnode import RabbitNode
 from servers import REPO, Servers, until, watch_events
 
 import atasks
 from atasks import Event, schedule
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp.dead import DeadLetter, list_dead_letters
 from atasks.transport.backends.amqp.monitor import inspect_servers
 from atasks.transport.backends.amqp.topology import Topology

@@ -134,6 +134,13 @@ def main() -> None:
     default=None,
     help="Servers publish lifecycle events (see `atasks events`). [ATASKS_EVENTS; default: off]",
 )
+@click.option(
+    "--reload",
+    "reload_",
+    is_flag=True,
+    help="Server mode, for development: restart the server, once drained, when a file of a "
+    "module it loaded changes. Needs watchfiles (pip install 'atasks[reload]').",
+)
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def run(
@@ -152,6 +159,7 @@ def run(
     connect_timeout: float | None,
     queue_type: str | None,
     events: bool | None,
+    reload_: bool,
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -178,10 +186,15 @@ def run(
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc
     configure_logging(verbose, quiet, server=settings_.mode == "server")
+
+    def argv() -> list[str]:
+        return _worker_argv(targets, settings_, options, verbose, quiet)
+
     try:
-        code = runner.run(
-            targets, settings_, lambda: _worker_argv(targets, settings_, options, verbose, quiet)
-        )
+        if reload_:
+            code = _reload(targets, settings_, argv())
+        else:
+            code = runner.run(targets, settings_, argv)
     except RunUsageError as exc:
         raise click.UsageError(str(exc)) from exc
     except RunFailure as exc:
@@ -202,6 +215,20 @@ def run(
 def settings_command() -> None:
     """Print every ATASKS_* variable: what it sets, its default and values (Markdown)."""
     click.echo(settings.markdown_table())
+
+
+def _reload(targets: tuple[str, ...], settings: RunOptions, argv: list[str]) -> int:
+    """``--reload``: one server in a child process, restarted when its modules change."""
+    from atasks import reload
+
+    if settings.mode != "server" or settings.workers > 1:
+        raise RunUsageError("--reload runs one server: use it with --mode server, --workers 1")
+    settings.check()
+    roots = [reload.root_of(target) for target in targets]
+    try:
+        return reload.run(argv, roots, settings.grace)
+    except ImportError as exc:
+        raise RunFailure(str(exc)) from exc
 
 
 def _worker_argv(

@@ -25,6 +25,7 @@ from atasks import settings
 from atasks.errors import ATasksError
 from atasks.lifecycle import close, make_codec, make_transport
 from atasks.namespaces import DEFAULT, namespace, namespaces
+from atasks.reload import note_loaded
 from atasks.router import get_router
 from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.supervisor import READY_FD_ENV, WORKER_ENV, supervise
@@ -330,7 +331,9 @@ async def _connect(transport: Transport, options: RunOptions) -> bool:
 
 
 def announce_ready() -> None:
-    """Tell a supervisor, through the pipe it gave, that this worker serves."""
+    """Tell a supervisor, through the pipe it gave, that this worker serves (and ``--reload``
+    which files it loaded)."""
+    note_loaded()
     fd = os.environ.pop(READY_FD_ENV, None)
     if fd is not None and fd.isdigit():
         try:

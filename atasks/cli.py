@@ -135,11 +135,11 @@ def main() -> None:
     help="Servers publish lifecycle events (see `atasks events`). [ATASKS_EVENTS; default: off]",
 )
 @click.option(
-    "--reload",
-    "reload_",
-    is_flag=True,
-    help="Server mode, for development: restart the server, once drained, when a file of a "
-    "module it loaded changes. Needs watchfiles (pip install 'atasks[reload]').",
+    "--reload/--no-reload",
+    default=None,
+    help="Server mode, for development: restart the server, once drained, when a module it "
+    "loaded changes (needs watchfiles: pip install 'atasks[reload]'). [ATASKS_RELOAD; "
+    "default: off]",
 )
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
@@ -159,7 +159,7 @@ def run(
     connect_timeout: float | None,
     queue_type: str | None,
     events: bool | None,
-    reload_: bool,
+    reload: bool | None,
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -191,7 +191,7 @@ def run(
         return _worker_argv(targets, settings_, options, verbose, quiet)
 
     try:
-        if reload_:
+        if settings.value("reload", reload):
             code = _reload(targets, settings_, argv())
         else:
             code = runner.run(targets, settings_, argv)

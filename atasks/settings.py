@@ -221,6 +221,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a stopping server lets calls in progress finish.",
     ),
     Setting(
+        "reload",
+        "ATASKS_RELOAD",
+        False,
+        "boolean",
+        _bool,
+        (RUN,),
+        "Server mode, for development: restart the server, once drained, when a module it "
+        "loaded changes (needs watchfiles: the `reload` extra).",
+    ),
+    Setting(
         "queue_type",
         "ATASKS_QUEUE_TYPE",
         "quorum",

@@ -42,6 +42,7 @@ BAD = {
     "consumer_timeout": "0.5",
     "persistent": "2",
     "events": "sure",
+    "reload": "maybe",
     "max_priority": "10",
     "coalesce": "0",
     "auth_ttl": "-3",

@@ -17,6 +17,7 @@ from atasks import tracing as _tracing
 from atasks.auth_context import AuthContext, auth_var, stamp
 from atasks.calls import CallScope, current_scope, effective_priority, new_call_id, scope_deadline
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
+from atasks.compat import modern
 from atasks.errors import ConfigurationError, NoCodecRegistered
 from atasks.events import ProgressRelay, progress_listener
 from atasks.middleware import Call, Middleware, Proceed, chain
@@ -26,7 +27,6 @@ from atasks.middlewares.tracing import ClientSpans
 from atasks.outcomes import rebuild_exception
 from atasks.payload import pack_arguments
 from atasks.propagation import propagated
-from atasks.transport.classic import modern
 from atasks.transport.contract import Transport
 from atasks.transport.messages import NO_HEADERS, FrameListener, Reply, Request
 

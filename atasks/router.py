@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from atasks.call_side import Caller
 from atasks.codecs.base import Codec, encode
 from atasks.codecs.pickle_codec import PickleCodec
-from atasks.compat import Router0_0_3
+from atasks.compat import ClassicAdapter, Router0_0_3, modern
 from atasks.errors import ConfigurationError, JobNotFound, NoCodecRegistered
 from atasks.middleware import Middleware
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
@@ -25,7 +25,6 @@ from atasks.payload import pack_arguments
 from atasks.serve_side import Serving
 from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.slots import Slots
-from atasks.transport.classic import ClassicAdapter, modern
 from atasks.transport.contract import Transport
 from atasks.transport.messages import Reply, Request
 

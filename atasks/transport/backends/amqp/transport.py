@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from atasks import settings
+from atasks.compat import Transport
 from atasks.errors import ConfigurationError, NotConnected
 from atasks.events import Event
-from atasks.namespaces import DEFAULT
+from atasks.settings import DEFAULT_NAMESPACE as DEFAULT
 from atasks.transport.backends.amqp.client import Caller, Replies
 from atasks.transport.backends.amqp.connection import Link, State, safe_url
 from atasks.transport.backends.amqp.intake import MAX_PREFETCH
 from atasks.transport.backends.amqp.seat import AMQPSeat
 from atasks.transport.backends.amqp.server import Server
 from atasks.transport.backends.amqp.topology import QueueType, Topology
-from atasks.transport.contract import Capacity, RequestHandler, Transport
+from atasks.transport.contract import Capacity, RequestHandler
 from atasks.transport.messages import FrameListener, Reply, Request
 from atasks.transport.seat import SchedulerSeat
 

@@ -27,6 +27,10 @@ DEFAULT_GRACE = 10.0
 """Seconds a stopping server lets the calls it runs finish."""
 DEFAULT_WINDOW = 64
 """Items a streaming atask's server makes ahead of its consumer, unless told otherwise."""
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+"""The broker a transport connects to when no URL is given."""
+DEFAULT_AUTH_TTL = 300.0
+"""Seconds an ``atasks.auth(claims)`` context lives, unless told otherwise."""
 
 SETUP = "setup"
 AMQP = "AMQPTransport"
@@ -134,7 +138,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "url",
         "ATASKS_URL",
-        "amqp://guest:guest@127.0.0.1:5672/",
+        DEFAULT_URL,
         "AMQP URLs, comma-separated",
         _text,
         (SETUP, AMQP, RUN),
@@ -338,7 +342,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "auth_ttl",
         "ATASKS_AUTH_TTL",
-        300.0,
+        DEFAULT_AUTH_TTL,
         "seconds, over 0",
         _seconds(0, above=True),
         (PROCESS,),

@@ -20,7 +20,7 @@ from atasks.transport.messages import FrameListener, Reply, Request
 from atasks.transport.seat import SchedulerSeat
 
 URL_ENV = "ATASKS_URL"
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_URL = settings.DEFAULT_URL
 BACKGROUND_WAIT = 1.0  # seconds disconnect() lets cancellations and events get out
 
 

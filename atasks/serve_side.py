@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Coroutine, Sequence
+from dataclasses import dataclass
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from atasks import tracing as _tracing
 from atasks.auth_context import admit, auth_var
-from atasks.call_side import _OTEL, Routing, _modules, tracing_in_force
+from atasks.call_side import Routing, tracing_in_force
 from atasks.calls import CallScope, ProgressSink, current_scope, enter_priority, leave_priority
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
 from atasks.errors import AuthError, DecodeError, EncodeError, JobNotFound, NoCodecRegistered
@@ -45,6 +47,16 @@ log = logging.getLogger("atasks.router")
 _IN_FORCE, _APPLY = InForce(), Apply()
 
 
+@dataclass(slots=True)
+class Counts:
+    """How the calls a router served ended, over all its activations."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0  # attempts made again by ``@atask(retry=...)``
+    cancelled: int = 0
+
+
 class Serving:
     """Serves the requests of one router while it is active: its slots, its process pool, its
     serve-side chains and its counts."""
@@ -56,6 +68,7 @@ class Serving:
         slots: Slots,
         processes: int | None,
         middleware: list[Middleware],
+        counts: Counts,
     ) -> None:
         self.router = router
         self.transport = transport
@@ -68,7 +81,7 @@ class Serving:
         self._tracing: Tracing | None = None
         self.plain = self._events is None and not middleware
         """Whether a call needs no chain unless its context or atask asks for one."""
-        self.succeeded = self.failed = self.retried = self.cancelled = 0
+        self.counts = counts
         self.started_at = time.time()
 
     def forget_chains(self) -> None:
@@ -117,7 +130,7 @@ class Serving:
         return chain(outer, "serve", encoded), True
 
     def _count_retry(self) -> None:
-        self.retried += 1
+        self.counts.retried += 1
 
     async def handle(self, request: Request) -> Reply:
         """Serve one request. Returns a reply for every outcome; only cancellation propagates."""
@@ -126,7 +139,7 @@ class Serving:
         received = time.monotonic() if events is not None else 0.0
         try:
             tracing = _tracing.active
-            if tracing is None and _OTEL in _modules:
+            if tracing is None and _tracing.OTEL_MODULE in sys.modules:
                 tracing = tracing_in_force()
             if events is not None:
                 await events.publish("received", request)
@@ -186,11 +199,11 @@ class Serving:
                 else:
                     body = await _encoded(request, codec, result)
             except asyncio.CancelledError:
-                self.cancelled += 1
+                self.counts.cancelled += 1
                 raise
             except Exception as exc:
                 return await self._failed(request, codec, exc, received, observed=encoded)
-            self.succeeded += 1
+            self.counts.succeeded += 1
             return Reply(
                 call_id=request.call_id, ok=True, content_type=codec.content_type, body=body
             )
@@ -209,7 +222,7 @@ class Serving:
         observed: bool = False,
     ) -> Reply:
         """The failed reply of ``request``; ``observed``: the events were published already."""
-        self.failed += 1
+        self.counts.failed += 1
         reply = await failure(request, codec, exc)
         events = self._events
         if events is not None and not observed:

@@ -120,6 +120,15 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _import_paths(text: str) -> tuple[str, ...]:
+    paths = tuple(part.strip() for part in text.split(",") if part.strip())
+    for path in paths:
+        module, colon, name = path.partition(":")
+        if not (colon and module and name):
+            raise ValueError(f"{path!r} is not module:Class")
+    return paths
+
+
 def _secret(text: str) -> tuple[bytes, ...]:
     return keys.parse(text)  # the keys, the signing one first
 
@@ -165,6 +174,15 @@ SETTINGS: tuple[Setting, ...] = (
         "to rotate, `new,old`: the first signs, any verifies.",
         "none (unsigned pickle, no auth)",
         secret=True,
+    ),
+    Setting(
+        "middleware",
+        "ATASKS_MIDDLEWARE",
+        None,
+        "`module:Class`, comma-separated",
+        _import_paths,
+        (SETUP,),
+        "Middlewares `setup()` adds, outermost first, each made with no arguments.",
     ),
     Setting(
         "serve",

@@ -26,6 +26,7 @@ NOT_SETTINGS = {"namespace"}  # where code registers atasks: not deployment conf
 BAD = {
     "transport": "carrier-pigeon",
     "codec": "yaml",
+    "middleware": "atasks.metrics",
     "serve": "maybe",
     "concurrency": "70000",
     "processes": "0",

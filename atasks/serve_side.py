@@ -24,7 +24,7 @@ from atasks.call_side import Routing, tracing_in_force
 from atasks.calls import CallScope, ProgressSink, current_scope, enter_priority, leave_priority
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
 from atasks.errors import AuthError, DecodeError, EncodeError, JobNotFound, NoCodecRegistered
-from atasks.middleware import Call, Middleware, Proceed, chain
+from atasks.middleware import Call, Middleware, Proceed, chain, overrides
 from atasks.middlewares.auth import InForce
 from atasks.middlewares.events import Events
 from atasks.middlewares.propagation import Apply
@@ -79,7 +79,7 @@ class Serving:
         self._events = Events(transport, router.namespace) if transport.events_enabled else None
         self._chains: dict[tuple[Any, int], tuple[Proceed, bool]] = {}
         self._tracing: Tracing | None = None
-        self.plain = self._events is None and not middleware
+        self.plain = self._events is None and not any(overrides(m, "serve") for m in middleware)
         """Whether a call needs no chain unless its context or atask asks for one."""
         self.counts = counts
         self.started_at = time.time()
@@ -87,7 +87,9 @@ class Serving:
     def forget_chains(self) -> None:
         """Build every chain again on its next call (the middlewares changed)."""
         self._chains.clear()
-        self.plain = self._events is None and not self.middleware
+        self.plain = self._events is None and not any(
+            overrides(m, "serve") for m in self.middleware
+        )
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

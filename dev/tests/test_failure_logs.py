@@ -82,10 +82,14 @@ async def test_a_failed_call_is_logged_once_at_error_with_its_traceback(
     message = record.getMessage()
     assert breaks.name in message
     assert "ValueError: broken one" in message
-    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ValueError)
     call_id = record.args[0]  # type: ignore[index]
-    assert isinstance(call_id, str) and len(call_id) >= 16 and f"call {call_id} " in message
-    assert "Traceback" in caplog.text and "in breaks" in caplog.text
+    assert isinstance(call_id, str)
+    assert len(call_id) >= 16
+    assert f"call {call_id} " in message
+    assert "Traceback" in caplog.text
+    assert "in breaks" in caplog.text
 
 
 async def test_retries_are_warnings_and_the_last_failure_one_error(

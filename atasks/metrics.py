@@ -56,28 +56,44 @@ class Metrics(Middleware):
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self._children: dict[str, _Children] = {}
 
     async def serve(self, call: Call, proceed: Proceed) -> Any:
         name = call.atask
-        running = self.running.labels(name)
-        running.inc()
+        found = self._children.get(name)
+        if found is None:  # labels() costs a lock and a tuple: once per atask
+            found = self._children[name] = _Children(self, name)
+        found.running.inc()
         started = time.perf_counter()
-        outcome = "failed"
+        outcome = found.failed
         try:
             result = await proceed(call)
-            outcome = "succeeded"
+            outcome = found.succeeded
             return result
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            outcome = found.cancelled
             raise
         finally:
-            running.dec()
-            self.duration.labels(name).observe(time.perf_counter() - started)
-            self.calls.labels(name, outcome).inc()
+            found.running.dec()
+            found.duration.observe(time.perf_counter() - started)
+            outcome.inc()
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+class _Children:
+    """The labelled metrics of one atask."""
+
+    __slots__ = ("cancelled", "duration", "failed", "running", "succeeded")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.running = metrics.running.labels(name)
+        self.duration = metrics.duration.labels(name)
+        self.succeeded = metrics.calls.labels(name, "succeeded")
+        self.failed = metrics.calls.labels(name, "failed")
+        self.cancelled = metrics.calls.labels(name, "cancelled")
 
 
 class ServerState(Collector):

@@ -129,6 +129,9 @@ def main() -> None:
 @setting_option("consumer_timeout", metavar="SECONDS")
 @setting_option("connect_timeout", metavar="SECONDS")
 @setting_option("queue_type")
+@setting_option("health_port", metavar="PORT")
+@setting_option("metrics_port", metavar="PORT")
+@setting_option("endpoints_host", metavar="HOST")
 @click.option(
     "--events/--no-events",
     default=None,
@@ -151,6 +154,9 @@ def run(
     consumer_timeout: float | None,
     connect_timeout: float | None,
     queue_type: str | None,
+    health_port: int | None,
+    metrics_port: int | None,
+    endpoints_host: str | None,
     events: bool | None,
     verbose: int,
     quiet: bool,
@@ -169,6 +175,9 @@ def run(
         "connect_timeout": connect_timeout,
         "queue_type": queue_type,
         "events": events,
+        "health_port": health_port,
+        "metrics_port": metrics_port,
+        "endpoints_host": endpoints_host,
     }
     try:
         extra = dict(parse_option(item) for item in options)

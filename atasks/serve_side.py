@@ -165,7 +165,7 @@ class Serving:
                 log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
                 if tracing is not None:
                     ServerSpans(tracing, router.serving).refused(router.namespace, request, exc)
-                return await self._failed(request, codec, exc, received)
+                return await self._failed(request, codec, exc, received, refused=True)
             if request.deadline is None and atask.timeout is not None:
                 # Fire and forget (or a 2019 transport): the timeout counts from here.
                 request.deadline = time.time() + atask.timeout
@@ -222,9 +222,20 @@ class Serving:
         received: float,
         *,
         observed: bool = False,
+        refused: bool = False,
     ) -> Reply:
-        """The failed reply of ``request``; ``observed``: the events were published already."""
+        """The failed reply of ``request``; ``observed``: the events were published already;
+        ``refused``: it never ran (logged as a warning already). A call that ran and failed,
+        after its retries, is logged here at ERROR with its traceback: the one line of it."""
         self.counts.failed += 1
+        if not refused:
+            log.error(
+                "call %s of %r failed: %s",
+                request.call_id,
+                request.name,
+                describe(exc),
+                exc_info=exc,
+            )
         reply = await failure(request, codec, exc)
         events = self._events
         if events is not None and not observed:
@@ -309,9 +320,8 @@ async def _encoded(request: Request, codec: Codec, result: Any) -> bytes:
 
 
 def _cannot_travel(request: Request, exc: EncodeError) -> EncodeError:
-    failure = EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
-    log.warning("call %s of %r: %s", request.call_id, request.name, failure)
-    return failure
+    # Not logged here: the call fails with it, and its failure is logged once.
+    return EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
 
 
 def _reporter(request: Request, caller: ProgressSink | None, events: Events | None) -> ProgressSink:

@@ -155,6 +155,12 @@ class Transport(metaclass=BindOnConstruction):
     async def publish_event(self, event: Event) -> None:
         """Publish a lifecycle event, where the transport has somewhere to publish it."""
 
+    @property
+    def connected(self) -> bool:
+        """Whether it works now: connected and, for a server, consuming again after losing its
+        broker (what ``/readyz`` reports). A transport without a connection to lose says True."""
+        return True
+
     def scheduler_seat(self) -> SchedulerSeat | None:
         """A new contender for the namespace's scheduler role (see ``atasks.schedules``), or
         ``None`` where this transport cannot hold one."""

@@ -13,6 +13,7 @@ from atasks.auth_context import auth, current_auth
 from atasks.blocking import close_blocking, iter_sync, run_sync, setup_blocking
 from atasks.calls import current_call_id, current_deadline, current_priority, deadline, priority
 from atasks.codecs import Codec, JSONCodec, PickleCodec
+from atasks.compat import ClassicAdapter, Transport
 from atasks.errors import (
     ATasksError,
     AuthError,
@@ -45,8 +46,6 @@ from atasks.router import Router, get_router
 from atasks.schedules import Crontab, Month, Schedule, Weekday, get_schedule, schedule
 from atasks.streams import RemoteStream
 from atasks.tasks import ATask, StreamATask, atask, atask_broadcast, atask_queue
-from atasks.transport.classic import ClassicAdapter
-from atasks.transport.contract import Transport
 from atasks.transport.loopback import LoopbackTransport
 
 __all__ = [

@@ -129,6 +129,9 @@ def main() -> None:
 @setting_option("consumer_timeout", metavar="SECONDS")
 @setting_option("connect_timeout", metavar="SECONDS")
 @setting_option("queue_type")
+@setting_option("health_port", metavar="PORT")
+@setting_option("metrics_port", metavar="PORT")
+@setting_option("endpoints_host", metavar="HOST")
 @click.option(
     "--events/--no-events",
     default=None,
@@ -158,6 +161,9 @@ def run(
     consumer_timeout: float | None,
     connect_timeout: float | None,
     queue_type: str | None,
+    health_port: int | None,
+    metrics_port: int | None,
+    endpoints_host: str | None,
     events: bool | None,
     reload: bool | None,
     verbose: int,
@@ -177,6 +183,9 @@ def run(
         "connect_timeout": connect_timeout,
         "queue_type": queue_type,
         "events": events,
+        "health_port": health_port,
+        "metrics_port": metrics_port,
+        "endpoints_host": endpoints_host,
     }
     try:
         extra = dict(parse_option(item) for item in options)
@@ -223,6 +232,8 @@ def _reload(targets: tuple[str, ...], settings: RunOptions, argv: list[str]) -> 
 
     if settings.mode != "server" or settings.workers > 1:
         raise RunUsageError("--reload runs one server: use it with --mode server, --workers 1")
+    if settings.health_port or settings.metrics_port:  # its child would need them passed on
+        raise RunUsageError("--reload does not take --health-port or --metrics-port yet")
     settings.check()
     roots = [reload.root_of(target) for target in targets]
     try:

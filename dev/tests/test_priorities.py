@@ -15,6 +15,7 @@ from servers import Servers, until, wait_until_served
 
 import atasks
 from atasks import atask
+from atasks.compat import pack_request, unpack_request
 from atasks.errors import ConfigurationError
 from atasks.router import Router
 from atasks.testing.rabbitnode import RabbitNode
@@ -22,7 +23,6 @@ from atasks.transport.backends.amqp import AMQPTransport, wire
 from atasks.transport.backends.amqp.dead import replay_dead_letters
 from atasks.transport.backends.amqp.topology import Topology
 from atasks.transport.base import Request
-from atasks.transport.classic import pack_request, unpack_request
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -112,7 +112,11 @@ def test_reload_is_for_one_server(tmp_path: Path) -> None:
 
     module = tmp_path / "quiet.py"
     module.write_text("")
-    for extra in ([], ["--mode", "server", "--workers", "2"]):
+    for extra, why in (
+        ([], "--reload runs one server"),
+        (["--mode", "server", "--workers", "2"], "--reload runs one server"),
+        (["--mode", "server", "--health-port", "8080"], "not take --health-port"),
+    ):
         done = CliRunner().invoke(main, ["run", str(module), "--reload", *extra])
         assert done.exit_code == 2, done.output
-        assert "--reload runs one server" in done.output
+        assert why in done.output

@@ -163,6 +163,16 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "insecure_pickle",
+        "ATASKS_INSECURE_PICKLE",
+        False,
+        "boolean",
+        _bool,
+        (SETUP, RUN),
+        "Allow unsigned pickle over a broker, where it is otherwise refused: anyone who can "
+        "publish to the broker can then run code in your processes.",
+    ),
+    Setting(
         "serve",
         "ATASKS_SERVE",
         None,

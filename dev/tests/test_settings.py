@@ -27,6 +27,7 @@ BAD = {
     "transport": "carrier-pigeon",
     "codec": "yaml",
     "serve": "maybe",
+    "insecure_pickle": "perhaps",
     "concurrency": "70000",
     "processes": "0",
     "mode": "both",

@@ -19,6 +19,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from atasks.errors import ATasksError, NotConnected, TransportError
+from atasks.transport.backends.amqp.pressure import Pressure
 
 log = logging.getLogger("atasks.amqp")
 
@@ -94,6 +95,7 @@ class Link:
         self._opening = asyncio.Lock()
         self._reconnector: asyncio.Task[None] | None = None
         self._closers: set[asyncio.Task[None]] = set()
+        self.pressure = Pressure(lambda: self.safe_url)
 
     @property
     def safe_url(self) -> str:
@@ -176,6 +178,7 @@ class Link:
             if connection.transport is not None:
                 properties = connection.transport.connection.server_properties
                 self._learn_version(str(properties.get("version") or ""))
+                self.pressure.watch(connection.transport.connection)
             calls = await connection.channel(publisher_confirms=True, on_return_raises=True)
             serve = await connection.channel(publisher_confirms=True)
             events_raw = None
@@ -247,6 +250,7 @@ class Link:
             self.lost_because = exc
         log.warning("lost the broker connection (%s); reconnecting", describe(exc) or "closed")
         self._next_url()
+        self.pressure.lost()
         self.state = State.RECONNECTING
         self._ready.clear()
         self.channels = None

@@ -130,6 +130,10 @@ class AMQPTransport(Transport):
     def closed(self) -> bool:
         return self._link.state is State.CLOSED
 
+    @property
+    def blocked_by(self) -> str | None:
+        return self._link.pressure.reason
+
     def queue_name(self, atask_name: str) -> str:
         return self.topology.request_queue(atask_name)
 

@@ -364,6 +364,8 @@ def describe(exc: BaseException | None, url: str | None = None) -> str:
         return "connection refused (is the broker running on that port?)"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, FileNotFoundError):  # when connecting: a file the TLS context reads
+        return f"a TLS file named in the URL (cafile, certfile, keyfile) is missing: {text}"
     if is_consumer_timeout(exc):
         return (
             "the broker's consumer timeout: a call was held longer than it allows; give "

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +178,26 @@ async def test_the_password_never_shows_in_the_commands(tls_node: RabbitNode, ce
         assert done.returncode != 0, args
         assert "certificate verify failed" in done.stderr, (args, done.stderr)
         assert PASSWORD not in done.stdout + done.stderr, args
+
+
+def test_a_server_does_not_wait_for_a_tls_set_up_that_cannot_work(
+    tls_node: RabbitNode, certs: Path
+) -> None:
+    """A server waits up to 60s for a broker that is not there yet, but not when its CA did
+    not sign the broker's certificate: that will not mend."""
+    wrong = tls_node.tls_url(client_files(certs, ca="other-ca"), USER, PASSWORD)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "atasks", "run", "examples/scenarios.py", "--mode", "server"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        env={**os.environ, "ATASKS_URL": wrong},
+    )
+    assert done.returncode == 1
+    assert time.monotonic() - started < BOUND
+    last = done.stderr.strip().splitlines()[-1]
+    assert "certificate verify failed" in last
+    assert "waiting for the broker" not in done.stderr
+    assert PASSWORD not in done.stderr

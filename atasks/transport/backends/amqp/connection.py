@@ -9,6 +9,7 @@ import enum
 import errno
 import logging
 import random
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ CONNECTION_ERRORS = (
     ConnectionError,
     OSError,
 )
+TLS_SET_UP_ERRORS = (ssl.SSLCertVerificationError, FileNotFoundError)
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 5.0
 MIB = 1024 * 1024
@@ -335,12 +337,23 @@ async def wait_for_broker(
 
 def may_come_up(exc: BaseException | None) -> bool:
     """Whether a failure to connect may pass once the broker is up: refused, unreachable, not
-    answering; not a refused login or virtual host."""
-    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+    answering; not a refused login or virtual host, nor a TLS set-up that is wrong (a
+    certificate its CA did not sign, a missing file)."""
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError) or tls_set_up_wrong(exc):
         return False
     if _vhost_refused(str(exc)):
         return False
     return isinstance(exc, (TimeoutError, *CONNECTION_ERRORS))
+
+
+def tls_set_up_wrong(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or what caused it (aiormq wraps it) is a TLS set-up error."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, TLS_SET_UP_ERRORS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _vhost_refused(text: str) -> bool:

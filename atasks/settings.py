@@ -159,7 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
         (SETUP, PROCESS),
         "The namespace key: signs pickle (HMAC-SHA256) and auth contexts. Same everywhere; "
         "to rotate, `new,old`: the first signs, any verifies.",
-        "none (unsigned pickle, no auth)",
+        "none (unsigned pickle: refused over a broker; no auth)",
         secret=True,
     ),
     Setting(

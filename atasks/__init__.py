@@ -13,6 +13,7 @@ from atasks.auth_context import auth, current_auth
 from atasks.blocking import close_blocking, iter_sync, run_sync, setup_blocking
 from atasks.calls import current_call_id, current_deadline, current_priority, deadline, priority
 from atasks.codecs import Codec, JSONCodec, PickleCodec
+from atasks.compat import ClassicAdapter, Transport
 from atasks.errors import (
     ATasksError,
     AuthError,
@@ -35,6 +36,7 @@ from atasks.errors import (
     TransportError,
 )
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
+from atasks.handlers import handler
 from atasks.lifecycle import close, setup
 from atasks.middleware import Call, Middleware, Proceed
 from atasks.namespaces import get_codec, get_transport, reset
@@ -44,8 +46,6 @@ from atasks.router import Router, get_router
 from atasks.schedules import Crontab, Month, Schedule, Weekday, get_schedule, schedule
 from atasks.streams import RemoteStream
 from atasks.tasks import ATask, StreamATask, atask, atask_broadcast, atask_queue
-from atasks.transport.classic import ClassicAdapter
-from atasks.transport.contract import Transport
 from atasks.transport.loopback import LoopbackTransport
 
 __all__ = [
@@ -105,6 +105,7 @@ __all__ = [
     "get_router",
     "get_schedule",
     "get_transport",
+    "handler",
     "iter_sync",
     "observe_progress",
     "priority",

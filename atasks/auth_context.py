@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 HEADER = "auth"
 SECRET_ENV = keys.SECRET_ENV
 TTL_ENV = "ATASKS_AUTH_TTL"
-DEFAULT_TTL = 300.0
 MAX_CLAIMS = 8192  # bytes of encoded claims: they travel in a header on every call
 _VERSION = "v1"
 _DOMAIN = b"atasks-auth/1\n"

@@ -17,16 +17,16 @@ from atasks import tracing as _tracing
 from atasks.auth_context import AuthContext, auth_var, stamp
 from atasks.calls import CallScope, current_scope, effective_priority, new_call_id, scope_deadline
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
+from atasks.compat import modern
 from atasks.errors import ConfigurationError, NoCodecRegistered
 from atasks.events import ProgressRelay, progress_listener
-from atasks.middleware import Call, Middleware, Proceed, chain
+from atasks.middleware import Call, Middleware, Proceed, chain, overrides
 from atasks.middlewares.auth import Stamp
 from atasks.middlewares.propagation import Capture
 from atasks.middlewares.tracing import ClientSpans
 from atasks.outcomes import rebuild_exception
 from atasks.payload import pack_arguments
 from atasks.propagation import propagated
-from atasks.transport.classic import modern
 from atasks.transport.contract import Transport
 from atasks.transport.messages import NO_HEADERS, FrameListener, Reply, Request
 
@@ -77,6 +77,8 @@ class Caller:
     def __init__(self, router: Routing) -> None:
         self.router = router
         self.middleware: list[Middleware] = []
+        self.wraps = False
+        """Whether a middleware of the user's has a call side."""
         self._chains: dict[tuple[Any, Kind, int], Proceed] = {}
         self._tracing: Tracing | None = None
         self._innermost: dict[Kind, Proceed] = {
@@ -88,12 +90,13 @@ class Caller:
     def forget_chains(self) -> None:
         """Build every chain again on its next call (the middlewares changed)."""
         self._chains.clear()
+        self.wraps = any(overrides(one, "call") for one in self.middleware)
 
     def _chain(self, atask: Any, kind: Kind, tracing: Tracing | None) -> Proceed | None:
         """The chain of ``atask``'s calls of ``kind`` in the context in force; ``None`` when no
         middleware has anything to do (the common case, which then costs nothing more)."""
         flags = (1 if propagated else 0) | (2 if auth_var.get() is not None else 0)
-        if not flags and tracing is None and not self.middleware:
+        if not flags and tracing is None and not self.wraps:
             return None
         if tracing is not self._tracing:
             self._chains.clear()
@@ -156,7 +159,7 @@ class Caller:
         tracing = _tracing.active
         if tracing is None and _OTEL in _modules:
             tracing = _tracing.detect()
-        if tracing is None and not self.middleware and not propagated and auth_var.get() is None:
+        if tracing is None and not self.wraps and not propagated and auth_var.get() is None:
             return await self._deliver(
                 atask, call_id, args, kwargs, parent_id, deadline, codec, transport, scope, stream
             )

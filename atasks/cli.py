@@ -135,10 +135,20 @@ def main() -> None:
 @setting_option("consumer_timeout", metavar="SECONDS")
 @setting_option("connect_timeout", metavar="SECONDS")
 @setting_option("queue_type")
+@setting_option("health_port", metavar="PORT")
+@setting_option("metrics_port", metavar="PORT")
+@setting_option("endpoints_host", metavar="HOST")
 @click.option(
     "--events/--no-events",
     default=None,
     help="Servers publish lifecycle events (see `atasks events`). [ATASKS_EVENTS; default: off]",
+)
+@click.option(
+    "--reload/--no-reload",
+    default=None,
+    help="Server mode, for development: restart the server, once drained, when a module it "
+    "loaded changes (needs watchfiles: pip install 'atasks[reload]'). [ATASKS_RELOAD; "
+    "default: off]",
 )
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
@@ -158,7 +168,11 @@ def run(
     consumer_timeout: float | None,
     connect_timeout: float | None,
     queue_type: str | None,
+    health_port: int | None,
+    metrics_port: int | None,
+    endpoints_host: str | None,
     events: bool | None,
+    reload: bool | None,
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -177,6 +191,9 @@ def run(
         "connect_timeout": connect_timeout,
         "queue_type": queue_type,
         "events": events,
+        "health_port": health_port,
+        "metrics_port": metrics_port,
+        "endpoints_host": endpoints_host,
     }
     try:
         extra = dict(parse_option(item) for item in options)
@@ -186,10 +203,15 @@ def run(
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc
     configure_logging(verbose, quiet, server=settings_.mode == "server")
+
+    def argv() -> list[str]:
+        return _worker_argv(targets, settings_, options, verbose, quiet)
+
     try:
-        code = runner.run(
-            targets, settings_, lambda: _worker_argv(targets, settings_, options, verbose, quiet)
-        )
+        if settings.value("reload", reload):
+            code = _reload(targets, settings_, argv())
+        else:
+            code = runner.run(targets, settings_, argv)
     except RunUsageError as exc:
         raise click.UsageError(str(exc)) from exc
     except RunFailure as exc:
@@ -210,6 +232,22 @@ def run(
 def settings_command() -> None:
     """Print every ATASKS_* variable: what it sets, its default and values (Markdown)."""
     click.echo(settings.markdown_table())
+
+
+def _reload(targets: tuple[str, ...], settings: RunOptions, argv: list[str]) -> int:
+    """``--reload``: one server in a child process, restarted when its modules change."""
+    from atasks import reload
+
+    if settings.mode != "server" or settings.workers > 1:
+        raise RunUsageError("--reload runs one server: use it with --mode server, --workers 1")
+    if settings.health_port or settings.metrics_port:  # its child would need them passed on
+        raise RunUsageError("--reload does not take --health-port or --metrics-port yet")
+    settings.check()
+    roots = [reload.root_of(target) for target in targets]
+    try:
+        return reload.run(argv, roots, settings.grace)
+    except ImportError as exc:
+        raise RunFailure(str(exc)) from exc
 
 
 def _worker_argv(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -45,6 +46,20 @@ def make_codec(
     return CODECS[kind](namespace=namespace)
 
 
+def make_middleware(given: Middleware | str) -> Middleware:
+    """``given``, or the middleware ``"module:Class"`` names, made with no arguments."""
+    if not isinstance(given, str):
+        return given
+    module, _, name = given.partition(":")
+    try:
+        made = getattr(importlib.import_module(module), name)()
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise ConfigurationError(f"middleware {given!r}: {exc}") from exc
+    if not isinstance(made, Middleware):
+        raise ConfigurationError(f"middleware {given!r} is not an atasks.Middleware")
+    return made
+
+
 async def setup(
     transport: str | Transport | None = None,
     *,
@@ -56,7 +71,7 @@ async def setup(
     concurrency: int | None = None,
     processes: int | None = None,
     namespace: str = DEFAULT,
-    middleware: Iterable[Middleware] = (),
+    middleware: Iterable[Middleware | str] | None = None,
     **transport_options: Any,
 ) -> Router:
     """Bind a codec and a transport to ``namespace``, connect, and serve if asked.
@@ -66,8 +81,9 @@ async def setup(
     ``ATASKS_SECRET``, ``insecure_pickle`` off, ``concurrency`` 64, ``processes`` (workers for
     ``mechanism="process"`` atasks) one per CPU, and ``AMQPTransport``'s options. ``serve``
     defaults to ``True`` for the loopback transport (it reaches only this process) and
-    ``False`` otherwise. ``middleware`` (``atasks.Middleware`` objects, outermost first) are
-    added to the namespace's router, after any it has. Returns the namespace's router.
+    ``False`` otherwise. ``middleware`` (``atasks.Middleware`` objects, or ``"module:Class"``
+    made with no arguments; outermost first) are added to the namespace's router, after any it
+    has. Returns the namespace's router.
 
     Fails closed: unsigned pickle over a broker is a ``ConfigurationError`` unless
     ``insecure_pickle`` (a key, or ``codec="json"``, is the safe way out).
@@ -81,6 +97,7 @@ async def setup(
     processes = settings.value("processes", processes)
     serve = settings.value("serve", serve)
     insecure_pickle = settings.value("insecure_pickle", insecure_pickle)
+    middlewares = [make_middleware(one) for one in settings.value("middleware", middleware) or ()]
     ns = _namespace(namespace)
     before = (ns.codec, ns.transport, list(ns.replaced))
     made: Transport | None = None
@@ -100,7 +117,7 @@ async def setup(
         )
         await transport.connect()
         router = get_router(namespace)
-        for one in middleware:
+        for one in middlewares:
             router.add_middleware(one)
         if serve:
             await router.activate(transport, concurrency=concurrency, processes=processes)

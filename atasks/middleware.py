@@ -39,6 +39,7 @@ class Call:
 
     __slots__ = (
         "_headers",
+        "_state",
         "args",
         "atask",
         "attempt",
@@ -54,7 +55,6 @@ class Call:
         "request",
         "scope",
         "span",
-        "state",
         "stream",
         "transport",
         "values",
@@ -81,7 +81,7 @@ class Call:
         self.deadline = deadline
         self._headers = headers
         self.attempt = 1
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None
         # For atasks' own steps: context values that travel, the auth context, the server's
         # span and event publisher; the codec, transport, caller's scope and stream of the
         # calling side; the request of the serving side.
@@ -106,6 +106,14 @@ class Call:
     @headers.setter
     def headers(self, headers: Mapping[str, str]) -> None:
         self._headers = headers
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A dict for middlewares to keep what they need between their steps."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
 
     @property
     def sent_headers(self) -> Mapping[str, str]:

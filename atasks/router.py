@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING, Any
 from atasks.call_side import Caller
 from atasks.codecs.base import Codec, encode
 from atasks.codecs.pickle_codec import PickleCodec
-from atasks.compat import Router0_0_3
+from atasks.compat import ClassicAdapter, Router0_0_3, modern
 from atasks.errors import ConfigurationError, JobNotFound, NoCodecRegistered
 from atasks.middleware import Middleware
 from atasks.namespaces import DEFAULT, bind_router, get_codec, get_transport, namespace
 from atasks.payload import pack_arguments
-from atasks.serve_side import Serving
+from atasks.serve_side import Counts, Serving
 from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.slots import Slots
-from atasks.transport.classic import ClassicAdapter, modern
 from atasks.transport.contract import Transport
 from atasks.transport.messages import Reply, Request
 
@@ -87,6 +86,7 @@ class Router(Router0_0_3):
         """Makes this router's calls: ``ATask`` objects call ``caller.call`` directly."""
         self._active: Transport | None = None
         self._server: Serving | None = None
+        self._counts = Counts()
         self._served: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduler: Scheduler | None = None
@@ -217,7 +217,9 @@ class Router(Router0_0_3):
             raise ConfigurationError(f"processes must be at least 1, not {processes}")
         slots = Slots(concurrency)
         transport.set_capacity(slots)
-        self._server = Serving(self, transport, slots, processes, self.caller.middleware)
+        self._server = Serving(
+            self, transport, slots, processes, self.caller.middleware, self._counts
+        )
         self._active = transport
         self._loop = asyncio.get_running_loop()
         transport.server_statistics = lambda: self.statistics().as_dict()
@@ -297,10 +299,10 @@ class Router(Router0_0_3):
             running=slots.running if slots else 0,
             parked=slots.parked if slots else 0,
             waiting=slots.waiting if slots else 0,
-            succeeded=server.succeeded if server else 0,
-            failed=server.failed if server else 0,
-            retried=server.retried if server else 0,
-            cancelled=server.cancelled if server else 0,
+            succeeded=self._counts.succeeded,
+            failed=self._counts.failed,
+            retried=self._counts.retried,
+            cancelled=self._counts.cancelled,
             started_at=server.started_at if server else 0.0,
             **(self._scheduler.statistics() if self._scheduler is not None else {}),
         )

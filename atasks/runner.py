@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 from atasks import logging as call_logging
 from atasks import settings, unsigned
 from atasks.errors import ATasksError
+from atasks.health import Endpoints
 from atasks.lifecycle import close, make_codec, make_transport
 from atasks.namespaces import DEFAULT, namespace, namespaces
+from atasks.reload import note_loaded
 from atasks.router import get_router
 from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
 from atasks.supervisor import READY_FD_ENV, WORKER_ENV, supervise
@@ -70,6 +72,9 @@ class RunOptions:
     """Time allowed to connect; a server waits that long for its broker (``BROKER_WAIT``)."""
     queue_type: str = "quorum"
     events: bool = False
+    health_port: int | None = None
+    metrics_port: int | None = None
+    endpoints_host: str = "127.0.0.1"
     extra: dict[str, Any] = field(default_factory=dict)
     """The ``-o KEY=VALUE`` options, for ``aiomain``."""
 
@@ -90,6 +95,12 @@ class RunOptions:
             )
         if self.workers > 1 and self.mode != "server":
             raise RunUsageError("--workers applies to --mode server only")
+        if (self.health_port or self.metrics_port) and self.workers > 1:
+            raise RunUsageError(
+                "--health-port and --metrics-port serve one process: not yet with --workers"
+            )
+        if (self.health_port or self.metrics_port) and self.mode == "client":
+            raise RunUsageError("--health-port and --metrics-port apply to servers, not clients")
         if self.processes is not None and self.processes < 1:
             raise RunUsageError(f"--processes must be at least 1, not {self.processes}")
 
@@ -160,6 +171,9 @@ def options_from(given: Mapping[str, Any], extra: dict[str, Any]) -> RunOptions:
         connect_timeout=maybe("connect_timeout"),
         queue_type=settings.value("queue_type", given.get("queue_type")),
         events=settings.value("events", given.get("events")),
+        health_port=maybe("health_port"),
+        metrics_port=maybe("metrics_port"),
+        endpoints_host=settings.value("endpoints_host", given.get("endpoints_host")),
         extra=extra,
     )
 
@@ -277,6 +291,7 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
         if options.connect_timeout is not None:
             transport_options["connect_timeout"] = options.connect_timeout
     names = {ns.name for ns in namespaces() if ns.atasks} | {DEFAULT}
+    endpoints = await open_endpoints(options, names)
     try:
         for name in sorted(names):
             if namespace(name).codec is None:
@@ -303,13 +318,40 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             for module in modules
             if hasattr(module, "aiomain")
         ]
+        if endpoints is not None:
+            endpoints.health.transports = [
+                found for name in sorted(names) if (found := namespace(name).transport)
+            ]
+            endpoints.health.serving = options.mode != "client"
         if options.mode == "server":
             announce_ready()
             await _serve_until_signalled(mains)
         else:
             await asyncio.gather(*mains)
     finally:
+        if endpoints is not None:
+            endpoints.health.stopping = True  # unready while the calls in progress finish
         await close(grace=options.grace)
+        if endpoints is not None:
+            await endpoints.stop()
+
+
+async def open_endpoints(options: RunOptions, names: set[str]) -> Endpoints | None:
+    """The health and metrics endpoints the options ask for, listening already (before the
+    broker is there: ``/livez`` answers while the server waits for it)."""
+    if options.health_port is None and options.metrics_port is None:
+        return None
+    metrics = None
+    if options.metrics_port is not None:
+        from atasks.metrics import serve_metrics  # prometheus_client: an optional extra
+
+        metrics = options.metrics_port, serve_metrics(sorted(names))
+    endpoints = Endpoints()
+    try:
+        await endpoints.start(options.endpoints_host, options.health_port, metrics)
+    except OSError as exc:
+        raise RunFailure(f"cannot listen on {options.endpoints_host}: {exc}") from exc
+    return endpoints
 
 
 async def _connect(transport: Transport, options: RunOptions) -> bool:
@@ -342,7 +384,9 @@ async def _connect(transport: Transport, options: RunOptions) -> bool:
 
 
 def announce_ready() -> None:
-    """Tell a supervisor, through the pipe it gave, that this worker serves."""
+    """Tell a supervisor, through the pipe it gave, that this worker serves (and ``--reload``
+    which files it loaded)."""
+    note_loaded()
     fd = os.environ.pop(READY_FD_ENV, None)
     if fd is not None and fd.isdigit():
         try:

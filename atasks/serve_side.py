@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Coroutine, Sequence
+from dataclasses import dataclass
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from atasks import tracing as _tracing
 from atasks.auth_context import admit, auth_var
-from atasks.call_side import _OTEL, Routing, _modules, tracing_in_force
+from atasks.call_side import Routing, tracing_in_force
 from atasks.calls import CallScope, ProgressSink, current_scope, enter_priority, leave_priority
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
 from atasks.errors import AuthError, DecodeError, EncodeError, JobNotFound, NoCodecRegistered
-from atasks.middleware import Call, Middleware, Proceed, chain
+from atasks.middleware import Call, Middleware, Proceed, chain, overrides
 from atasks.middlewares.auth import InForce
 from atasks.middlewares.events import Events
 from atasks.middlewares.propagation import Apply
@@ -45,6 +47,16 @@ log = logging.getLogger("atasks.router")
 _IN_FORCE, _APPLY = InForce(), Apply()
 
 
+@dataclass(slots=True)
+class Counts:
+    """How the calls a router served ended, over all its activations."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0  # attempts made again by ``@atask(retry=...)``
+    cancelled: int = 0
+
+
 class Serving:
     """Serves the requests of one router while it is active: its slots, its process pool, its
     serve-side chains and its counts."""
@@ -56,6 +68,7 @@ class Serving:
         slots: Slots,
         processes: int | None,
         middleware: list[Middleware],
+        counts: Counts,
     ) -> None:
         self.router = router
         self.transport = transport
@@ -66,15 +79,17 @@ class Serving:
         self._events = Events(transport, router.namespace) if transport.events_enabled else None
         self._chains: dict[tuple[Any, int], tuple[Proceed, bool]] = {}
         self._tracing: Tracing | None = None
-        self.plain = self._events is None and not middleware
+        self.plain = self._events is None and not any(overrides(m, "serve") for m in middleware)
         """Whether a call needs no chain unless its context or atask asks for one."""
-        self.succeeded = self.failed = self.retried = self.cancelled = 0
+        self.counts = counts
         self.started_at = time.time()
 
     def forget_chains(self) -> None:
         """Build every chain again on its next call (the middlewares changed)."""
         self._chains.clear()
-        self.plain = self._events is None and not self.middleware
+        self.plain = self._events is None and not any(
+            overrides(m, "serve") for m in self.middleware
+        )
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -117,7 +132,7 @@ class Serving:
         return chain(outer, "serve", encoded), True
 
     def _count_retry(self) -> None:
-        self.retried += 1
+        self.counts.retried += 1
 
     async def handle(self, request: Request) -> Reply:
         """Serve one request. Returns a reply for every outcome; only cancellation propagates."""
@@ -126,7 +141,7 @@ class Serving:
         received = time.monotonic() if events is not None else 0.0
         try:
             tracing = _tracing.active
-            if tracing is None and _OTEL in _modules:
+            if tracing is None and _tracing.OTEL_MODULE in sys.modules:
                 tracing = tracing_in_force()
             if events is not None:
                 await events.publish("received", request)
@@ -150,7 +165,7 @@ class Serving:
                 log.warning("refused request %s for %r: %s", request.call_id, request.name, exc)
                 if tracing is not None:
                     ServerSpans(tracing, router.serving).refused(router.namespace, request, exc)
-                return await self._failed(request, codec, exc, received)
+                return await self._failed(request, codec, exc, received, refused=True)
             if request.deadline is None and atask.timeout is not None:
                 # Fire and forget (or a 2019 transport): the timeout counts from here.
                 request.deadline = time.time() + atask.timeout
@@ -186,11 +201,11 @@ class Serving:
                 else:
                     body = await _encoded(request, codec, result)
             except asyncio.CancelledError:
-                self.cancelled += 1
+                self.counts.cancelled += 1
                 raise
             except Exception as exc:
                 return await self._failed(request, codec, exc, received, observed=encoded)
-            self.succeeded += 1
+            self.counts.succeeded += 1
             return Reply(
                 call_id=request.call_id, ok=True, content_type=codec.content_type, body=body
             )
@@ -207,9 +222,20 @@ class Serving:
         received: float,
         *,
         observed: bool = False,
+        refused: bool = False,
     ) -> Reply:
-        """The failed reply of ``request``; ``observed``: the events were published already."""
-        self.failed += 1
+        """The failed reply of ``request``; ``observed``: the events were published already;
+        ``refused``: it never ran (logged as a warning already). A call that ran and failed,
+        after its retries, is logged here at ERROR with its traceback: the one line of it."""
+        self.counts.failed += 1
+        if not refused:
+            log.error(
+                "call %s of %r failed: %s",
+                request.call_id,
+                request.name,
+                describe(exc),
+                exc_info=exc,
+            )
         reply = await failure(request, codec, exc)
         events = self._events
         if events is not None and not observed:
@@ -294,9 +320,8 @@ async def _encoded(request: Request, codec: Codec, result: Any) -> bytes:
 
 
 def _cannot_travel(request: Request, exc: EncodeError) -> EncodeError:
-    failure = EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
-    log.warning("call %s of %r: %s", request.call_id, request.name, failure)
-    return failure
+    # Not logged here: the call fails with it, and its failure is logged once.
+    return EncodeError(f"the result of atask {request.name!r} cannot travel: {exc}")
 
 
 def _reporter(request: Request, caller: ProgressSink | None, events: Events | None) -> ProgressSink:

@@ -27,6 +27,10 @@ DEFAULT_GRACE = 10.0
 """Seconds a stopping server lets the calls it runs finish."""
 DEFAULT_WINDOW = 64
 """Items a streaming atask's server makes ahead of its consumer, unless told otherwise."""
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+"""The broker a transport connects to when no URL is given."""
+DEFAULT_AUTH_TTL = 300.0
+"""Seconds an ``atasks.auth(claims)`` context lives, unless told otherwise."""
 
 SETUP = "setup"
 AMQP = "AMQPTransport"
@@ -116,6 +120,15 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _import_paths(text: str) -> tuple[str, ...]:
+    paths = tuple(part.strip() for part in text.split(",") if part.strip())
+    for path in paths:
+        module, colon, name = path.partition(":")
+        if not (colon and module and name):
+            raise ValueError(f"{path!r} is not module:Class")
+    return paths
+
+
 def _secret(text: str) -> tuple[bytes, ...]:
     return keys.parse(text)  # the keys, the signing one first
 
@@ -134,7 +147,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "url",
         "ATASKS_URL",
-        "amqp://guest:guest@127.0.0.1:5672/",
+        DEFAULT_URL,
         "AMQP URLs, comma-separated",
         _text,
         (SETUP, AMQP, RUN),
@@ -171,6 +184,15 @@ SETTINGS: tuple[Setting, ...] = (
         (SETUP, RUN),
         "Allow unsigned pickle over a broker, where it is otherwise refused: anyone who can "
         "publish to the broker can then run code in your processes.",
+    ),
+    Setting(
+        "middleware",
+        "ATASKS_MIDDLEWARE",
+        None,
+        "`module:Class`, comma-separated",
+        _import_paths,
+        (SETUP,),
+        "Middlewares `setup()` adds, outermost first, each made with no arguments.",
     ),
     Setting(
         "serve",
@@ -229,6 +251,16 @@ SETTINGS: tuple[Setting, ...] = (
         _seconds(0),
         (RUN,),
         "Seconds a stopping server lets calls in progress finish.",
+    ),
+    Setting(
+        "reload",
+        "ATASKS_RELOAD",
+        False,
+        "boolean",
+        _bool,
+        (RUN,),
+        "Server mode, for development: restart the server, once drained, when a module it "
+        "loaded changes (needs watchfiles: the `reload` extra).",
     ),
     Setting(
         "queue_type",
@@ -337,6 +369,33 @@ SETTINGS: tuple[Setting, ...] = (
         "up to N of them (1: each alone; see Coalescing).",
     ),
     Setting(
+        "health_port",
+        "ATASKS_HEALTH_PORT",
+        None,
+        "port, 1 to 65535",
+        _int(1, 65535),
+        (RUN,),
+        "Serve `/livez` and `/readyz` over HTTP on this port (servers; see Deployment).",
+    ),
+    Setting(
+        "metrics_port",
+        "ATASKS_METRICS_PORT",
+        None,
+        "port, 1 to 65535",
+        _int(1, 65535),
+        (RUN,),
+        "Serve Prometheus metrics at `/metrics` on this port (servers; the `prometheus` extra).",
+    ),
+    Setting(
+        "endpoints_host",
+        "ATASKS_ENDPOINTS_HOST",
+        "127.0.0.1",
+        "an address or host name",
+        _text,
+        (RUN,),
+        "Where the health and metrics ports listen (`0.0.0.0` or `::` for every interface).",
+    ),
+    Setting(
         "events",
         "ATASKS_EVENTS",
         False,
@@ -348,7 +407,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "auth_ttl",
         "ATASKS_AUTH_TTL",
-        300.0,
+        DEFAULT_AUTH_TTL,
         "seconds, over 0",
         _seconds(0, above=True),
         (PROCESS,),

@@ -7,7 +7,17 @@ import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, ClassVar, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import (
+    Any,
+    ClassVar,
+    Concatenate,
+    Generic,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    overload,
+)
 
 from atasks.auth_context import AuthCheck
 from atasks.calls import check_priority
@@ -18,6 +28,7 @@ from atasks.settings import DEFAULT_WINDOW
 from atasks.streams import RemoteStream
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 R = TypeVar("R")
 Y = TypeVar("Y")
 
@@ -64,6 +75,11 @@ class ATask(Generic[P, R]):
 
     runs_as_atask: ClassVar[bool] = True
     """Marks atasks for worker processes, which import a function by name and run its ``fn``."""
+
+    owner: type | None = None
+    """The class whose body defines it, for a method (``@atasks.handler``); else ``None``."""
+    handler: Any = None
+    """Its class's ``atasks.handlers.Handler``, once ``@atasks.handler`` decorated it."""
 
     def __new__(cls, fn: Any, **options: Any) -> ATask[P, R]:
         if (
@@ -147,12 +163,55 @@ class ATask(Generic[P, R]):
             return await self.fn(*args, **kwargs)  # type: ignore[misc, no-any-return]
         return await asyncio.to_thread(self.fn, *args, **kwargs)  # type: ignore[arg-type]
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        """A method of ``owner``: it runs on the instance its server process makes (see
+        ``atasks.handler``), and ``self`` is not one of its arguments on the caller's side."""
+        method = self.__wrapped__  # type: ignore[attr-defined]
+        if getattr(method, "__qualname__", None) != f"{owner.__qualname__}.{name}":
+            return  # an atask defined elsewhere, also given a name in this class
+        parameters = list(inspect.signature(method).parameters.values())
+        if not parameters or parameters[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise TypeError(
+                f"@atask method {owner.__qualname__}.{name} takes no self: it runs on an "
+                "instance of its @atasks.handler class"
+            )
+        self.owner = owner
+
+        def on_instance(*args: Any, **kwargs: Any) -> Any:
+            handler = self.handler
+            if handler is None:
+                raise TypeError(self._not_handled())
+            return method(handler.instance(), *args, **kwargs)
+
+        functools.update_wrapper(on_instance, method)
+        self.fn = on_instance
+        self.__signature__ = inspect.signature(method).replace(parameters=parameters[1:])
+
+    def __get__(
+        self: ATask[Concatenate[Any, Q], R], instance: object, owner: type | None = None
+    ) -> ATask[Q, R]:
+        """``Mailer.send`` and ``Mailer().send`` are both the atask: ``self`` never travels."""
+        if self.handler is None and self.owner is not None:
+            raise TypeError(self._not_handled())
+        return self  # type: ignore[return-value]
+
+    def _not_handled(self) -> str:
+        owner = self.owner.__qualname__ if self.owner is not None else "?"
+        return (
+            f"atask {self.name!r} is a method of {owner}, which is not an atasks handler: "
+            f"decorate the class with @atasks.handler (each server process makes one "
+            f"instance), or make the atask a function outside the class"
+        )
+
     def same_function(self, other: ATask[Any, Any]) -> bool:
         """Whether ``other`` wraps this function (possibly from a second import of its file)."""
-        return self.fn is other.fn or _where(self.fn) == _where(other.fn)
+        return self.fn is other.fn or _where(self.__wrapped__) == _where(other.__wrapped__)  # type: ignore[attr-defined]
 
     def describe(self) -> str:
-        module, qualname, filename, line = _where(self.fn)
+        module, qualname, filename, line = _where(self.__wrapped__)  # type: ignore[attr-defined]
         return f"{module}.{qualname} ({filename}:{line})"
 
     def __repr__(self) -> str:
@@ -168,6 +227,11 @@ class StreamATask(ATask[P, AsyncIterator[Y]]):
     # A call is iterated, not awaited: what ATask.__call__ returns is replaced, on purpose.
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> RemoteStream[Y]:  # type: ignore[override]
         return RemoteStream(get_router(self.namespace), self, args, kwargs)
+
+    def __get__(
+        self: StreamATask[Concatenate[Any, Q], Y], instance: object, owner: type | None = None
+    ) -> StreamATask[Q, Y]:
+        return ATask.__get__(self, instance, owner)  # type: ignore[return-value]
 
 
 def _window(

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rabbitnode import Epmd, RabbitNode
+from atasks.testing.rabbitnode import Epmd, RabbitNode
 
 
 class RabbitCluster:

@@ -8,9 +8,10 @@ The root is a minimal sid made by mmdebstrap with rabbitmq-server installed (abo
 20-40 s), in ``${XDG_CACHE_HOME:-~/.cache}/atasks/rabbitmq-sid``. It is built in a temporary
 directory beside that path and renamed into place only once complete, so an interrupted build
 is never used; ``.atasks-rabbitmq-version`` in it records the package's version, and marks it
-complete. ``RabbitNode(root=...)`` (dev/rabbitnode.py) runs its broker. Needs root (mmdebstrap,
-chroot) and the mmdebstrap package. ``ATASKS_SID_MIRROR`` picks a Debian mirror other than
-mmdebstrap's default; ``ATASKS_RABBITMQ4_ROOT`` points the tests at a root somewhere else.
+complete. ``RabbitNode(root=...)`` (atasks/testing/rabbitnode.py) runs its broker. Needs
+root (mmdebstrap, chroot) and the mmdebstrap package. ``ATASKS_SID_MIRROR`` picks a Debian
+mirror other than mmdebstrap's default; ``ATASKS_RABBITMQ4_ROOT`` points the tests at a root
+somewhere else.
 """
 
 from __future__ import annotations

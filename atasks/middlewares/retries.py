@@ -57,7 +57,7 @@ class Retries(Middleware):
                 attempt = call.attempt = attempt + 1
                 self.retried()
                 error = f"{type_name(exc)}: {message(exc)}"
-                log.info(
+                log.warning(
                     "call %s of %r failed (%s); attempt %d in %.3gs",
                     call.call_id,
                     call.atask,

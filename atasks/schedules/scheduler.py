@@ -212,7 +212,7 @@ class Scheduler:
         self._unsaved = False
         await self.seat.commit(requests, _encode(self.state), dead)
         for schedule, due in firings:
-            log.info("fired %s for %s", schedule.name, due.isoformat())
+            log.debug("fired %s for %s", schedule.name, due.isoformat())
             await self._emit("fired", schedule.atask.name, schedule.call_id(due))
         for request, _ in dead:
             await self._emit("dead", request.name, request.call_id)
@@ -237,8 +237,9 @@ class Scheduler:
         if entry is None:
             return
         if not reply.ok:  # never silent: dead-lettered, and kept for `atasks schedules`
+            # INFO: the server that ran it logged the failure at ERROR, with its traceback.
             self._failed.append(reply)
-            log.warning(
+            log.info(
                 "scheduled run %s failed: %s: %s",
                 reply.call_id,
                 reply.error_type,

@@ -6,9 +6,10 @@ The contract lives in ``atasks.transport.contract``, the messages it moves in
 
 from __future__ import annotations
 
+from atasks.compat import ClassicCallback, Transport
 from atasks.namespaces import get_transport
 from atasks.transport.contract import Capacity as Capacity
-from atasks.transport.contract import ClassicCallback, RequestHandler, Transport
+from atasks.transport.contract import RequestHandler
 from atasks.transport.loopback import INLINE_DEPTH as INLINE_DEPTH
 from atasks.transport.loopback import LoopbackTransport
 from atasks.transport.messages import NO_HEADERS as NO_HEADERS

@@ -1,13 +1,13 @@
 """The transport contract: what a router asks of a transport, and what it offers one.
 
-Two interfaces, the current one and the 2019 one (``classic``), are told apart when a subclass
-is defined (see ``Transport``).
+The contract speaks one interface. Transports written to the 2019 one are reached through
+``atasks.compat``, whose ``Transport`` (the public ``atasks.Transport``) tells the two apart
+when a subclass is defined.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -19,28 +19,20 @@ if TYPE_CHECKING:
     from atasks.events import Event
     from atasks.transport.seat import SchedulerSeat
 
-__all__ = ["Capacity", "ClassicCallback", "RequestHandler", "Transport"]
+__all__ = ["Capacity", "RequestHandler", "Transport"]
 
 RequestHandler = Callable[[Request], Coroutine[Any, Any, Reply]]
 """Serves one request; never raises but ``CancelledError``."""
 
-ClassicCallback = Callable[[str, bytes], Awaitable[bytes]]
-"""The 2019 interface's request callback: ``callback(atask_name, content) -> reply content``."""
-
-_CLASSIC_METHODS = ("connect", "disconnect", "send_request")
-_METHODS = (*_CLASSIC_METHODS, "register_callback", "unregister_callback", "drain")
-
-
-def _takes_name_and_content(send_request: Callable[..., Any]) -> bool:
-    """Whether ``send_request`` is the 2019 ``(self, name, content)``: two required arguments
-    after ``self``, where this interface's ``(self, request, on_frame=None)`` has one."""
-    try:
-        parameters = list(inspect.signature(send_request).parameters.values())[1:]
-    except (TypeError, ValueError):
-        return False
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    required = [p for p in parameters if p.kind in positional and p.default is p.empty]
-    return len(required) == 2
+METHODS = (
+    "connect",
+    "disconnect",
+    "send_request",
+    "register_callback",
+    "unregister_callback",
+    "drain",
+)
+"""What a transport implements (one that ``streams`` also implements ``grant``)."""
 
 
 class Capacity(Protocol):
@@ -65,31 +57,20 @@ class Capacity(Protocol):
 
 
 class Transport(metaclass=BindOnConstruction):
-    """Carries requests to servers and replies back.
+    """Carries requests to servers and replies back: ``send_request(request, on_frame) ->
+    Reply``, ``register_callback(name, handler)``, ``unregister_callback(name)``,
+    ``drain(grace)`` — with deadlines, cancellation and frames (progress, stream items). A
+    subclass implements all of them, and ``connect``/``disconnect``; one that ``streams`` also
+    implements ``grant``.
 
-    Two interfaces, told apart by ``send_request``'s signature when a subclass is defined
-    (``classic`` can also be set in the class body):
-
-    - this one: ``send_request(request, on_frame) -> Reply``, ``register_callback(name,
-      handler)``, ``unregister_callback(name)``, ``drain(grace)`` — with deadlines, cancellation
-      and frames (progress, stream items). A subclass implements all of them, and
-      ``connect``/``disconnect``; one that ``streams`` also implements ``grant``.
-    - the 2019 one (``classic``): ``send_request(name, content) -> bytes`` and the inherited
-      ``register_callback(callback)``, which stores ``callback(name, content) -> bytes`` in
-      ``self.callback`` for the transport to call with each request it receives;
-      ``unregister_callback()`` clears it. A subclass implements ``connect``, ``disconnect`` and
-      ``send_request``. Routers reach such a transport through ``ClassicAdapter``, which packs
-      each call into one message and back; it carries no deadline, cancellation or progress.
-
-    Constructing a transport installs it in ``namespace`` (``None`` leaves it detached). The bare
-    ``Transport()`` can be constructed, and its methods raise ``NotImplementedError``.
+    Constructing a transport installs it in ``namespace`` (``None`` leaves it detached).
     """
 
     installs_as: ClassVar[str] = "transport"
     events_enabled = False
     """Whether ``publish_event`` publishes anything; routers skip building events otherwise."""
-    classic: ClassVar[bool] = True
-    """Whether this transport is written to the 2019 interface (set for each subclass)."""
+    classic: ClassVar[bool] = False
+    """Whether this transport is written to the 2019 interface (``atasks.compat``)."""
     in_process: ClassVar[bool] = False
     """Whether requests never leave this process (nobody else can send any)."""
     messaging_system: ClassVar[str] = "atasks"
@@ -97,22 +78,14 @@ class Transport(metaclass=BindOnConstruction):
     streams: ClassVar[bool] = False
     """Whether this transport carries streams (requests with a ``window``, and ``grant``)."""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "classic" not in vars(cls):
-            cls.classic = _takes_name_and_content(cls.send_request)
-
     @classmethod
     def _missing(cls) -> tuple[str, ...]:
         if cls is Transport:
             return ()
-        required = _CLASSIC_METHODS if cls.classic else _METHODS
-        return tuple(name for name in required if getattr(cls, name) is getattr(Transport, name))
+        return tuple(name for name in METHODS if getattr(cls, name) is getattr(Transport, name))
 
     def __init__(self, namespace: str | None = DEFAULT) -> None:
         self.namespace = namespace
-        self.callback: ClassicCallback | None = None
-        """The 2019 interface: what ``register_callback(callback)`` stored."""
         self.server_statistics: Callable[[], Mapping[str, Any]] | None = None
         """Set by a serving router: what ``atasks inspect`` shows of this server."""
 
@@ -145,40 +118,17 @@ class Transport(metaclass=BindOnConstruction):
         (zero: the caller is still there). Never blocks; best effort."""
         raise NotImplementedError(f"{type(self).__name__} does not carry streams")
 
-    if TYPE_CHECKING:
+    async def register_callback(self, name: str, handler: RequestHandler) -> None:
+        """Start serving requests for atask ``name`` with ``handler``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement register_callback(name, handler)"
+        )
 
-        async def register_callback(self, name: str, handler: RequestHandler) -> None:
-            """Start serving requests for atask ``name`` with ``handler``."""
-
-        async def unregister_callback(self, name: str) -> None:
-            """Stop taking new requests for ``name``; those in progress go on."""
-
-    else:  # at run time the base also takes the 2019 forms, for transports written to them
-
-        async def register_callback(self, *args):
-            """Start serving requests for atask ``name`` with ``handler``: ``(name, handler)``.
-
-            The 2019 form ``register_callback(callback)`` stores ``callback`` in
-            ``self.callback``.
-            """
-            if len(args) == 1 and callable(args[0]):
-                self.callback = args[0]
-                return
-            raise NotImplementedError(
-                f"{type(self).__name__} does not implement register_callback(name, handler)"
-            )
-
-        async def unregister_callback(self, *args):
-            """Stop taking new requests for ``name``; those in progress go on.
-
-            The 2019 form ``unregister_callback()`` clears ``self.callback``.
-            """
-            if not args:
-                self.callback = None
-                return
-            raise NotImplementedError(
-                f"{type(self).__name__} does not implement unregister_callback(name)"
-            )
+    async def unregister_callback(self, name: str) -> None:
+        """Stop taking new requests for ``name``; those in progress go on."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement unregister_callback(name)"
+        )
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for requests in progress, then cancel the rest and hand
@@ -210,6 +160,12 @@ class Transport(metaclass=BindOnConstruction):
 
     async def publish_event(self, event: Event) -> None:
         """Publish a lifecycle event, where the transport has somewhere to publish it."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether it works now: connected and, for a server, consuming again after losing its
+        broker (what ``/readyz`` reports). A transport without a connection to lose says True."""
+        return True
 
     def scheduler_seat(self) -> SchedulerSeat | None:
         """A new contender for the namespace's scheduler role (see ``atasks.schedules``), or

@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Coroutine, Generator
 from functools import partial
 from typing import TYPE_CHECKING, Any, overload
 
+from atasks.compat import ClassicCallback, Transport, send_classic
 from atasks.credits import Credits
 from atasks.errors import JobNotFound, NotConnected, TransportError
 from atasks.settings import DEFAULT_NAMESPACE as DEFAULT
-from atasks.transport.contract import ClassicCallback, RequestHandler, Transport
+from atasks.transport.contract import RequestHandler
 from atasks.transport.messages import DeadRequest, Frame, FrameListener, Reply, Request
 from atasks.transport.serving import Run, run, serve
 
@@ -78,7 +79,7 @@ class LoopbackTransport(Transport):
 
     async def send_request(self, request: Any, on_frame: Any = None) -> Any:
         if type(request) is str:  # the 2019 interface: name, content
-            return await self._send_classic(request, on_frame)
+            return await send_classic(self, request, on_frame)
         if not self._connected:
             raise NotConnected(f"{self!r} is not connected: await transport.connect() first")
         handler = self._handlers.get(request.name)
@@ -182,14 +183,6 @@ class LoopbackTransport(Transport):
             return partial(run, request.name, request, handler)
 
         await serve(_Queued(self, request), take)
-
-    async def _send_classic(self, name: str, content: bytes) -> bytes:
-        callback = self.callback
-        if callback is None:
-            raise JobNotFound(
-                f"nothing serves {name!r} through {self!r}: register_callback(callback) first"
-            )
-        return await callback(name, content)
 
     @overload
     async def register_callback(self, name: str, handler: RequestHandler) -> None: ...

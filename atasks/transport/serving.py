@@ -126,7 +126,8 @@ async def settle(delivery: Delivery, reply: Reply) -> None:
         await delivery.ack()
     else:
         reason = dead_reason(reply)
-        log.error(
+        # INFO: its handler (the router) logged the failure (ERROR) or the refusal (WARNING).
+        log.info(
             "fire-and-forget call %s of %r %s: %s: %s; dead-lettered",
             reply.call_id,
             delivery.name,

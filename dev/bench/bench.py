@@ -7,7 +7,7 @@
     .venv/bin/python dev/bench/bench.py --broker 4 # on RabbitMQ 4.x (dev/rabbitmq4.py)
     .venv/bin/python dev/bench/bench.py --scaling  # only the scaling phase (scaling.py)
 
-Starts a private RabbitMQ node (``dev/rabbitnode.py``): Debian's rabbitmq-server on this
+Starts a private RabbitMQ node (``atasks.testing.rabbitnode``): Debian's rabbitmq-server on this
 machine, or with ``--broker 4`` Debian sid's from the root dev/rabbitmq4.py builds. Then, for
 a 100-character str echoed back: sequential latency (p50, p99) after a warm-up; throughput
 with 64 calls in flight; CPU time per call of this client process, of the server processes
@@ -51,9 +51,9 @@ import baseline
 import echo
 import queued
 import rabbitmq4
-from rabbitnode import RabbitNode
 
 import atasks
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp import AMQPTransport
 
 if TYPE_CHECKING:

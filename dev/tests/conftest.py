@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dev/, for rabbit
 import rabbitmq4
 import workload
 from rabbitcluster import RabbitCluster
-from rabbitnode import RabbitNode
 from servers import Servers, delete_queues
+
+from atasks.testing.rabbitnode import RabbitNode
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_SECRET = "atasks-test-key"

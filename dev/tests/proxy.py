@@ -14,6 +14,7 @@ class Proxy:
         self.target_port = target_port
         self.port = 0
         self.accepted = 0
+        self.tried = 0  # connections attempted through it, the refused ones included
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
@@ -44,12 +45,20 @@ class Proxy:
             writer.transport.abort()
         return len(links) // 2
 
+    async def wait_tried(self, count: int) -> None:
+        """Until ``count`` connections were attempted through it, in all."""
+        async with self._accepted:
+            await self._accepted.wait_for(lambda: self.tried >= count)
+
     async def wait_accepted(self, count: int) -> None:
         """Until ``count`` connections have come through, in all."""
         async with self._accepted:
             await self._accepted.wait_for(lambda: self.accepted >= count)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with self._accepted:
+            self.tried += 1
+            self._accepted.notify_all()
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:

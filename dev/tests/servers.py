@@ -17,9 +17,9 @@ from atasks.errors import JobNotFound
 
 if TYPE_CHECKING:
     from pamqp.commands import Queue
-    from rabbitnode import RabbitNode
 
     from atasks.events import Event
+    from atasks.testing.rabbitnode import RabbitNode
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = "dev/tests/workload.py"

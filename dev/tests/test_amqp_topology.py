@@ -6,11 +6,11 @@ import asyncio
 
 import aio_pika
 import pytest
-from rabbitnode import RabbitNode
 
 import atasks
 from atasks import atask
 from atasks.errors import ConfigurationError
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp import AMQPTransport
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from conftest import REPO, broker_root
-from rabbitnode import RABBIT_BIN
+
+from atasks.testing.rabbitnode import RABBIT_BIN
 
 pytestmark = [
     pytest.mark.timeout(600),

@@ -9,10 +9,10 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from rabbitnode import RabbitNode
 
 import atasks
 from atasks import atask
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp.pressure import Pressure
 
 SIGNAL_WAIT = 60.0  # rabbitmqctl alone takes seconds on a busy machine

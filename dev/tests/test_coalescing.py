@@ -13,7 +13,6 @@ import aio_pika
 import pytest
 import workload
 from proxy import Proxy
-from rabbitnode import RabbitNode
 from servers import (
     Servers,
     isolates_suspects,
@@ -28,6 +27,7 @@ from atasks import atask
 from atasks.errors import DeliveryLimitExceeded
 from atasks.events import Progress
 from atasks.router import Router
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp.coalesce import Coalescer
 from atasks.transport.backends.amqp.dead import list_dead_letters, replay_dead_letters
 from atasks.transport.backends.amqp.topology import Topology

@@ -11,11 +11,11 @@ from pathlib import Path
 import aio_pika
 import pytest
 import workload
-from rabbitnode import RabbitNode
 from servers import Servers, delete_queues, wait_until_served
 
 import atasks
 from atasks.errors import DecodeError, TransportError
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp import wire
 from atasks.transport.base import Reply
 

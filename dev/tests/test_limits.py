@@ -7,11 +7,11 @@ import socket
 
 import pytest
 import workload
-from rabbitnode import RabbitNode
 from servers import Servers, wait_until_served
 
 import atasks
 from atasks.errors import EncodeError, TransportError
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp import AMQPTransport
 
 MIB = 1024 * 1024

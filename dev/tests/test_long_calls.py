@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import workload
-from rabbitnode import RabbitNode
 from servers import Servers, wait_until_served
 
 import atasks
+from atasks.testing.rabbitnode import RabbitNode
 
 pytestmark = pytest.mark.timeout(240)
 

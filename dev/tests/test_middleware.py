@@ -225,3 +225,49 @@ async def test_a_side_a_middleware_leaves_alone_is_not_in_its_chain() -> None:
     assert chain(middlewares, "call", innermost) is not innermost
     call = Call(greet, "id", ["x"], {}, "default", None, None)
     assert await chain(middlewares, "call", innermost)(call) == "inner"
+
+
+class Counting(Middleware):
+    """Made by name from ATASKS_MIDDLEWARE."""
+
+    made: list[Counting] = []
+
+    def __init__(self) -> None:
+        Counting.made.append(self)
+        self.served = 0
+
+    async def serve(self, call: Call, proceed: Proceed) -> Any:
+        self.served += 1
+        return await proceed(call)
+
+
+async def test_setup_makes_the_middlewares_atasks_middleware_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ATASKS_MIDDLEWARE", f"{__name__}:Counting, {__name__}:Timing")
+    Counting.made.clear()
+    router = await atasks.setup("loopback")
+    try:
+        (counting,) = Counting.made
+        assert [type(one) for one in router.middleware] == [Counting, Timing]
+        assert await greet("ada") == "hello ada"
+        assert counting.served == 1
+    finally:
+        await atasks.close()
+
+
+@pytest.mark.parametrize(
+    ("names", "error"),
+    [
+        ("nonsense", "not module:Class"),
+        (f"{__name__}:Nowhere", "has no attribute"),
+        ("atasks.errors:ATasksError", "is not an atasks.Middleware"),
+    ],
+)
+async def test_a_bad_atasks_middleware_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, names: str, error: str
+) -> None:
+    monkeypatch.setenv("ATASKS_MIDDLEWARE", names)
+    with pytest.raises(atasks.ConfigurationError, match=error):
+        await atasks.setup("loopback")
+    await atasks.close()

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import workload
-from rabbitnode import RabbitNode
 from servers import REPO, Servers, until, wait_until_served
 
 import atasks
@@ -25,6 +24,7 @@ from atasks import cli
 from atasks.events import Event
 from atasks.monitor import EventFormatter, in_time_order
 from atasks.runner import RunOptions
+from atasks.testing.rabbitnode import RabbitNode
 
 pytestmark = pytest.mark.timeout(180)
 

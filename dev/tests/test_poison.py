@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 import workload
-from rabbitnode import RabbitNode
 from servers import (
     Servers,
     isolates_suspects,
@@ -20,6 +19,7 @@ from servers import (
 import atasks
 from atasks import atask
 from atasks.errors import DeliveryLimitExceeded
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.dead import list_dead_letters
 from atasks.transport.backends.amqp.topology import Topology

@@ -11,18 +11,18 @@ import aio_pika
 import pytest
 import workload
 from pamqp.commands import Basic
-from rabbitnode import RabbitNode
 from servers import Servers, until, wait_until_served
 
 import atasks
 from atasks import atask
+from atasks.compat import pack_request, unpack_request
 from atasks.errors import ConfigurationError
 from atasks.router import Router
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp import AMQPTransport, wire
 from atasks.transport.backends.amqp.dead import replay_dead_letters
 from atasks.transport.backends.amqp.topology import Topology
 from atasks.transport.base import Request
-from atasks.transport.classic import pack_request, unpack_request
 
 pytestmark = pytest.mark.timeout(60)
 

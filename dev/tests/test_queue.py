@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import workload
-from rabbitnode import RabbitNode
 from servers import REPO, Servers, until, watch_events
 
 import atasks
 from atasks import Backoff, Retry, atask, atask_broadcast, atask_queue
 from atasks.events import Event
 from atasks.router import Router
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp.dead import list_dead_letters
 
 pytestmark = pytest.mark.timeout(120)

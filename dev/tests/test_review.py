@@ -99,7 +99,7 @@ async def test_a_reused_call_id_that_was_cancelled_gets_an_answer(
 ) -> None:
     """Ids repeat no more after fork (above); a repeat must still never leave a caller hanging."""
     await atasks.setup("amqp", url=amqp_url, serve=True)
-    monkeypatch.setattr("atasks.router.new_call_id", lambda: "review-reused-id")
+    monkeypatch.setattr("atasks.call_side.new_call_id", lambda: "review-reused-id")
     first = asyncio.ensure_future(sleeper(10))
     await asyncio.sleep(0.3)  # running on the server
     first.cancel()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,11 +20,11 @@ from typing import Any
 import aio_pika
 import pytest
 from proxy import Proxy
-from rabbitnode import RabbitNode
 from servers import REPO, Servers, until, watch_events
 
 import atasks
 from atasks import Event, schedule
+from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp.dead import DeadLetter, list_dead_letters
 from atasks.transport.backends.amqp.monitor import inspect_servers
 from atasks.transport.backends.amqp.topology import Topology
@@ -165,7 +166,10 @@ async def test_killing_the_scheduler_hands_the_role_over_without_a_double_or_a_g
     )
 
 
-async def test_loopback_fires_each_due_time_once(tmp_path: Path) -> None:
+async def test_loopback_fires_each_due_time_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "atasks.schedules")
     fired: list[str | None] = []
 
     @schedule(interval=dt.timedelta(seconds=1), namespace="loopback-schedules")
@@ -180,6 +184,10 @@ async def test_loopback_fires_each_due_time_once(tmp_path: Path) -> None:
     dues = sorted(dt.datetime.fromisoformat(str(c).rpartition("@")[2]) for c in fired)
     assert dues == [dues[0] + dt.timedelta(seconds=i) for i in range(len(dues))]
     assert all(str(c).startswith(f"{every_second.name}@") for c in fired)
+    # 86,400 a day at one a second: firings are logged at DEBUG only
+    firings = [r for r in caplog.records if r.getMessage().startswith("fired ")]
+    assert len(firings) >= 3
+    assert {r.levelno for r in firings} == {logging.DEBUG}
 
 
 @schedule(interval=dt.timedelta(seconds=1), name="failing", namespace="failing-schedules")
@@ -207,8 +215,14 @@ async def test_a_failed_run_is_logged_dead_lettered_and_kept_as_the_schedules_re
 ) -> None:
     router = await atasks.setup(namespace="failing-schedules")
     found = await wait_for_failed_result(router)
-    assert "scheduled run failing@" in caplog.text
-    assert "no disk left" in caplog.text
+    # at ERROR by the server that ran it, with its traceback
+    [logged] = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.getMessage().startswith(f"call {found['call_id']} ")
+    ]
+    assert "no disk left" in logged.getMessage()
+    assert logged.exc_info is not None
     transport = router.transport
     assert isinstance(transport, LoopbackTransport)
     await until(lambda: bool(transport.dead_letters), within=10)

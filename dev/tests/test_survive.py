@@ -16,10 +16,10 @@ import pytest
 import workload
 from proxy import Proxy
 from rabbitcluster import RabbitCluster
-from rabbitnode import RabbitNode
 from servers import Servers, wait_until_served
 
 import atasks
+from atasks.testing.rabbitnode import RabbitNode
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, broker_root
-from rabbitnode import RabbitNode
 
 import atasks
 from atasks import atask
 from atasks.errors import TransportError
+from atasks.testing.rabbitnode import RabbitNode
 
 PASSWORD = "Pw-never-shown-7f3a"
 USER = "app"

@@ -99,3 +99,37 @@ async def set_up_as_in_2019() -> None:
     assert_type(await PickleCodec(key="k").encode([1]), bytes)
     PickleCodec("usage", "key")  # type: ignore[call-arg]
     await atasks.get_router("usage").activate(transport)
+
+
+class Outbox:
+    pass
+
+
+@atasks.handler(factory=lambda: Mailer(Outbox()))
+class Mailer:
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    @atask
+    async def send(self, to: str, *, subject: str = "") -> bool:
+        return bool(to)
+
+    @atask
+    async def pages(self, n: int) -> AsyncIterator[int]:
+        yield n
+
+
+@atasks.handler
+class Counter:
+    @atask
+    def bump(self) -> int:
+        return 1
+
+
+async def handlers() -> None:
+    assert_type(await Mailer.send("a"), bool)
+    assert_type(await Mailer(Outbox()).send("a", subject="s"), bool)
+    assert_type(await Counter.bump(), int)
+    assert_type(Mailer.pages(2), RemoteStream[int])
+    await Mailer.send(3)  # type: ignore[arg-type]
+    await Mailer.send()  # type: ignore[call-arg]

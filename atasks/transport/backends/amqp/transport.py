@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from atasks import settings
+from atasks.compat import Transport
 from atasks.errors import ConfigurationError, NotConnected
 from atasks.events import Event
-from atasks.namespaces import DEFAULT
+from atasks.settings import DEFAULT_NAMESPACE as DEFAULT
 from atasks.transport.backends.amqp.client import Caller, Replies
 from atasks.transport.backends.amqp.connection import Link, State, safe_url
 from atasks.transport.backends.amqp.intake import MAX_PREFETCH
+from atasks.transport.backends.amqp.monitor import queue_depths
 from atasks.transport.backends.amqp.seat import AMQPSeat
 from atasks.transport.backends.amqp.server import Server
 from atasks.transport.backends.amqp.topology import QueueType, Topology
-from atasks.transport.contract import Capacity, RequestHandler, Transport
+from atasks.transport.contract import Capacity, RequestHandler
 from atasks.transport.messages import FrameListener, Reply, Request
 from atasks.transport.seat import SchedulerSeat
 
 URL_ENV = "ATASKS_URL"
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_URL = settings.DEFAULT_URL
 BACKGROUND_WAIT = 1.0  # seconds disconnect() lets cancellations and events get out
 
 
@@ -133,6 +136,18 @@ class AMQPTransport(Transport):
     @property
     def blocked_by(self) -> str | None:
         return self._link.pressure.reason
+
+    @property
+    def connected(self) -> bool:
+        # Ready only once a (re)connection's consumers are back (the link's on_open callbacks).
+        link = self._link
+        return link.state is State.CONNECTED and link.is_ready
+
+    async def queue_depths(self, names: list[str]) -> dict[str, dict[str, Any] | None]:
+        """The request queue of each atask of ``names``: messages ready and consumers
+        (``None`` where it does not exist), asked over this transport's connection."""
+        channels = await self._link.ready()
+        return await queue_depths(channels.connection, self.topology, names)
 
     def queue_name(self, atask_name: str) -> str:
         return self.topology.request_queue(atask_name)

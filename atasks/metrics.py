@@ -1,0 +1,151 @@
+"""Prometheus metrics of a server (``pip install atasks[prometheus]``): a serve-side middleware
+and, for ``atasks run --metrics-port``, the ``/metrics`` route.
+
+- ``atasks_calls_total{atask,outcome}``: calls served, by outcome (succeeded, failed, cancelled;
+  a call retried counts once, with its last outcome);
+- ``atasks_call_duration_seconds{atask}``: how long each took, retries and waits included;
+- ``atasks_running{atask}``: calls in progress on this server (running, or waiting for a slot or
+  for their next attempt);
+- ``atasks_waiting``: calls waiting for a slot (read from the routers' slots on scrape);
+- ``atasks_queue_depth{queue}``: requests ready in the request queue of each atask this server
+  serves (a passive declare on the server's connection, on scrape, bounded in time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from atasks.endpoints import Answer, Route
+from atasks.middleware import Call, Middleware, Proceed
+from atasks.router import get_router
+
+DEPTH_WITHIN = 5.0
+"""Seconds a scrape waits for the broker's queue depths; without them it goes on."""
+
+
+class Metrics(Middleware):
+    """Counts and times the calls a server serves into ``registry``: add it to a router
+    (``router.add_middleware(Metrics())``) or ``atasks.setup(middleware=[Metrics()])``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.calls = Counter(
+            "atasks_calls",
+            "Calls served, by atask and outcome.",
+            ["atask", "outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "atasks_call_duration_seconds",
+            "How long calls took to serve, retries included.",
+            ["atask"],
+            registry=self.registry,
+        )
+        self.running = Gauge(
+            "atasks_running",
+            "Calls in progress on this server.",
+            ["atask"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self._children: dict[str, _Children] = {}
+
+    async def serve(self, call: Call, proceed: Proceed) -> Any:
+        name = call.atask
+        found = self._children.get(name)
+        if found is None:  # labels() costs a lock and a tuple: once per atask
+            found = self._children[name] = _Children(self, name)
+        found.running.inc()
+        started = time.perf_counter()
+        outcome = found.failed
+        try:
+            result = await proceed(call)
+            outcome = found.succeeded
+            return result
+        except asyncio.CancelledError:
+            outcome = found.cancelled
+            raise
+        finally:
+            found.running.dec()
+            found.duration.observe(time.perf_counter() - started)
+            outcome.inc()
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+
+class _Children:
+    """The labelled metrics of one atask."""
+
+    __slots__ = ("cancelled", "duration", "failed", "running", "succeeded")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.running = metrics.running.labels(name)
+        self.duration = metrics.duration.labels(name)
+        self.succeeded = metrics.calls.labels(name, "succeeded")
+        self.failed = metrics.calls.labels(name, "failed")
+        self.cancelled = metrics.calls.labels(name, "cancelled")
+
+
+class ServerState(Collector):
+    """On scrape: calls waiting for a slot, and the depth of the served request queues."""
+
+    def __init__(self, namespaces: Sequence[str]) -> None:
+        self.namespaces = list(namespaces)
+        self.depths: dict[str, int] = {}
+
+    async def refresh(self) -> None:
+        """Ask the broker for the depth of each request queue served, within ``DEPTH_WITHIN``;
+        a queue it did not answer for is left out."""
+        depths: dict[str, int] = {}
+        try:
+            async with asyncio.timeout(DEPTH_WITHIN):
+                for name in self.namespaces:
+                    router = get_router(name)
+                    transport = router.serving
+                    ask = getattr(transport, "queue_depths", None)
+                    served = list(router.statistics().atasks)
+                    if ask is None or not served:
+                        continue
+                    for found in (await ask(served)).values():
+                        if found is not None:
+                            depths[found["queue"]] = found["messages"]
+        except Exception:  # a scrape without (some) depths beats a failed scrape
+            pass
+        self.depths = depths
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        waiting = GaugeMetricFamily("atasks_waiting", "Calls waiting for a slot.")
+        waiting.add_metric([], sum(get_router(n).statistics().waiting for n in self.namespaces))
+        yield waiting
+        depth = GaugeMetricFamily(
+            "atasks_queue_depth", "Requests ready in a served request queue.", labels=["queue"]
+        )
+        for queue, messages in sorted(self.depths.items()):
+            depth.add_metric([queue], messages)
+        yield depth
+
+
+def serve_metrics(namespaces: Sequence[str]) -> Route:
+    """Metrics for the routers of ``namespaces`` (a ``Metrics`` middleware added to each), and
+    the ``/metrics`` route that shows them."""
+    metrics = Metrics()
+    state = ServerState(namespaces)
+    metrics.registry.register(state)
+    for name in namespaces:
+        get_router(name).add_middleware(metrics)
+
+    async def route() -> Answer:
+        await state.refresh()
+        return 200, CONTENT_TYPE_LATEST, metrics.exposition()
+
+    return route

@@ -1,0 +1,96 @@
+"""``atasks.metrics``: Prometheus metrics that match the calls made, in one process over loopback
+and scraped from the ``/metrics`` endpoint of an ``atasks run --metrics-port`` server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import workload
+from servers import Servers, wait_until_served
+from test_health import free_port, get
+
+import atasks
+from atasks import atask
+from atasks.metrics import Metrics
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@atask(namespace="metered")
+async def metered(fail: bool = False) -> str:
+    if fail:
+        raise ValueError("no")
+    return "yes"
+
+
+started: list[asyncio.Event] = []  # the same process: arguments would travel as copies
+
+
+@atask(namespace="metered")
+async def hangs() -> None:
+    started[0].set()
+    await asyncio.Event().wait()
+
+
+async def test_counts_match_the_calls_over_loopback() -> None:
+    metrics = Metrics()
+    await atasks.setup(namespace="metered", serve=True, middleware=[metrics])
+    for _ in range(3):
+        assert await metered() == "yes"
+    with pytest.raises(ValueError, match="no"):
+        await metered(fail=True)
+    started[:] = [asyncio.Event()]
+    task = asyncio.ensure_future(hangs())
+    async with asyncio.timeout(10):
+        await started[0].wait()
+    value = metrics.registry.get_sample_value
+    assert value("atasks_running", {"atask": hangs.name}) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await atasks.close("metered")
+
+    assert value("atasks_calls_total", {"atask": metered.name, "outcome": "succeeded"}) == 3
+    assert value("atasks_calls_total", {"atask": metered.name, "outcome": "failed"}) == 1
+    assert value("atasks_calls_total", {"atask": hangs.name, "outcome": "cancelled"}) == 1
+    assert value("atasks_call_duration_seconds_count", {"atask": metered.name}) == 4
+    assert value("atasks_running", {"atask": metered.name}) == 0
+    assert value("atasks_running", {"atask": hangs.name}) == 0
+
+
+def samples(text: str) -> dict[str, float]:
+    """``name{labels}`` → value, from Prometheus' text format."""
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, number = line.rpartition(" ")
+            found[key] = float(number)
+    return found
+
+
+async def test_a_served_metrics_endpoint(amqp_url: str, tmp_path: Path) -> None:
+    servers = Servers(amqp_url, tmp_path)
+    port = free_port()
+    try:
+        servers.start("--metrics-port", str(port))
+        await atasks.setup("amqp", url=amqp_url)
+        await wait_until_served(workload.ready)
+        before = samples((await get(port, "/metrics"))[1])
+        for _ in range(3):
+            await workload.pid()
+        with pytest.raises(LookupError):
+            await workload.fail_with("metered")
+        status, text = await get(port, "/metrics")
+        assert status == 200
+        after = samples(text)
+        ok = f'atasks_calls_total{{atask="{workload.pid.name}",outcome="succeeded"}}'
+        failed = f'atasks_calls_total{{atask="{workload.fail_with.name}",outcome="failed"}}'
+        assert after[ok] - before.get(ok, 0) == 3
+        assert after[failed] - before.get(failed, 0) == 1
+        assert after["atasks_waiting"] == 0
+        assert after[f'atasks_queue_depth{{queue="atasks.default.{workload.pid.name}"}}'] == 0
+        assert f'atasks_call_duration_seconds_bucket{{atask="{workload.pid.name}"' in text
+    finally:
+        servers.stop_all()

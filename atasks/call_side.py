@@ -267,13 +267,12 @@ class Caller:
                 reply = await transport.send_request(request, on_frame)
             else:
                 loop = asyncio.get_running_loop()
+                left = deadline - time.time()
                 try:
-                    async with asyncio.timeout_at(loop.time() + deadline - time.time()):
+                    async with asyncio.timeout_at(loop.time() + left):
                         reply = await transport.send_request(request, on_frame)
                 except TimeoutError:
-                    raise TimeoutError(
-                        f"atask {atask.name!r} did not finish before its deadline"
-                    ) from None
+                    raise TimeoutError(_late(atask.name, left, transport)) from None
         finally:
             if slots is not None:
                 assert scope is not None
@@ -323,3 +322,11 @@ async def outcome(reply: Reply, codec: Codec) -> Any:
             )
         return await decode(codec, reply.body)
     raise await rebuild_exception(reply, codec)
+
+
+def _late(name: str, left: float, transport: Transport) -> str:
+    """Why a call timed out: its deadline, and the broker's alarm if one blocks it."""
+    message = f"atask {name!r} did not finish before its deadline ({max(left, 0):.3g}s)"
+    if (alarm := transport.blocked_by) is not None:
+        message += f"; the broker blocks publishing: {alarm}"
+    return message

@@ -114,6 +114,12 @@ def main() -> None:
 @setting_option("url", metavar="URL[,URL...]")
 @setting_option("codec")
 @click.option(
+    "--insecure-pickle/--no-insecure-pickle",
+    default=None,
+    help="Allow unsigned pickle over a broker, where it is otherwise refused. "
+    "[ATASKS_INSECURE_PICKLE; default: off]",
+)
+@click.option(
     "-o",
     "--option",
     "options",
@@ -152,6 +158,7 @@ def run(
     transport_kind: str | None,
     url: str | None,
     codec: str | None,
+    insecure_pickle: bool | None,
     options: tuple[str, ...],
     concurrency: int | None,
     processes: int | None,
@@ -174,6 +181,7 @@ def run(
         "transport": transport_kind,
         "url": url,
         "codec": codec,
+        "insecure_pickle": insecure_pickle,
         "concurrency": concurrency,
         "processes": processes,
         "workers": workers,

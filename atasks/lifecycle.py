@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from atasks import settings
+from atasks import settings, unsigned
 from atasks.codecs import CODECS, Codec
 from atasks.errors import ConfigurationError
 from atasks.middleware import Middleware
@@ -66,6 +66,7 @@ async def setup(
     url: str | None = None,
     codec: str | Codec | None = None,
     key: str | bytes | Sequence[str | bytes] | None = None,
+    insecure_pickle: bool | None = None,
     serve: bool | None = None,
     concurrency: int | None = None,
     processes: int | None = None,
@@ -77,12 +78,15 @@ async def setup(
 
     Each setting not given comes from its ``ATASKS_*`` variable, else its default (see
     ``atasks.settings``): ``transport`` ``"loopback"``, ``codec`` ``"pickle"``, ``key``
-    ``ATASKS_SECRET``, ``concurrency`` 64, ``processes`` (workers for ``mechanism="process"``
-    atasks) one per CPU, and ``AMQPTransport``'s options. ``serve`` defaults to ``True`` for the
-    loopback transport (it reaches only this process) and ``False`` otherwise. ``middleware``
-    (``atasks.Middleware`` objects, or ``"module:Class"`` made with no arguments; outermost
-    first) are added to the namespace's router, after any it has. Returns the namespace's
-    router.
+    ``ATASKS_SECRET``, ``insecure_pickle`` off, ``concurrency`` 64, ``processes`` (workers for
+    ``mechanism="process"`` atasks) one per CPU, and ``AMQPTransport``'s options. ``serve``
+    defaults to ``True`` for the loopback transport (it reaches only this process) and
+    ``False`` otherwise. ``middleware`` (``atasks.Middleware`` objects, or ``"module:Class"``
+    made with no arguments; outermost first) are added to the namespace's router, after any it
+    has. Returns the namespace's router.
+
+    Fails closed: unsigned pickle over a broker is a ``ConfigurationError`` unless
+    ``insecure_pickle`` (a key, or ``codec="json"``, is the safe way out).
 
     All or nothing: if any step fails, the namespace keeps the codec and transport it had, and
     a transport made here is disconnected.
@@ -92,6 +96,7 @@ async def setup(
     concurrency = settings.value("concurrency", concurrency)
     processes = settings.value("processes", processes)
     serve = settings.value("serve", serve)
+    insecure_pickle = settings.value("insecure_pickle", insecure_pickle)
     middlewares = [make_middleware(one) for one in settings.value("middleware", middleware) or ()]
     ns = _namespace(namespace)
     before = (ns.codec, ns.transport, list(ns.replaced))
@@ -104,6 +109,12 @@ async def setup(
             transport = made = make_transport(
                 transport, namespace=namespace, url=url, **transport_options
             )
+        unsigned.check(
+            ns.codec,
+            in_process=transport.in_process,
+            insecure_pickle=insecure_pickle,
+            namespace=namespace,
+        )
         await transport.connect()
         router = get_router(namespace)
         for one in middlewares:

@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from atasks import logging as call_logging
-from atasks import settings
+from atasks import settings, unsigned
 from atasks.errors import ATasksError
 from atasks.health import Endpoints
 from atasks.lifecycle import close, make_codec, make_transport
@@ -59,6 +59,8 @@ class RunOptions:
     """``loopback`` or ``amqp``; ``None`` picks loopback in loopback mode, amqp otherwise."""
     url: str | None = None
     codec: str = "pickle"
+    insecure_pickle: bool = False
+    """Allow unsigned pickle over a broker (refused otherwise)."""
     concurrency: int = DEFAULT_CONCURRENCY
     processes: int | None = None
     """Worker processes for ``mechanism="process"`` atasks; ``None``: one per CPU."""
@@ -136,6 +138,8 @@ class RunOptions:
             flags += ["--consumer-timeout", repr(self.consumer_timeout)]
         if self.events:
             flags.append("--events")
+        if self.insecure_pickle:
+            flags.append("--insecure-pickle")
         return flags
 
 
@@ -157,6 +161,7 @@ def options_from(given: Mapping[str, Any], extra: dict[str, Any]) -> RunOptions:
         transport=maybe("transport"),
         url=maybe("url"),
         codec=settings.value("codec", given.get("codec")),
+        insecure_pickle=settings.value("insecure_pickle", given.get("insecure_pickle")),
         concurrency=settings.value("concurrency", given.get("concurrency")),
         processes=maybe("processes"),
         workers=workers,
@@ -293,6 +298,13 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
                 make_codec(options.codec, namespace=name)
             transport = namespace(name).transport or make_transport(
                 options.transport_kind, namespace=name, **transport_options
+            )
+            unsigned.check(
+                namespace(name).codec,
+                in_process=transport.in_process,
+                insecure_pickle=options.insecure_pickle,
+                namespace=name,
+                ways=unsigned.RUN_WAYS,
             )
             if not await _connect(transport, options):
                 return

@@ -172,8 +172,18 @@ SETTINGS: tuple[Setting, ...] = (
         (SETUP, PROCESS),
         "The namespace key: signs pickle (HMAC-SHA256) and auth contexts. Same everywhere; "
         "to rotate, `new,old`: the first signs, any verifies.",
-        "none (unsigned pickle, no auth)",
+        "none (unsigned pickle: refused over a broker; no auth)",
         secret=True,
+    ),
+    Setting(
+        "insecure_pickle",
+        "ATASKS_INSECURE_PICKLE",
+        False,
+        "boolean",
+        _bool,
+        (SETUP, RUN),
+        "Allow unsigned pickle over a broker, where it is otherwise refused: anyone who can "
+        "publish to the broker can then run code in your processes.",
     ),
     Setting(
         "middleware",

@@ -2,7 +2,7 @@
 
 In loopback mode (the default) one process serves and calls. Over RabbitMQ, start servers with
 ``atasks run examples/scenarios.py --mode server --url amqp://...`` and a client with
-``--mode client``.
+``--mode client``, all with the same ``ATASKS_SECRET`` (unsigned pickle is refused over a broker).
 """
 
 import asyncio

@@ -263,6 +263,7 @@ class RabbitNode:
         cookie: str | None = None,
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.root = Path(root).resolve() if root is not None else None
         if self.root is not None and not (self.root / RABBIT_BIN.relative_to("/")).is_dir():
@@ -290,17 +291,42 @@ class RabbitNode:
             cookie_file.chmod(0o400)  # Erlang refuses a cookie others may read
         (self.data / "enabled_plugins").write_text("[].\n")
         (self.data / "rabbitmq-env.conf").write_text("")
-        (self.data / "rabbitmq.conf").write_text(
+        config = (
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "disk_free_limit.absolute = 1MB\n"
             "vm_memory_high_watermark.relative = 0.8\n"
         )
+        self.tls_port: int | None = None
+        if tls is not None:
+            config += self._tls_config(tls)
+        (self.data / "rabbitmq.conf").write_text(config)
         _live.add(self)
 
     @property
     def url(self) -> str:
         """AMQP URL for the guest user."""
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _tls_config(self, tls: tuple[Path, Path, Path]) -> str:
+        """A TLS listener that wants a client certificate signed by the CA: ``tls`` is the
+        (CA, server certificate, server key) PEM files, copied where the broker can read them."""
+        (self.tls_port,) = _free_ports(1)
+        folder = self.data / "tls"
+        folder.mkdir()
+        seen = folder if self.root is None else "/" / folder.relative_to(self.root)
+        lines = [f"listeners.ssl.default = 127.0.0.1:{self.tls_port}"]
+        for option, source in zip(("cacertfile", "certfile", "keyfile"), tls, strict=True):
+            shutil.copy(source, folder / f"{option}.pem")
+            (folder / f"{option}.pem").chmod(0o644)  # the broker may run as another user
+            lines.append(f"ssl_options.{option} = {seen}/{option}.pem")
+        lines += ["ssl_options.verify = verify_peer", "ssl_options.fail_if_no_peer_cert = true"]
+        return "\n".join(lines) + "\n"
+
+    def tls_url(self, query: str, user: str = "guest", password: str = "guest") -> str:
+        """``amqps://`` URL of the TLS listener; ``query`` names the client's files
+        (``cafile=…&certfile=…&keyfile=…``, as aiormq reads them)."""
+        assert self.tls_port is not None, "the node was made without tls"
+        return f"amqps://{user}:{password}@127.0.0.1:{self.tls_port}/?{query}"
 
     @property
     def epmd_port(self) -> int:

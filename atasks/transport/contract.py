@@ -89,6 +89,12 @@ class Transport(metaclass=BindOnConstruction):
         self.server_statistics: Callable[[], Mapping[str, Any]] | None = None
         """Set by a serving router: what ``atasks inspect`` shows of this server."""
 
+    @property
+    def blocked_by(self) -> str | None:
+        """Why the broker blocks this transport's messages right now (a resource alarm, such as
+        ``low on memory``), or ``None``."""
+        return None
+
     async def connect(self) -> None:
         """Get ready to send and serve. Idempotent."""
         raise NotImplementedError(f"{type(self).__name__} does not implement connect()")

@@ -33,6 +33,10 @@ from servers import Servers, delete_queues
 from atasks.testing.rabbitnode import RabbitNode
 
 REPO = Path(__file__).resolve().parents[2]
+TEST_SECRET = "atasks-test-key"
+"""Every test process and the servers it starts sign pickle with this key (``ATASKS_SECRET``):
+over a broker, unsigned pickle is refused. A test about unsigned pickle removes it."""
+os.environ.setdefault("ATASKS_SECRET", TEST_SECRET)
 BROKERS = {"3": "rabbitmq3", "4": "rabbitmq4"}  # ATASKS_BROKERS's values, and test ids
 _versions: dict[str, str] = {}  # broker -> the version its node announced, for the summary
 
@@ -206,3 +210,11 @@ async def served(request: pytest.FixtureRequest, transport_kind: str) -> Router:
 async def served_serially(request: pytest.FixtureRequest, transport_kind: str) -> Router:
     """Like ``served``, running one atask at a time."""
     return await _serve(request, transport_kind, 1)
+
+
+@pytest.fixture
+def unsigned_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key (the tests run with ``TEST_SECRET``): unsigned pickle, allowed over a broker by
+    the explicit opt-in. Ask for it before ``served``."""
+    monkeypatch.delenv("ATASKS_SECRET", raising=False)
+    monkeypatch.setenv("ATASKS_INSECURE_PICKLE", "1")

@@ -216,7 +216,9 @@ async def test_expired_claims_fail_where_the_call_is_made(secured: Router) -> No
             await whoami()
 
 
-async def test_without_a_key_nothing_is_signed_or_trusted(served: Router) -> None:
+async def test_without_a_key_nothing_is_signed_or_trusted(
+    unsigned_pickle: None, served: Router
+) -> None:
     async with atasks.auth(ANN):
         with pytest.raises(AuthUnavailable, match="no key to sign"):
             await whoami()

@@ -48,7 +48,10 @@ async def test_unencodable_values_are_an_encode_error() -> None:
         await encode(JSONCodec(namespace=None), {1, 2})
 
 
-async def test_signed_pickle_rejects_unsigned_and_wrongly_signed_before_unpickling() -> None:
+async def test_signed_pickle_rejects_unsigned_and_wrongly_signed_before_unpickling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ATASKS_SECRET")  # the tests' key
     signed = PickleCodec(key="s3cret", namespace=None)
     other = PickleCodec(key="other", namespace=None)
     plain = PickleCodec(namespace=None)

@@ -91,8 +91,12 @@ async def test_pickle_codec_methods_are_awaitable() -> None:
     assert await codec.decode(encoded) == value
 
 
-def test_a_positional_argument_of_pickle_codec_is_its_namespace_not_a_key() -> None:
+def test_a_positional_argument_of_pickle_codec_is_its_namespace_not_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from atasks.codecs import PickleCodec
+
+    monkeypatch.delenv("ATASKS_SECRET")  # the tests' key
 
     codec = PickleCodec("ns")
     assert atasks.get_codec("ns") is codec

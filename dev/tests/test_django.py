@@ -52,6 +52,9 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
+SECRET = "ATASKS_SECRET"
+
+
 def manage(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -59,7 +62,9 @@ def manage(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("ATASKS_")},
+        env={  # no ATASKS_* settings but the tests' key
+            k: v for k, v in os.environ.items() if not k.startswith("ATASKS_") or k == SECRET
+        },
     )
 
 

@@ -286,11 +286,12 @@ async def test_unsigned_pickle_on_a_broker_warns_once(
     amqp_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("atasks.router._unsigned_pickle_warned", False)
+    monkeypatch.delenv("ATASKS_SECRET")
     caplog.set_level(logging.WARNING, "atasks.router")
     await atasks.setup("loopback", namespace="local")  # in-process: nobody else can send
     assert "unsigned pickle" not in caplog.text
-    await atasks.setup("amqp", url=amqp_url, serve=True)
-    await atasks.setup("amqp", url=amqp_url, serve=True, namespace="second")
+    await atasks.setup("amqp", url=amqp_url, serve=True, insecure_pickle=True)  # opted in: warned
+    await atasks.setup("amqp", url=amqp_url, serve=True, namespace="second", insecure_pickle=True)
     await atasks.setup("amqp", url=amqp_url, serve=True, key="k", namespace="signed")
     warned = [r for r in caplog.records if "unsigned pickle" in r.getMessage()]
     assert len(warned) == 1

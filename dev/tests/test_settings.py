@@ -30,6 +30,7 @@ BAD = {
     "codec": "yaml",
     "middleware": "atasks.metrics",
     "serve": "maybe",
+    "insecure_pickle": "perhaps",
     "concurrency": "70000",
     "processes": "0",
     "mode": "both",

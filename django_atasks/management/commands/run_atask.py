@@ -32,6 +32,7 @@ GIVEN = (
     "transport",
     "url",
     "codec",
+    "insecure_pickle",
     "concurrency",
     "processes",
     "workers",
@@ -126,6 +127,12 @@ class Command(BaseCommand):
             choices=["quorum", "classic"],
             default=None,
             help="RabbitMQ request queues (default quorum).",
+        )
+        parser.add_argument(
+            "--insecure-pickle",
+            action="store_true",
+            default=None,
+            help="Allow unsigned pickle over a broker, where it is otherwise refused.",
         )
         parser.add_argument(
             "--events",

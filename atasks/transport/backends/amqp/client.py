@@ -324,7 +324,9 @@ class Caller:
                     properties=Basic.Properties(message_type="cancel", correlation_id=call_id),
                 )
         except Exception as exc:  # best effort, in the background: aiormq may raise anything
-            log.warning("could not send the cancellation of call %s: %s", call_id, describe(exc))
+            # Under a resource alarm this is expected, and already said (pressure.py).
+            level = logging.WARNING if self.link.pressure.reason is None else logging.DEBUG
+            log.log(level, "could not send the cancellation of call %s: %s", call_id, describe(exc))
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -9,6 +9,7 @@ import enum
 import errno
 import logging
 import random
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from atasks.errors import ATasksError, NotConnected, TransportError
+from atasks.transport.backends.amqp.pressure import Pressure
 
 log = logging.getLogger("atasks.amqp")
 
@@ -28,6 +30,7 @@ CONNECTION_ERRORS = (
     ConnectionError,
     OSError,
 )
+TLS_SET_UP_ERRORS = (ssl.SSLCertVerificationError, FileNotFoundError)
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 5.0
 MIB = 1024 * 1024
@@ -94,6 +97,7 @@ class Link:
         self._opening = asyncio.Lock()
         self._reconnector: asyncio.Task[None] | None = None
         self._closers: set[asyncio.Task[None]] = set()
+        self.pressure = Pressure(lambda: self.safe_url)
 
     @property
     def safe_url(self) -> str:
@@ -176,6 +180,7 @@ class Link:
             if connection.transport is not None:
                 properties = connection.transport.connection.server_properties
                 self._learn_version(str(properties.get("version") or ""))
+                self.pressure.watch(connection.transport.connection)
             calls = await connection.channel(publisher_confirms=True, on_return_raises=True)
             serve = await connection.channel(publisher_confirms=True)
             events_raw = None
@@ -247,6 +252,7 @@ class Link:
             self.lost_because = exc
         log.warning("lost the broker connection (%s); reconnecting", describe(exc) or "closed")
         self._next_url()
+        self.pressure.lost()
         self.state = State.RECONNECTING
         self._ready.clear()
         self.channels = None
@@ -331,12 +337,23 @@ async def wait_for_broker(
 
 def may_come_up(exc: BaseException | None) -> bool:
     """Whether a failure to connect may pass once the broker is up: refused, unreachable, not
-    answering; not a refused login or virtual host."""
-    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+    answering; not a refused login or virtual host, nor a TLS set-up that is wrong (a
+    certificate its CA did not sign, a missing file)."""
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError) or tls_set_up_wrong(exc):
         return False
     if _vhost_refused(str(exc)):
         return False
     return isinstance(exc, (TimeoutError, *CONNECTION_ERRORS))
+
+
+def tls_set_up_wrong(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or what caused it (aiormq wraps it) is a TLS set-up error."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, TLS_SET_UP_ERRORS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _vhost_refused(text: str) -> bool:
@@ -360,6 +377,8 @@ def describe(exc: BaseException | None, url: str | None = None) -> str:
         return "connection refused (is the broker running on that port?)"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, FileNotFoundError):  # when connecting: a file the TLS context reads
+        return f"a TLS file named in the URL (cafile, certfile, keyfile) is missing: {text}"
     if is_consumer_timeout(exc):
         return (
             "the broker's consumer timeout: a call was held longer than it allows; give "

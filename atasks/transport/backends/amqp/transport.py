@@ -134,6 +134,10 @@ class AMQPTransport(Transport):
         return self._link.state is State.CLOSED
 
     @property
+    def blocked_by(self) -> str | None:
+        return self._link.pressure.reason
+
+    @property
     def connected(self) -> bool:
         # Ready only once a (re)connection's consumers are back (the link's on_open callbacks).
         link = self._link

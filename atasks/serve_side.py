@@ -25,6 +25,7 @@ from atasks.errors import AuthError, DecodeError, EncodeError, JobNotFound, NoCo
 from atasks.middleware import Call, Middleware, Proceed, chain
 from atasks.middlewares.auth import InForce
 from atasks.middlewares.events import Events
+from atasks.middlewares.limits import FleetLimit
 from atasks.middlewares.propagation import Apply
 from atasks.middlewares.retries import Retries
 from atasks.middlewares.tracing import ServerSpans
@@ -101,6 +102,8 @@ class Serving:
         inner += self.middleware
         if atask.retry is not None:
             inner.append(Retries(atask.retry, self._count_retry))
+        if atask.limit is not None:
+            inner.append(FleetLimit(atask.name, atask.limit, self.transport, self.slots))
         proceed = chain(inner, "serve", self._run)
         outer: list[Middleware] = []
         if tracing is not None:
@@ -159,7 +162,7 @@ class Serving:
             )
             encoded = False
             try:
-                if self.plain and not flags and tracing is None and atask.retry is None:
+                if self.plain and not flags and tracing is None and atask.unwrapped:
                     result = await self._execute(request, atask, args, kwargs, None)
                 else:
                     proceed, encoded = self._chain(atask, flags, tracing)

@@ -30,6 +30,7 @@ OPTIONS = (
     "mechanism",
     "priority",
     "window",
+    "limit",
 )
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
@@ -86,6 +87,7 @@ class ATask(Generic[P, R]):
         mechanism: Mechanism | None = None,
         priority: int | None = None,
         window: int | None = None,
+        limit: int | None = None,
         kind: Kind = "call",
     ) -> None:
         if not callable(fn):
@@ -106,6 +108,11 @@ class ATask(Generic[P, R]):
         self.auth_required = auth_required
         self.retry = retry
         self.priority = priority
+        self.limit = _limit(fn, limit, kind)
+        """At most this many calls run at once across the namespace's servers (``None``: no
+        bound but each server's concurrency)."""
+        self.unwrapped = retry is None and self.limit is None
+        """Whether serving a call needs none of the atask's own middlewares (retries, limit)."""
         self.kind: Kind = kind
         self.streams = inspect.isasyncgenfunction(fn)
         """Whether it is an async generator function: a call is a stream of its items."""
@@ -199,6 +206,20 @@ def _window(
     return window
 
 
+def _limit(fn: Callable[..., Any], limit: int | None, kind: Kind) -> int | None:
+    """The fleet-wide limit of an atask, or a ``TypeError`` where it is decorated."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise TypeError(f"@atask(limit=...) takes a whole number of calls >= 1, not {limit!r}")
+    if kind == "broadcast":
+        raise TypeError(
+            f"@atask_broadcast runs on every server, so it takes no limit "
+            f"({getattr(fn, '__qualname__', fn)})"
+        )
+    return limit
+
+
 def _mechanism(fn: Callable[..., Any], is_async: bool, asked: Mechanism | None) -> Mechanism:
     """The mechanism ``fn`` runs with, or a ``TypeError`` where it is decorated."""
     if asked is None:
@@ -268,12 +289,13 @@ def atask(
     mechanism: Mechanism | None = None,
     priority: int | None = None,
     window: int | None = None,
+    limit: int | None = None,
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
-    auth_required=..., retry=..., mechanism=..., priority=..., window=...)``.
+    auth_required=..., retry=..., mechanism=..., priority=..., window=..., limit=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
     ``<module>.<qualname>``. ``auth_required=True`` refuses calls that carry no valid auth
@@ -283,7 +305,9 @@ def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     process pool. ``priority`` (0 to 9) is the priority its calls are sent with where no
     ``atasks.priority()`` block or inherited priority is in force. On an async generator
     function, a call is a stream (``async for``) and ``window`` bounds how many items its
-    server makes ahead of the consumer (default 64). Any other option is a ``TypeError``.
+    server makes ahead of the consumer (default 64). ``limit`` bounds how many of its calls run
+    at once across every server of the namespace (README: Fleet-wide limits; ``limit=1``: a
+    singleton). Any other option is a ``TypeError``.
     """
     return _decorate(fn, "call", options)
 
@@ -310,6 +334,7 @@ def atask_queue(
     retry: Retry | None = None,
     mechanism: Mechanism | None = None,
     priority: int | None = None,
+    limit: int | None = None,
 ) -> OneWayDecorator: ...
 
 

@@ -1,0 +1,86 @@
+"""Fleet-wide limits over RabbitMQ: ``@atask(limit=N)`` across server processes, a killed holder's
+token coming back, and ``atasks.lock``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import limits_workload as workload
+import pytest
+from servers import Servers, until, wait_for_consumers
+
+import atasks
+from atasks.transport.backends.amqp.tokens import fence_queue, size_queue, tokens_queue
+
+WORKLOAD = "dev/tests/limits_workload.py"
+POOLS = ("atask.limits_workload.limited", "atask.limits_workload.solo")
+
+
+@pytest.fixture
+async def fleet(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
+    """Server processes of limits_workload.py; stopped, and their queues deleted, after."""
+    started = Servers(amqp_url, tmp_path)
+    yield started
+    started.stop_all()
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in ("ready", "limited", "solo"):
+            await channel.queue_delete(f"atasks.default.limits_workload.{name}")
+        for pool in (*POOLS, "lock.test-lock"):
+            for queue in (tokens_queue, size_queue, fence_queue):
+                await channel.queue_delete(queue("default", pool))
+    for index in range(len(started.processes)):
+        print(f"--- server {index} ---\n{started.log(index)[-3000:]}")
+
+
+def peak(path: Path) -> int:
+    """The most runs recorded in ``path`` that overlapped in time."""
+    edges = []
+    for line in path.read_text().splitlines():
+        _, start, end = line.split()
+        edges += [(float(start), 1), (float(end), -1)]
+    running = most = 0
+    for _, step in sorted(edges):  # at equal times an end (-1) sorts before a start
+        running += step
+        most = max(most, running)
+    return most
+
+
+async def test_a_limit_holds_across_three_servers(fleet: Servers, tmp_path: Path) -> None:
+    await atasks.setup("amqp", url=fleet.url)
+    for _ in range(3):
+        fleet.start(workload=WORKLOAD)
+    for index in range(3):
+        await fleet.wait_serving(index)
+    runs = tmp_path / "runs"
+    pids = await asyncio.wait_for(
+        asyncio.gather(*(workload.limited(str(runs), 0.1) for _ in range(30))), 60
+    )
+    assert len(runs.read_text().splitlines()) == 30
+    assert peak(runs) == 2
+    print(f"servers that ran calls: {len(set(pids))}")
+
+
+async def test_a_killed_holder_gives_its_token_back(fleet: Servers, tmp_path: Path) -> None:
+    await atasks.setup("amqp", url=fleet.url)
+    for _ in range(2):
+        fleet.start(workload=WORKLOAD)
+    for index in range(2):
+        await fleet.wait_serving(index)
+    marker = tmp_path / "marker"
+    first = asyncio.ensure_future(workload.solo(str(marker), 300))
+    await until(lambda: marker.exists() and marker.read_text() != "", within=30)
+    holder = int(marker.read_text())
+    others = [asyncio.ensure_future(workload.solo(str(marker), 300)) for _ in range(5)]
+    # Each of the others waits for the token as a consumer of the token queue.
+    await wait_for_consumers(fleet.url, tokens_queue("default", POOLS[1]), 5)
+    assert not any(call.done() for call in [first, *others])
+    os.kill(holder, signal.SIGKILL)
+    results = await asyncio.wait_for(asyncio.gather(first, *others), 60)
+    assert holder not in results

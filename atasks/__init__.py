@@ -36,6 +36,7 @@ from atasks.errors import (
 )
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
 from atasks.lifecycle import close, setup
+from atasks.locks import lock
 from atasks.middleware import Call, Middleware, Proceed
 from atasks.namespaces import get_codec, get_transport, reset
 from atasks.propagation import propagate, unpropagate
@@ -106,6 +107,7 @@ __all__ = [
     "get_schedule",
     "get_transport",
     "iter_sync",
+    "lock",
     "observe_progress",
     "priority",
     "progress",

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
 import limits_workload as workload
 import pytest
-from servers import Servers, until, wait_for_consumers
+from servers import REPO, Servers, until, wait_for_consumers
 
 import atasks
 from atasks.transport.backends.amqp.tokens import fence_queue, size_queue, tokens_queue
@@ -84,3 +86,31 @@ async def test_a_killed_holder_gives_its_token_back(fleet: Servers, tmp_path: Pa
     os.kill(holder, signal.SIGKILL)
     results = await asyncio.wait_for(asyncio.gather(first, *others), 60)
     assert holder not in results
+
+
+async def test_a_lock_held_by_a_killed_process_is_released(fleet: Servers, tmp_path: Path) -> None:
+    await atasks.setup("amqp", url=fleet.url)
+    marker = tmp_path / "marker"
+    holder = subprocess.Popen(
+        [sys.executable, "dev/tests/lock_holder.py", fleet.url, str(marker)],
+        cwd=REPO,
+        start_new_session=True,
+    )
+    try:
+        await until(lambda: marker.exists() and marker.read_text() != "", within=30)
+        taking = asyncio.ensure_future(atasks.lock("test-lock").__aenter__())
+        await wait_for_consumers(fleet.url, tokens_queue("default", "lock.test-lock"), 1)
+        assert not taking.done()
+        with pytest.raises(TimeoutError, match=r"was not free within 0\.2s"):
+            async with atasks.lock("test-lock", wait=0.2):
+                pass
+        os.kill(holder.pid, signal.SIGKILL)
+        held = await asyncio.wait_for(taking, 30)
+        assert held.held
+        await held.__aexit__(None, None, None)
+        async with atasks.lock("test-lock", wait=5) as again:
+            assert again.held
+    finally:
+        if holder.poll() is None:
+            os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)

@@ -13,6 +13,7 @@ from atasks.auth_context import auth, current_auth
 from atasks.blocking import close_blocking, iter_sync, run_sync, setup_blocking
 from atasks.calls import current_call_id, current_deadline, current_priority, deadline, priority
 from atasks.codecs import Codec, JSONCodec, PickleCodec
+from atasks.delays import delayed
 from atasks.errors import (
     ATasksError,
     AuthError,
@@ -101,6 +102,7 @@ __all__ = [
     "current_deadline",
     "current_priority",
     "deadline",
+    "delayed",
     "deliver_progress",
     "get_codec",
     "get_router",

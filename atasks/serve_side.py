@@ -21,6 +21,7 @@ from atasks.auth_context import admit, auth_var
 from atasks.call_side import _OTEL, Routing, _modules, tracing_in_force
 from atasks.calls import CallScope, ProgressSink, current_scope, enter_priority, leave_priority
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
+from atasks.delays import NOT_BEFORE, NotBefore
 from atasks.errors import AuthError, DecodeError, EncodeError, JobNotFound, NoCodecRegistered
 from atasks.middleware import Call, Middleware, Proceed, chain
 from atasks.middlewares.auth import InForce
@@ -99,6 +100,8 @@ class Serving:
             inner.append(_IN_FORCE)
         if flags & 2:
             inner.append(_APPLY)
+        if flags & 4:
+            inner.append(NotBefore(self.slots))
         inner += self.middleware
         if atask.retry is not None:
             inner.append(Retries(atask.retry, self._count_retry))
@@ -160,6 +163,8 @@ class Serving:
             flags = (1 if verified is not None or auth_var.get() is not None else 0) | (
                 2 if values else 0
             )
+            if request.headers and NOT_BEFORE in request.headers:
+                flags |= 4
             encoded = False
             try:
                 if self.plain and not flags and tracing is None and atask.unwrapped:

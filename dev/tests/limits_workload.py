@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from atasks import atask
+from atasks import atask, atask_queue
 
 
 @atask
@@ -15,9 +15,13 @@ async def ready() -> int:
     return os.getpid()
 
 
-def _record(path: str, started: float) -> None:
+def _append(path: str, line: str) -> None:
     with open(path, "a") as log:  # one short line per write: appends do not interleave
-        log.write(f"{os.getpid()} {started:.6f} {time.time():.6f}\n")
+        log.write(line + "\n")
+
+
+def _record(path: str, started: float) -> None:
+    _append(path, f"{os.getpid()} {started:.6f} {time.time():.6f}")
 
 
 @atask(limit=2)
@@ -38,3 +42,14 @@ async def solo(marker: str, seconds: float) -> int:
     Path(marker).write_text(str(os.getpid()))  # noqa: ASYNC240 - tiny, and a test
     await asyncio.sleep(seconds)
     return os.getpid()
+
+
+@atask_queue
+async def stamp(path: str) -> None:
+    """Append the time it runs at to ``path``."""
+    _append(path, f"{time.time():.6f}")
+
+
+@atask
+async def now() -> float:
+    return time.time()

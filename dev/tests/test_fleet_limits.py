@@ -8,15 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aio_pika
 import limits_workload as workload
 import pytest
-from servers import REPO, Servers, until, wait_for_consumers
+from rabbitnode import RabbitNode
+from servers import REPO, Servers, until, wait_for_consumers, wait_for_ready
 
 import atasks
+from atasks.transport.backends.amqp.delays import rung
 from atasks.transport.backends.amqp.tokens import fence_queue, size_queue, tokens_queue
 
 WORKLOAD = "dev/tests/limits_workload.py"
@@ -32,7 +35,7 @@ async def fleet(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        for name in ("ready", "limited", "solo"):
+        for name in ("ready", "limited", "solo", "stamp", "now"):
             await channel.queue_delete(f"atasks.default.limits_workload.{name}")
         for pool in (*POOLS, "lock.test-lock"):
             for queue in (tokens_queue, size_queue, fence_queue):
@@ -114,3 +117,48 @@ async def test_a_lock_held_by_a_killed_process_is_released(fleet: Servers, tmp_p
         if holder.poll() is None:
             os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
+
+
+async def test_a_delayed_call_survives_a_broker_restart_and_runs_once(
+    rabbit_factory: Callable[[Path], RabbitNode], tmp_path: Path
+) -> None:
+    with rabbit_factory(tmp_path / "rabbit") as node:
+        fleet = Servers(node.url, tmp_path)
+        try:
+            fleet.start(workload=WORKLOAD)
+            await atasks.setup("amqp", url=node.url)
+            await fleet.wait_serving(0)
+            stamps = tmp_path / "stamps"
+            async with atasks.delayed(3) as due:
+                await workload.stamp(str(stamps))
+                awaited = asyncio.ensure_future(workload.now())
+            # Sent: each waits in the ladder's rungs (3 s: the 2 s and the 1 s ones).
+            await until(lambda: not awaited.done() and time.time() > due - 2.5, within=5)
+            await asyncio.to_thread(node.restart)
+            ran_at = await asyncio.wait_for(awaited, 60)
+            await until(stamps.exists, within=30)
+            assert ran_at >= due
+            for queue in (
+                *(rung("default", level) for level in range(2)),
+                "atasks.default.limits_workload.stamp",
+            ):
+                await wait_for_ready(node.url, queue, 0)
+            stamped = [float(line) for line in stamps.read_text().split()]
+            assert len(stamped) == 1
+            assert stamped[0] >= due
+            print(
+                f"restart took until {time.time() - due + 3:.1f}s after sending; ran "
+                f"{ran_at - due:.2f}s and {stamped[0] - due:.2f}s after their time"
+            )
+        finally:
+            fleet.stop_all()
+
+
+async def test_a_delayed_call_runs_on_time(fleet: Servers, tmp_path: Path) -> None:
+    fleet.start(workload=WORKLOAD)
+    await atasks.setup("amqp", url=fleet.url)
+    await fleet.wait_serving(0)
+    async with atasks.delayed(2) as due:
+        ran_at = await asyncio.wait_for(workload.now(), 30)
+    assert due <= ran_at < due + 1.5
+    print(f"ran {ran_at - due:.2f}s after its time")

@@ -4,10 +4,14 @@ in-process tokens, and (where a test takes ``transport_kind``) RabbitMQ's."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import time
 
 import pytest
+from servers import until
 
 import atasks
+from atasks.transport.backends.amqp.delays import LEVELS, routing_key, whole_seconds
 from atasks.transport.tokens import LocalTokens, TokenCount
 
 running = 0
@@ -133,3 +137,50 @@ async def test_local_tokens_count_free_and_waiting() -> None:
     assert tokens.count("p") == TokenCount("p", 0, 0)
     await second.release()
     assert tokens.count("p") == TokenCount("p", 1, 0)
+
+
+@atasks.atask
+async def now() -> float:
+    return time.time()
+
+
+ran: list[float] = []
+
+
+@atasks.atask_queue
+async def note() -> None:
+    ran.append(time.time())
+
+
+async def test_delayed_calls_do_not_run_before_their_time() -> None:
+    await atasks.setup("loopback", serve=True)
+    ran.clear()
+    async with atasks.delayed(0.3) as first:
+        await note()
+        assert await now() >= first
+    with atasks.delayed(
+        until=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.2)
+    ) as due:
+        assert await now() >= due
+    await until(lambda: len(ran) == 1, within=5)
+    assert ran[0] >= first
+    assert await now() < due + 5  # outside a block: at once
+
+
+def test_delayed_takes_seconds_or_a_datetime() -> None:
+    for args, kwargs in (((), {}), ((1,), {"until": datetime.datetime.now()})):
+        with pytest.raises(TypeError, match="one of them"):
+            atasks.delayed(*args, **kwargs)
+    with pytest.raises(ValueError, match=">= 0"):
+        atasks.delayed(-1)
+    with pytest.raises(TypeError, match="datetime"):
+        atasks.delayed(until=5)  # type: ignore[arg-type]
+
+
+def test_the_ladder_routes_each_bit_of_a_delay() -> None:
+    assert whole_seconds(103.2, now=100.0) == 4  # rounded up: never early
+    assert whole_seconds(99.0, now=100.0) == 0
+    key = routing_key(5, "atasks.default.f")
+    assert key == "0." * (LEVELS - 3) + "1.0.1.atasks.default.f"
+    with pytest.raises(atasks.ConfigurationError, match="longest"):
+        whole_seconds(2.0**LEVELS, now=0.0)

@@ -105,8 +105,8 @@ class Serving:
         inner += self.middleware
         if atask.retry is not None:
             inner.append(Retries(atask.retry, self._count_retry))
-        if atask.limit is not None:
-            inner.append(FleetLimit(atask.name, atask.limit, self.transport, self.slots))
+        if atask.limit is not None or atask.rate is not None:
+            inner.append(FleetLimit(atask, self.transport, self.slots))
         proceed = chain(inner, "serve", self._run)
         outer: list[Middleware] = []
         if tracing is not None:

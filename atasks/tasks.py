@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Generic, Literal, ParamSpec, Protocol, TypeVar
 from atasks.auth_context import AuthCheck
 from atasks.calls import check_priority
 from atasks.namespaces import DEFAULT, register_atask
+from atasks.rates import Rate
 from atasks.retry import Retry
 from atasks.router import Router, get_router
 from atasks.settings import DEFAULT_WINDOW
@@ -31,6 +32,7 @@ OPTIONS = (
     "priority",
     "window",
     "limit",
+    "rate",
 )
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
@@ -88,6 +90,7 @@ class ATask(Generic[P, R]):
         priority: int | None = None,
         window: int | None = None,
         limit: int | None = None,
+        rate: str | None = None,
         kind: Kind = "call",
     ) -> None:
         if not callable(fn):
@@ -111,8 +114,12 @@ class ATask(Generic[P, R]):
         self.limit = _limit(fn, limit, kind)
         """At most this many calls run at once across the namespace's servers (``None``: no
         bound but each server's concurrency)."""
-        self.unwrapped = retry is None and self.limit is None
-        """Whether serving a call needs none of the atask's own middlewares (retries, limit)."""
+        self.rate = None if rate is None else Rate.parse(rate)
+        """At most ``rate.count`` calls start in any ``rate.period`` seconds, fleet-wide."""
+        if self.rate is not None and kind == "broadcast":
+            raise TypeError("@atask_broadcast runs on every server, so it takes no rate")
+        self.unwrapped = retry is None and self.limit is None and self.rate is None
+        """Whether serving a call needs none of the atask's own middlewares (retries, limits)."""
         self.kind: Kind = kind
         self.streams = inspect.isasyncgenfunction(fn)
         """Whether it is an async generator function: a call is a stream of its items."""
@@ -290,12 +297,14 @@ def atask(
     priority: int | None = None,
     window: int | None = None,
     limit: int | None = None,
+    rate: str | None = None,
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
-    auth_required=..., retry=..., mechanism=..., priority=..., window=..., limit=...)``.
+    auth_required=..., retry=..., mechanism=..., priority=..., window=..., limit=...,
+    rate=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
     ``<module>.<qualname>``. ``auth_required=True`` refuses calls that carry no valid auth
@@ -307,7 +316,8 @@ def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     function, a call is a stream (``async for``) and ``window`` bounds how many items its
     server makes ahead of the consumer (default 64). ``limit`` bounds how many of its calls run
     at once across every server of the namespace (README: Fleet-wide limits; ``limit=1``: a
-    singleton). Any other option is a ``TypeError``.
+    singleton); ``rate`` (``"100/s"``, ``"20/m"``) how many may start per period. Any other
+    option is a ``TypeError``.
     """
     return _decorate(fn, "call", options)
 
@@ -335,6 +345,7 @@ def atask_queue(
     mechanism: Mechanism | None = None,
     priority: int | None = None,
     limit: int | None = None,
+    rate: str | None = None,
 ) -> OneWayDecorator: ...
 
 

@@ -1,15 +1,19 @@
-"""``@atask(limit=N)``: never more than N calls of an atask run at once, across every server of
-its namespace (the transport's fleet-wide tokens, ``atasks.transport.tokens``)."""
+"""``@atask(limit=N)`` and ``@atask(rate="100/s")``: never more than N calls of an atask run at
+once, and never more than the rate start, across every server of its namespace (the
+transport's fleet-wide tokens, ``atasks.transport.tokens``)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from atasks.errors import ConfigurationError
 from atasks.middleware import Call, Middleware, Proceed
 from atasks.transport.contract import Capacity, Transport
+
+T = TypeVar("T")
 
 
 def limit_key(atask_name: str) -> str:
@@ -17,17 +21,24 @@ def limit_key(atask_name: str) -> str:
     return f"atask.{atask_name}"
 
 
-class FleetLimit(Middleware):
-    """Serve side, innermost (inside retries: each attempt takes its own token): wait for a token
-    of the atask's pool, run the rest of the chain, give the token back.
+def rate_key(atask_name: str, period: str) -> str:
+    """The token pool of an atask's rate over ``period`` (``Rate.key``)."""
+    return f"rate.{atask_name}.{period}"
 
-    Waiting for a token holds no local slot: a slot the transport took for the request is given
-    back first, and the run takes one after the token. The wait ends at the call's deadline.
+
+class FleetLimit(Middleware):
+    """Serve side, innermost (inside retries: each attempt counts): wait for a token of the
+    atask's limit, then spend one of its rate, run the rest of the chain, give the first back.
+
+    Waiting holds no local slot: a slot the transport took for the request is given back first,
+    and the run takes one after the tokens. Waiting ends at the call's deadline.
     """
 
-    def __init__(self, atask_name: str, size: int, transport: Transport, slots: Capacity) -> None:
-        self.key = limit_key(atask_name)
-        self.size = size
+    def __init__(self, atask: Any, transport: Transport, slots: Capacity) -> None:
+        self.limit: int | None = atask.limit
+        self.rate = atask.rate
+        self.limit_key = limit_key(atask.name)
+        self.rate_key = rate_key(atask.name, atask.rate.key) if atask.rate else ""
         self.transport = transport
         self.slots = slots
 
@@ -35,27 +46,36 @@ class FleetLimit(Middleware):
         tokens = self.transport.tokens()
         if tokens is None:
             raise ConfigurationError(
-                f"atask {call.atask!r} has limit={self.size}, and {self.transport!r} has no "
-                "fleet-wide tokens to bound it with"
+                f"atask {call.atask!r} has a fleet-wide limit or rate, and {self.transport!r} "
+                "has no fleet-wide tokens to bound it with"
             )
         request = call.request
         if request is not None and request.slot_taken:
             request.slot_taken = False
             self.slots.give_back_untaken()
-        deadline = call.deadline
-        if deadline is None:
-            token = await tokens.take(self.key, self.size)
-        else:
-            loop = asyncio.get_running_loop()
-            try:
-                async with asyncio.timeout_at(loop.time() + deadline - time.time()):
-                    token = await tokens.take(self.key, self.size)
-            except TimeoutError:
-                raise TimeoutError(
-                    f"atask {call.atask!r} reached its deadline waiting for one of its "
-                    f"{self.size} fleet-wide slots"
-                ) from None
+        token = None
+        if self.limit is not None:
+            token = await _within(call, tokens.take(self.limit_key, self.limit), "slots")
         try:
+            rate = self.rate
+            if rate is not None:
+                await _within(call, tokens.spend(self.rate_key, rate.count, rate.period), "rate")
             return await proceed(call)
         finally:
-            await token.release()
+            if token is not None:
+                await token.release()
+
+
+async def _within(call: Call, waiting: Awaitable[T], what: str) -> T:
+    """``waiting`` awaited until the call's deadline."""
+    deadline = call.deadline
+    if deadline is None:
+        return await waiting
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(loop.time() + deadline - time.time()):
+            return await waiting
+    except TimeoutError:
+        raise TimeoutError(
+            f"atask {call.atask!r} reached its deadline waiting for its fleet-wide {what}"
+        ) from None

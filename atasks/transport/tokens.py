@@ -42,8 +42,19 @@ class Tokens(ABC):
     async def take(self, name: str, size: int) -> Token:
         """Wait for a token of ``name`` (``size`` of them in all) and return it, held."""
 
+    @abstractmethod
+    async def spend(self, name: str, size: int, period: float) -> None:
+        """Wait for a token of ``name`` (``size`` of them) and spend it: it comes back by
+        itself ``period`` seconds later. So at most ``size`` spend in any ``period``."""
+
     async def close(self) -> None:  # noqa: B027 - most have nothing to close
         """Forget every pool (tokens held are given back by their holders)."""
+
+
+def _give_back(token: _LocalToken) -> None:
+    semaphore, token._semaphore = token._semaphore, None
+    if semaphore is not None:
+        semaphore.release()
 
 
 class _LocalToken(Token):
@@ -65,7 +76,7 @@ class LocalTokens(Tokens):
     def __init__(self) -> None:
         self._pools: dict[str, tuple[int, asyncio.Semaphore]] = {}
 
-    async def take(self, name: str, size: int) -> Token:
+    async def take(self, name: str, size: int) -> _LocalToken:
         if size < 1:
             raise ValueError(f"a token pool has at least one token, not {size}")
         found = self._pools.get(name)
@@ -75,6 +86,12 @@ class LocalTokens(Tokens):
         semaphore = found[1]
         await semaphore.acquire()
         return _LocalToken(semaphore)
+
+    async def spend(self, name: str, size: int, period: float) -> None:
+        if period <= 0:
+            raise ValueError(f"a rate's period is > 0 seconds, not {period!r}")
+        token = await self.take(name, size)
+        asyncio.get_running_loop().call_later(period, _give_back, token)
 
     def count(self, name: str) -> TokenCount | None:
         """What is free and waiting in pool ``name`` (``None``: no such pool)."""

@@ -53,3 +53,9 @@ async def stamp(path: str) -> None:
 @atask
 async def now() -> float:
     return time.time()
+
+
+@atask(rate="10/s")
+async def paced(path: str) -> None:
+    """Append the time it starts at to ``path``."""
+    _append(path, f"{time.time():.6f}")

@@ -20,7 +20,12 @@ from servers import REPO, Servers, until, wait_for_consumers, wait_for_ready
 
 import atasks
 from atasks.transport.backends.amqp.delays import rung
-from atasks.transport.backends.amqp.tokens import fence_queue, size_queue, tokens_queue
+from atasks.transport.backends.amqp.tokens import (
+    cooldown_queue,
+    fence_queue,
+    size_queue,
+    tokens_queue,
+)
 
 WORKLOAD = "dev/tests/limits_workload.py"
 POOLS = ("atask.limits_workload.limited", "atask.limits_workload.solo")
@@ -35,10 +40,10 @@ async def fleet(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        for name in ("ready", "limited", "solo", "stamp", "now"):
+        for name in ("ready", "limited", "solo", "stamp", "now", "paced"):
             await channel.queue_delete(f"atasks.default.limits_workload.{name}")
-        for pool in (*POOLS, "lock.test-lock"):
-            for queue in (tokens_queue, size_queue, fence_queue):
+        for pool in (*POOLS, "lock.test-lock", "rate.limits_workload.paced.1s"):
+            for queue in (tokens_queue, size_queue, fence_queue, cooldown_queue):
                 await channel.queue_delete(queue("default", pool))
     for index in range(len(started.processes)):
         print(f"--- server {index} ---\n{started.log(index)[-3000:]}")
@@ -162,3 +167,30 @@ async def test_a_delayed_call_runs_on_time(fleet: Servers, tmp_path: Path) -> No
         ran_at = await asyncio.wait_for(workload.now(), 30)
     assert due <= ran_at < due + 1.5
     print(f"ran {ran_at - due:.2f}s after its time")
+
+
+def most_in_a_window(starts: list[float], window: float) -> int:
+    """The most of ``starts`` in any half-open window of ``window`` seconds."""
+    starts = sorted(starts)
+    return max(
+        sum(1 for other in starts[i:] if other < start + window) for i, start in enumerate(starts)
+    )
+
+
+async def test_a_rate_holds_across_servers(fleet: Servers, tmp_path: Path) -> None:
+    await atasks.setup("amqp", url=fleet.url)
+    for _ in range(2):
+        fleet.start(workload=WORKLOAD)
+    for index in range(2):
+        await fleet.wait_serving(index)
+    runs = tmp_path / "runs"
+    began = time.time()
+    await asyncio.wait_for(asyncio.gather(*(workload.paced(str(runs)) for _ in range(35))), 60)
+    took = time.time() - began
+    starts = [float(line) for line in runs.read_text().split()]
+    assert len(starts) == 35
+    span = max(starts) - min(starts)
+    assert len(starts) <= 10 * span + 10  # rate * time + burst
+    assert most_in_a_window(starts, 0.95) <= 10  # a little short of 1 s: the clocks of the steps
+    assert 2.0 <= took < 10  # 35 calls at 10/s, 10 of them at once
+    print(f"35 calls at 10/s took {took:.2f}s, starts spanning {span:.2f}s")

@@ -11,6 +11,7 @@ import pytest
 from servers import until
 
 import atasks
+from atasks.rates import Rate
 from atasks.transport.backends.amqp.delays import LEVELS, routing_key, whole_seconds
 from atasks.transport.tokens import LocalTokens, TokenCount
 
@@ -184,3 +185,30 @@ def test_the_ladder_routes_each_bit_of_a_delay() -> None:
     assert key == "0." * (LEVELS - 3) + "1.0.1.atasks.default.f"
     with pytest.raises(atasks.ConfigurationError, match="longest"):
         whole_seconds(2.0**LEVELS, now=0.0)
+
+
+started: list[float] = []
+
+
+@atasks.atask(rate="5/0.2s")
+async def paced() -> None:
+    started.append(time.time())
+
+
+async def test_a_rate_bounds_starts_in_any_window() -> None:
+    await atasks.setup("loopback", serve=True)
+    started.clear()
+    began = time.time()
+    await asyncio.wait_for(asyncio.gather(*(paced() for _ in range(12))), 10)
+    assert time.time() - began >= 0.4  # 5 at once, 5 after 0.2 s, 2 after 0.4 s
+    starts = sorted(started)
+    assert all(later - earlier >= 0.19 for earlier, later in zip(starts, starts[5:], strict=False))
+
+
+def test_rates_are_parsed_where_the_atask_is_decorated() -> None:
+    assert Rate.parse("100/s") == Rate(100, 1.0)
+    assert Rate.parse("20/m") == Rate(20, 60.0)
+    assert Rate.parse(" 3 / 10s ") == Rate(3, 10.0)
+    for wrong in ("100", "0/s", "1/w", "-1/s", "1/0s", 5):
+        with pytest.raises(TypeError, match="rate"):
+            atasks.atask(rate=wrong)(free.fn)  # type: ignore[call-overload]

@@ -59,11 +59,28 @@ def fence_queue(namespace: str, key: str) -> str:
     return f"atasks-tokens-fence.{namespace}.{key}"
 
 
+def cooldown_queue(namespace: str, key: str) -> str:
+    return f"atasks-tokens-cooldown.{namespace}.{key}"
+
+
+def cooldown_arguments(tokens: str, period: float) -> dict[str, Any]:
+    """A spent token waits ``period`` seconds here, then goes back to ``tokens``."""
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": max(1, round(period * 1000)),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": tokens,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",  # at-least-once dead-lettering needs it
+    }
+
+
 class _Held(Token):
-    __slots__ = ("_raw", "index", "size", "tag")
+    __slots__ = ("_raw", "channel", "index", "size", "tag")
 
     def __init__(self, raw: aiormq.abc.AbstractChannel, tag: int, index: int, size: int) -> None:
         self._raw: aiormq.abc.AbstractChannel | None = raw
+        self.channel = raw
         self.tag, self.index, self.size = tag, index, size
 
     async def release(self) -> None:
@@ -84,10 +101,11 @@ class AMQPTokens(Tokens):
         self.link = link
         self.namespace = namespace
         self._made: dict[str, int] = {}  # pools whose size this process checked or set
-        self._channel: AbstractChannel | None = None
-        self._raw: aiormq.abc.AbstractChannel | None = None
-        self._lost = asyncio.Event()
+        # The channels takers consume on: plain (limits, locks) and transactional (rates).
+        self._channels: dict[bool, tuple[AbstractChannel, aiormq.abc.AbstractChannel]] = {}
+        self._lost: dict[bool, asyncio.Event] = {}
         self._opening: asyncio.Lock | None = None
+        self._committing: asyncio.Lock | None = None  # one transaction at a time
         self._making: dict[str, asyncio.Lock] = {}
 
     async def take(self, name: str, size: int) -> Token:
@@ -96,13 +114,38 @@ class AMQPTokens(Tokens):
         if self._made.get(name) != size:
             await self.make(name, size)
         while True:
-            held = await self._wait(name, size)
+            held = await self._wait(name, size, False)
             if held is not None:
                 return held
 
-    async def _wait(self, name: str, size: int) -> _Held | None:
+    async def spend(self, name: str, size: int, period: float) -> None:
+        if size < 1 or period <= 0:
+            raise ValueError(f"a rate is at least one call per period > 0, not {size}/{period}")
+        if self._made.get(name) != size:
+            await self.make(name, size, period)
+        while True:
+            held = await self._wait(name, size, True)
+            if held is None:
+                continue
+            raw = held.channel
+            assert self._committing is not None
+            try:
+                async with self._committing:
+                    if held.index < size:
+                        await raw.basic_publish(
+                            str(held.index).encode(),
+                            routing_key=cooldown_queue(self.namespace, name),
+                            properties=_persistent(),
+                        )
+                    await raw.basic_ack(held.tag)
+                    await raw.tx_commit()
+                return
+            except CONNECTION_ERRORS:
+                continue  # the broker returned the token with its channel: wait again
+
+    async def _wait(self, name: str, size: int, tx: bool) -> _Held | None:
         """Wait for a token on the current channel; ``None`` if the channel closed first."""
-        raw, lost = await self._consuming()
+        raw, lost = await self._consuming(tx)
         got: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
 
         async def on_token(message: aiormq.abc.DeliveredMessage) -> None:
@@ -112,7 +155,7 @@ class AMQPTokens(Tokens):
                 if index >= self._made.get(name, size):
                     await raw.basic_ack(tag)  # past the size: the pool shrank
                 elif got.done():  # came as the wait ended
-                    await raw.basic_reject(tag, requeue=True)
+                    await self._reject(raw, tag, tx)
                 else:
                     got.set_result((tag, index))
 
@@ -139,40 +182,56 @@ class AMQPTokens(Tokens):
                 if lost.is_set():
                     held = None  # returned by the broker with its channel
                 elif asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    await held.release()  # came as this wait was cancelled
+                    await self._reject(raw, tag, tx)  # came as this wait was cancelled
+                    held = None
             else:
                 got.cancel()
         return held
 
-    async def _consuming(self) -> tuple[aiormq.abc.AbstractChannel, asyncio.Event]:
-        """The channel takers consume on (prefetch 1 per consumer), and an event set when it
-        closes."""
+    async def _reject(self, raw: aiormq.abc.AbstractChannel, tag: int, tx: bool) -> None:
+        """Give back a token nobody took (in a transaction, committed at once)."""
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            if not tx:
+                await raw.basic_reject(tag, requeue=True)
+                return
+            assert self._committing is not None
+            async with self._committing:
+                await raw.basic_reject(tag, requeue=True)
+                await raw.tx_commit()
+
+    async def _consuming(self, tx: bool) -> tuple[aiormq.abc.AbstractChannel, asyncio.Event]:
+        """The channel takers consume on (prefetch 1 per consumer; ``tx``: transactional), and
+        an event set when it closes."""
         if self._opening is None:
-            self._opening = asyncio.Lock()
+            self._opening, self._committing = asyncio.Lock(), asyncio.Lock()
         async with self._opening:
-            raw = self._raw
-            if raw is not None and not raw.is_closed and not self._lost.is_set():
-                return raw, self._lost
+            found, lost = self._channels.get(tx), self._lost.get(tx)
+            if found is not None and lost is not None and not (found[1].is_closed or lost.is_set()):
+                return found[1], lost
             channels = await self.link.ready()
             try:
                 channel = await channels.connection.channel(publisher_confirms=False)
-                lost = self._lost = asyncio.Event()
+                lost = self._lost[tx] = asyncio.Event()
                 channel.close_callbacks.add(lambda *_: lost.set())
                 await channel.set_qos(prefetch_count=1)
-                self._channel, self._raw = channel, await channel.get_underlay_channel()
+                raw = await channel.get_underlay_channel()
+                if tx:
+                    await raw.tx_select()
+                self._channels[tx] = channel, raw
             except CONNECTION_ERRORS as exc:
                 raise TransportError(f"could not wait for a token: {describe(exc)}") from exc
-            return self._raw, lost
+            return raw, lost
 
-    async def make(self, name: str, size: int) -> None:
-        """Make pool ``name`` hold ``size`` tokens in all, exactly once across the fleet."""
+    async def make(self, name: str, size: int, period: float | None = None) -> None:
+        """Make pool ``name`` hold ``size`` tokens in all, exactly once across the fleet
+        (``period``: with a cooldown queue that gives each spent one back after so long)."""
         # The fence is per connection: calls of this process take turns before it.
         making = self._making.setdefault(name, asyncio.Lock())
         async with making:
             if self._made.get(name) != size:
-                await self._make(name, size)
+                await self._make(name, size, period)
 
-    async def _make(self, name: str, size: int) -> None:
+    async def _make(self, name: str, size: int, period: float | None) -> None:
         channels = await self.link.ready()
         connection = channels.connection
         fence = fence_queue(self.namespace, name)
@@ -185,7 +244,7 @@ class AMQPTokens(Tokens):
                 f"{fence!r} for {FENCE_WAIT:g}s"
             ) from None
         try:
-            await self._resize(connection, name, size)
+            await self._resize(connection, name, size, period)
         except CONNECTION_ERRORS as exc:
             raise TransportError(
                 f"could not set up the token pool {name!r}: {describe(exc)}"
@@ -197,13 +256,23 @@ class AMQPTokens(Tokens):
         self._made[name] = size
 
     async def _resize(
-        self, connection: aio_pika.abc.AbstractConnection, name: str, size: int
+        self,
+        connection: aio_pika.abc.AbstractConnection,
+        name: str,
+        size: int,
+        period: float | None,
     ) -> None:
         channel = await connection.channel(publisher_confirms=False)
         try:
             tokens, sizes = tokens_queue(self.namespace, name), size_queue(self.namespace, name)
             await channel.declare_queue(tokens, durable=True, arguments=TOKEN_ARGUMENTS)
             await channel.declare_queue(sizes, durable=True, arguments=SIZE_ARGUMENTS)
+            if period is not None:
+                await channel.declare_queue(
+                    cooldown_queue(self.namespace, name),
+                    durable=True,
+                    arguments=cooldown_arguments(tokens, period),
+                )
             raw = await channel.get_underlay_channel()
             await raw.tx_select()
             found = await raw.basic_get(sizes, no_ack=False)
@@ -237,11 +306,12 @@ class AMQPTokens(Tokens):
         return TokenCount(name, found.message_count or 0, found.consumer_count or 0)
 
     async def close(self) -> None:
-        channel, self._channel, self._raw = self._channel, None, None
+        found, self._channels = list(self._channels.values()), {}
         self._made.clear()
-        if channel is not None and not channel.is_closed:
-            with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.ChannelClosed):
-                await channel.close()
+        for channel, _ in found:
+            if not channel.is_closed:
+                with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.ChannelClosed):
+                    await channel.close()
 
 
 async def _fence(connection: aio_pika.abc.AbstractConnection, fence: str) -> AbstractChannel:

@@ -20,9 +20,10 @@ from servers import REPO, Servers, until, wait_for_consumers, wait_for_ready
 
 import atasks
 from atasks.transport.backends.amqp.delays import rung
-from atasks.transport.backends.amqp.tokens import (
+from atasks.transport.backends.amqp.pools import (
     cooldown_queue,
     fence_queue,
+    pools_queue,
     size_queue,
     tokens_queue,
 )
@@ -45,6 +46,7 @@ async def fleet(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
         for pool in (*POOLS, "lock.test-lock", "rate.limits_workload.paced.1s"):
             for queue in (tokens_queue, size_queue, fence_queue, cooldown_queue):
                 await channel.queue_delete(queue("default", pool))
+        await channel.queue_delete(pools_queue("default"))
     for index in range(len(started.processes)):
         print(f"--- server {index} ---\n{started.log(index)[-3000:]}")
 

@@ -1,78 +1,34 @@
-"""Fleet-wide tokens over RabbitMQ: the messages of a quorum queue, held unacked.
+"""Fleet-wide tokens over RabbitMQ: the messages of a quorum queue, held unacked (the queues of
+a pool, and how it is made exactly once: ``pools``).
 
-Per pool ``key`` of namespace ``ns``:
-
-- ``atasks-tokens.<ns>.<key>``: a durable quorum queue holding the free tokens, each a message
-  whose body is its index (0 to size - 1). A taker consumes it with a consumer of its own
-  (prefetch 1), cancelled once it got a token: the token stays unacked, *held*, while the call
-  runs, and is rejected back to the queue after. When the holder's connection dies, the broker
-  returns the token by itself. The queue's consumers are the takers still waiting.
-- ``atasks-tokens-size.<ns>.<key>``: a durable quorum queue holding one message, the pool's
-  size. Tokens are made or added in one AMQP transaction with the new size (and the old size's
-  ack), so a maker that dies half-way made none of them.
-- ``atasks-tokens-fence.<ns>.<key>``: an exclusive queue that only one connection can declare at
-  a time: whoever has it reads and changes the size. It goes when its connection does.
-
-A pool that shrinks is not emptied at once: tokens whose index is past the new size are acked
-(destroyed) instead of given back, by whoever takes or releases them knowing the new size.
+A taker consumes the pool's token queue with a consumer of its own (prefetch 1), cancelled once
+it got a token: the token stays unacked, *held*, while the call runs, and is rejected back to
+the queue after. When the holder's connection dies, the broker returns it by itself. A rate's
+token is *spent* instead: in one transaction it is acked and a copy put in the pool's cooldown
+queue, whose TTL dead-letters it back to the token queue one period later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import random
 import uuid
 from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel
-from pamqp import commands as spec
 
 from atasks.errors import TransportError
-from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Link, describe
-from atasks.transport.tokens import Token, TokenCount, Tokens
-
-log = logging.getLogger("atasks.amqp")
-
-FENCE_WAIT = 30.0  # seconds a maker waits for another one to finish
-NO_DELIVERY_LIMIT = 2**30  # quorum queues count returns; a token is returned after every call
-TOKEN_ARGUMENTS: dict[str, Any] = {
-    "x-queue-type": "quorum",
-    "x-delivery-limit": NO_DELIVERY_LIMIT,
-}
-SIZE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
-
-
-def tokens_queue(namespace: str, key: str) -> str:
-    return f"atasks-tokens.{namespace}.{key}"
-
-
-def size_queue(namespace: str, key: str) -> str:
-    return f"atasks-tokens-size.{namespace}.{key}"
-
-
-def fence_queue(namespace: str, key: str) -> str:
-    return f"atasks-tokens-fence.{namespace}.{key}"
-
-
-def cooldown_queue(namespace: str, key: str) -> str:
-    return f"atasks-tokens-cooldown.{namespace}.{key}"
-
-
-def cooldown_arguments(tokens: str, period: float) -> dict[str, Any]:
-    """A spent token waits ``period`` seconds here, then goes back to ``tokens``."""
-    return {
-        "x-queue-type": "quorum",
-        "x-message-ttl": max(1, round(period * 1000)),
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": tokens,
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",  # at-least-once dead-lettering needs it
-    }
+from atasks.transport.backends.amqp.pools import (
+    cooldown_queue,
+    index_of,
+    persistent,
+    resize_fenced,
+    tokens_queue,
+)
+from atasks.transport.tokens import Token, Tokens
 
 
 class _Held(Token):
@@ -135,7 +91,7 @@ class AMQPTokens(Tokens):
                         await raw.basic_publish(
                             str(held.index).encode(),
                             routing_key=cooldown_queue(self.namespace, name),
-                            properties=_persistent(),
+                            properties=persistent(),
                         )
                     await raw.basic_ack(held.tag)
                     await raw.tx_commit()
@@ -150,7 +106,7 @@ class AMQPTokens(Tokens):
 
         async def on_token(message: aiormq.abc.DeliveredMessage) -> None:
             tag: int = message.delivery.delivery_tag or 0  # type: ignore[union-attr]
-            index = _index(message.body)
+            index = index_of(message.body)
             with contextlib.suppress(*CONNECTION_ERRORS):
                 if index >= self._made.get(name, size):
                     await raw.basic_ack(tag)  # past the size: the pool shrank
@@ -229,81 +185,9 @@ class AMQPTokens(Tokens):
         making = self._making.setdefault(name, asyncio.Lock())
         async with making:
             if self._made.get(name) != size:
-                await self._make(name, size, period)
-
-    async def _make(self, name: str, size: int, period: float | None) -> None:
-        channels = await self.link.ready()
-        connection = channels.connection
-        fence = fence_queue(self.namespace, name)
-        try:
-            async with asyncio.timeout(FENCE_WAIT):
-                fencing = await _fence(connection, fence)
-        except TimeoutError:
-            raise TransportError(
-                f"could not set up the token pool {name!r}: another process held its fence "
-                f"{fence!r} for {FENCE_WAIT:g}s"
-            ) from None
-        try:
-            await self._resize(connection, name, size, period)
-        except CONNECTION_ERRORS as exc:
-            raise TransportError(
-                f"could not set up the token pool {name!r}: {describe(exc)}"
-            ) from exc
-        finally:
-            with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.ChannelClosed):
-                await fencing.queue_delete(fence)
-                await fencing.close()
-        self._made[name] = size
-
-    async def _resize(
-        self,
-        connection: aio_pika.abc.AbstractConnection,
-        name: str,
-        size: int,
-        period: float | None,
-    ) -> None:
-        channel = await connection.channel(publisher_confirms=False)
-        try:
-            tokens, sizes = tokens_queue(self.namespace, name), size_queue(self.namespace, name)
-            await channel.declare_queue(tokens, durable=True, arguments=TOKEN_ARGUMENTS)
-            await channel.declare_queue(sizes, durable=True, arguments=SIZE_ARGUMENTS)
-            if period is not None:
-                await channel.declare_queue(
-                    cooldown_queue(self.namespace, name),
-                    durable=True,
-                    arguments=cooldown_arguments(tokens, period),
-                )
-            raw = await channel.get_underlay_channel()
-            await raw.tx_select()
-            found = await raw.basic_get(sizes, no_ack=False)
-            had = _index(found.body) if isinstance(found.delivery, spec.Basic.GetOk) else 0
-            if had == size:
-                return
-            for index in range(had, size):
-                await raw.basic_publish(
-                    str(index).encode(), routing_key=tokens, properties=_persistent()
-                )
-            await raw.basic_publish(str(size).encode(), routing_key=sizes, properties=_persistent())
-            if isinstance(found.delivery, spec.Basic.GetOk) and found.delivery.delivery_tag:
-                await raw.basic_ack(found.delivery.delivery_tag)
-            await raw.tx_commit()
-            log.info("token pool %r: %d tokens (was %d)", name, size, had)
-        finally:
-            with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.ChannelClosed):
-                await channel.close()  # an unacked size goes back untouched
-
-    async def count(self, name: str) -> TokenCount | None:
-        """Free tokens and waiting takers of pool ``name`` (``None``: no such pool)."""
-        channels = await self.link.ready()
-        channel = await channels.connection.channel(publisher_confirms=False)
-        try:
-            queue = await channel.declare_queue(tokens_queue(self.namespace, name), passive=True)
-        except aio_pika.exceptions.ChannelNotFoundEntity:
-            return None
-        found = queue.declaration_result
-        with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.ChannelClosed):
-            await channel.close()
-        return TokenCount(name, found.message_count or 0, found.consumer_count or 0)
+                channels = await self.link.ready()
+                await resize_fenced(channels.connection, self.namespace, name, size, period)
+                self._made[name] = size
 
     async def close(self) -> None:
         found, self._channels = list(self._channels.values()), {}
@@ -312,26 +196,3 @@ class AMQPTokens(Tokens):
             if not channel.is_closed:
                 with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.ChannelClosed):
                     await channel.close()
-
-
-async def _fence(connection: aio_pika.abc.AbstractConnection, fence: str) -> AbstractChannel:
-    """A channel of ``connection`` that declared the exclusive queue ``fence``; waits while
-    another connection has it."""
-    while True:
-        channel = await connection.channel(publisher_confirms=False)
-        try:
-            await channel.declare_queue(fence, exclusive=True, auto_delete=True)
-            return channel
-        except aiormq.exceptions.ChannelLockedResource:
-            await asyncio.sleep(random.uniform(0.02, 0.1))  # the holder is making the pool
-
-
-def _index(body: bytes) -> int:
-    try:
-        return int(body)
-    except ValueError:
-        return 1 << 62  # not a token: past any size, so it is dropped
-
-
-def _persistent() -> spec.Basic.Properties:
-    return spec.Basic.Properties(delivery_mode=wire.PERSISTENT)

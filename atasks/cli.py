@@ -338,6 +338,36 @@ def schedules_command(url: str | None, namespace: str, wait: float, as_json: boo
         sys.exit(1)
 
 
+@main.command("limits")
+@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
+@click.option("--namespace", default=DEFAULT, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list, for machines.")
+def limits_command(url: str | None, namespace: str, as_json: bool) -> None:
+    """List the namespace's fleet-wide limits, rates and locks: each pool's size, tokens free,
+    held (by running calls or lock blocks), cooling down (a rate's, spent in its last period)
+    and the calls waiting for one."""
+    from atasks.transport.backends.amqp import DEFAULT_URL
+    from atasks.transport.backends.amqp.pools import read_pools
+
+    _quiet_backend()
+    try:
+        pools = asyncio.run(read_pools(url or DEFAULT_URL, namespace))
+    except Exception as exc:
+        raise Failure(f"cannot list limits: {one_line(exc)}") from exc
+    if as_json:
+        click.echo(json.dumps([pool.as_dict() for pool in pools], indent=2))
+        return
+    if not pools:
+        click.echo(f"no limits, rates or locks in namespace {namespace!r} yet")
+        return
+    width = max(len("POOL"), *(len(pool.key) for pool in pools))
+    click.echo(f"{'POOL':<{width}}  {'SIZE':>5} {'FREE':>5} {'HELD':>5} {'COOLING':>7} WAITING")
+    for p in pools:
+        click.echo(
+            f"{p.key:<{width}}  {p.size:>5} {p.free:>5} {p.held:>5} {p.cooling:>7} {p.waiting:>7}"
+        )
+
+
 @main.group()
 def dead() -> None:
     """The namespace's dead letters: requests its servers gave up on (atasks-dead.<ns>)."""

@@ -4,6 +4,7 @@ token coming back, and ``atasks.lock``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import limits_workload as workload
@@ -49,6 +51,19 @@ async def fleet(amqp_url: str, tmp_path: Path) -> AsyncIterator[Servers]:
         await channel.queue_delete(pools_queue("default"))
     for index in range(len(started.processes)):
         print(f"--- server {index} ---\n{started.log(index)[-3000:]}")
+
+
+def limits_cli(url: str, *args: str) -> Any:
+    """What ``atasks limits --url URL ARGS`` prints (JSON decoded with ``--json``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "atasks", "limits", "--url", url, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(done.stdout) if "--json" in args else done.stdout
 
 
 def peak(path: Path) -> int:
@@ -90,9 +105,12 @@ async def test_a_killed_holder_gives_its_token_back(fleet: Servers, tmp_path: Pa
     await until(lambda: marker.exists() and marker.read_text() != "", within=30)
     holder = int(marker.read_text())
     others = [asyncio.ensure_future(workload.solo(str(marker), 300)) for _ in range(5)]
-    # Each of the others waits for the token as a consumer of the token queue.
-    await wait_for_consumers(fleet.url, tokens_queue("default", POOLS[1]), 5)
+    # Each of the others waits for the token as a consumer of the token queue, which also
+    # counts the holder's cancelled consumer until the token is settled.
+    await wait_for_consumers(fleet.url, tokens_queue("default", POOLS[1]), 6)
     assert not any(call.done() for call in [first, *others])
+    shown = await asyncio.to_thread(limits_cli, fleet.url, "--json")
+    assert {"key": POOLS[1], "size": 1, "free": 0, "held": 1, "cooling": 0, "waiting": 5} in shown
     os.kill(holder, signal.SIGKILL)
     results = await asyncio.wait_for(asyncio.gather(first, *others), 60)
     assert holder not in results
@@ -109,7 +127,8 @@ async def test_a_lock_held_by_a_killed_process_is_released(fleet: Servers, tmp_p
     try:
         await until(lambda: marker.exists() and marker.read_text() != "", within=30)
         taking = asyncio.ensure_future(atasks.lock("test-lock").__aenter__())
-        await wait_for_consumers(fleet.url, tokens_queue("default", "lock.test-lock"), 1)
+        # The holder's (cancelled) consumer and ours.
+        await wait_for_consumers(fleet.url, tokens_queue("default", "lock.test-lock"), 2)
         assert not taking.done()
         with pytest.raises(TimeoutError, match=r"was not free within 0\.2s"):
             async with atasks.lock("test-lock", wait=0.2):
@@ -195,4 +214,9 @@ async def test_a_rate_holds_across_servers(fleet: Servers, tmp_path: Path) -> No
     assert len(starts) <= 10 * span + 10  # rate * time + burst
     assert most_in_a_window(starts, 0.95) <= 10  # a little short of 1 s: the clocks of the steps
     assert 2.0 <= took < 10  # 35 calls at 10/s, 10 of them at once
+    table = await asyncio.to_thread(limits_cli, fleet.url)
+    assert table.splitlines()[0].split() == ["POOL", "SIZE", "FREE", "HELD", "COOLING", "WAITING"]
+    row = next(line.split() for line in table.splitlines() if line.startswith("rate."))
+    assert row[:2] == ["rate.limits_workload.paced.1s", "10"]
+    assert sum(map(int, row[2:5])) == 10  # every token free, held or cooling down
     print(f"35 calls at 10/s took {took:.2f}s, starts spanning {span:.2f}s")

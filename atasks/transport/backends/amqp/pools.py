@@ -193,9 +193,12 @@ async def pool_states(connection: AbstractConnection, namespace: str) -> list[Po
         async with fenced(connection, namespace, key):  # reading the size hides it a moment
             sizes = await _browse(connection, size_queue(namespace, key))
         size = index_of(sizes[0]) if sizes else 0
-        free, waiting = await _depth(connection, tokens_queue(namespace, key))
+        free, consumers = await _depth(connection, tokens_queue(namespace, key))
         cooling = (await _depth(connection, cooldown_queue(namespace, key)))[0]
         held = max(size - free - cooling, 0)
+        # A quorum queue counts a cancelled consumer until its unacked messages are settled
+        # (3.10 and 4.x alike): each holder's, besides the waiting takers'.
+        waiting = max(consumers - held, 0)
         states.append(PoolState(key, size, free, held, cooling, waiting))
     return states
 
@@ -229,3 +232,10 @@ async def _depth(connection: AbstractConnection, queue: str) -> tuple[int, int]:
     finally:
         with contextlib.suppress(*_CLOSING):
             await channel.close()
+
+
+async def read_pools(url: str, namespace: str) -> list[PoolState]:
+    """``pool_states`` over a connection of its own to ``url``."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        return await pool_states(connection, namespace)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+MAX_TOKENS = 10_000
+"""The most tokens a pool has: a limit's N, a rate's calls per period (its burst)."""
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([smhd])\s*$")
 
@@ -28,6 +30,11 @@ class Rate:
         period = float(times or 1) * UNITS[unit]
         if int(count) < 1 or period <= 0:
             raise TypeError(f"a rate is at least one call per period > 0, not {text!r}")
+        if int(count) > MAX_TOKENS:
+            raise TypeError(
+                f"a rate of over {MAX_TOKENS} calls per period is too many tokens ({text!r}): "
+                'say it over a shorter period, e.g. "1000/0.1s" for 10000/s'
+            )
         return cls(int(count), period)
 
     @property

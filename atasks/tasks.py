@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Generic, Literal, ParamSpec, Protocol, TypeVar
 from atasks.auth_context import AuthCheck
 from atasks.calls import check_priority
 from atasks.namespaces import DEFAULT, register_atask
-from atasks.rates import Rate
+from atasks.rates import MAX_TOKENS, Rate
 from atasks.retry import Retry
 from atasks.router import Router, get_router
 from atasks.settings import DEFAULT_WINDOW
@@ -217,8 +217,10 @@ def _limit(fn: Callable[..., Any], limit: int | None, kind: Kind) -> int | None:
     """The fleet-wide limit of an atask, or a ``TypeError`` where it is decorated."""
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise TypeError(f"@atask(limit=...) takes a whole number of calls >= 1, not {limit!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_TOKENS:
+        raise TypeError(
+            f"@atask(limit=...) takes a whole number of calls from 1 to {MAX_TOKENS}, not {limit!r}"
+        )
     if kind == "broadcast":
         raise TypeError(
             f"@atask_broadcast runs on every server, so it takes no limit "

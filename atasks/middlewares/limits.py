@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 from atasks.errors import ConfigurationError
@@ -14,6 +14,7 @@ from atasks.middleware import Call, Middleware, Proceed
 from atasks.transport.contract import Capacity, Transport
 
 T = TypeVar("T")
+HOLD = 0.05  # seconds a call waiting for its tokens keeps the slot its transport took
 
 
 def limit_key(atask_name: str) -> str:
@@ -30,8 +31,10 @@ class FleetLimit(Middleware):
     """Serve side, innermost (inside retries: each attempt counts): wait for a token of the
     atask's limit, then spend one of its rate, run the rest of the chain, give the first back.
 
-    Waiting holds no local slot: a slot the transport took for the request is given back first,
-    and the run takes one after the tokens. Waiting ends at the call's deadline.
+    Waiting holds no local slot: a slot the transport took for the request is given back once
+    the tokens have not come within ``HOLD`` seconds (giving it back at once costs a broker's
+    intake a new consumer per call), and the run takes one after them. Waiting ends at the
+    call's deadline.
     """
 
     def __init__(self, atask: Any, transport: Transport, slots: Capacity) -> None:
@@ -49,21 +52,35 @@ class FleetLimit(Middleware):
                 f"atask {call.atask!r} has a fleet-wide limit or rate, and {self.transport!r} "
                 "has no fleet-wide tokens to bound it with"
             )
-        request = call.request
-        if request is not None and request.slot_taken:
-            request.slot_taken = False
-            self.slots.give_back_untaken()
         token = None
         if self.limit is not None:
-            token = await _within(call, tokens.take(self.limit_key, self.limit), "slots")
+            token = await self._wait(call, tokens.take(self.limit_key, self.limit), "slots")
         try:
             rate = self.rate
             if rate is not None:
-                await _within(call, tokens.spend(self.rate_key, rate.count, rate.period), "rate")
+                spending = tokens.spend(self.rate_key, rate.count, rate.period)
+                await self._wait(call, spending, "rate")
             return await proceed(call)
         finally:
             if token is not None:
                 await token.release()
+
+    async def _wait(self, call: Call, waiting: Coroutine[Any, Any, T], what: str) -> T:
+        """``waiting`` awaited within the call's deadline, holding the request's slot (if the
+        transport took one) for ``HOLD`` seconds at most."""
+        request = call.request
+        if request is None or not request.slot_taken:
+            return await _within(call, waiting, what)
+        task = asyncio.ensure_future(waiting)
+        try:
+            await asyncio.wait({task}, timeout=HOLD)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.done() and request.slot_taken:
+            request.slot_taken = False
+            self.slots.give_back_untaken()
+        return await _within(call, task, what)
 
 
 async def _within(call: Call, waiting: Awaitable[T], what: str) -> T:

@@ -30,6 +30,9 @@ from atasks.transport.backends.amqp.pools import (
 )
 from atasks.transport.tokens import Token, Tokens
 
+PLAIN_CHANNELS = 8  # channels that limits' and locks' takers consume on, in turn
+TX = -1  # the transactional channel rates' takers consume on
+
 
 class _Held(Token):
     __slots__ = ("_raw", "channel", "index", "size", "tag")
@@ -58,11 +61,15 @@ class AMQPTokens(Tokens):
         self.namespace = namespace
         self._made: dict[str, int] = {}  # pools whose size this process checked or set
         # The channels takers consume on: plain (limits, locks) and transactional (rates).
-        self._channels: dict[bool, tuple[AbstractChannel, aiormq.abc.AbstractChannel]] = {}
-        self._lost: dict[bool, asyncio.Event] = {}
+        # Plain ones take turns: a quorum queue's basic.consume is a Raft command, milliseconds
+        # long, and a channel makes one such call at a time.
+        self._channels: dict[int, tuple[AbstractChannel, aiormq.abc.AbstractChannel]] = {}
+        self._lost: dict[int, asyncio.Event] = {}
+        self._turn = 0
         self._opening: asyncio.Lock | None = None
         self._committing: asyncio.Lock | None = None  # one transaction at a time
         self._making: dict[str, asyncio.Lock] = {}
+        self._cancelling: set[asyncio.Future[None]] = set()
 
     async def take(self, name: str, size: int) -> Token:
         if size < 1:
@@ -101,7 +108,11 @@ class AMQPTokens(Tokens):
 
     async def _wait(self, name: str, size: int, tx: bool) -> _Held | None:
         """Wait for a token on the current channel; ``None`` if the channel closed first."""
-        raw, lost = await self._consuming(tx)
+        if tx:
+            which = TX
+        else:
+            which = self._turn = (self._turn + 1) % PLAIN_CHANNELS
+        raw, lost = await self._consuming(which)
         got: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
 
         async def on_token(message: aiormq.abc.DeliveredMessage) -> None:
@@ -129,8 +140,11 @@ class AMQPTokens(Tokens):
             pass  # the channel is gone: wait on the next one
         finally:
             if not raw.is_closed:
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    await asyncio.shield(raw.basic_cancel(consumer))
+                # In the background: the taker need not wait for cancel-ok, and until then a
+                # token delivered late still reaches on_token, which gives it back.
+                cancelling = asyncio.ensure_future(_cancel(raw, consumer))
+                self._cancelling.add(cancelling)
+                cancelling.add_done_callback(self._cancelling.discard)
             held: _Held | None = None
             if got.done() and not got.cancelled():
                 tag, index = got.result()
@@ -155,25 +169,25 @@ class AMQPTokens(Tokens):
                 await raw.basic_reject(tag, requeue=True)
                 await raw.tx_commit()
 
-    async def _consuming(self, tx: bool) -> tuple[aiormq.abc.AbstractChannel, asyncio.Event]:
-        """The channel takers consume on (prefetch 1 per consumer; ``tx``: transactional), and
-        an event set when it closes."""
+    async def _consuming(self, which: int) -> tuple[aiormq.abc.AbstractChannel, asyncio.Event]:
+        """Channel ``which`` that takers consume on (prefetch 1 per consumer; ``TX``:
+        transactional), and an event set when it closes."""
         if self._opening is None:
             self._opening, self._committing = asyncio.Lock(), asyncio.Lock()
         async with self._opening:
-            found, lost = self._channels.get(tx), self._lost.get(tx)
+            found, lost = self._channels.get(which), self._lost.get(which)
             if found is not None and lost is not None and not (found[1].is_closed or lost.is_set()):
                 return found[1], lost
             channels = await self.link.ready()
             try:
                 channel = await channels.connection.channel(publisher_confirms=False)
-                lost = self._lost[tx] = asyncio.Event()
+                lost = self._lost[which] = asyncio.Event()
                 channel.close_callbacks.add(lambda *_: lost.set())
                 await channel.set_qos(prefetch_count=1)
                 raw = await channel.get_underlay_channel()
-                if tx:
+                if which == TX:
                     await raw.tx_select()
-                self._channels[tx] = channel, raw
+                self._channels[which] = channel, raw
             except CONNECTION_ERRORS as exc:
                 raise TransportError(f"could not wait for a token: {describe(exc)}") from exc
             return raw, lost
@@ -196,3 +210,8 @@ class AMQPTokens(Tokens):
             if not channel.is_closed:
                 with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.ChannelClosed):
                     await channel.close()
+
+
+async def _cancel(raw: aiormq.abc.AbstractChannel, consumer: str) -> None:
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        await raw.basic_cancel(consumer)

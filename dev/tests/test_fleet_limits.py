@@ -212,7 +212,9 @@ async def test_a_rate_holds_across_servers(fleet: Servers, tmp_path: Path) -> No
     assert len(starts) == 35
     span = max(starts) - min(starts)
     assert len(starts) <= 10 * span + 10  # rate * time + burst
-    assert most_in_a_window(starts, 0.95) <= 10  # a little short of 1 s: the clocks of the steps
+    # A token comes back a period after it was spent; the atask starts a moment after that
+    # (on a loaded machine, tens of ms): windows a little short of the period.
+    assert most_in_a_window(starts, 0.8) <= 10
     assert 2.0 <= took < 10  # 35 calls at 10/s, 10 of them at once
     table = await asyncio.to_thread(limits_cli, fleet.url)
     assert table.splitlines()[0].split() == ["POOL", "SIZE", "FREE", "HELD", "COOLING", "WAITING"]

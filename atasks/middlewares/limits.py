@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from atasks.errors import ConfigurationError
 from atasks.middleware import Call, Middleware, Proceed
 from atasks.transport.contract import Capacity, Transport
+from atasks.transport.tokens import Token
 
 T = TypeVar("T")
 HOLD = 0.05  # seconds a call waiting for its tokens keeps the slot its transport took
@@ -75,6 +76,8 @@ class FleetLimit(Middleware):
         try:
             await asyncio.wait({task}, timeout=HOLD)
         except asyncio.CancelledError:
+            if task.done() and not task.cancelled() and isinstance(task.result(), Token):
+                await task.result().release()  # got as the call was cancelled
             task.cancel()
             raise
         if not task.done() and request.slot_taken:

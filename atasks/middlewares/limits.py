@@ -76,8 +76,10 @@ class FleetLimit(Middleware):
         try:
             await asyncio.wait({task}, timeout=HOLD)
         except asyncio.CancelledError:
-            if task.done() and not task.cancelled() and isinstance(task.result(), Token):
-                await task.result().release()  # got as the call was cancelled
+            done = task.done() and not task.cancelled() and task.exception() is None
+            got = task.result() if done else None
+            if isinstance(got, Token):
+                await got.release()  # got as the call was cancelled
             task.cancel()
             raise
         if not task.done() and request.slot_taken:

@@ -14,6 +14,7 @@ from atasks.blocking import close_blocking, iter_sync, run_sync, setup_blocking
 from atasks.calls import current_call_id, current_deadline, current_priority, deadline, priority
 from atasks.codecs import Codec, JSONCodec, PickleCodec
 from atasks.compat import ClassicAdapter, Transport
+from atasks.delays import delayed
 from atasks.errors import (
     ATasksError,
     AuthError,
@@ -38,6 +39,7 @@ from atasks.errors import (
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
 from atasks.handlers import handler
 from atasks.lifecycle import close, setup
+from atasks.locks import lock
 from atasks.middleware import Call, Middleware, Proceed
 from atasks.namespaces import get_codec, get_transport, reset
 from atasks.propagation import propagate, unpropagate
@@ -100,6 +102,7 @@ __all__ = [
     "current_deadline",
     "current_priority",
     "deadline",
+    "delayed",
     "deliver_progress",
     "get_codec",
     "get_router",
@@ -107,6 +110,7 @@ __all__ = [
     "get_transport",
     "handler",
     "iter_sync",
+    "lock",
     "observe_progress",
     "priority",
     "progress",

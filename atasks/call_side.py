@@ -18,6 +18,7 @@ from atasks.auth_context import AuthContext, auth_var, stamp
 from atasks.calls import CallScope, current_scope, effective_priority, new_call_id, scope_deadline
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
 from atasks.compat import modern
+from atasks.delays import Delay, not_before_var
 from atasks.errors import ConfigurationError, NoCodecRegistered
 from atasks.events import ProgressRelay, progress_listener
 from atasks.middleware import Call, Middleware, Proceed, chain, overrides
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 _OTEL, _modules = _tracing.OTEL_MODULE, sys.modules  # read on every call: tracing set up yet?
 
 Kind = Literal["call", "queue", "broadcast"]
-_CAPTURE, _STAMP = Capture(), Stamp()
+_CAPTURE, _STAMP, _DELAY = Capture(), Stamp(), Delay()
 
 
 class Routing(Protocol):
@@ -95,7 +96,11 @@ class Caller:
     def _chain(self, atask: Any, kind: Kind, tracing: Tracing | None) -> Proceed | None:
         """The chain of ``atask``'s calls of ``kind`` in the context in force; ``None`` when no
         middleware has anything to do (the common case, which then costs nothing more)."""
-        flags = (1 if propagated else 0) | (2 if auth_var.get() is not None else 0)
+        flags = (
+            (1 if propagated else 0)
+            | (2 if auth_var.get() is not None else 0)
+            | (4 if not_before_var.get() is not None else 0)
+        )
         if not flags and tracing is None and not self.wraps:
             return None
         if tracing is not self._tracing:
@@ -110,6 +115,8 @@ class Caller:
     def _build(self, kind: Kind, flags: int, tracing: Tracing | None) -> Proceed:
         middlewares: list[Middleware] = [] if tracing is None else [ClientSpans(tracing)]
         middlewares += self.middleware
+        if flags & 4:
+            middlewares.append(_DELAY)
         if flags & 1:
             middlewares.append(_CAPTURE)
         if flags & 2:
@@ -159,7 +166,13 @@ class Caller:
         tracing = _tracing.active
         if tracing is None and _OTEL in _modules:
             tracing = _tracing.detect()
-        if tracing is None and not self.wraps and not propagated and auth_var.get() is None:
+        if (
+            tracing is None
+            and not self.wraps
+            and not propagated
+            and auth_var.get() is None
+            and not_before_var.get() is None
+        ):
             return await self._deliver(
                 atask, call_id, args, kwargs, parent_id, deadline, codec, transport, scope, stream
             )

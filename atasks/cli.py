@@ -6,13 +6,14 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from atasks import runner, settings
+from atasks.cli_base import Failure, quiet_backend
+from atasks.dead_commands import dead
 from atasks.errors import ConfigurationError
 from atasks.namespaces import DEFAULT
 from atasks.runner import (
@@ -42,12 +43,6 @@ name.
 Every option can also come from its ATASKS_* variable, named in its help; an option given here
 wins. `atasks settings` lists them all. ATASKS_SECRET signs pickle and auth contexts.
 """
-
-
-class Failure(click.ClickException):
-    """A one-line error for the user; the traceback only with -v."""
-
-    exit_code = 1
 
 
 if TYPE_CHECKING:  # generic from click 8.2 on
@@ -92,13 +87,6 @@ def setting_option(name: str, *decls: str, metavar: str | None = None) -> Callab
         metavar=metavar,
         help=f"{found.help.replace('`', '')} [{found.env}; default: {default}]",
     )
-
-
-def _quiet_backend() -> None:
-    """The broker client's own logs stay out of the monitoring commands' output: their errors
-    are reported in one line of ours."""
-    for name in ("aiormq", "aio_pika"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @click.group()
@@ -228,6 +216,9 @@ def run(
         sys.exit(code)
 
 
+main.add_command(dead)
+
+
 @main.command("settings")
 def settings_command() -> None:
     """Print every ATASKS_* variable: what it sets, its default and values (Markdown)."""
@@ -288,7 +279,7 @@ def inspect_command(url: str | None, namespace: str, wait: float, as_json: bool)
     from atasks.transport.backends.amqp import DEFAULT_URL
     from atasks.transport.backends.amqp.monitor import inspect_with_queues
 
-    _quiet_backend()
+    quiet_backend()
 
     try:
         servers = asyncio.run(inspect_with_queues(url or DEFAULT_URL, namespace, wait))
@@ -329,7 +320,7 @@ def ping(url: str | None, namespace: str, within: float, local: bool) -> None:
     from atasks.transport.backends.amqp.connection import describe, safe_url
     from atasks.transport.backends.amqp.monitor import ping_servers
 
-    _quiet_backend()
+    quiet_backend()
 
     url = url or DEFAULT_URL
     where = ",".join(safe_url(part.strip()) for part in url.split(","))
@@ -367,7 +358,7 @@ def schedules_command(url: str | None, namespace: str, wait: float, as_json: boo
     from atasks.transport.backends.amqp import DEFAULT_URL
     from atasks.transport.backends.amqp.monitor import inspect_servers
 
-    _quiet_backend()
+    quiet_backend()
 
     try:
         servers = asyncio.run(inspect_servers(url or DEFAULT_URL, namespace, wait))
@@ -384,82 +375,34 @@ def schedules_command(url: str | None, namespace: str, wait: float, as_json: boo
         sys.exit(1)
 
 
-@main.group()
-def dead() -> None:
-    """The namespace's dead letters: requests its servers gave up on (atasks-dead.<ns>)."""
-
-
-@dead.command("list")
+@main.command("limits")
 @click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
 @click.option("--namespace", default=DEFAULT, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
-def dead_list(url: str | None, namespace: str, as_json: bool) -> None:
-    """Count dead letters by atask and reason, with their age; all stay in place."""
-    from atasks.monitor import format_dead_letters
+@click.option("--json", "as_json", is_flag=True, help="One JSON list, for machines.")
+def limits_command(url: str | None, namespace: str, as_json: bool) -> None:
+    """List the namespace's fleet-wide limits, rates and locks: each pool's size, tokens free,
+    held (by running calls or lock blocks), cooling down (a rate's, spent in its last period)
+    and the calls waiting for one."""
     from atasks.transport.backends.amqp import DEFAULT_URL
-    from atasks.transport.backends.amqp.dead import list_dead_letters
-    from atasks.transport.backends.amqp.topology import Topology
+    from atasks.transport.backends.amqp.pools import read_pools
 
-    _quiet_backend()
-
+    quiet_backend()
     try:
-        letters = asyncio.run(list_dead_letters(url or DEFAULT_URL, namespace))
+        pools = asyncio.run(read_pools(url or DEFAULT_URL, namespace))
     except Exception as exc:
-        raise Failure(f"cannot list dead letters: {one_line(exc)}") from exc
-    now = time.time()
-    found = [letter.as_dict(now) for letter in letters]
-    queue = Topology(namespace).dead_letter_queue
+        raise Failure(f"cannot list limits: {one_line(exc)}") from exc
     if as_json:
-        click.echo(json.dumps({"queue": queue, "count": len(found), "dead_letters": found}))
-    else:
-        click.echo(format_dead_letters(found, queue))
-
-
-@dead.command("replay")
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
-@click.option("--atask", "atask_name", metavar="NAME", help="Only the dead letters of this atask.")
-@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N of them.")
-def dead_replay(url: str | None, namespace: str, atask_name: str | None, limit: int | None) -> None:
-    """Send dead letters back to their atask's queue, as fresh requests.
-
-    Each keeps its call id, arguments and reply_to, and loses its deadline (past, most likely)
-    and the broker's records of its death. One that cannot go back (its queue is gone) stays,
-    and the command exits 1."""
-    from atasks.transport.backends.amqp import DEFAULT_URL
-    from atasks.transport.backends.amqp.dead import replay_dead_letters
-
-    _quiet_backend()
-
-    try:
-        replayed = asyncio.run(
-            replay_dead_letters(url or DEFAULT_URL, namespace, atask=atask_name, limit=limit)
+        click.echo(json.dumps([pool.as_dict() for pool in pools], indent=2))
+        return
+    if not pools:
+        click.echo(f"no limits, rates or locks in namespace {namespace!r} yet")
+        return
+    width = max(len("POOL"), *(len(pool.key) for pool in pools))
+    click.echo(f"{'POOL':<{width}}  {'SIZE':>5} {'FREE':>5} {'HELD':>5} {'COOLING':>7} WAITING")
+    for p in pools:
+        click.echo(
+            f"{p.key:<{width}}  {p.size:>5} {p.free:>5} {p.held:>5} {p.cooling:>7} {p.waiting:>7}"
         )
-    except Exception as exc:
-        raise Failure(f"cannot replay dead letters: {one_line(exc)}") from exc
-    count = len(replayed.sent)
-    click.echo(f"replayed {count} dead letter{'s' if count != 1 else ''}")
-    for letter, why in replayed.left:
-        click.echo(f"left {letter.atask} [{letter.call_id}] in place: {why}", err=True)
-    if replayed.left:
-        sys.exit(1)
-
-
-@dead.command("purge")
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
-def dead_purge(url: str | None, namespace: str) -> None:
-    """Delete every dead letter of the namespace."""
-    from atasks.transport.backends.amqp import DEFAULT_URL
-    from atasks.transport.backends.amqp.dead import purge_dead_letters
-
-    _quiet_backend()
-
-    try:
-        count = asyncio.run(purge_dead_letters(url or DEFAULT_URL, namespace))
-    except Exception as exc:
-        raise Failure(f"cannot purge dead letters: {one_line(exc)}") from exc
-    click.echo(f"purged {count} dead letter{'s' if count != 1 else ''}")
 
 
 @main.command()
@@ -474,7 +417,7 @@ def events(url: str | None, namespace: str, as_json: bool) -> None:
     from atasks.transport.backends.amqp import DEFAULT_URL
     from atasks.transport.backends.amqp.monitor import stream_events
 
-    _quiet_backend()
+    quiet_backend()
 
     formatter = EventFormatter()
 

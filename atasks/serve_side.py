@@ -23,10 +23,12 @@ from atasks.auth_context import admit, auth_var
 from atasks.call_side import Routing, tracing_in_force
 from atasks.calls import CallScope, ProgressSink, current_scope, enter_priority, leave_priority
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
+from atasks.delays import NOT_BEFORE, NotBefore
 from atasks.errors import AuthError, DecodeError, EncodeError, JobNotFound, NoCodecRegistered
 from atasks.middleware import Call, Middleware, Proceed, chain, overrides
 from atasks.middlewares.auth import InForce
 from atasks.middlewares.events import Events
+from atasks.middlewares.limits import FleetLimit
 from atasks.middlewares.propagation import Apply
 from atasks.middlewares.retries import Retries
 from atasks.middlewares.tracing import ServerSpans
@@ -113,9 +115,13 @@ class Serving:
             inner.append(_IN_FORCE)
         if flags & 2:
             inner.append(_APPLY)
+        if flags & 4:
+            inner.append(NotBefore(self.slots))
         inner += self.middleware
         if atask.retry is not None:
             inner.append(Retries(atask.retry, self._count_retry))
+        if atask.limit is not None or atask.rate is not None:
+            inner.append(FleetLimit(atask, self.transport, self.slots))
         proceed = chain(inner, "serve", self._run)
         outer: list[Middleware] = []
         if tracing is not None:
@@ -172,9 +178,11 @@ class Serving:
             flags = (1 if verified is not None or auth_var.get() is not None else 0) | (
                 2 if values else 0
             )
+            if request.headers and NOT_BEFORE in request.headers:
+                flags |= 4
             encoded = False
             try:
-                if self.plain and not flags and tracing is None and atask.retry is None:
+                if self.plain and not flags and tracing is None and atask.unwrapped:
                     result = await self._execute(request, atask, args, kwargs, None)
                 else:
                     proceed, encoded = self._chain(atask, flags, tracing)

@@ -22,6 +22,7 @@ from typing import (
 from atasks.auth_context import AuthCheck
 from atasks.calls import check_priority
 from atasks.namespaces import DEFAULT, register_atask
+from atasks.rates import MAX_TOKENS, Rate
 from atasks.retry import Retry
 from atasks.router import Router, get_router
 from atasks.settings import DEFAULT_WINDOW
@@ -41,6 +42,8 @@ OPTIONS = (
     "mechanism",
     "priority",
     "window",
+    "limit",
+    "rate",
 )
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
@@ -102,6 +105,8 @@ class ATask(Generic[P, R]):
         mechanism: Mechanism | None = None,
         priority: int | None = None,
         window: int | None = None,
+        limit: int | None = None,
+        rate: str | None = None,
         kind: Kind = "call",
     ) -> None:
         if not callable(fn):
@@ -122,6 +127,15 @@ class ATask(Generic[P, R]):
         self.auth_required = auth_required
         self.retry = retry
         self.priority = priority
+        self.limit = _limit(fn, limit, kind)
+        """At most this many calls run at once across the namespace's servers (``None``: no
+        bound but each server's concurrency)."""
+        self.rate = None if rate is None else Rate.parse(rate)
+        """At most ``rate.count`` calls start in any ``rate.period`` seconds, fleet-wide."""
+        if self.rate is not None and kind == "broadcast":
+            raise TypeError("@atask_broadcast runs on every server, so it takes no rate")
+        self.unwrapped = retry is None and self.limit is None and self.rate is None
+        """Whether serving a call needs none of the atask's own middlewares (retries, limits)."""
         self.kind: Kind = kind
         self.streams = inspect.isasyncgenfunction(fn)
         """Whether it is an async generator function: a call is a stream of its items."""
@@ -263,6 +277,22 @@ def _window(
     return window
 
 
+def _limit(fn: Callable[..., Any], limit: int | None, kind: Kind) -> int | None:
+    """The fleet-wide limit of an atask, or a ``TypeError`` where it is decorated."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_TOKENS:
+        raise TypeError(
+            f"@atask(limit=...) takes a whole number of calls from 1 to {MAX_TOKENS}, not {limit!r}"
+        )
+    if kind == "broadcast":
+        raise TypeError(
+            f"@atask_broadcast runs on every server, so it takes no limit "
+            f"({getattr(fn, '__qualname__', fn)})"
+        )
+    return limit
+
+
 def _mechanism(fn: Callable[..., Any], is_async: bool, asked: Mechanism | None) -> Mechanism:
     """The mechanism ``fn`` runs with, or a ``TypeError`` where it is decorated."""
     if asked is None:
@@ -332,12 +362,15 @@ def atask(
     mechanism: Mechanism | None = None,
     priority: int | None = None,
     window: int | None = None,
+    limit: int | None = None,
+    rate: str | None = None,
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
-    auth_required=..., retry=..., mechanism=..., priority=..., window=...)``.
+    auth_required=..., retry=..., mechanism=..., priority=..., window=..., limit=...,
+    rate=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
     ``<module>.<qualname>``. ``auth_required=True`` refuses calls that carry no valid auth
@@ -347,7 +380,10 @@ def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     process pool. ``priority`` (0 to 9) is the priority its calls are sent with where no
     ``atasks.priority()`` block or inherited priority is in force. On an async generator
     function, a call is a stream (``async for``) and ``window`` bounds how many items its
-    server makes ahead of the consumer (default 64). Any other option is a ``TypeError``.
+    server makes ahead of the consumer (default 64). ``limit`` bounds how many of its calls run
+    at once across every server of the namespace (README: Fleet-wide limits; ``limit=1``: a
+    singleton); ``rate`` (``"100/s"``, ``"20/m"``) how many may start per period. Any other
+    option is a ``TypeError``.
     """
     return _decorate(fn, "call", options)
 
@@ -374,6 +410,8 @@ def atask_queue(
     retry: Retry | None = None,
     mechanism: Mechanism | None = None,
     priority: int | None = None,
+    limit: int | None = None,
+    rate: str | None = None,
 ) -> OneWayDecorator: ...
 
 

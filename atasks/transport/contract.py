@@ -18,6 +18,7 @@ from atasks.transport.messages import FrameListener, Reply, Request
 if TYPE_CHECKING:
     from atasks.events import Event
     from atasks.transport.seat import SchedulerSeat
+    from atasks.transport.tokens import Tokens
 
 __all__ = ["Capacity", "RequestHandler", "Transport"]
 
@@ -170,6 +171,11 @@ class Transport(metaclass=BindOnConstruction):
     def scheduler_seat(self) -> SchedulerSeat | None:
         """A new contender for the namespace's scheduler role (see ``atasks.schedules``), or
         ``None`` where this transport cannot hold one."""
+        return None
+
+    def tokens(self) -> Tokens | None:
+        """The namespace's fleet-wide tokens (``@atask(limit=...)``, ``atasks.lock``), the same
+        object each time, or ``None`` where this transport has none."""
         return None
 
     async def __aenter__(self) -> Transport:

@@ -15,6 +15,7 @@ from atasks.settings import DEFAULT_NAMESPACE as DEFAULT
 from atasks.transport.contract import RequestHandler
 from atasks.transport.messages import DeadRequest, Frame, FrameListener, Reply, Request
 from atasks.transport.serving import Run, run, serve
+from atasks.transport.tokens import LocalTokens, Tokens
 
 if TYPE_CHECKING:
     from atasks.transport.seat import SchedulerSeat
@@ -58,6 +59,7 @@ class LoopbackTransport(Transport):
         self._waiting: dict[str, list[Request]] = {}  # enqueued before their atask was served
         self._queued: dict[asyncio.Task[None], Request] = {}  # fire-and-forget ones running
         self.dead_letters: list[DeadRequest] = []
+        self._tokens: LocalTokens | None = None
         """Fire-and-forget requests that failed (after their retries), oldest first."""
 
     async def connect(self) -> None:
@@ -208,6 +210,11 @@ class LoopbackTransport(Transport):
         from atasks.transport.seat import LoopbackSeat
 
         return LoopbackSeat(self)
+
+    def tokens(self) -> Tokens:
+        if self._tokens is None:
+            self._tokens = LocalTokens()
+        return self._tokens
 
     def _watch(self) -> set[asyncio.Future[None]]:
         """A future for each request call running now, set when it ends (made only here: a

@@ -16,6 +16,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
+from atasks.delays import later
 from atasks.errors import (
     ConfigurationError,
     EncodeError,
@@ -32,6 +33,7 @@ from atasks.transport.backends.amqp.connection import (
     describe,
 )
 from atasks.transport.backends.amqp.dead_notices import pass_on_dead_letter
+from atasks.transport.backends.amqp.delays import Ladder
 from atasks.transport.backends.amqp.oneway import after_refusal, publish_one_way
 from atasks.transport.backends.amqp.streams import Grants
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
@@ -85,6 +87,7 @@ class Caller:
         self.grants = Grants(link, self.spawn)
         self._give_up: asyncio.TimerHandle | None = None
         self._declared: set[str] = set()  # request queues declared on this connection
+        self._ladder = Ladder(link, topology, self._declared)  # delayed requests
         self._requests: Coalescer[Destination, Request] = Coalescer(
             self._publish_requests,
             count=coalesce,
@@ -161,9 +164,13 @@ class Caller:
         if on_frame is not None:
             self._listeners[request.call_id] = on_frame
         refusals = 0
+        when = later(request.headers)
         try:
             while True:
                 try:
+                    if when is not None:
+                        await self._ladder.publish(request, when, self.reply_to)
+                        break
                     destination = (channels, queue, priority, request.content_type, alone)
                     await self._requests.put(destination, request)
                     break
@@ -234,9 +241,12 @@ class Caller:
     ) -> None:
         if self.closing:
             raise NotConnected("the transport is disconnecting")
-        await publish_one_way(
-            self.link, self.topology, self._declared, request, exchange, routing_key, what
-        )
+        if not exchange and (when := later(request.headers)) is not None:  # atasks.delayed
+            await self._ladder.publish(request, when, None)
+        else:
+            await publish_one_way(
+                self.link, self.topology, self._declared, request, exchange, routing_key, what
+            )
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties

@@ -16,6 +16,7 @@ from atasks.transport.backends.amqp.intake import MAX_PREFETCH
 from atasks.transport.backends.amqp.monitor import queue_depths
 from atasks.transport.backends.amqp.seat import AMQPSeat
 from atasks.transport.backends.amqp.server import Server
+from atasks.transport.backends.amqp.tokens import AMQPTokens
 from atasks.transport.backends.amqp.topology import QueueType, Topology
 from atasks.transport.contract import Capacity, RequestHandler
 from atasks.transport.messages import FrameListener, Reply, Request
@@ -123,6 +124,7 @@ class AMQPTransport(Transport):
             ask=self._caller.ask,
             events=events,
         )
+        self._tokens: AMQPTokens | None = None
         super().__init__(namespace=namespace)
 
     def __repr__(self) -> str:
@@ -205,6 +207,12 @@ class AMQPTransport(Transport):
 
     def scheduler_seat(self) -> SchedulerSeat:
         return AMQPSeat(self._link, self.topology)
+
+    def tokens(self) -> AMQPTokens:
+        """Tokens as messages of quorum queues, held unacked (README: Fleet-wide limits)."""
+        if self._tokens is None:
+            self._tokens = AMQPTokens(self._link, self.topology.namespace)
+        return self._tokens
 
 
 def parse_urls(url: str | Sequence[str]) -> list[str]:

@@ -1,6 +1,10 @@
 """atasks: await a coroutine on any process or host, through RabbitMQ or in-process.
 
-Layers, each knowing only the one below: atask (tasks) → router → codec → transport.
+Layers, each knowing only the ones below: atask (``tasks``) → router (``router``, with its
+``call_side`` and ``serve_side``, each through the ``middleware`` chain) → codec → transport
+(``transport.contract``; the 2019 interface and 0.0.3's names in ``compat``). At the bottom:
+``calls`` (what a running call knows), ``settings`` (every default), ``binding`` (codecs and
+transports that install themselves); the registry ``namespaces`` sits above the contracts.
 Context that travels with calls: ``propagation`` (context variables), ``auth_context`` (signed
 claims), ``tracing`` (OpenTelemetry, imported only when in use); ``logging`` tells records
 which call they belong to; ``settings`` is every ``ATASKS_*`` variable.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import pickle
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 import workload
+from conftest import TEST_SECRET
 from servers import Servers, delete_queues, wait_until_served
 
 import atasks
@@ -21,7 +21,8 @@ from atasks.transport.base import Reply
 
 pytestmark = pytest.mark.timeout(180)
 
-PICKLE = "application/x-python-pickle"
+CODEC = atasks.PickleCodec(None, key=TEST_SECRET)  # as this process and its servers sign
+PICKLE = CODEC.content_type
 
 
 def rss_kib(pid: int) -> int:
@@ -33,7 +34,7 @@ def rss_kib(pid: int) -> int:
 
 def malformed(rng: random.Random, reply_to: str, n: int) -> tuple[aio_pika.Message, bool]:
     """The n-th bad message, and whether the server can answer it."""
-    good = pickle.dumps([[], {}])
+    good = CODEC.dumps([[], {}])
     kind = n % 8
     junk = rng.randbytes(rng.randint(0, 300))
     common = {"correlation_id": f"fuzz-{n}", "reply_to": reply_to}
@@ -50,7 +51,7 @@ def malformed(rng: random.Random, reply_to: str, n: int) -> tuple[aio_pika.Messa
             good[: rng.randint(0, len(good) - 1)], content_type=PICKLE, **common
         ), True
     if kind == 5:  # valid pickle, not [args, kwargs]
-        return aio_pika.Message(pickle.dumps(n), content_type=PICKLE, **common), True
+        return aio_pika.Message(CODEC.dumps(n), content_type=PICKLE, **common), True
     if kind == 6:  # over the server's size limit
         return aio_pika.Message(rng.randbytes(3000), content_type=PICKLE, **common), True
     # nonsense headers around a body the server can decode
@@ -157,8 +158,8 @@ async def test_an_undecodable_reply_fails_only_its_call(amqp_url: str) -> None:
         await reply(one, b"\x80\x05not a pickle", str(one.correlation_id))
         with pytest.raises(DecodeError):
             await asyncio.wait_for(first, 5)
-        await reply(two, pickle.dumps("for nobody"), "no-such-call")
-        await reply(two, pickle.dumps(2), str(two.correlation_id))
+        await reply(two, CODEC.dumps("for nobody"), "no-such-call")
+        await reply(two, CODEC.dumps(2), str(two.correlation_id))
         assert await asyncio.wait_for(second, 5) == 2
 
 

@@ -23,6 +23,9 @@ if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
   fi
   apt_install rabbitmq-server
 fi
+if ! command -v openssl >/dev/null; then  # the TLS tests make their certificates with it
+  apt_install openssl
+fi
 if [[ ${ATASKS_BROKERS:-3,4} == *4* && -z ${ATASKS_RABBITMQ4_ROOT:-} ]]; then
   if ! command -v mmdebstrap >/dev/null; then
     apt_install mmdebstrap

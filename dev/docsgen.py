@@ -19,6 +19,7 @@ import click
 
 import atasks
 from atasks.cli import main as cli_main
+from atasks.events import SERVER_ID
 
 REPO = Path(__file__).resolve().parent.parent
 API_PAGE = REPO / "docs/reference/api.md"
@@ -88,7 +89,9 @@ def _markdown(doc: str) -> str:
 def _unquoted(signature: inspect.Signature) -> str:
     """A signature as its source says it: annotations without the quotes that postponed
     evaluation (``from __future__ import annotations``) leaves around them."""
-    return re.sub(r"(: |-> )'([^']*)'", r"\1\2", str(signature))
+    text = re.sub(r"(: |-> )'([^']*)'", r"\1\2", str(signature))
+    text = text.replace(repr(SERVER_ID), "'<host>:<pid>'")  # this process's, at import
+    return re.sub(r"<([^<>]*?) at 0x[0-9a-f]+>", r"<\1>", text)  # no memory addresses
 
 
 def _signature(obj: Any) -> str | None:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "dev"))
 import docsgen  # noqa: E402
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
-MARKER = re.compile(r"<!-- (fragment|file: [\w./-]+|command: [\w-]+) -->\n")
+MARKER = re.compile(r"<!-- (fragment|file: [\w./-]+|command: [\w-]+) -->\n\Z")
 FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 FILE_PAGES = {"docs/getting-started/rabbitmq.md", "docs/getting-started/testing.md"}
 """Pages whose ``<!-- file: -->`` blocks a test writes out and runs."""
@@ -58,8 +58,8 @@ def blocks(path: Path) -> list[Block]:
     found = []
     for match in FENCE.finditer(text):
         before = text[: match.start()]
-        marked = MARKER.search(before, max(0, len(before) - 200))
-        marker = marked.group(1) if marked and marked.end() == len(before) else None
+        marked = MARKER.search(before, max(0, len(before) - 100))
+        marker = marked.group(1) if marked else None
         found.append(
             Block(
                 page=str(path.relative_to(REPO)),

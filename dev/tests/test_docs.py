@@ -15,7 +15,6 @@ The rule for a fenced block in README.md and docs/**.md:
 from __future__ import annotations
 
 import ast
-import asyncio
 import os
 import re
 import shlex
@@ -31,7 +30,7 @@ import yaml
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "dev"))
-import docsgen  # noqa: E402
+import docsgen
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
 MARKER = re.compile(r"<!-- (fragment|file: [\w./-]+|command: [\w-]+) -->\n\Z")
@@ -95,19 +94,12 @@ def command(page: str, name: str) -> str:
 
 
 def test_every_block_is_run_or_marked() -> None:
-    unmarked = [
-        b.where
-        for b in ALL
-        if b.marker is None
-        and b.language not in ("text", "python")
-    ]
+    unmarked = [b.where for b in ALL if b.marker is None and b.language not in ("text", "python")]
     assert not unmarked, (
         "blocks that are neither a program (python with asyncio.run), output (text), "
         f"nor marked <!-- fragment -->, <!-- file: NAME --> or <!-- command: NAME -->: {unmarked}"
     )
-    untested = {
-        b.page for b in ALL if b.marker and b.marker.startswith("file: ")
-    } - FILE_PAGES
+    untested = {b.page for b in ALL if b.marker and b.marker.startswith("file: ")} - FILE_PAGES
     assert not untested, f"file blocks on pages no test runs: {untested}"
 
 
@@ -182,14 +174,15 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert readme.exists()
 
 
-async def test_getting_started_over_rabbitmq(amqp_url: str, tmp_path: Path) -> None:
+def test_getting_started_over_rabbitmq(amqp_url: str, tmp_path: Path) -> None:
     """The page's two files and its commands, as a user runs them in two terminals."""
     page = "docs/getting-started/rabbitmq.md"
     for name, code in page_files(page).items():
         (tmp_path / name).write_text(code)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATASKS_", "PYTEST_"))}
     env |= {"ATASKS_URL": amqp_url, "PYTHONUNBUFFERED": "1"}
-    lines = [line.split("#")[0].strip() for line in command(page, "rabbitmq-quickstart").split("\n")]
+    commands = command(page, "rabbitmq-quickstart").splitlines()
+    lines = [line.split("#")[0].strip() for line in commands]
     export, serve, ping, call = [line for line in lines if line]
     key, value = export.removeprefix("export ").split("=", 1)
     env[key] = value
@@ -210,8 +203,7 @@ async def test_getting_started_over_rabbitmq(amqp_url: str, tmp_path: Path) -> N
         assert ping == "atasks ping"
         deadline = time.monotonic() + 90
         while True:  # each ping waits up to 5 s for a server to answer
-            answered = await asyncio.to_thread(
-                subprocess.run,
+            answered = subprocess.run(
                 [sys.executable, "-m", "atasks", "ping"],
                 cwd=tmp_path,
                 env=env,
@@ -225,8 +217,7 @@ async def test_getting_started_over_rabbitmq(amqp_url: str, tmp_path: Path) -> N
         assert answered.returncode == 0, answered.stderr + log.read_text()
         python, script = shlex.split(call)
         assert (python, script) == ("python", "client.py")
-        done = await asyncio.to_thread(
-            subprocess.run,
+        done = subprocess.run(
             [sys.executable, script],
             cwd=tmp_path,
             env=env,
@@ -236,9 +227,9 @@ async def test_getting_started_over_rabbitmq(amqp_url: str, tmp_path: Path) -> N
         )
         assert done.returncode == 0, done.stderr + log.read_text()
         printed = done.stdout.splitlines()
-        assert printed[:3] == [
-            f"image {n} at 128px, by process {server.pid}" for n in (1, 2, 3)
-        ], done.stdout
+        assert printed[:3] == [f"image {n} at 128px, by process {server.pid}" for n in (1, 2, 3)], (
+            done.stdout
+        )
         assert printed[3] != f"called from process {server.pid}"
     finally:
         server.send_signal(signal.SIGTERM)

@@ -21,6 +21,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import docsgen
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
 MARKER = re.compile(r"<!-- (fragment|file: [\w./-]+|command: [\w-]+) -->\n\Z")
-FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(r"^( *)```([\w-]*)\n(.*?)^\1```$", re.DOTALL | re.MULTILINE)
 FILE_PAGES = {"docs/getting-started/rabbitmq.md", "docs/getting-started/testing.md"}
 """Pages whose ``<!-- file: -->`` blocks a test writes out and runs."""
 
@@ -63,8 +64,8 @@ def blocks(path: Path) -> list[Block]:
             Block(
                 page=str(path.relative_to(REPO)),
                 line=before.count("\n") + 1,
-                language=match.group(1),
-                code=match.group(2),
+                language=match.group(2),
+                code=textwrap.dedent(match.group(3)),
                 marker=marker,
             )
         )

@@ -36,7 +36,11 @@ import docsgen
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
 MARKER = re.compile(r"<!-- (fragment|file: [\w./-]+|command: [\w-]+) -->\n\Z")
 FENCE = re.compile(r"^( *)```([\w-]*)\n(.*?)^\1```$", re.DOTALL | re.MULTILINE)
-FILE_PAGES = {"docs/getting-started/rabbitmq.md", "docs/getting-started/testing.md"}
+FILE_PAGES = {
+    "docs/getting-started/rabbitmq.md",
+    "docs/getting-started/testing.md",
+    "docs/guides/process-pool.md",
+}
 """Pages whose ``<!-- file: -->`` blocks a test writes out and runs."""
 
 
@@ -158,6 +162,28 @@ def test_the_cli_reference_is_current() -> None:
     assert docsgen.generated_part(page, docsgen.CLI_MARKERS) == docsgen.cli_reference(), (
         "docs/reference/cli.md is out of date: run .venv/bin/python dev/docsgen.py"
     )
+
+
+def test_the_process_pool_example_runs(tmp_path: Path) -> None:
+    page = "docs/guides/process-pool.md"
+    for name, code in page_files(page).items():
+        (tmp_path / name).write_text(code)
+    argv = shlex.split(command(page, "process-pool"))
+    assert argv[:3] == ["atasks", "run", "thumbnails.py"]
+    done = subprocess.run(
+        [sys.executable, "-m", "atasks", *argv[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    *pages, last = done.stdout.splitlines()
+    here = int(last.removeprefix("awaited in process "))
+    workers = {int(line.rsplit(" ", 1)[1]) for line in pages}
+    assert len(pages) == 4
+    assert here not in workers
+    assert 1 <= len(workers) <= 2
 
 
 def test_the_readme_is_a_landing_page() -> None:

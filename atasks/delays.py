@@ -34,7 +34,7 @@ class delayed:  # used as a function: ``with atasks.delayed(3): ...``
     aware ``datetime``, or a naive one in local time).
 
     Over RabbitMQ a delayed request waits in the broker, survives its restart, and reaches a
-    server within about a second after its time (README: Delayed calls). An awaited call's
+    server within about a second after its time (docs: guides/fleet-limits.md). An awaited call's
     deadline (``atasks.deadline``, ``@atask(timeout=...)``) counts from now, the delay included.
     """
 

@@ -4,8 +4,8 @@ default, accepted values and where it applies.
 ``atasks.setup()``, ``AMQPTransport`` (however made), ``atasks run`` and Django's
 ``run_atask`` read them from here; an argument given in code or on the command line wins over
 the variable, which wins over the default. A bad value is a ``ConfigurationError`` naming the
-variable. The README's table is generated from ``SETTINGS`` (``atasks settings`` prints it),
-and a test checks that it matches.
+variable. The table in docs/reference/configuration.md is generated from ``SETTINGS``
+(``atasks settings`` prints it), and a test checks that it matches.
 """
 
 from __future__ import annotations
@@ -455,7 +455,7 @@ def value(name: str, given: Any = None, environ: Mapping[str, str] | None = None
 
 
 def markdown_table() -> str:
-    """The README's table of variables."""
+    """The docs' table of variables."""
     lines = [
         "| variable | setting | default | values | applies to | what |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -381,7 +381,7 @@ def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     ``atasks.priority()`` block or inherited priority is in force. On an async generator
     function, a call is a stream (``async for``) and ``window`` bounds how many items its
     server makes ahead of the consumer (default 64). ``limit`` bounds how many of its calls run
-    at once across every server of the namespace (README: Fleet-wide limits; ``limit=1``: a
+    at once across every server of the namespace (docs: guides/fleet-limits.md; ``limit=1``: a
     singleton); ``rate`` (``"100/s"``, ``"20/m"``) how many may start per period. Any other
     option is a ``TypeError``.
     """

@@ -1,7 +1,7 @@
 """Fleet-wide tokens, as a transport provides them: ``size`` tokens per name, shared by every
 process of a namespace. Holding one is the right to run one limited call (``@atask(limit=N)``)
 or to be inside a lock (``atasks.lock``). A holder that dies gives its tokens back without
-anyone's help; how, is the transport's business (README: Fleet-wide limits).
+anyone's help; how, is the transport's business (docs: guides/fleet-limits.md).
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ async def publish_probe(url: str, token: str, namespace: str = "default") -> Non
 
 def isolates_suspects(rabbit: RabbitNode, queue_type: str) -> bool:
     """Whether servers on ``rabbit`` isolate suspects: not with RabbitMQ 3.x quorum queues, whose
-    delivery count cannot tell a server's death (README: Suspects)."""
+    delivery count cannot tell a server's death (docs: guides/rabbitmq.md, Suspects)."""
     return queue_type == "classic" or int(str(rabbit.version).split(".")[0]) >= 4
 
 

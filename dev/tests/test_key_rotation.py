@@ -57,7 +57,7 @@ async def test_a_dropped_key_is_refused() -> None:
         await decode(codec(NEW, OLD), await encode(PickleCodec(namespace=None), "unsigned"))
 
 
-STEPS = [(OLD,), (OLD, NEW), (NEW, OLD), (NEW,)]  # the README's rotation, step by step
+STEPS = [(OLD,), (OLD, NEW), (NEW, OLD), (NEW,)]  # docs/guides/signing.md's rotation, step by step
 
 
 @pytest.mark.parametrize("step", range(len(STEPS) - 1))

@@ -1,4 +1,4 @@
-"""The pytest plugin (``atasks.pytest_plugin``): the README's test file runs as written against
+"""The pytest plugin (``atasks.pytest_plugin``): the docs' test file runs as written against
 a real broker it starts, loopback tests touch no broker machinery, and a server that cannot
 start is reported with its log."""
 
@@ -17,15 +17,14 @@ from atasks.testing.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
 
-README = (REPO / "README.md").read_text()
+PAGE = (REPO / "docs/getting-started/testing.md").read_text()
 
 
-def _readme_file(name: str) -> str:
-    """The README's python block that starts with ``# NAME``."""
-    for block in re.findall(r"```python\n(.*?)```", README, re.DOTALL):
-        if block.startswith(f"# {name}\n"):
-            return str(block)
-    raise AssertionError(f"the README has no block for {name}")
+def _docs_file(name: str) -> str:
+    """The page's block marked ``<!-- file: NAME -->``."""
+    found = re.search(rf"<!-- file: {re.escape(name)} -->\n```python\n(.*?)```", PAGE, re.DOTALL)
+    assert found is not None, f"docs/getting-started/testing.md has no block for {name}"
+    return found.group(1)
 
 
 def _pytest(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,9 +40,9 @@ def _pytest(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_readme_test_file_runs_against_rabbitmq(tmp_path: Path) -> None:
+def test_the_docs_test_file_runs_against_rabbitmq(tmp_path: Path) -> None:
     for name in ("greetings.py", "test_greetings.py"):
-        (tmp_path / name).write_text(_readme_file(name))
+        (tmp_path / name).write_text(_docs_file(name))
     done = _pytest(tmp_path, "--setup-show")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout

@@ -211,7 +211,7 @@ def test_every_error_is_exported() -> None:
         if isinstance(value, type) and issubclass(value, Exception)
     }
     assert classes <= set(atasks.__all__)
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/guides/basics.md").read_text()
     start = readme.index("\nATasksError\n")
     tree = readme[start : readme.index("```", start)]
     assert set(re.findall(r"\b[A-Z][A-Za-z]+\b", tree)) <= set(atasks.__all__)

@@ -6,7 +6,7 @@ Reading takes each dead letter with ``basic.get``, unacknowledged, and hands bac
 with one ``basic.nack(requeue=True)``. RabbitMQ 4.3 counts neither as a delivery, where a
 ``basic.reject`` or a closed channel would count one each, and a quorum queue drops a message
 past its delivery limit (20 by default on 4.x): so listing, however often, loses nothing. On
-RabbitMQ 4.0 to 4.2 every return counts (see README, Dead letters).
+RabbitMQ 4.0 to 4.2 every return counts (docs: guides/dead-letters.md).
 """
 
 from __future__ import annotations

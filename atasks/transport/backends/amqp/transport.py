@@ -42,7 +42,8 @@ class AMQPTransport(Transport):
     ``queue_type``: request queues are ``"quorum"`` (durable, replicated in a cluster; the
     default) or ``"classic"``. ``delivery_limit``: a request delivered this many times without
     being finished (each server died holding it) is dead-lettered and its caller gets
-    ``DeliveryLimitExceeded``; from its second such death it runs alone (README: Suspects).
+    ``DeliveryLimitExceeded``; from its second such death it runs alone (docs:
+    guides/rabbitmq.md, Suspects).
     ``dead_letter_ttl``: seconds a dead letter is kept.
     ``max_message_size``: the largest request or reply, checked before publishing so that one
     oversize call fails alone (by default the broker's own default: 16 MiB on RabbitMQ 4.x,
@@ -209,7 +210,7 @@ class AMQPTransport(Transport):
         return AMQPSeat(self._link, self.topology)
 
     def tokens(self) -> AMQPTokens:
-        """Tokens as messages of quorum queues, held unacked (README: Fleet-wide limits)."""
+        """Tokens as messages of quorum queues, held unacked (docs: guides/fleet-limits.md)."""
         if self._tokens is None:
             self._tokens = AMQPTokens(self._link, self.topology.namespace)
         return self._tokens

@@ -75,7 +75,8 @@ async def test_the_example_app_calls_servers_over_rabbitmq(
         monkeypatch.setenv("ATASKS_URL", amqp_url)
         async with running(fastapi_app.app) as client:
             transport = registered("default").transport
-            assert transport is not None and not transport.in_process
+            assert transport is not None
+            assert not transport.in_process
             assert atasks.get_router().serving is None  # the servers serve, not the app
             await check_the_example(client)
     finally:

@@ -3,5 +3,6 @@
 ``django_atasks.setup()`` and ``django_atasks.on_commit()`` for the project's own processes."""
 
 from django_atasks.calls import on_commit, setup
+from django_atasks.middleware import CloseOldConnections
 
-__all__ = ["on_commit", "setup"]
+__all__ = ["CloseOldConnections", "on_commit", "setup"]

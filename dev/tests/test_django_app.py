@@ -138,9 +138,15 @@ async def test_served_atasks_do_not_keep_old_connections() -> None:
     assert connections[0] is connections[1]  # what the middleware is for
 
 
+def unset(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Unset ``names`` for one test, and unset them again after it (``apply`` sets them)."""
+    for name in names:
+        monkeypatch.setenv(name, "")  # remembered as it was, so that undo restores it
+        monkeypatch.delenv(name)
+
+
 def test_settings_atasks_become_the_variables_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ATASKS_URL", "ATASKS_CONCURRENCY", "ATASKS_SERVE", "ATASKS_SECRET"):
-        monkeypatch.delenv(name, raising=False)
+    unset(monkeypatch, "ATASKS_URL", "ATASKS_CONCURRENCY", "ATASKS_SERVE", "ATASKS_SECRET")
     monkeypatch.setenv("ATASKS_CODEC", "json")
     config = {
         "url": "amqp://guest:guest@127.0.0.1:5672/",
@@ -174,8 +180,7 @@ def test_settings_atasks_become_the_variables_defaults(monkeypatch: pytest.Monke
 def test_a_bad_settings_atasks_is_named(
     config: Any, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("ATASKS_CONCURRENCY", raising=False)
-    monkeypatch.delenv("ATASKS_SECRET", raising=False)
+    unset(monkeypatch, "ATASKS_CONCURRENCY", "ATASKS_SECRET")
     with pytest.raises(ImproperlyConfigured) as raised:
         apply(config)
     assert str(raised.value).startswith(message)

@@ -4,6 +4,7 @@ loopback call works."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -38,8 +39,10 @@ SMOKE = textwrap.dedent(
 
 
 def run(*argv: str | Path, cwd: Path) -> str:
+    """``argv``'s output; with no ``ATASKS_*`` variables, as on a user's machine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATASKS_")}
     done = subprocess.run(
-        [str(one) for one in argv], cwd=cwd, capture_output=True, text=True, timeout=500
+        [str(one) for one in argv], cwd=cwd, capture_output=True, text=True, timeout=500, env=env
     )
     assert done.returncode == 0, f"{argv}:\n{done.stdout}\n{done.stderr}"
     return done.stdout

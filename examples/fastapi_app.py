@@ -24,7 +24,6 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 
 import atasks
-import atasks.asgi
 
 
 @atasks.atask

@@ -17,7 +17,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import atasks
-import atasks.asgi
 from atasks.errors import ConfigurationError
 from atasks.namespaces import namespace as registered
 from examples import fastapi_app

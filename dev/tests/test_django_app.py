@@ -186,3 +186,15 @@ def test_a_bad_settings_atasks_is_named(
     assert str(raised.value).startswith(message)
     assert "good" not in str(raised.value)
     assert "ATASKS_CONCURRENCY" not in os.environ
+
+
+def test_on_commit_in_a_synchronous_process_sends_through_setup_blocking() -> None:
+    """A WSGI process: no event loop of its own, atasks in setup_blocking's background loop."""
+    django_atasks.calls._loop = None
+    atasks.setup_blocking("loopback")
+    try:
+        place("blocking", fail=False)
+        atasks.run_sync(arrived[0].wait(), timeout=10)  # set in the background loop
+        assert [name for name, _ in seen] == ["blocking"]
+    finally:
+        atasks.close_blocking()

@@ -7,9 +7,11 @@ Layers, each knowing only the ones below: atask (``tasks``) → router (``router
 transports that install themselves); the registry ``namespaces`` sits above the contracts.
 Context that travels with calls: ``propagation`` (context variables), ``auth_context`` (signed
 claims), ``tracing`` (OpenTelemetry, imported only when in use); ``logging`` tells records
-which call they belong to; ``settings`` is every ``ATASKS_*`` variable.
+which call they belong to; ``settings`` is every ``ATASKS_*`` variable; ``asgi`` is a lifespan
+for FastAPI and Starlette applications.
 """
 
+from atasks import asgi as asgi
 from atasks import logging as logging
 from atasks import settings as settings
 from atasks import tracing as tracing

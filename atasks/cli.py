@@ -231,9 +231,15 @@ def _reload(targets: tuple[str, ...], settings: RunOptions, argv: list[str]) -> 
 
     if settings.mode != "server" or settings.workers > 1:
         raise RunUsageError("--reload runs one server: use it with --mode server, --workers 1")
-    if settings.health_port or settings.metrics_port:  # its child would need them passed on
-        raise RunUsageError("--reload does not take --health-port or --metrics-port yet")
     settings.check()
+    # Each server the parent starts listens on the ports in turn: the old one has exited (and
+    # closed them) before the next starts, so /readyz is unreachable only while it reloads.
+    if settings.health_port is not None:
+        argv += ["--health-port", str(settings.health_port)]
+    if settings.metrics_port is not None:
+        argv += ["--metrics-port", str(settings.metrics_port)]
+    if settings.health_port is not None or settings.metrics_port is not None:
+        argv += ["--endpoints-host", settings.endpoints_host]
     roots = [reload.root_of(target) for target in targets]
     try:
         return reload.run(argv, roots, settings.grace)

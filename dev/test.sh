@@ -15,7 +15,9 @@ cd "$(dirname "$0")/.."
 ATASKS_EXTRAS=test
 source dev/venv.sh
 remove_on_exit=()  # files made for this run only
-trap 'for made in "${remove_on_exit[@]}"; do as_root rm -f "$made"; done' EXIT
+pid4=  # the 4.x tests' pytest, below: stopped with this script
+trap '[ -n "$pid4" ] && kill -INT "$pid4" 2>/dev/null
+for made in "${remove_on_exit[@]}"; do as_root rm -f "$made"; done' EXIT
 if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
   # Keep the package from starting a system-wide broker while it installs.
   policy=/usr/sbin/policy-rc.d
@@ -54,6 +56,7 @@ status3=0
 ATASKS_BROKERS=3 .venv/bin/python -m pytest "$@" || status3=$?
 status4=0
 wait "$pid4" || status4=$?
+pid4=
 echo "=================== the RabbitMQ 4.x tests (run beside the others) ==================="
 cat "$log4"
 echo "pytest exit status: RabbitMQ 3.x and the rest $status3, RabbitMQ 4.x $status4"

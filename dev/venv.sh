@@ -21,3 +21,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${ATASKS_EXTRAS:+[$ATASKS_EXTRAS]}"
+if [[ ${ATASKS_EXTRAS:-} == *test* ]]; then  # the developer tools: ruff, mypy, build
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r dev/requirements.txt
+fi

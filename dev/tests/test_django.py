@@ -112,6 +112,39 @@ def test_options_reach_aiomain_as_in_2019(project: Path) -> None:
     assert options["concurrency"] == 64
 
 
+def test_settings_atasks_are_the_commands_defaults(project: Path) -> None:
+    settings = project / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + 'ATASKS = {"concurrency": 7, "grace": 2.5}\n')
+    (project / "show.py").write_text(
+        "async def aiomain(**options):\n    print(sorted(options.items()))\n"
+    )
+    result = manage(project, "run_atask", "show.py", "--grace", "1")
+    assert result.returncode == 0, result.stderr
+    options = dict(eval(result.stdout))  # a list of pairs of literals, printed above
+    assert options["concurrency"] == 7
+    assert options["grace"] == 1.0  # the command line wins
+
+
+def test_served_atasks_close_old_connections(project: Path) -> None:
+    (project / "chain.py").write_text(
+        "import atasks\n\n"
+        "@atasks.atask\nasync def noop() -> None: ...\n\n"
+        "async def aiomain():\n"
+        "    print([type(one).__name__ for one in atasks.get_router().caller.middleware])\n"
+    )
+    result = manage(project, "run_atask", "chain.py")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['CloseOldConnections']"
+
+
+def test_a_bad_settings_atasks_stops_the_command(project: Path) -> None:
+    settings = project / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + 'ATASKS = {"concurency": 7}\n')
+    result = manage(project, "run_atask", "missing.py")
+    assert result.returncode == 1
+    assert "settings.ATASKS['concurency']: not a setting of atasks" in result.stderr
+
+
 def test_call_command_as_the_2019_tests_did(project: Path) -> None:
     script = (
         "import django\n"

@@ -44,12 +44,12 @@ def _log(path: Path) -> str:
     return path.read_text(errors="replace")
 
 
-def _start(module: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+def _start(module: Path, url: str, log: Path, *flags: str) -> subprocess.Popen[bytes]:
     """``atasks run MODULE --mode server --reload`` in the module's directory."""
     argv = [sys.executable, "-m", "atasks", "run", module.name, "--mode", "server", "--reload"]
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [*argv, "--url", url],
+            [*argv, "--url", url, *flags],
             cwd=module.parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=out,
@@ -115,8 +115,48 @@ def test_reload_is_for_one_server(tmp_path: Path) -> None:
     for extra, why in (
         ([], "--reload runs one server"),
         (["--mode", "server", "--workers", "2"], "--reload runs one server"),
-        (["--mode", "server", "--health-port", "8080"], "not take --health-port"),
     ):
         done = CliRunner().invoke(main, ["run", str(module), "--reload", *extra])
         assert done.exit_code == 2, done.output
         assert why in done.output
+
+
+async def test_the_endpoints_answer_again_after_a_reload(amqp_url: str, tmp_path: Path) -> None:
+    from test_health import free_port, get, status_becomes
+
+    name = f"reloadable_{uuid.uuid4().hex[:8]}"
+    module = tmp_path / f"{name}.py"
+    module.write_text(MODULE.format(version=1))
+    log = tmp_path / "server.log"
+    health, metrics = free_port(), free_port()
+    ports = ["--health-port", str(health), "--metrics-port", str(metrics)]
+    server = _start(module, amqp_url, log, *ports)
+    serving = "serving; reloads when its modules change"
+    try:
+
+        @atask(name=f"{name}.version")
+        async def version() -> int: ...
+
+        await until(lambda: _log(log).count(serving) == 1, within=60)
+        await status_becomes(health, "/readyz", 200)
+        await atasks.setup("amqp", url=amqp_url)
+        assert await wait_until_served(version) == 1
+        status, body = await get(metrics, "/metrics")
+        assert status == 200
+        assert f"{name}.version" in body
+        module.write_text(MODULE.format(version=2))
+        await until(lambda: _log(log).count(serving) == 2, within=60)
+        await status_becomes(health, "/readyz", 200)  # the new server listens on the same port
+        assert (await get(metrics, "/metrics"))[0] == 200
+        assert await version() == 2
+        assert "address already in use" not in _log(log).lower()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            code = server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            code = server.wait()
+    assert code == 0, _log(log)
+    assert (await get(health, "/livez"))[0] == 0  # closed with the server

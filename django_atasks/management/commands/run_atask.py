@@ -22,8 +22,11 @@ from django.core.management.base import BaseCommand, CommandError
 
 from atasks import runner
 from atasks.errors import ConfigurationError
+from atasks.namespaces import namespaces
+from atasks.router import get_router
 from atasks.runner import MODES, TRANSPORTS, RunFailure, RunOptions, one_line, parse_option
 from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
+from django_atasks.middleware import CloseOldConnections
 
 log = logging.getLogger("django_atasks")
 
@@ -154,6 +157,8 @@ class Command(BaseCommand):
         server = run_options.mode == "server"
         runner.configure_logging(max(verbosity - 1, 0), verbosity == 0, server=server)
         try:
+            if run_options.mode != "client" and run_options.workers == 1:
+                _close_old_connections_around(options["targets"])
             code = runner.run(
                 options["targets"],
                 run_options,
@@ -171,6 +176,16 @@ class Command(BaseCommand):
             raise CommandError(one_line(exc)) from exc
         if code:
             raise CommandError(f"workers' supervisor exited with {code}", returncode=code)
+
+
+def _close_old_connections_around(targets: list[str]) -> None:
+    """Import ``targets`` and put ``CloseOldConnections`` on the router of each namespace with
+    atasks, before it serves them."""
+    for target in targets:
+        runner.load(target)
+    for ns in namespaces():
+        if ns.atasks:
+            get_router(ns.name).add_middleware(CloseOldConnections())
 
 
 def _worker_argv(targets: list[str], run: RunOptions, options: dict[str, Any]) -> list[str]:

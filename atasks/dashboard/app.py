@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -23,6 +25,20 @@ from atasks.runner import one_line
 STATIC = Path(__file__).with_name("static")
 KEEPALIVE = 15.0
 """Seconds between comments on an idle event stream, so that proxies keep it open."""
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server for the dashboard of ``board``: stopping, it first ends the pages'
+    event streams, which would otherwise hold up its graceful shutdown."""
+
+    def __init__(self, board: Board) -> None:
+        config = uvicorn.Config(create_app(board), log_level="warning", timeout_graceful_shutdown=5)
+        super().__init__(config)
+        self.board = board
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.board.end_watches()
+        await super().shutdown(sockets=sockets)
 
 
 def create_app(board: Board) -> Starlette:

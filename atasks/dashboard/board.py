@@ -125,10 +125,16 @@ class Board:
             self._feed.cancel()
             await asyncio.wait({self._feed})
             self._feed = None
-        for watcher in self.watchers:
-            with contextlib.suppress(asyncio.QueueFull):
-                watcher.queue.put_nowait(None)
+        self.end_watches()
         await self._disconnect()
+
+    def end_watches(self) -> None:
+        """Tell every watcher that the dashboard stops: their pages' streams end."""
+        for watcher in self.watchers:
+            try:
+                watcher.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                watcher.overflowed = True  # ends too, once it has sent what it holds
 
     async def overview(self) -> dict[str, Any]:
         """Servers, queues, schedules and the dead-letter count; raises when the broker cannot

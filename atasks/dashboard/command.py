@@ -39,9 +39,7 @@ def dashboard(url: str | None, namespace: str, host: str, port: int, refresh: fl
     call tree (from servers run with --events), dead letters with a replay button, and
     schedules with their next due time. Needs the extra: pip install 'atasks[dashboard]'."""
     try:
-        import uvicorn
-
-        from atasks.dashboard.app import create_app
+        from atasks.dashboard.app import Server
         from atasks.dashboard.board import Board
     except ImportError as exc:
         raise Failure(
@@ -56,7 +54,9 @@ def dashboard(url: str | None, namespace: str, host: str, port: int, refresh: fl
         raise Failure(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from exc
     bound = sock.getsockname()[1]
     where = f"[{host}]" if ":" in host else host
-    app = create_app(Board(url or DEFAULT_URL, namespace, refresh=refresh))
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
+    server = Server(Board(url or DEFAULT_URL, namespace, refresh=refresh))
     click.echo(f"dashboard of namespace {namespace!r} at http://{where}:{bound}/ (Ctrl-C stops)")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn raises the SIGINT it stopped on again, once stopped
+        pass

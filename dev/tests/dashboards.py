@@ -8,10 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import uvicorn
-
 from atasks import atask, atask_queue
-from atasks.dashboard.app import create_app
+from atasks.dashboard.app import Server
 from atasks.dashboard.board import Board
 from atasks.dashboard.command import listen
 
@@ -48,8 +46,7 @@ async def dashboard_at(url: str, refresh: float = 0.5) -> AsyncIterator[str]:
     board = Board(url, NS, refresh=refresh)
     sock = listen("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(board), log_level="warning", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
+    server = Server(board)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(30):

@@ -4,7 +4,13 @@ RabbitMQ with a server of the test's namespace running in this process (events o
 from __future__ import annotations
 
 import asyncio
+import configparser
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,9 +19,10 @@ from typing import Any
 import httpx
 import pytest
 from dashboards import NS, add, dashboard_at, flaky, outer
-from servers import publish_probe
+from servers import REPO, publish_probe
 
 import atasks
+from atasks.dashboard.command import listen
 from atasks.events import SERVER_ID
 from atasks.transport.backends.amqp.dead import purge_dead_letters
 
@@ -130,3 +137,66 @@ async def test_the_endpoints_say_when_the_broker_cannot_be_reached() -> None:
             assert answer.status_code == 503
             assert answer.json()["error"].startswith("cannot ")
         assert (await http.get("/api/calls")).json() == {"namespace": NS, "calls": []}
+
+
+async def test_the_command_serves_until_interrupted(amqp_url: str) -> None:
+    """``atasks dashboard`` as a user runs it: it says where, serves, and stops on SIGINT
+    within a second or two, even with a page following the event stream."""
+    command = [sys.executable, "-m", "atasks", "dashboard", "--url", amqp_url]
+    process = subprocess.Popen(
+        [*command, "--namespace", NS, "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
+        assert first.startswith(f"dashboard of namespace {NS!r} at http://127.0.0.1:"), first
+        base = first.split(" at ")[1].split()[0].rstrip("/")
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            assert (await http.get("/api/overview")).json()["namespace"] == NS
+            async with http.stream("GET", "/api/events") as stream:
+                assert await anext(sse(stream)) == ("snapshot", [])
+                stopping = time.monotonic()
+                process.send_signal(signal.SIGINT)
+                code = await asyncio.to_thread(process.wait, 30)
+        took = time.monotonic() - stopping
+        assert code == 0, process.stderr.read() if process.stderr else ""
+        assert took < 5
+        assert process.stderr is not None
+        assert "Error" not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_the_command_says_when_its_port_is_taken() -> None:
+    with listen("127.0.0.1", 0) as taken:
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [sys.executable, "-m", "atasks", "dashboard", "--port", port],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"Error: cannot listen on 127.0.0.1 port {port}: "), done.stderr
+
+
+def test_the_static_files_ship_in_the_wheel() -> None:
+    """Every file the page needs matches the package data setup.cfg declares."""
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    patterns = config["options.package_data"]["atasks.dashboard"].split()
+    static = REPO / "atasks" / "dashboard" / "static"
+    shipped = {path for pattern in patterns for path in static.parent.glob(pattern)}
+    assert {"index.html", "dashboard.js", "dashboard.css"} <= {p.name for p in shipped}
+    assert set(static.iterdir()) <= shipped

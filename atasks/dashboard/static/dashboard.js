@@ -102,7 +102,7 @@ async function poll() {
 async function loadDead() {
   try {
     const found = await getJSON("api/dead");
-    const now = Date.now() / 1000;
+    document.getElementById("dead-count").textContent = `${found.count} in ${found.queue}`;
     fill("dead", found.dead_letters.map((d) => {
       const button = el("button", { type: "button", class: "replay" }, "Replay");
       button.addEventListener("click", () => replay(d.call_id, button));

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from atasks import atask, atask_queue
+from atasks import atask, atask_queue, schedule
 from atasks.dashboard.app import Server
 from atasks.dashboard.board import Board
 from atasks.dashboard.command import listen
@@ -38,6 +38,11 @@ async def flaky(marker: str) -> None:
     if not path.exists():  # noqa: ASYNC240 - a stat
         raise RuntimeError(f"no {marker} yet")
     path.with_suffix(".done").write_text("ran")
+
+
+@schedule(cron="0 3 * * *", tz="UTC", name="nightly", namespace=NS)
+async def nightly() -> None:
+    """Due at 03:00 UTC: listed with its next due time, never fired by a test."""
 
 
 @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import datetime as dt
 import json
 import os
 import signal
@@ -74,6 +75,14 @@ async def test_overview_calls_and_dead_letters(amqp_url: str, tmp_path: Path) ->
         assert (queues[add.name]["messages"], queues[add.name]["servers"]) == (0, 1)
         assert queues[add.name]["consumers"] >= 1
         assert view["dead_letters"] == {"queue": f"atasks-dead.{NS}", "count": 0}
+        # the schedules, once this server holds the scheduler role (it competes for it)
+        view = await until_listed(http, "/api/overview", lambda view: view["schedules"])
+        assert view["scheduler"] == SERVER_ID
+        (nightly,) = view["schedules"]
+        due = dt.datetime.fromisoformat(nightly["next_due"])
+        assert nightly["name"] == "nightly"
+        assert (due.time(), due.utcoffset()) == (dt.time(3), dt.timedelta(0))
+        assert dt.timedelta(0) < due - dt.datetime.now(dt.UTC) <= dt.timedelta(days=1)
 
         # the live call tree: subscribed once a probe event comes through, then a real call
         token = uuid.uuid4().hex

@@ -67,12 +67,16 @@ async def test_the_page_shows_live_calls_and_replays_a_dead_letter(
         server_row = css(f'#servers tr[data-server="{SERVER_ID}"]')
         await asyncio.to_thread(wait, browser, 30, when.presence_of_element_located(server_row))
         cells = [c.text for c in browser.find_elements(*css(f"{server_row[1]} td"))]
-        assert cells[1:6] == ["", "64", "0", "0", "0"]  # role, slots, running, parked, waiting
+        assert cells[2:6] == ["64", "0", "0", "0"]  # slots, running, parked, waiting
         queue_row = css(f'#queues tr[data-atask="{add.name}"] td')
         assert [c.text for c in browser.find_elements(*queue_row)][1:3] == [
             f"atasks.{NS}.{add.name}",
             "0",
         ]
+
+        schedule = css('#schedules tr[data-schedule="nightly"]')
+        await asyncio.to_thread(wait, browser, 30, when.presence_of_element_located(schedule))
+        assert "T03:00:00+00:00" in browser.find_element(*schedule).text  # its next due time
 
         # live: the page follows the events once a probe event reaches it
         token = uuid.uuid4().hex

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import click
@@ -56,7 +57,6 @@ def dashboard(url: str | None, namespace: str, host: str, port: int, refresh: fl
     where = f"[{host}]" if ":" in host else host
     server = Server(Board(url or DEFAULT_URL, namespace, refresh=refresh))
     click.echo(f"dashboard of namespace {namespace!r} at http://{where}:{bound}/ (Ctrl-C stops)")
-    try:
+    # uvicorn raises the SIGINT it stopped on again, once stopped: a normal end here
+    with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn raises the SIGINT it stopped on again, once stopped
-        pass

@@ -13,6 +13,7 @@ import click
 
 from atasks import runner, settings
 from atasks.cli_base import Failure, quiet_backend
+from atasks.dashboard.command import dashboard
 from atasks.dead_commands import dead
 from atasks.errors import ConfigurationError
 from atasks.namespaces import DEFAULT
@@ -217,6 +218,7 @@ def run(
 
 
 main.add_command(dead)
+main.add_command(dashboard)
 
 
 @main.command("settings")
@@ -360,7 +362,7 @@ def ping(url: str | None, namespace: str, within: float, local: bool) -> None:
 def schedules_command(url: str | None, namespace: str, wait: float, as_json: bool) -> None:
     """List each schedule with its next due time, last firing and its result, as the server
     holding the scheduler role knows them. Exits 1 if no server holds it."""
-    from atasks.monitor import format_schedules
+    from atasks.monitor import format_schedules, scheduler_of
     from atasks.transport.backends.amqp import DEFAULT_URL
     from atasks.transport.backends.amqp.monitor import inspect_servers
 
@@ -370,7 +372,7 @@ def schedules_command(url: str | None, namespace: str, wait: float, as_json: boo
         servers = asyncio.run(inspect_servers(url or DEFAULT_URL, namespace, wait))
     except Exception as exc:
         raise Failure(f"cannot list schedules: {one_line(exc)}") from exc
-    holder = next((s for s in servers if s.get("scheduler")), None)
+    holder = scheduler_of(servers)
     if as_json:
         found = holder.get("schedules") or {} if holder is not None else {}
         scheduler = holder.get("server") if holder is not None else None

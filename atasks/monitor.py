@@ -93,29 +93,51 @@ def format_queues(servers: list[dict[str, Any]]) -> str:
     several calls), AMQP consumers (a server replacing its consumer keeps the old one until its
     deliveries are done) and the servers that answered serving it; empty when the answers carry
     no queues."""
-    queues: dict[str, dict[str, Any] | None] = {}
-    serving: dict[str, int] = {}
-    for server in servers:
-        for name, queue in (server.get("queues") or {}).items():
-            queues[name] = queue
-            serving[name] = serving.get(name, 0) + 1
-    if not queues:
+    found = queue_rows(servers)
+    if not found:
         return ""
     rows = [
         (
-            name.rpartition(".")[2] or name,
-            "(gone)" if queue is None else str(queue.get("queue", "?")),
-            "-" if queue is None else str(queue.get("messages", "?")),
-            "-" if queue is None else str(queue.get("consumers", "?")),
-            str(serving[name]),
+            row["atask"].rpartition(".")[2] or row["atask"],
+            "(gone)" if row["queue"] is None else str(row["queue"]),
+            "-" if row["messages"] is None else str(row["messages"]),
+            "-" if row["consumers"] is None else str(row["consumers"]),
+            str(row["servers"]),
         )
-        for name, queue in sorted(queues.items())
+        for row in found
     ]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(QUEUE_COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(QUEUE_COLUMNS, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def queue_rows(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The request queues in the servers' answers, one row per atask by name: its ``queue``,
+    ``messages`` waiting and ``consumers`` (``None`` for a queue that is gone) and how many of
+    the ``servers`` that answered serve it."""
+    queues: dict[str, dict[str, Any] | None] = {}
+    serving: dict[str, int] = {}
+    for server in servers:
+        for name, queue in (server.get("queues") or {}).items():
+            queues[name] = queue
+            serving[name] = serving.get(name, 0) + 1
+    return [
+        {
+            "atask": name,
+            "queue": None if queue is None else queue.get("queue", "?"),
+            "messages": None if queue is None else queue.get("messages"),
+            "consumers": None if queue is None else queue.get("consumers"),
+            "servers": serving[name],
+        }
+        for name, queue in sorted(queues.items())
+    ]
+
+
+def scheduler_of(servers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The answer of the server holding the scheduler role, if one answered."""
+    return next((server for server in servers if server.get("scheduler")), None)
 
 
 def format_ping(server: dict[str, Any]) -> str:

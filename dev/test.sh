@@ -31,6 +31,9 @@ fi
 if ! command -v openssl >/dev/null; then  # the TLS tests make their certificates with it
   apt_install openssl
 fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install chromium chromium-driver  # the dashboard's browser test drives them (selenium)
+fi
 if [[ ${ATASKS_BROKERS:-3,4} == *4* && -z ${ATASKS_RABBITMQ4_ROOT:-} ]]; then
   if ! command -v mmdebstrap >/dev/null; then
     apt_install mmdebstrap

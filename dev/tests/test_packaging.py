@@ -71,6 +71,10 @@ def test_the_wheel_and_sdist_hold_what_users_need(built: Path) -> None:
         metadata = Parser().parsestr(archive.read(info).decode())
         entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
     assert "atasks/py.typed" in names
+    static = REPO / "atasks" / "dashboard" / "static"
+    page = {f"atasks/dashboard/static/{path.name}" for path in static.iterdir()}
+    assert {"index.html", "dashboard.js", "dashboard.css"} <= {p.rsplit("/", 1)[1] for p in page}
+    assert page <= names, "the dashboard's page is not all in the wheel"
     assert "django_atasks/management/commands/run_atask.py" in names
     assert not any(name.startswith(("dev/", "examples/")) for name in names)
     assert "atasks = atasks.cli:main" in entry_points

@@ -102,9 +102,15 @@ async def list_dead_letters(
 
 
 async def replay_dead_letters(
-    url: str, namespace: str, *, atask: str | None = None, limit: int | None = None
+    url: str,
+    namespace: str,
+    *,
+    atask: str | None = None,
+    call_id: str | None = None,
+    limit: int | None = None,
 ) -> Replayed:
-    """Send dead letters (of ``atask`` only, if given; at most ``limit``) back to the request
+    """Send dead letters (of ``atask`` only, or the call ``call_id`` only, if given; at most
+    ``limit``) back to the request
     queues they died in, each as a fresh request: a new copy is published (confirmed, and
     refused when no server ever declared that queue), then the dead letter is acked.
 
@@ -125,7 +131,9 @@ async def replay_dead_letters(
                 if message is None:
                     break
                 letter = read(message, topology)
-                if atask is not None and letter.atask != atask:
+                if (atask is not None and letter.atask != atask) or (
+                    call_id is not None and letter.call_id != call_id
+                ):
                     last = message
                     continue
                 try:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aio_pika
@@ -21,7 +21,7 @@ Answers = list[dict[str, Any]]
 async def inspect_servers(url: str, namespace: str, wait: float = 1.0) -> Answers:
     """Every server of ``namespace`` that answers within ``wait`` seconds, sorted by host and
     pid. A server that does not answer in time is simply absent."""
-    async with await _connect(url, wait + 5) as connection:
+    async with await connect(url, wait + 5) as connection:
         return await _ask(connection, namespace, wait)
 
 
@@ -29,10 +29,15 @@ async def inspect_with_queues(url: str, namespace: str, wait: float = 1.0) -> An
     """``inspect_servers``, each answer with the request queues of the atasks it serves:
     ``queues`` maps an atask's name to its queue, ready messages and consumers (``None``
     where the queue is gone)."""
-    async with await _connect(url, wait + 5) as connection:
-        servers = await _ask(connection, namespace, wait)
-        names = sorted({str(name) for s in servers for name in s.get("atasks") or ()})
-        queues = await queue_depths(connection, Topology(namespace), names)
+    async with await connect(url, wait + 5) as connection:
+        return await inspect_on(connection, namespace, wait)
+
+
+async def inspect_on(connection: AbstractConnection, namespace: str, wait: float) -> Answers:
+    """``inspect_with_queues`` on a connection the caller keeps (the dashboard's)."""
+    servers = await _ask(connection, namespace, wait)
+    names = sorted({str(name) for s in servers for name in s.get("atasks") or ()})
+    queues = await queue_depths(connection, Topology(namespace), names)
     for server in servers:
         server["queues"] = {name: queues[str(name)] for name in server.get("atasks") or ()}
     return servers
@@ -49,7 +54,7 @@ async def ping_servers(
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    async with await _connect(url, within) as connection:
+    async with await connect(url, within) as connection:
         left = max(deadline - loop.time(), 0.0)
         found = await _ask(connection, namespace, left, enough=lambda found: any(map(ours, found)))
     return [answer for answer in found if ours(answer)]
@@ -61,11 +66,18 @@ async def queue_depths(
     """The request queue of each atask of ``names``: its name, messages ready (waiting for a
     server; one message may carry several calls, see coalescing) and consumers, by a passive
     declare; ``None`` for a queue that does not exist."""
+    return await depths_of(connection, {name: topology.request_queue(name) for name in names})
+
+
+async def depths_of(
+    connection: AbstractConnection, queues: Mapping[str, str]
+) -> dict[str, dict[str, Any] | None]:
+    """For each key of ``queues``, its queue's name, messages ready and consumers, by a passive
+    declare; ``None`` for a queue that does not exist."""
     found: dict[str, dict[str, Any] | None] = {}
     channel = await connection.channel(publisher_confirms=False)
     try:
-        for name in names:
-            queue = topology.request_queue(name)
+        for name, queue in queues.items():
             try:
                 declared = await channel.declare_queue(queue, passive=True)
             except aio_pika.exceptions.ChannelClosed:  # not found: the broker closed the channel
@@ -84,7 +96,7 @@ async def queue_depths(
     return found
 
 
-async def _connect(url: str, within: float) -> AbstractConnection:
+async def connect(url: str, within: float) -> AbstractConnection:
     """A connection to the first node of ``url`` (comma-separated nodes) that takes one."""
     *others, last = [part.strip() for part in url.split(",") if part.strip()] or [url]
     for each in others:

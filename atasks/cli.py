@@ -16,6 +16,7 @@ from atasks.cli_base import Failure, quiet_backend
 from atasks.dead_commands import dead
 from atasks.errors import ConfigurationError
 from atasks.namespaces import DEFAULT
+from atasks.queue_commands import queues
 from atasks.runner import (
     RunFailure,
     RunOptions,
@@ -217,6 +218,7 @@ def run(
 
 
 main.add_command(dead)
+main.add_command(queues)
 
 
 @main.command("settings")

@@ -14,9 +14,7 @@ and, for ``atasks run --metrics-port``, the ``/metrics`` route.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -24,18 +22,19 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from atasks.endpoints import Answer, Route
-from atasks.middleware import Call, Middleware, Proceed
+from atasks.measuring import OUTCOMES, Measuring, waiting
 from atasks.router import get_router
 
 DEPTH_WITHIN = 5.0
 """Seconds a scrape waits for the broker's queue depths; without them it goes on."""
 
 
-class Metrics(Middleware):
+class Metrics(Measuring):
     """Counts and times the calls a server serves into ``registry``: add it to a router
     (``router.add_middleware(Metrics())``) or ``atasks.setup(middleware=[Metrics()])``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.calls = Counter(
             "atasks_calls",
@@ -56,27 +55,9 @@ class Metrics(Middleware):
             registry=self.registry,
             multiprocess_mode="livesum",
         )
-        self._children: dict[str, _Children] = {}
 
-    async def serve(self, call: Call, proceed: Proceed) -> Any:
-        name = call.atask
-        found = self._children.get(name)
-        if found is None:  # labels() costs a lock and a tuple: once per atask
-            found = self._children[name] = _Children(self, name)
-        found.running.inc()
-        started = time.perf_counter()
-        outcome = found.failed
-        try:
-            result = await proceed(call)
-            outcome = found.succeeded
-            return result
-        except asyncio.CancelledError:
-            outcome = found.cancelled
-            raise
-        finally:
-            found.running.dec()
-            found.duration.observe(time.perf_counter() - started)
-            outcome.inc()
+    def meter(self, atask: str) -> _Children:
+        return _Children(self, atask)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
@@ -84,16 +65,22 @@ class Metrics(Middleware):
 
 
 class _Children:
-    """The labelled metrics of one atask."""
+    """The labelled metrics of one atask (``labels()`` costs a lock and a tuple: once)."""
 
-    __slots__ = ("cancelled", "duration", "failed", "running", "succeeded")
+    __slots__ = ("duration", "outcomes", "running")
 
     def __init__(self, metrics: Metrics, name: str) -> None:
         self.running = metrics.running.labels(name)
         self.duration = metrics.duration.labels(name)
-        self.succeeded = metrics.calls.labels(name, "succeeded")
-        self.failed = metrics.calls.labels(name, "failed")
-        self.cancelled = metrics.calls.labels(name, "cancelled")
+        self.outcomes = {outcome: metrics.calls.labels(name, outcome) for outcome in OUTCOMES}
+
+    def started(self) -> None:
+        self.running.inc()
+
+    def finished(self, outcome: str, seconds: float) -> None:
+        self.running.dec()
+        self.duration.observe(seconds)
+        self.outcomes[outcome].inc()
 
 
 class ServerState(Collector):
@@ -124,9 +111,9 @@ class ServerState(Collector):
         self.depths = depths
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        waiting = GaugeMetricFamily("atasks_waiting", "Calls waiting for a slot.")
-        waiting.add_metric([], sum(get_router(n).statistics().waiting for n in self.namespaces))
-        yield waiting
+        found = GaugeMetricFamily("atasks_waiting", "Calls waiting for a slot.")
+        found.add_metric([], waiting(self.namespaces))
+        yield found
         depth = GaugeMetricFamily(
             "atasks_queue_depth", "Requests ready in a served request queue.", labels=["queue"]
         )

@@ -136,10 +136,10 @@ async def test_one_scrape_shows_every_worker(amqp_url: str, tmp_path: Path) -> N
         assert total(text, "atasks_calls_total", outcome="succeeded") == made
         log = servers.log(0)
         folder = log.split("(their files in ")[1].split(")")[0]
-        assert Path(folder).is_dir()
+        assert await asyncio.to_thread(Path(folder).is_dir)
         supervisor = servers.processes[0]
         supervisor.send_signal(signal.SIGTERM)
         await asyncio.to_thread(supervisor.wait, 60)
-        assert not Path(folder).exists()
+        assert not await asyncio.to_thread(Path(folder).exists)
     finally:
         servers.stop_all()

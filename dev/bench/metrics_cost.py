@@ -104,6 +104,7 @@ async def over_amqp(url: str, broker: int | None, calls: int, rounds: int, work:
     servers = bench.Servers(work)  # type: ignore[arg-type]
     await atasks.setup("amqp", url=url)
     rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}  # the server's, µs per call
     try:
         for index in range(rounds):
             for side in ("off", "on") if index % 2 == 0 else ("on", "off"):
@@ -117,15 +118,18 @@ async def over_amqp(url: str, broker: int | None, calls: int, rounds: int, work:
                 budget = bench._budget(calls, 0.01)
                 warm = bench.flood(target, INFLIGHT, INFLIGHT * 8, lambda: None)
                 await bench.guarded(warm, "warm-up", budget, servers)
-                started = time.perf_counter()
+                meter = target.meter()
                 timed = bench.flood(target, INFLIGHT, calls, lambda: None)
                 await bench.guarded(timed, f"metrics {side}", budget, servers)
-                rates[side].append(calls / (time.perf_counter() - started))
+                used = meter.stop(calls)
+                rates[side].append(calls / used.wall)
+                cpu[side].append(used.server / calls * 1e6)
                 if side == "on" and (counted := _counted(port)) < calls:
                     raise bench.BenchError(f"the metered server counted {counted} calls")
                 servers.stop(side)
                 print(
-                    f"round {index + 1} metrics {side}: {rates[side][-1]:.0f} calls/s",
+                    f"round {index + 1} metrics {side}: {rates[side][-1]:.0f} calls/s, "
+                    f"server CPU {cpu[side][-1]:.0f} µs/call",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -139,6 +143,11 @@ async def over_amqp(url: str, broker: int | None, calls: int, rounds: int, work:
     print(
         f"ratio with/without: {on / off:.3f} (cost {100 * (1 - on / off):.1f}%); "
         f"round by round {min(paired):.3f} to {max(paired):.3f}"
+    )
+    c_off, c_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    print(
+        f"server CPU per call: {c_off:.0f} µs without, {c_on:.0f} µs with metrics "
+        f"(ratio {c_on / c_off:.3f})"
     )
 
 

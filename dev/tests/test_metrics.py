@@ -143,3 +143,24 @@ async def test_one_scrape_shows_every_worker(amqp_url: str, tmp_path: Path) -> N
         assert not await asyncio.to_thread(Path(folder).exists)
     finally:
         servers.stop_all()
+
+
+def test_durations_fall_in_the_buckets_prometheus_means() -> None:
+    """A bucket ``le`` counts the calls that took at most ``le`` seconds, its smaller ones'
+    included; ``+Inf`` all of them."""
+    metrics = Metrics()
+    meter = metrics.meter("a")
+    for seconds in (0.005, 0.0051, 0.3, 11.0):
+        meter.started()
+        meter.finished("succeeded", seconds)
+    value = metrics.registry.get_sample_value
+    bucket = "atasks_call_duration_seconds_bucket"
+    assert value(bucket, {"atask": "a", "le": "0.005"}) == 1
+    assert value(bucket, {"atask": "a", "le": "0.01"}) == 2
+    assert value(bucket, {"atask": "a", "le": "0.25"}) == 2
+    assert value(bucket, {"atask": "a", "le": "0.5"}) == 3
+    assert value(bucket, {"atask": "a", "le": "10.0"}) == 3
+    assert value(bucket, {"atask": "a", "le": "+Inf"}) == 4
+    assert value("atasks_call_duration_seconds_count", {"atask": "a"}) == 4
+    assert value("atasks_call_duration_seconds_sum", {"atask": "a"}) == pytest.approx(11.3101)
+    assert value("atasks_running", {"atask": "a"}) == 0

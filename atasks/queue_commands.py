@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from atasks.cli_base import Failure, quiet_backend
 from atasks.namespaces import DEFAULT
 from atasks.runner import one_line
+
+if TYPE_CHECKING:
+    from atasks.queue_admin import QueueRow
 
 url_option = click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
 namespace_option = click.option("--namespace", default=DEFAULT, show_default=True)
@@ -61,7 +64,9 @@ def queues(
         click.echo(format_rows(rows, namespace))
 
 
-def _rows(url: str | None, namespace: str, management: str | None, wait: float) -> tuple[Any, Any]:
+def _rows(
+    url: str | None, namespace: str, management: str | None, wait: float
+) -> tuple[list[QueueRow], str | None]:
     from atasks.transport.backends.amqp import DEFAULT_URL
     from atasks.transport.backends.amqp.queues import namespace_queues
 

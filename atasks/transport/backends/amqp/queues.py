@@ -75,7 +75,7 @@ def _get_json(url: str) -> Any:
         raise ManagementUnreachable(f"the management API at {where} did not answer: {exc}") from exc
 
 
-async def listed_queues(url: str, namespace: str, management: str) -> list[str]:
+async def listed_queues(namespace: str, management: str) -> list[str]:
     """The names of the namespace's request queues, from the management API."""
     found = await asyncio.to_thread(_get_json, management)
     prefix = Topology(namespace).prefix
@@ -95,7 +95,7 @@ async def namespace_queues(
     names: list[str] | None
     why: str | None = None
     try:
-        names = await listed_queues(url, namespace, management_url(url, management))
+        names = await listed_queues(namespace, management_url(url, management))
     except ManagementUnreachable as exc:
         names, why = None, f"{exc}: only the queues of servers that answered are listed"
     topology = Topology(namespace)

@@ -17,6 +17,7 @@ from atasks.dashboard.command import dashboard
 from atasks.dead_commands import dead
 from atasks.errors import ConfigurationError
 from atasks.namespaces import DEFAULT
+from atasks.queue_commands import queues
 from atasks.runner import (
     RunFailure,
     RunOptions,
@@ -219,6 +220,7 @@ def run(
 
 main.add_command(dead)
 main.add_command(dashboard)
+main.add_command(queues)
 
 
 @main.command("settings")

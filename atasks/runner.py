@@ -29,7 +29,7 @@ from atasks.namespaces import DEFAULT, namespace, namespaces
 from atasks.reload import note_loaded
 from atasks.router import get_router
 from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
-from atasks.supervisor import READY_FD_ENV, WORKER_ENV, supervise
+from atasks.supervisor import READY_FD_ENV, WORKER_ENV, Companion, supervise
 
 if TYPE_CHECKING:
     from atasks.transport.contract import Transport
@@ -95,10 +95,8 @@ class RunOptions:
             )
         if self.workers > 1 and self.mode != "server":
             raise RunUsageError("--workers applies to --mode server only")
-        if (self.health_port or self.metrics_port) and self.workers > 1:
-            raise RunUsageError(
-                "--health-port and --metrics-port serve one process: not yet with --workers"
-            )
+        if self.health_port and self.workers > 1:
+            raise RunUsageError("--health-port serves one process: not yet with --workers")
         if (self.health_port or self.metrics_port) and self.mode == "client":
             raise RunUsageError("--health-port and --metrics-port apply to servers, not clients")
         if self.processes is not None and self.processes < 1:
@@ -192,10 +190,19 @@ def run(
     if options.workers > 1:
         if os.environ.get(WORKER_ENV):
             raise RunUsageError(f"a supervised worker cannot supervise workers ({WORKER_ENV})")
-        return supervise(options.workers, worker_argv())
+        return supervise(options.workers, worker_argv(), _shared_metrics(options))
     modules = [load(target) for target in targets]
     asyncio.run(_run(modules, options))
     return 0
+
+
+def _shared_metrics(options: RunOptions) -> Companion | None:
+    """With ``--metrics-port``, the supervisor serves its workers' metrics."""
+    if options.metrics_port is None:
+        return None
+    from atasks.metrics_workers import SharedMetrics  # prometheus_client: an optional extra
+
+    return SharedMetrics(options.endpoints_host, options.metrics_port)
 
 
 def parse_option(item: str) -> tuple[str, Any]:
@@ -292,6 +299,7 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             transport_options["connect_timeout"] = options.connect_timeout
     names = {ns.name for ns in namespaces() if ns.atasks} | {DEFAULT}
     endpoints = await open_endpoints(options, names)
+    measuring = _measure_worker(names)
     try:
         for name in sorted(names):
             if namespace(name).codec is None:
@@ -331,9 +339,20 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
     finally:
         if endpoints is not None:
             endpoints.health.stopping = True  # unready while the calls in progress finish
+        if measuring is not None:
+            measuring.cancel()
         await close(grace=options.grace)
         if endpoints is not None:
             await endpoints.stop()
+
+
+def _measure_worker(names: set[str]) -> asyncio.Task[None] | None:
+    """A supervised worker measures into the files its supervisor serves (``metrics_workers``)."""
+    if not os.environ.get("ATASKS_METRICS_DIR"):
+        return None
+    from atasks.metrics_workers import measure_worker
+
+    return measure_worker(sorted(names))
 
 
 async def open_endpoints(options: RunOptions, names: set[str]) -> Endpoints | None:

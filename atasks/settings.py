@@ -36,6 +36,7 @@ SETUP = "setup"
 AMQP = "AMQPTransport"
 RUN = "atasks run"
 PROCESS = "process"
+QUEUES = "atasks queues"
 
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
@@ -153,6 +154,16 @@ SETTINGS: tuple[Setting, ...] = (
         (SETUP, AMQP, RUN),
         "Broker URL; several are the nodes of a cluster, tried in turn.",
         "`amqp://guest:guest@127.0.0.1:5672/`",
+    ),
+    Setting(
+        "management_url",
+        "ATASKS_MANAGEMENT_URL",
+        None,
+        "an HTTP URL",
+        _text,
+        (QUEUES,),
+        "RabbitMQ's management API, which lists the queues (AMQP cannot).",
+        "the broker's host, port 15672, the AMQP URL's user and password",
     ),
     Setting(
         "codec",
@@ -468,6 +479,8 @@ def markdown_table() -> str:
             if place == AMQP
             else "`atasks run`"
             if place == RUN
+            else "`atasks queues`"
+            if place == QUEUES
             else "the process"
             for place in s.where
         )

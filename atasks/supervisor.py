@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger("atasks.supervisor")
 
@@ -30,6 +31,19 @@ STOP_TIMEOUT = 60.0
 FAILED = 1
 
 
+class Companion(Protocol):
+    """What runs in the supervisor beside its workers (the metrics of all of them)."""
+
+    async def start(self) -> None:
+        """Before the first worker starts (its environment is theirs)."""
+
+    def worker_exited(self, pid: int) -> None:
+        """A worker process ended."""
+
+    async def stop(self) -> None:
+        """After the last worker stopped."""
+
+
 @dataclass
 class Pool:
     """What the workers have shown so far."""
@@ -39,24 +53,31 @@ class Pool:
     failures: int = 0  # start-up failures in a row, no worker serving since
     last_error: str = ""
     stop_timeout: float = STOP_TIMEOUT  # then a worker that has not stopped is killed
+    companion: Companion | None = None
 
 
-def supervise(workers: int, argv: list[str]) -> int:
+def supervise(workers: int, argv: list[str], companion: Companion | None = None) -> int:
     """Keep ``workers`` copies of ``argv`` running until signalled; returns an exit code.
 
     ``argv`` must run one worker (``--workers 1``). Workers do not inherit ``ATASKS_WORKERS``,
     and ``ATASKS_WORKER`` tells them they are supervised, so none becomes a supervisor itself.
     """
-    return asyncio.run(_supervise(workers, argv))
+    return asyncio.run(_supervise(workers, argv, companion))
 
 
-async def _supervise(workers: int, argv: list[str]) -> int:
+async def _supervise(workers: int, argv: list[str], companion: Companion | None = None) -> int:
     loop = asyncio.get_running_loop()
-    pool = Pool(workers, asyncio.Event())
+    pool = Pool(workers, asyncio.Event(), companion=companion)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pool.stop.set)
-    slots = [asyncio.create_task(_keep_running(slot, argv, pool)) for slot in range(workers)]
-    await asyncio.gather(*slots)
+    if companion is not None:
+        await companion.start()
+    try:
+        slots = [asyncio.create_task(_keep_running(slot, argv, pool)) for slot in range(workers)]
+        await asyncio.gather(*slots)
+    finally:
+        if companion is not None:
+            await companion.stop()
     if pool.failures:
         log.error("workers fail at start-up: %s", pool.last_error or "see their output above")
         return FAILED
@@ -108,8 +129,12 @@ async def _keep_running(slot: int, argv: list[str], pool: Pool) -> None:
             await relay
             served.cancel()
             log.info("worker %d (pid %d) stopped", slot, process.pid)
+            if pool.companion is not None:
+                pool.companion.worker_exited(process.pid)
             return
         await relay
+        if pool.companion is not None:
+            pool.companion.worker_exited(process.pid)
         # Killed by a signal (a poison request, the OOM killer…) is no start-up failure, even
         # before the worker could say it serves: only exiting with an error is.
         if await served or (process.returncode or 0) < 0:

@@ -277,7 +277,7 @@ class RabbitNode:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.nodename = f"atasks-test-{secrets.token_hex(4)}@localhost"
-        self.port, self.dist_port = _free_ports(2)
+        self.port, self.dist_port, self.management_port = _free_ports(3)
         self.log_path = self.base / "node.log"
         self.version: str | None = None  # as the running node announces it, once started
         self._node: subprocess.Popen[bytes] | None = None
@@ -291,6 +291,10 @@ class RabbitNode:
             cookie_file.chmod(0o400)  # Erlang refuses a cookie others may read
         (self.data / "enabled_plugins").write_text("[].\n")
         (self.data / "rabbitmq-env.conf").write_text("")
+        (self.data / "advanced.config").write_text(  # for enable_management(), if it is called
+            '[{rabbitmq_management, [{tcp_config, [{ip, "127.0.0.1"}, '
+            f"{{port, {self.management_port}}}]}}]}}].\n"
+        )
         config = (
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "disk_free_limit.absolute = 1MB\n"
@@ -374,6 +378,28 @@ class RabbitNode:
         if done.returncode:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr}")
         return done.stdout
+
+    @property
+    def management_url(self) -> str:
+        """The management plugin's HTTP API (once ``enable_management()`` ran), as guest."""
+        return f"http://guest:guest@127.0.0.1:{self.management_port}/"
+
+    def enable_management(self, timeout: float = 60) -> None:
+        """Enable the management plugin on the running node (a second or two; most tests do
+        without it) and block until its HTTP port answers."""
+        plugins = str(RABBIT_BIN / "rabbitmq-plugins")
+        argv = _in_root(self.root, plugins, "-n", self.nodename, "enable", "rabbitmq_management")
+        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"rabbitmq-plugins enable rabbitmq_management: {done.stderr}")
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.management_port), timeout=1).close()
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the management API on port {self.management_port} is silent")
+            time.sleep(0.05)
 
     def start(self) -> float:
         """Start epmd (unless it runs) and the node; block until AMQP answers. Returns seconds."""

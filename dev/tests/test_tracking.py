@@ -171,7 +171,7 @@ async def test_events_command_prints_an_indented_tree(servers: Servers, amqp_url
             while not any(token[:8] in line for line in output):
                 await publish_probe(amqp_url, token)
                 await asyncio.sleep(0.1)
-        await workload.nested(3)
+        ids = await workload.nested(3)
         await until(lambda: sum("nested" in line for line in output) >= 9)
     finally:
         watcher.terminate()
@@ -186,6 +186,10 @@ async def test_events_command_prints_an_indented_tree(servers: Servers, amqp_url
         len(line.split("✓")[0]) - len(line.split("✓")[0].rstrip()) for line in succeeded
     )
     assert indents[0] < indents[1] < indents[2]
+    # Whole call ids (the calls of one process share their first 16 digits), in time order:
+    shown = [line.split("[")[1].split("]")[0] for line in lines]
+    assert sorted(set(shown)) == sorted(str(i) for i in ids)
+    assert shown.index(str(ids[2])) < shown.index(str(ids[0]))  # the outermost started first
 
 
 async def test_inspect_sees_two_servers_and_their_calls_in_progress(

@@ -22,7 +22,7 @@ async def inspect_servers(url: str, namespace: str, wait: float = 1.0) -> Answer
     """Every server of ``namespace`` that answers within ``wait`` seconds, sorted by host and
     pid. A server that does not answer in time is simply absent."""
     async with await connect(url, wait + 5) as connection:
-        return await _ask(connection, namespace, wait)
+        return await ask_servers(connection, namespace, wait)
 
 
 async def inspect_with_queues(url: str, namespace: str, wait: float = 1.0) -> Answers:
@@ -35,7 +35,7 @@ async def inspect_with_queues(url: str, namespace: str, wait: float = 1.0) -> An
 
 async def inspect_on(connection: AbstractConnection, namespace: str, wait: float) -> Answers:
     """``inspect_with_queues`` on a connection the caller keeps (the dashboard's)."""
-    servers = await _ask(connection, namespace, wait)
+    servers = await ask_servers(connection, namespace, wait)
     names = sorted({str(name) for s in servers for name in s.get("atasks") or ()})
     queues = await queue_depths(connection, Topology(namespace), names)
     for server in servers:
@@ -56,7 +56,9 @@ async def ping_servers(
     deadline = loop.time() + within
     async with await connect(url, within) as connection:
         left = max(deadline - loop.time(), 0.0)
-        found = await _ask(connection, namespace, left, enough=lambda found: any(map(ours, found)))
+        found = await ask_servers(
+            connection, namespace, left, enough=lambda found: any(map(ours, found))
+        )
     return [answer for answer in found if ours(answer)]
 
 
@@ -105,7 +107,7 @@ async def connect(url: str, within: float) -> AbstractConnection:
     return await aio_pika.connect(last, timeout=within)
 
 
-async def _ask(
+async def ask_servers(
     connection: AbstractConnection,
     namespace: str,
     wait: float,

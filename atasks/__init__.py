@@ -39,6 +39,7 @@ from atasks.errors import (
     ScheduleNotFoundError,
     StreamInterrupted,
     TransportError,
+    WireVersionError,
 )
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
 from atasks.handlers import handler
@@ -95,6 +96,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "Weekday",
+    "WireVersionError",
     "atask",
     "atask_broadcast",
     "atask_queue",

@@ -404,6 +404,15 @@ class RabbitNode:
             self.epmd.stop()
         return time.monotonic() - t0
 
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the node's whole process tree: ``SIGSTOP`` freezes it (it misses
+        every heartbeat, its sockets stay open), ``SIGCONT`` thaws it."""
+        if self._node is None:
+            raise RuntimeError(f"{self.nodename} is not running")
+        for pid in [self._node.pid, *(pid for pid, _ in _tree(self._node.pid))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def kill(self) -> None:
         """Crash the node: SIGKILL its whole process tree at once, no clean shutdown. Its epmd
         runs on, as it would on a host; ``start()`` brings the node back."""

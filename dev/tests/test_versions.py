@@ -98,3 +98,16 @@ def test_a_caller_batches_once_told_and_stops_for_a_while_after_an_older_server(
     fresh = Peers()
     fresh.heard(batches=False, now=0)
     assert not fresh.may_batch(versions.FORGET_OLD + 1)  # no server said it reads them
+
+
+def test_a_caller_counts_the_replies_its_calls_got_not_answers_to_queries() -> None:
+    peers = Peers()
+    peers.replied("query", False)  # a lease holder's answer: no word on batches
+    peers.forget("query")
+    peers.replied("call", True)
+    assert not peers.may_batch(0)  # not until its call has it
+    peers.settled("call", 0)
+    assert peers.may_batch(0)
+    peers.replied("notice", None)  # a caller passing on a dead letter
+    peers.settled("notice", 1)
+    assert peers.may_batch(1)

@@ -88,10 +88,7 @@ class Caller:
         self.grants = Grants(link, self.spawn)
         self._give_up: asyncio.TimerHandle | None = None
         self._declared: set[str] = set()  # request queues declared on this connection
-        # Calls travel together only to queues whose servers said they read batches.
-        self.peers = Peers()
-        # call id: whether the server of its reply reads batches
-        self._reads_batches: dict[str, bool | None] = {}
+        self.peers = Peers()  # calls travel together once servers said they read batches
         self._ladder = Ladder(link, topology, self._declared)  # delayed requests
         self._requests: Coalescer[Destination, Request] = Coalescer(
             self._publish_requests,
@@ -196,16 +193,15 @@ class Caller:
                     # Unconfirmed: publish it again once reconnected (at least once).
                     channels = await self.link.renewed(channels)
             reply = await future
-            if (batches := self._reads_batches.pop(request.call_id, None)) is not None:
-                self.peers.heard(batches=batches, now=loop.time())
+            self.peers.settled(request.call_id, loop.time())
             return reply
         except asyncio.CancelledError:
             # Even mid-publish: the request may be queued already.
-            self.spawn(self.publish_cancel(request.call_id))
+            self.spawn(publish_cancel(self.link, self.topology, request.call_id))
             raise
         finally:
             self._pending.pop(request.call_id, None)
-            self._reads_batches.pop(request.call_id, None)
+            self.peers.forget(request.call_id)
             if on_frame is not None:
                 self._listeners.pop(request.call_id, None)
             if request.window:
@@ -292,7 +288,7 @@ class Caller:
         if future is None or future.done():
             log.debug("dropped a reply for unknown or finished call %s", call_id)
         elif isinstance(outcome, Reply):
-            self._reads_batches[call_id] = batches
+            self.peers.replied(call_id, batches)
             future.set_result(outcome)
         else:
             future.set_exception(outcome)
@@ -338,22 +334,7 @@ class Caller:
             return None
         finally:
             self._pending.pop(query, None)
-            self._reads_batches.pop(query, None)
-
-    async def publish_cancel(self, call_id: str) -> None:
-        try:
-            async with asyncio.timeout(CANCEL_TIMEOUT):
-                channels = await self.link.ready()
-            async with asyncio.timeout(CANCEL_TIMEOUT):
-                await channels.calls_raw.basic_publish(
-                    b"",
-                    exchange=self.topology.control_exchange,
-                    properties=Basic.Properties(message_type="cancel", correlation_id=call_id),
-                )
-        except Exception as exc:  # best effort, in the background: aiormq may raise anything
-            # Under a resource alarm this is expected, and already said (pressure.py).
-            level = logging.WARNING if self.link.pressure.reason is None else logging.DEBUG
-            log.log(level, "could not send the cancellation of call %s: %s", call_id, describe(exc))
+            self.peers.forget(query)
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -366,3 +347,20 @@ class Caller:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):
             task.cancel()
+
+
+async def publish_cancel(link: Link, topology: Topology, call_id: str) -> None:
+    """Ask the servers to cancel call ``call_id``: best effort, in the background."""
+    try:
+        async with asyncio.timeout(CANCEL_TIMEOUT):
+            channels = await link.ready()
+        async with asyncio.timeout(CANCEL_TIMEOUT):
+            await channels.calls_raw.basic_publish(
+                b"",
+                exchange=topology.control_exchange,
+                properties=Basic.Properties(message_type="cancel", correlation_id=call_id),
+            )
+    except Exception as exc:  # aiormq may raise anything
+        # Under a resource alarm this is expected, and already said (pressure.py).
+        level = logging.WARNING if link.pressure.reason is None else logging.DEBUG
+        log.log(level, "could not send the cancellation of call %s: %s", call_id, describe(exc))

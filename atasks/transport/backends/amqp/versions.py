@@ -17,7 +17,7 @@ clients may be upgraded in any order.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 WIRE_VERSION = 2
@@ -111,6 +111,20 @@ class Peers:
     forget_old: float = FORGET_OLD
     _batch_reader: bool = False  # a server that reads batches answered
     _old: float | None = None  # when one that reads none last did
+    _replies: dict[str, bool | None] = field(default_factory=dict)  # call id: reads batches?
+
+    def replied(self, call_id: str, batches: bool | None) -> None:
+        """The reply to ``call_id`` came, saying whether its server reads batches (``None``:
+        not a server's word); counted once its call has it (``settled``)."""
+        self._replies[call_id] = batches
+
+    def settled(self, call_id: str, now: float) -> None:
+        batches = self._replies.pop(call_id, None)
+        if batches is not None:
+            self.heard(batches=batches, now=now)
+
+    def forget(self, call_id: str) -> None:
+        self._replies.pop(call_id, None)
 
     def heard(self, *, batches: bool, now: float) -> None:
         """A server answered; ``batches``: it said it reads batches."""

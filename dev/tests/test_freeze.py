@@ -1,8 +1,12 @@
 """A cluster node frozen (SIGSTOP) for 30 s: its sockets stay open and it answers nothing, so
 only missed heartbeats tell. The client or the servers connected to it leave it for another node,
-every call made before or during the freeze completes with its own result (durable replies, the
-default: a call waits for a connection for ``reconnect_wait``, 30 s by default, then fails with
-``TransportError``), and the node, thawed (SIGCONT), is a running member of the cluster again."""
+and every call made before or during the freeze completes with its own result (durable replies,
+the default: a call waits for a working connection for ``reconnect_wait``, 30 s by default, then
+fails with ``TransportError``; one with a deadline fails with ``TimeoutError`` at its deadline).
+On 3.x they complete while the node is still frozen; on 4.x the cluster takes longer to go on
+without it, and they may complete once it is back. Thawed (SIGCONT), the node is a running member
+of the cluster again. The test cluster takes a silent node for down after 8 s (net_ticktime,
+dev/rabbitcluster.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import pytest
 import workload
 from rabbitcluster import RabbitCluster
 from servers import Servers, wait_until_served
-from test_survive import all_results, connected_to, named, start_calls
+from test_survive import connected_to, named, start_calls
 
 import atasks
 
@@ -73,19 +77,24 @@ async def test_calls_survive_a_frozen_cluster_node(
         # Made while it is frozen: the client may not know yet.
         (tmp_path / "during").mkdir()
         during = [
-            asyncio.ensure_future(workload.double_after(CALLS + i, 0.1, str(tmp_path / "during")))
+            asyncio.ensure_future(workload.double_after(i, 0.1, str(tmp_path / "during")))
             for i in range(CALLS)
         ]
-        await all_results(before)
-        results = await asyncio.wait_for(asyncio.gather(*during), 120)
-        assert results == [2 * (CALLS + i) for i in range(CALLS)]
-        took = time.monotonic() - frozen_at
-        print(f"all {2 * CALLS} results {took:.1f}s after the freeze")
-        assert took < FROZEN  # they did not wait for the node to thaw
-        left = max(0.0, FROZEN - (time.monotonic() - frozen_at))
-        await asyncio.sleep(left)  # the freeze lasts its 30 s, whatever the calls did
+        everything = asyncio.ensure_future(asyncio.gather(*before, *during))
+        await asyncio.wait([everything], timeout=FROZEN)  # the freeze lasts 30 s at most
+        while_frozen = time.monotonic() - frozen_at if everything.done() else None
+        await asyncio.sleep(max(0.0, FROZEN - (time.monotonic() - frozen_at)))  # the whole 30 s
         cluster.nodes[frozen].send_signal(signal.SIGCONT)
         thawed = True
+        results = await asyncio.wait_for(everything, 120)
+        took = while_frozen or time.monotonic() - frozen_at
+        assert results == [2 * i for i in range(CALLS)] * 2  # each its own result, none failed
+        print(f"all {2 * CALLS} results {took:.1f}s after the freeze", end=", ")
+        print("while frozen" if while_frozen is not None else f"after the thaw at {FROZEN:g}s")
+        if cluster.version and cluster.version.startswith("3."):
+            # 3.x goes on without the frozen node within seconds (4.x's quorum queues and
+            # metadata store take longer: measured 70-76 s, so there they finish after it).
+            assert while_frozen is not None
         healed = await asyncio.to_thread(rejoined, cluster, frozen)
         print(f"node {frozen} thawed and running in the cluster again in {healed:.1f}s")
         assert cluster.running_members(via=frozen) == {node.nodename for node in cluster.nodes}

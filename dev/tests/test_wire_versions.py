@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ DEV = Path(__file__).resolve().parents[1]
 def previous() -> Path:
     """The previous release's venv (its source tree in ``src``), built once."""
     built = subprocess.run(
-        ["python3", str(DEV / "previous.py")], check=True, capture_output=True, text=True
+        [sys.executable, str(DEV / "previous.py")], check=True, capture_output=True, text=True
     )
     return Path(built.stdout.strip().splitlines()[-1])
 

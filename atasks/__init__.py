@@ -41,6 +41,7 @@ from atasks.errors import (
     ScheduleNotFoundError,
     StreamInterrupted,
     TransportError,
+    WireVersionError,
 )
 from atasks.events import Event, Progress, deliver_progress, observe_progress, progress
 from atasks.handlers import handler
@@ -97,6 +98,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "Weekday",
+    "WireVersionError",
     "atask",
     "atask_broadcast",
     "atask_queue",

@@ -82,6 +82,12 @@ class DecodeError(CodecError):
     """Bytes could not be decoded."""
 
 
+class WireVersionError(DecodeError):
+    """A server could not read a request: sent in a newer wire version, or needing what the
+    server's version does not read. The message says both versions; the request is kept in the
+    dead letters."""
+
+
 class TransportError(ATasksError):
     """A message could not be sent or its reply could not come back."""
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from atasks.testing.rabbitnode import Epmd, RabbitNode
 
+NET_TICKTIME = 8  # seconds
+
 
 class RabbitCluster:
     """``size`` private nodes forming one cluster. ``base_dir`` holds a directory per node (its
@@ -58,6 +60,17 @@ class RabbitCluster:
             )
             for i in range(size)
         ]
+        for node in self.nodes:
+            # A node that stops answering (frozen, cut off) is down for the others after about
+            # NET_TICKTIME s, not the default 60: the rest of the cluster goes on without it
+            # (quorum queues elect leaders elsewhere, declarations stop waiting for it). Back,
+            # the side that lost the partition restarts and rejoins (autoheal).
+            (node.data / "advanced.config").write_text(
+                f"[{{kernel, [{{net_ticktime, {NET_TICKTIME}}}]}}].\n"
+            )
+            (node.data / "conf.d" / "cluster.conf").write_text(
+                "cluster_partition_handling = autoheal\n"
+            )
 
     @property
     def urls(self) -> list[str]:

@@ -31,8 +31,9 @@ import time
 import weakref
 from pathlib import Path
 
+from atasks.testing.probe import amqp_version
+
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
-AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 LOOPBACK_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
 
 _live: weakref.WeakSet[RabbitNode | Epmd] = weakref.WeakSet()
@@ -50,43 +51,6 @@ def _free_ports(count: int) -> list[int]:
                 ports.append(port)
     _ports_taken.update(ports)
     return ports
-
-
-def _amqp_version(port: int) -> str | None:
-    """The server's version if the port answers the AMQP 0-9-1 header with Connection.Start
-    ("" if that carries no version), else None."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s, s.makefile("rb") as f:
-            s.sendall(AMQP_HEADER)
-            header = f.read(7)  # frame type, channel, payload size
-            payload = f.read(int.from_bytes(header[3:7]))
-    except OSError:
-        return None
-    # frame type 1 (method), channel 0, class 10 (connection), method 10 (start)
-    if header[:3] != b"\x01\0\0" or payload[:4] != b"\0\x0a\0\x0a":
-        return None
-    return _server_property(payload[10 : 10 + int.from_bytes(payload[6:10])], b"version")
-
-
-def _server_property(table: bytes, key: bytes) -> str:
-    """A string entry of an AMQP field table ("" if absent). Knows the types RabbitMQ puts in
-    Connection.Start's server properties: S (long string), F (table), t (boolean)."""
-    at = 0
-    while at < len(table):
-        name = table[at + 1 : at + 1 + table[at]]
-        at += 1 + table[at]
-        kind = table[at : at + 1]
-        at += 1
-        if kind in (b"S", b"F"):
-            size = int.from_bytes(table[at : at + 4])
-            if name == key and kind == b"S":
-                return table[at + 4 : at + 4 + size].decode(errors="replace")
-            at += 4 + size
-        elif kind == b"t":
-            at += 1
-        else:
-            break
-    return ""
 
 
 def _epmd_ready(port: int) -> bool:
@@ -412,7 +376,7 @@ class RabbitNode:
             self.epmd.start(deadline)
             server = _in_root(self.root, str(RABBIT_BIN / "rabbitmq-server"))
             self._node = _spawn(server, self.env, self.log_path)
-            while (version := _amqp_version(self.port)) is None:
+            while (version := amqp_version(self.port)) is None:
                 _check(self._node, f"rabbitmq-server for {self.nodename}", deadline, self.log_path)
                 time.sleep(0.05)
             self.version = version or "unknown"
@@ -429,6 +393,15 @@ class RabbitNode:
         if self._own_epmd:
             self.epmd.stop()
         return time.monotonic() - t0
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the node's whole process tree: ``SIGSTOP`` freezes it (it misses
+        every heartbeat, its sockets stay open), ``SIGCONT`` thaws it."""
+        if self._node is None:
+            raise RuntimeError(f"{self.nodename} is not running")
+        for pid in [self._node.pid, *(pid for pid, _ in _tree(self._node.pid))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def kill(self) -> None:
         """Crash the node: SIGKILL its whole process tree at once, no clean shutdown. Its epmd

@@ -123,7 +123,7 @@ class Reply:
 
 REFUSED = frozenset(
     f"atasks.errors.{name}"
-    for name in ("DecodeError", "NoCodecRegistered", "JobNotFound", "AuthError")
+    for name in ("DecodeError", "WireVersionError", "NoCodecRegistered", "JobNotFound", "AuthError")
 )
 """Errors of a request refused before it ran: dead-lettered as ``rejected``, not ``failed``."""
 

@@ -34,9 +34,15 @@ class Servers:
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, *args: str, workload: str = WORKLOAD, env: dict[str, str | None] | None = None
+        self,
+        *args: str,
+        workload: str = WORKLOAD,
+        env: dict[str, str | None] | None = None,
+        python: str = sys.executable,
+        cwd: Path = REPO,
     ) -> subprocess.Popen[bytes]:
-        """Start a server; ``env`` adds variables to this process's (``None`` removes one)."""
+        """Start a server; ``env`` adds variables to this process's (``None`` removes one);
+        ``python`` and ``cwd``: another atasks's (the previous release's)."""
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for key, value in (env or {}).items():
             if value is None:
@@ -46,7 +52,7 @@ class Servers:
         with open(self.log_dir / f"server-{len(self.processes)}.log", "wb") as log:
             process = subprocess.Popen(
                 [
-                    sys.executable,
+                    python,
                     "-m",
                     "atasks",
                     "run",
@@ -58,7 +64,7 @@ class Servers:
                     "-v",
                     *args,
                 ],
-                cwd=REPO,
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=environment,

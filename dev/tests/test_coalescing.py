@@ -301,3 +301,24 @@ async def test_a_coalescer_sends_what_is_ready_together_within_its_bounds() -> N
     ]
     with pytest.raises(LookupError):
         await asyncio.gather(coalescer.put("k", b"bad"), coalescer.put("k", b"with it"))
+
+
+async def test_a_send_cancelled_under_a_coalescer_is_a_lost_connection_to_its_senders() -> None:
+    """aiormq cancels a publish in flight on a connection it finds dead (missed heartbeats): its
+    callers see a lost connection (and publish again), not a cancelled call."""
+    gate = asyncio.Event()
+
+    async def send(key: str, items: list[bytes]) -> None:
+        if key == "dead":
+            raise asyncio.CancelledError  # as aiormq's publish does
+        await gate.wait()
+
+    coalescer: Coalescer[str, bytes] = Coalescer(send, count=8, size=100, measure=len)
+    with pytest.raises(ConnectionError, match="lost while publishing"):
+        await asyncio.gather(coalescer.put("dead", b"a"), coalescer.put("dead", b"b"))
+    waiting = asyncio.ensure_future(coalescer.put("live", b"c"))
+    await until(lambda: bool(coalescer._sending))  # its delivery waits at the gate
+    (delivery,) = coalescer._sending
+    delivery.cancel()  # the delivery itself cancelled: its senders are cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

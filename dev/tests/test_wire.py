@@ -37,10 +37,10 @@ def test_request_headers_travel_as_prefixed_amqp_headers() -> None:
         name="x", call_id="c6", content_type="t", body=b"", headers={"traceparent": "00-1-2-01"}
     )
     properties = wire.request_properties(request, "r", persistent=False)
-    assert properties.headers == {"atasks-ctx-traceparent": "00-1-2-01"}
+    assert properties.headers == {"atasks-ctx-traceparent": "00-1-2-01", "atasks-wire": 2}
     assert wire.request_from("x", properties, b"").headers == {"traceparent": "00-1-2-01"}
     bare = Request(name="x", call_id="c7", content_type="t", body=b"")
-    assert wire.request_properties(bare, "r", persistent=False).headers is None
+    assert wire.request_properties(bare, "r", persistent=False).headers == {"atasks-wire": 2}
 
 
 def test_context_headers_that_are_not_text_are_ignored() -> None:

@@ -37,6 +37,7 @@ from atasks.transport.backends.amqp.delays import Ladder
 from atasks.transport.backends.amqp.oneway import after_refusal, publish_one_way
 from atasks.transport.backends.amqp.streams import Grants
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
+from atasks.transport.backends.amqp.versions import Peers, reads_batches
 from atasks.transport.messages import FrameListener, Reply, Request
 
 log = logging.getLogger("atasks.amqp")
@@ -87,6 +88,7 @@ class Caller:
         self.grants = Grants(link, self.spawn)
         self._give_up: asyncio.TimerHandle | None = None
         self._declared: set[str] = set()  # request queues declared on this connection
+        self.peers = Peers()  # calls travel together once servers said they read batches
         self._ladder = Ladder(link, topology, self._declared)  # delayed requests
         self._requests: Coalescer[Destination, Request] = Coalescer(
             self._publish_requests,
@@ -158,8 +160,10 @@ class Caller:
             )
         queue = self.topology.request_queue(request.name)
         priority = wire.broker_priority(request.priority)
-        alone = request.call_id if request.window else ""
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        batching = not request.window and self.peers.may_batch(loop.time())
+        alone = "" if batching else request.call_id
+        future: asyncio.Future[Reply] = loop.create_future()
         self._pending[request.call_id] = future
         if on_frame is not None:
             self._listeners[request.call_id] = on_frame
@@ -188,13 +192,16 @@ class Caller:
                         ) from exc
                     # Unconfirmed: publish it again once reconnected (at least once).
                     channels = await self.link.renewed(channels)
-            return await future
+            reply = await future
+            self.peers.settled(request.call_id, loop.time())
+            return reply
         except asyncio.CancelledError:
             # Even mid-publish: the request may be queued already.
-            self.spawn(self.publish_cancel(request.call_id))
+            self.spawn(publish_cancel(self.link, self.topology, request.call_id))
             raise
         finally:
             self._pending.pop(request.call_id, None)
+            self.peers.forget(request.call_id)
             if on_frame is not None:
                 self._listeners.pop(request.call_id, None)
             if request.window:
@@ -259,11 +266,13 @@ class Caller:
             except ValueError as exc:  # nobody's reply can be told from it
                 log.warning("dropped a malformed message of replies: %s", exc)
                 replies = []
+            batches = reads_batches(properties.headers)
             for reply in replies:
-                self._settle(reply.call_id, reply)
+                self._settle(reply.call_id, reply, batches)
         else:
             try:
-                self._settle(call_id, wire.reply_from(properties, message.body))
+                reply = wire.reply_from(properties, message.body)
+                self._settle(call_id, reply, reads_batches(properties.headers))
             except Exception as exc:  # a malformed reply fails its one call only
                 self._settle(call_id, TransportError(f"malformed reply: {exc!r}"))
         if self.durable:  # after the call has it: lost before this, it comes again
@@ -272,11 +281,14 @@ class Caller:
             except CONNECTION_ERRORS as exc:
                 log.debug("could not ack a reply: %s", describe(exc))
 
-    def _settle(self, call_id: str, outcome: Reply | Exception) -> None:
+    def _settle(
+        self, call_id: str, outcome: Reply | Exception, batches: bool | None = None
+    ) -> None:
         future = self._pending.pop(call_id, None)
         if future is None or future.done():
             log.debug("dropped a reply for unknown or finished call %s", call_id)
         elif isinstance(outcome, Reply):
+            self.peers.replied(call_id, batches)
             future.set_result(outcome)
         else:
             future.set_exception(outcome)
@@ -322,21 +334,7 @@ class Caller:
             return None
         finally:
             self._pending.pop(query, None)
-
-    async def publish_cancel(self, call_id: str) -> None:
-        try:
-            async with asyncio.timeout(CANCEL_TIMEOUT):
-                channels = await self.link.ready()
-            async with asyncio.timeout(CANCEL_TIMEOUT):
-                await channels.calls_raw.basic_publish(
-                    b"",
-                    exchange=self.topology.control_exchange,
-                    properties=Basic.Properties(message_type="cancel", correlation_id=call_id),
-                )
-        except Exception as exc:  # best effort, in the background: aiormq may raise anything
-            # Under a resource alarm this is expected, and already said (pressure.py).
-            level = logging.WARNING if self.link.pressure.reason is None else logging.DEBUG
-            log.log(level, "could not send the cancellation of call %s: %s", call_id, describe(exc))
+            self.peers.forget(query)
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -349,3 +347,20 @@ class Caller:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):
             task.cancel()
+
+
+async def publish_cancel(link: Link, topology: Topology, call_id: str) -> None:
+    """Ask the servers to cancel call ``call_id``: best effort, in the background."""
+    try:
+        async with asyncio.timeout(CANCEL_TIMEOUT):
+            channels = await link.ready()
+        async with asyncio.timeout(CANCEL_TIMEOUT):
+            await channels.calls_raw.basic_publish(
+                b"",
+                exchange=topology.control_exchange,
+                properties=Basic.Properties(message_type="cancel", correlation_id=call_id),
+            )
+    except Exception as exc:  # aiormq may raise anything
+        # Under a resource alarm this is expected, and already said (pressure.py).
+        level = logging.WARNING if link.pressure.reason is None else logging.DEBUG
+        log.log(level, "could not send the cancellation of call %s: %s", call_id, describe(exc))

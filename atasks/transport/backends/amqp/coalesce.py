@@ -80,6 +80,18 @@ class Coalescer(Generic[Key, Item]):
             for _, sent in chunk:
                 if not sent.done():
                     sent.set_exception(exc)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this delivery was cancelled
+                for _, sent in chunk:
+                    sent.cancel()
+                raise
+            # Raised by the send itself (aiormq cancels what is in flight on a connection it
+            # finds dead): to the senders, a lost connection, not a cancelled call.
+            lost = ConnectionError("the connection was lost while publishing")
+            for _, sent in chunk:
+                if not sent.done():
+                    sent.set_exception(lost)
         except BaseException:
             for _, sent in chunk:
                 sent.cancel()

@@ -10,6 +10,7 @@ from atasks.errors import DeliveryLimitExceeded
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, describe
 from atasks.transport.backends.amqp.topology import Topology
+from atasks.transport.backends.amqp.versions import noticed
 from atasks.transport.messages import Reply
 
 log = logging.getLogger("atasks.amqp")
@@ -27,25 +28,34 @@ async def pass_on_dead_letter(topology: Topology, message: DeliveredMessage) -> 
     atask = queue.removeprefix(topology.prefix)
     try:
         if properties.reply_to and properties.correlation_id and reason not in NOT_NOTIFIED:
+            recorded = wire.last_error(headers)
             log.error(
-                "request %s for %r was dead-lettered (%s) after %d deliveries",
+                "request %s for %r was dead-lettered (%s): %s",
                 properties.correlation_id,
                 atask,
                 reason,
-                topology.delivery_limit,
+                recorded or f"after {topology.delivery_limit} deliveries",
             )
             error = DeliveryLimitExceeded(
                 f"atask {atask!r} was delivered {topology.delivery_limit} times and no "
                 "server finished it (each died or lost its connection); it is kept in the "
                 f"dead-letter queue {topology.dead_letter_queue!r}"
             )
+
+            def failure(call_id: str) -> Reply:
+                reply = Reply.failure(call_id, error)
+                if recorded:  # a server dead-lettered it and said why: its caller gets that
+                    reply.error_type, _, reply.error_message = recorded.partition(": ")
+                return reply
+
             if properties.message_type == wire.BATCH:  # each of its calls fails
                 ids = wire.batch_call_ids(message.body)
-                replies = [Reply.failure(call_id, error) for call_id in ids]
+                replies = [failure(call_id) for call_id in ids]
                 body, reply_properties = wire.pack_replies(replies), wire.replies_properties()
             else:
-                reply = Reply.failure(properties.correlation_id, error)
+                reply = failure(properties.correlation_id)
                 body, reply_properties = reply.body, wire.reply_properties(reply)
+            reply_properties.headers = noticed(reply_properties.headers)  # not a server's word
             await message.channel.basic_publish(
                 body, routing_key=properties.reply_to, properties=reply_properties
             )

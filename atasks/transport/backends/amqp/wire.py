@@ -33,6 +33,7 @@ from pamqp.commands import Basic
 
 from atasks.calls import NORMAL_PRIORITY, priority_from
 from atasks.events import Progress
+from atasks.transport.backends.amqp.versions import H_WIRE, WIRE_VERSION, announced
 from atasks.transport.messages import Frame, Item, Reply, Request
 
 H_DEADLINE = "atasks-deadline"
@@ -74,8 +75,9 @@ def request_properties(
 ) -> Basic.Properties:
     """A call's properties; without ``reply_to``, a fire-and-forget or broadcast request's."""
     headers = request_headers(request)
+    headers[H_WIRE] = WIRE_VERSION
     return Basic.Properties(
-        headers=headers or None,
+        headers=headers,
         content_type=request.content_type,
         delivery_mode=PERSISTENT if persistent else None,
         correlation_id=request.call_id,
@@ -137,7 +139,7 @@ def batch_properties(
     deadlines = [request.deadline for request in requests]
     latest = None if None in deadlines else max(d for d in deadlines if d is not None)
     return Basic.Properties(
-        headers={H_CALLS: len(requests)},
+        headers={H_CALLS: len(requests), H_WIRE: WIRE_VERSION},
         content_type=requests[0].content_type,
         delivery_mode=PERSISTENT if persistent else None,
         correlation_id=batch_id,
@@ -180,8 +182,9 @@ def batch_call_ids(body: bytes) -> list[str]:
     return ids
 
 
-def replies_properties() -> Basic.Properties:
-    return Basic.Properties(message_type=REPLIES)
+def replies_properties(*, announce: bool = False) -> Basic.Properties:
+    """A ``replies`` message's; a server's ``announce`` says what it reads (see versions)."""
+    return Basic.Properties(headers=announced(None) if announce else None, message_type=REPLIES)
 
 
 def pack_replies(replies: Iterable[Reply]) -> bytes:
@@ -300,9 +303,11 @@ def context_from(headers: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def reply_properties(reply: Reply) -> Basic.Properties:
+def reply_properties(reply: Reply, *, announce: bool = False) -> Basic.Properties:
+    """A lone reply's; a server's ``announce`` says what it reads (see versions)."""
+    headers = None if reply.ok else _error_headers(reply)
     return Basic.Properties(
-        headers=None if reply.ok else _error_headers(reply),
+        headers=announced(headers) if announce else headers,
         content_type=reply.content_type,
         correlation_id=reply.call_id,
         message_type=OK if reply.ok else ERROR,

@@ -9,6 +9,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import aiormq
@@ -23,7 +24,9 @@ from atasks.transport.backends.amqp.connection import (
 from atasks.transport.backends.amqp.intake import Intake
 from atasks.transport.backends.amqp.server.message import Message, handled
 from atasks.transport.backends.amqp.server.state import SUSPECTS, Shared
+from atasks.transport.backends.amqp.server.unreadable import refuse_unreadable
 from atasks.transport.backends.amqp.topology import declare_all
+from atasks.transport.backends.amqp.versions import unreadable
 from atasks.transport.contract import Capacity
 
 log = logging.getLogger("atasks.amqp")
@@ -228,6 +231,9 @@ class Consumers:
                 message.counted = True
             # A context of its own: nothing set where the connection was opened leaks into it.
             serve = self._batch if message.is_batch else self._lone
+            reason = unreadable(message.properties.message_type, message.headers)
+            if reason is not None:  # a newer wire: refused with why, never dropped
+                serve = partial(refuse_unreadable, self.shared, reason)
             task = asyncio.get_running_loop().create_task(
                 serve(intake, message), context=contextvars.Context()
             )

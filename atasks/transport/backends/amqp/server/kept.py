@@ -81,7 +81,7 @@ class KeptReplies:
                         await channels.serve_raw.basic_publish(
                             kept.reply.body,
                             routing_key=kept.reply_to,
-                            properties=wire.reply_properties(kept.reply),
+                            properties=wire.reply_properties(kept.reply, announce=True),
                         )
                     except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError) as exc:
                         log.debug("could not send kept replies yet: %s", describe(exc))

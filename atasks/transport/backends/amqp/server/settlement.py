@@ -65,9 +65,9 @@ class Settlement:
     ) -> None:
         channel, reply_to = destination
         if len(replies) == 1:
-            body, properties = replies[0].body, wire.reply_properties(replies[0])
+            body, properties = replies[0].body, wire.reply_properties(replies[0], announce=True)
         else:
-            body, properties = wire.pack_replies(replies), wire.replies_properties()
+            body, properties = wire.pack_replies(replies), wire.replies_properties(announce=True)
             if len(body) > self.link.max_message_size:  # too much together: one each
                 for reply in replies:
                     await self._publish_replies(destination, [reply])

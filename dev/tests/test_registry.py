@@ -73,14 +73,16 @@ def test_registering_the_same_function_again_is_fine() -> None:
 
 
 def test_missing_codec_and_transport_say_what_to_do() -> None:
-    with pytest.raises(NoCodecRegistered, match="PickleCodec"):
+    with pytest.raises(NoCodecRegistered, match="PickleCodec") as no_codec:
         atasks.get_codec("nowhere")
-    with pytest.raises(NoClientTransportRegistered, match="connect"):
+    assert "atasks.setup(namespace='nowhere')" in str(no_codec.value)
+    with pytest.raises(NoClientTransportRegistered, match="connect") as no_transport:
         atasks.get_transport("nowhere")
+    assert "atasks.setup(\"amqp\", namespace='nowhere')" in str(no_transport.value)
 
 
 async def test_calling_without_set_up_fails_clearly() -> None:
-    with pytest.raises(NoCodecRegistered):
+    with pytest.raises(NoCodecRegistered, match=r"is not set up .*await atasks\.setup\(\) before"):
         await plain(1)
 
 

@@ -15,6 +15,7 @@ The rule for a fenced block in README.md and docs/**.md:
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
 import re
 import shlex
@@ -287,19 +288,25 @@ async def test_the_dashboard_example_runs(
     lines = [line.split("#")[0] for line in command(page, "dashboard-example").splitlines()]
     serve, board, order = [shlex.split(line) for line in lines if line.strip()]
     assert serve[:5] == ["atasks", "run", "shop.py", "--mode", "server"]
-    assert serve[5] == "--url" and serve[7:] == ["--events"]
+    assert serve[5] == "--url"
+    assert serve[7:] == ["--events"]
     assert board[:2] == ["atasks", "dashboard"]
     assert order[:5] == ["atasks", "run", "order.py", "--mode", "client"]
     node = rabbit_factory(tmp_path / "rabbit")
     node.start()
     monkeypatch.chdir(tmp_path)
     await atasks_server("shop.py", node.url, *serve[7:])
-    done = subprocess.run(
-        [sys.executable, "-m", "atasks", *order[1:5], "--url", node.url],
+    client = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "atasks", *order[1:5], "--url", node.url],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["15.5"]  # 9.5 + 3.0 + 3.0
+    try:
+        out, err = await asyncio.wait_for(client.communicate(), 60)
+    finally:
+        if client.returncode is None:
+            client.kill()
+            await client.wait()
+    assert client.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["15.5"]  # 9.5 + 3.0 + 3.0

@@ -189,13 +189,23 @@ def register_schedule(schedule: ScheduleEntry) -> None:
     ns.schedules[schedule.name] = schedule
 
 
+def _set_up_hint(namespace_name: str) -> str:
+    where = "" if namespace_name == DEFAULT else f", namespace={namespace_name!r}"
+    return (
+        f"await atasks.setup({where.removeprefix(', ')}) before calling its atasks (loopback: "
+        f'this process serves them), or atasks.setup("amqp"{where}) to call servers through '
+        "RabbitMQ"
+    )
+
+
 def get_codec(namespace_name: str = DEFAULT) -> Codec:
     """The codec installed in a namespace."""
     ns = _namespaces.get(namespace_name)  # looking up creates nothing
     if ns is None or ns.codec is None:
         raise NoCodecRegistered(
-            f"namespace {namespace_name!r} has no codec: construct one, e.g. "
-            f"PickleCodec({namespace_name!r}), or call atasks.setup()."
+            f"namespace {namespace_name!r} is not set up (it has no codec): "
+            f"{_set_up_hint(namespace_name)}; or, with the 2019 API, construct a codec, e.g. "
+            f"PickleCodec({namespace_name!r})."
         )
     return ns.codec
 
@@ -205,9 +215,9 @@ def get_transport(namespace_name: str = DEFAULT) -> Transport:
     ns = _namespaces.get(namespace_name)
     if ns is None or ns.transport is None:
         raise NoClientTransportRegistered(
-            f"namespace {namespace_name!r} has no transport to send atasks through: construct "
-            f"one, e.g. LoopbackTransport({namespace_name!r}) and await its connect(), "
-            "or call atasks.setup()."
+            f"namespace {namespace_name!r} has no transport to send atasks through: "
+            f"{_set_up_hint(namespace_name)}; or, with the 2019 API, construct one, e.g. "
+            f"LoopbackTransport({namespace_name!r}), and await its connect()."
         )
     return ns.transport
 

@@ -222,7 +222,6 @@ class Router(Router0_0_3):
         )
         self._active = transport
         self._loop = asyncio.get_running_loop()
-        transport.server_statistics = lambda: self.statistics().as_dict()
         check_codec(self, self.serving or transport)
         ns = namespace(self.namespace)
         self._served = []
@@ -237,9 +236,13 @@ class Router(Router0_0_3):
         except BaseException:
             await self.deactivate(0)
             raise
+        # Only now does the server answer `atasks ping` and `inspect`: a ping answered while
+        # some atask was not yet served told its caller to go on, and the call got JobNotFound.
+        transport.server_statistics = lambda: self.statistics().as_dict()
         log.info(
-            "serving %d atasks of namespace %r (concurrency %d)",
+            "serving %d atask%s of namespace %r (concurrency %d)",
             len(self._served),
+            "" if len(self._served) == 1 else "s",
             self.namespace,
             concurrency,
         )

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import difflib
 import importlib
+import importlib.util
 import inspect
 import logging
 import os
+import pkgutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -242,7 +245,9 @@ def load(target: str) -> ModuleType:
     path = Path(target)
     if target.endswith(".py") or path.is_file():
         if not path.is_file():
-            raise RunFailure(f"no such file: {target}")
+            near = _closest(path.name, [p.name for p in path.parent.glob("*.py")])
+            hint = f"; did you mean {str(path.with_name(near))!r}?" if near else ""
+            raise RunFailure(f"no such file: {target}{hint}")
         name, root = _module_name(path.resolve())
     else:
         name, root = target, Path.cwd()
@@ -252,10 +257,31 @@ def load(target: str) -> ModuleType:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):
-            raise RunFailure(f"no module named {name!r} (from {target!r})") from exc
+            raise RunFailure(
+                f"no module named {name!r} (from {target!r}){_module_hint(name, exc.name, root)}"
+            ) from exc
         raise RunFailure(f"cannot import {target}: {one_line(exc)}") from exc
     except Exception as exc:
         raise RunFailure(f"cannot import {target}: {one_line(exc)}") from exc
+
+
+def _closest(wanted: str, names: list[str]) -> str | None:
+    found = difflib.get_close_matches(wanted, names, n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def _module_hint(name: str, missing: str, root: Path) -> str:
+    """'; did you mean ...?' for a misspelt module, else where it was looked for."""
+    parent, _, last = missing.rpartition(".")
+    try:
+        spec = importlib.util.find_spec(parent) if parent else None
+    except ImportError:
+        spec = None
+    folders = list(spec.submodule_search_locations or ()) if spec else [str(root)]
+    near = _closest(last, [module.name for module in pkgutil.iter_modules(folders)])
+    if near is not None:
+        return f"; did you mean {(parent + '.' if parent else '') + near + name[len(missing) :]!r}?"
+    return "" if parent else f"; not in {root} nor on sys.path"
 
 
 def _module_name(path: Path) -> tuple[str, Path]:

@@ -87,6 +87,30 @@ def test_bad_input_is_one_clear_line_and_a_non_zero_exit(args: list[str], messag
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("taks", "no module named 'taks' (from 'taks'); did you mean 'tasks'?"),
+        ("taks.py", "no such file: taks.py; did you mean 'tasks.py'?"),
+        ("shop.taks", "no module named 'shop.taks' (from 'shop.taks'); did you mean 'shop.tasks'?"),
+        ("shp.tasks", "no module named 'shp.tasks' (from 'shp.tasks'); did you mean 'shop.tasks'?"),
+        ("zzz", "no module named 'zzz' (from 'zzz'); not in "),
+    ],
+)
+def test_a_misspelt_target_gets_the_name_it_meant(
+    tmp_path: Path, target: str, message: str
+) -> None:
+    (tmp_path / "tasks.py").write_text("")
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "tasks.py").write_text("")
+    result = atasks_run(target, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"Error: {message}" or (
+        target == "zzz" and result.stderr.startswith(f"Error: {message}{tmp_path}")
+    ), result.stderr
+
+
 def test_failing_aiomain_is_one_line_and_traceback_only_with_verbose(tmp_path: Path) -> None:
     script = tmp_path / "failing.py"
     script.write_text("async def aiomain():\n    raise RuntimeError('the main broke')\n")

@@ -15,6 +15,7 @@ The rule for a fenced block in README.md and docs/**.md:
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
 import re
 import shlex
@@ -23,12 +24,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO
+
+from atasks.pytest_plugin import ServerFactory
+from atasks.testing.rabbitnode import RabbitNode
 
 sys.path.insert(0, str(REPO / "dev"))
 import docsgen
@@ -40,6 +45,7 @@ FILE_PAGES = {
     "docs/getting-started/rabbitmq.md",
     "docs/getting-started/testing.md",
     "docs/guides/process-pool.md",
+    "docs/guides/dashboard.md",
 }
 """Pages whose ``<!-- file: -->`` blocks a test writes out and runs."""
 
@@ -266,3 +272,41 @@ def test_getting_started_over_rabbitmq(amqp_url: str, tmp_path: Path) -> None:
             if server.poll() is None:
                 server.kill()
                 server.wait()
+
+
+async def test_the_dashboard_example_runs(
+    rabbit_factory: Callable[[Path], RabbitNode],
+    atasks_server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The page's shop.py served as its first command says, and order.py called as its third
+    says, on a broker of its own (order.py leaves a dead letter in the default namespace)."""
+    page = "docs/guides/dashboard.md"
+    for name, code in page_files(page).items():
+        (tmp_path / name).write_text(code)
+    lines = [line.split("#")[0] for line in command(page, "dashboard-example").splitlines()]
+    serve, board, order = [shlex.split(line) for line in lines if line.strip()]
+    assert serve[:5] == ["atasks", "run", "shop.py", "--mode", "server"]
+    assert serve[5] == "--url"
+    assert serve[7:] == ["--events"]
+    assert board[:2] == ["atasks", "dashboard"]
+    assert order[:5] == ["atasks", "run", "order.py", "--mode", "client"]
+    node = rabbit_factory(tmp_path / "rabbit")
+    node.start()
+    monkeypatch.chdir(tmp_path)
+    await atasks_server("shop.py", node.url, *serve[7:])
+    client = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "atasks", *order[1:5], "--url", node.url],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(client.communicate(), 60)
+    finally:
+        if client.returncode is None:
+            client.kill()
+            await client.wait()
+    assert client.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["15.5"]  # 9.5 + 3.0 + 3.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -72,14 +73,16 @@ def test_registering_the_same_function_again_is_fine() -> None:
 
 
 def test_missing_codec_and_transport_say_what_to_do() -> None:
-    with pytest.raises(NoCodecRegistered, match="PickleCodec"):
+    with pytest.raises(NoCodecRegistered, match="PickleCodec") as no_codec:
         atasks.get_codec("nowhere")
-    with pytest.raises(NoClientTransportRegistered, match="connect"):
+    assert "atasks.setup(namespace='nowhere')" in str(no_codec.value)
+    with pytest.raises(NoClientTransportRegistered, match="connect") as no_transport:
         atasks.get_transport("nowhere")
+    assert "atasks.setup(\"amqp\", namespace='nowhere')" in str(no_transport.value)
 
 
 async def test_calling_without_set_up_fails_clearly() -> None:
-    with pytest.raises(NoCodecRegistered):
+    with pytest.raises(NoCodecRegistered, match=r"is not set up .*await atasks\.setup\(\) before"):
         await plain(1)
 
 
@@ -145,3 +148,36 @@ def test_public_api_is_listed_and_documented_paths_import() -> None:
         assert hasattr(atasks, name), name
     for path in ("tasks", "router", "codecs", "transport.base", "transport.backends.amqp"):
         importlib.import_module(f"atasks.{path}")
+
+
+async def test_a_server_answers_ping_only_once_it_serves_every_atask() -> None:
+    """``atasks ping`` and ``inspect`` read ``server_statistics``: set while the router was
+    still registering, a ping answered before the last atask was served, and the call a user
+    made on that answer failed with JobNotFound."""
+    seen: list[object] = []
+
+    class Watching(LoopbackTransport):
+        async def register_callback(self, name: Any, handler: Any = None) -> None:
+            seen.append(self.server_statistics)  # what a ping arriving now would read
+            await super().register_callback(name, handler)
+
+    async def one() -> int:
+        return 1
+
+    async def two() -> int:
+        return 2
+
+    atask(name="one", namespace="ping-ns")(one)
+    atask(name="two", namespace="ping-ns")(two)
+    PickleCodec(namespace="ping-ns")
+    transport = Watching("ping-ns")
+    await transport.connect()
+    router = get_router("ping-ns")
+    await router.activate(transport)
+    try:
+        assert seen == [None, None]
+        assert transport.server_statistics is not None
+        assert transport.server_statistics()["atasks"] == ("one", "two")
+    finally:
+        await router.deactivate(0)
+        await transport.disconnect()

@@ -212,7 +212,9 @@ class Serving:
                 self.counts.cancelled += 1
                 raise
             except Exception as exc:
-                return await self._failed(request, codec, exc, received, observed=encoded)
+                return await self._failed(
+                    request, codec, exc, received, observed=encoded, expected=atask.throws
+                )
             self.counts.succeeded += 1
             return Reply(
                 call_id=request.call_id, ok=True, content_type=codec.content_type, body=body
@@ -231,12 +233,16 @@ class Serving:
         *,
         observed: bool = False,
         refused: bool = False,
+        expected: tuple[type[Exception], ...] = (),
     ) -> Reply:
         """The failed reply of ``request``; ``observed``: the events were published already;
         ``refused``: it never ran (logged as a warning already). A call that ran and failed,
-        after its retries, is logged here at ERROR with its traceback: the one line of it."""
+        after its retries, is logged here at ERROR with its traceback: the one line of it; at
+        INFO, without it, if the exception is one its atask ``expected`` (``throws``)."""
         self.counts.failed += 1
-        if not refused:
+        if isinstance(exc, expected):
+            log.info("call %s of %r raised %s", request.call_id, request.name, describe(exc))
+        elif not refused:
             log.error(
                 "call %s of %r failed: %s",
                 request.call_id,

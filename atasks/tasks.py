@@ -44,6 +44,7 @@ OPTIONS = (
     "window",
     "limit",
     "rate",
+    "throws",
 )
 """What ``@atask(...)`` accepts; anything else is an error where it is decorated. A new option
 is added here, to ``ATask.__init__`` and to the ``atask`` overloads."""
@@ -107,6 +108,7 @@ class ATask(Generic[P, R]):
         window: int | None = None,
         limit: int | None = None,
         rate: str | None = None,
+        throws: tuple[type[Exception], ...] = (),
         kind: Kind = "call",
     ) -> None:
         if not callable(fn):
@@ -117,6 +119,13 @@ class ATask(Generic[P, R]):
             )
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"@atask(retry=...) takes an atasks.Retry, not {retry!r}")
+        if not (
+            isinstance(throws, tuple)
+            and all(isinstance(t, type) and issubclass(t, Exception) for t in throws)
+        ):
+            raise TypeError(
+                f"@atask(throws=...) takes a tuple of exception classes, not {throws!r}"
+            )
         if priority is not None:
             where = getattr(fn, "__qualname__", repr(fn))
             check_priority(priority, f"@atask(priority={priority!r}) on {where}")
@@ -126,6 +135,9 @@ class ATask(Generic[P, R]):
         self.timeout = timeout
         self.auth_required = auth_required
         self.retry = retry
+        self.throws = throws
+        """Exceptions that are part of its contract: a call failing with one is logged at INFO
+        without a traceback, where any other failure is an ERROR with its traceback."""
         self.priority = priority
         self.limit = _limit(fn, limit, kind)
         """At most this many calls run at once across the namespace's servers (``None``: no
@@ -364,13 +376,14 @@ def atask(
     window: int | None = None,
     limit: int | None = None,
     rate: str | None = None,
+    throws: tuple[type[Exception], ...] = (),
 ) -> ATaskDecorator: ...
 
 
 def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Register ``fn`` as an atask: ``@atask`` or ``@atask(name=..., namespace=..., timeout=...,
     auth_required=..., retry=..., mechanism=..., priority=..., window=..., limit=...,
-    rate=...)``.
+    rate=..., throws=...)``.
 
     ``timeout`` is a default limit in seconds for each call; the default name is
     ``<module>.<qualname>``. ``auth_required=True`` refuses calls that carry no valid auth
@@ -382,8 +395,10 @@ def atask(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     function, a call is a stream (``async for``) and ``window`` bounds how many items its
     server makes ahead of the consumer (default 64). ``limit`` bounds how many of its calls run
     at once across every server of the namespace (docs: guides/fleet-limits.md; ``limit=1``: a
-    singleton); ``rate`` (``"100/s"``, ``"20/m"``) how many may start per period. Any other
-    option is a ``TypeError``.
+    singleton); ``rate`` (``"100/s"``, ``"20/m"``) how many may start per period. ``throws``
+    (a tuple of exception classes) names the failures that are part of its contract, which its
+    server logs at INFO without a traceback rather than at ERROR. Any other option is a
+    ``TypeError``.
     """
     return _decorate(fn, "call", options)
 
@@ -412,6 +427,7 @@ def atask_queue(
     priority: int | None = None,
     limit: int | None = None,
     rate: str | None = None,
+    throws: tuple[type[Exception], ...] = (),
 ) -> OneWayDecorator: ...
 
 
@@ -439,6 +455,7 @@ def atask_broadcast(
     retry: Retry | None = None,
     mechanism: Mechanism | None = None,
     priority: int | None = None,
+    throws: tuple[type[Exception], ...] = (),
 ) -> OneWayDecorator: ...
 
 

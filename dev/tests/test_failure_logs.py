@@ -40,6 +40,17 @@ async def breaks_twice(marker: str) -> str:
     return marker
 
 
+class OutOfStock(Exception):
+    pass
+
+
+@atask(throws=(OutOfStock,))
+async def sells(item: str) -> str:
+    if item.startswith("none"):
+        raise OutOfStock(f"no {item} left")
+    raise KeyError(item)  # not in its contract
+
+
 @atask_queue
 async def breaks_unawaited(marker: str) -> None:
     raise ValueError(f"nobody waits for {marker}")
@@ -90,6 +101,31 @@ async def test_a_failed_call_is_logged_once_at_error_with_its_traceback(
     assert f"call {call_id} " in message
     assert "Traceback" in caplog.text
     assert "in breaks" in caplog.text
+
+
+async def test_an_exception_the_atask_throws_by_contract_is_info_without_traceback(
+    served: Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = f"none-{uuid.uuid4().hex}"
+    with pytest.raises(OutOfStock, match=f"no {marker} left"):
+        await sells(marker)
+    [record] = about(caplog, f"no {marker} left", logging.INFO)
+    assert record.exc_info is None
+    assert f"{OutOfStock.__module__}.OutOfStock: no {marker} left" in record.getMessage()
+    assert not errors_of(caplog, sells.name)
+    # Any other exception of the same atask is still an ERROR with its traceback.
+    other = f"other-{uuid.uuid4().hex}"
+    with pytest.raises(KeyError):
+        await sells(other)
+    [error] = errors_of(caplog, sells.name)
+    assert other in error.getMessage()
+    assert error.exc_info is not None
+
+
+def test_throws_takes_exception_classes_only() -> None:
+    for bad in (ValueError, (ValueError, "x"), (KeyboardInterrupt,), [ValueError]):
+        with pytest.raises(TypeError, match=r"throws=\.\.\.\) takes a tuple of exception classes"):
+            atask(throws=bad)(breaks.fn)
 
 
 async def test_retries_are_warnings_and_the_last_failure_one_error(

@@ -116,7 +116,13 @@ class RabbitCluster:
         """Until every node runs in the cluster, as node ``via`` sees it."""
         node = self.nodes[via]
         timeout = str(int(self.start_timeout))
-        node.ctl("await_online_nodes", str(len(self.nodes)), "--timeout", timeout)
+        node.ctl(  # rabbitmqctl gives up first, saying so
+            "await_online_nodes",
+            str(len(self.nodes)),
+            "--timeout",
+            timeout,
+            timeout=self.start_timeout + 30,
+        )
         running = self.running_members(via)
         if running != {n.nodename for n in self.nodes}:
             raise RuntimeError(f"{node.nodename} sees running members {sorted(running)}")

@@ -159,6 +159,8 @@ async def rabbit_cluster(_module_cluster: RabbitCluster) -> RabbitCluster:
     for index, node in enumerate(cluster.nodes):
         if not node.running:  # left down by a test that failed
             await asyncio.to_thread(cluster.restart, index)
+    # A node may still be restarting its broker to rejoin (after a partition, autoheal).
+    await asyncio.to_thread(cluster.await_all_running)
     listed = await asyncio.to_thread(
         cluster.nodes[0].ctl, "list_queues", "name", "--formatter", "json"
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def rejoined(cluster: RabbitCluster, index: int, within: float = 180) -> float:
         try:
             cluster.await_all_running(via=index)
             return time.monotonic() - t0
-        except RuntimeError:  # its broker is restarting
+        except (RuntimeError, subprocess.TimeoutExpired):  # its broker is restarting
             if time.monotonic() - t0 > within:
                 raise
             time.sleep(0.5)

@@ -105,6 +105,7 @@ async def test_a_reply_sent_while_its_caller_was_away_reaches_it_once_back(
     servers.start()
     async with Proxy(rabbit.port) as proxy:
         await atasks.setup("amqp", url=proxy.url)
+        await servers.wait_serving(0, within=60)
         await wait_until_served(workload.ready)
         call = asyncio.ensure_future(workload.gated(str(markers)))
         async with asyncio.timeout(30):

@@ -57,6 +57,7 @@ async def test_calls_survive_a_broker_restart(
         try:
             servers.start("--concurrency", str(CALLS))
             await atasks.setup("amqp", url=node.url)
+            await servers.wait_serving(0, within=60)  # every atask registered
             await wait_until_served(workload.ready)
             calls = await start_calls(tmp_path / "markers")
             await asyncio.to_thread(node.restart)
@@ -71,6 +72,7 @@ async def test_calls_survive_the_clients_connection_dropping(
     servers.start("--concurrency", str(CALLS))
     async with Proxy(rabbit.port) as proxy:
         await atasks.setup("amqp", url=proxy.url)
+        await servers.wait_serving(0, within=60)  # every atask registered
         await wait_until_served(workload.ready)
         calls = await start_calls(tmp_path / "markers")
         assert proxy.cut() == 1
@@ -85,6 +87,7 @@ async def test_calls_survive_the_servers_connection_dropping(
     async with Proxy(rabbit.port) as proxy:
         servers.url = proxy.url
         server = servers.start("--concurrency", str(CALLS))
+        await servers.wait_serving(0, within=60)  # every atask registered: none left to declare
         await wait_until_served(workload.ready)
         calls = await start_calls(tmp_path / "markers", seconds=2.0)
         assert proxy.cut() == 1

@@ -92,6 +92,19 @@ def test_what_is_kept_is_bounded_in_number_and_in_time() -> None:
     assert len(resuming.moved) == 2
 
 
+def test_what_is_kept_is_bounded_in_bytes() -> None:
+    resuming = Resuming(size=10)
+    for call_id in ("aaaa", "bbbb", "cccc"):  # each reply's body is its call id: 4 bytes
+        resuming.sending(OLD, reply(call_id))
+    assert resuming.sent.bytes == 8
+    assert resuming.resume(["aaaa", "bbbb", "cccc"], NEW, lambda _: None) == [
+        reply("bbbb"),
+        reply("cccc"),
+    ]
+    resuming.sending(OLD, reply("cccc"))  # sent again: counted once
+    assert resuming.sent.bytes == 8
+
+
 @pytest.mark.timeout(120)
 async def test_a_reply_sent_while_its_caller_was_away_reaches_it_once_back(
     servers: Servers, rabbit: RabbitNode, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -14,8 +14,15 @@ from proxy import Proxy
 from servers import Servers, wait_until_served
 
 import atasks
+from atasks.errors import StreamInterrupted
 from atasks.testing.rabbitnode import RabbitNode
-from atasks.transport.backends.amqp.resume import is_direct, pack_ids, schedule, unpack_ids
+from atasks.transport.backends.amqp.resume import (
+    interrupt_streams,
+    is_direct,
+    pack_ids,
+    schedule,
+    unpack_ids,
+)
 from atasks.transport.backends.amqp.server.resuming import Resuming
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO
 from atasks.transport.messages import Reply
@@ -103,6 +110,39 @@ def test_what_is_kept_is_bounded_in_bytes() -> None:
     ]
     resuming.sending(OLD, reply("cccc"))  # sent again: counted once
     assert resuming.sent.bytes == 8
+
+
+async def test_a_lost_connection_interrupts_streams_only() -> None:
+    loop = asyncio.get_running_loop()
+    pending = {call_id: loop.create_future() for call_id in ("call", "stream", "done")}
+    pending["done"].set_result(None)
+    cancelled: list[str] = []
+    interrupt_streams(pending, ["stream", "done", "gone"], cancelled.append)
+    assert set(pending) == {"call"} and not pending["call"].done()
+    assert cancelled == ["stream"]  # asked to stop on its server
+
+
+@pytest.mark.timeout(120)
+async def test_a_stream_across_a_lost_connection_is_interrupted_not_left_waiting(
+    servers: Servers, rabbit: RabbitNode
+) -> None:
+    """Its items sent while the caller was away went to an address that died with the
+    connection: the stream ends with ``StreamInterrupted`` at once, and a plain call made after
+    the reconnect works."""
+    servers.start()
+    async with Proxy(rabbit.port) as proxy:
+        await atasks.setup("amqp", url=proxy.url)
+        await servers.wait_serving(0, within=60)
+        await wait_until_served(workload.ready)
+        received = []
+        with pytest.raises(StreamInterrupted, match="direct replies"):
+            async with asyncio.timeout(30):
+                async for item in workload.numbers("cut", None, pause=0.01):
+                    received.append(item)
+                    if len(received) == 3:
+                        assert proxy.cut() == 1
+        assert received[:3] == [0, 1, 2]
+        assert await asyncio.wait_for(workload.pid(), 60) > 0
 
 
 @pytest.mark.timeout(120)

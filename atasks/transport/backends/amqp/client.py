@@ -35,7 +35,7 @@ from atasks.transport.backends.amqp.connection import (
 from atasks.transport.backends.amqp.dead_notices import pass_on_dead_letter
 from atasks.transport.backends.amqp.delays import Ladder
 from atasks.transport.backends.amqp.oneway import after_refusal, publish_one_way
-from atasks.transport.backends.amqp.resume import Resumer
+from atasks.transport.backends.amqp.resume import Resumer, interrupt_streams
 from atasks.transport.backends.amqp.streams import Grants
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
 from atasks.transport.messages import FrameListener, Reply, Request
@@ -122,6 +122,9 @@ class Caller:
             self.resumer.reconnected()
 
     def _on_lost(self) -> None:
+        if not self.durable:  # a stream's items sent meanwhile go to the old address: lost
+            cancel = self.publish_cancel
+            interrupt_streams(self._pending, list(self._listeners), lambda c: self.spawn(cancel(c)))
         if self._give_up is None:
             self._give_up = asyncio.get_running_loop().call_later(
                 self.link.reconnect_wait, self._no_connection

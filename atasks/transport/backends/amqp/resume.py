@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping, Sequence
+from typing import Any
 
 from pamqp.commands import Basic
 
+from atasks.errors import StreamInterrupted
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Link, describe
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology
 
@@ -54,6 +56,25 @@ def unpack_ids(body: bytes) -> list[str]:
 def is_direct(reply_to: str | None) -> bool:
     """Whether ``reply_to`` is a direct reply-to address (which a reconnect may replace)."""
     return reply_to is not None and reply_to.startswith(DIRECT_REPLY_TO)
+
+
+def interrupt_streams(
+    pending: MutableMapping[str, asyncio.Future[Any]],
+    streams: Iterable[str],
+    cancel: Callable[[str], None],
+) -> None:
+    """Fail the streams among the calls awaited (and ``cancel`` each on its server): their items
+    went to the address the lost connection had, and a stream does not replay them."""
+    for call_id in streams:
+        future = pending.pop(call_id, None)
+        if future is not None and not future.done():
+            future.set_exception(
+                StreamInterrupted(
+                    "lost the connection to the broker: with direct replies a stream does not "
+                    'survive it (replies="durable" keeps its items)'
+                )
+            )
+            cancel(call_id)
 
 
 class Resumer:

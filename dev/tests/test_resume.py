@@ -118,7 +118,8 @@ async def test_a_lost_connection_interrupts_streams_only() -> None:
     pending["done"].set_result(None)
     cancelled: list[str] = []
     interrupt_streams(pending, ["stream", "done", "gone"], cancelled.append)
-    assert set(pending) == {"call"} and not pending["call"].done()
+    assert set(pending) == {"call"}
+    assert not pending["call"].done()
     assert cancelled == ["stream"]  # asked to stop on its server
 
 

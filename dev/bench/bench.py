@@ -1090,7 +1090,7 @@ def table(results: dict[str, Any]) -> str:
         + (
             "a durable quorum reply queue per client (replies outlive a lost connection)."
             if env["replies"] == "durable"
-            else "direct reply-to."
+            else "direct reply-to, resumed after a reconnect (replies kept by the servers)."
         )
         + f" Both: durable {env['queue_type']} request queue. Both servers run at once and "
         f"the two sides take turns, {sizes['rounds']} rounds per phase; CPU is user + system "

@@ -285,11 +285,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "replies",
         "ATASKS_REPLIES",
-        "durable",
-        "`durable`, `direct`",
-        _choice("durable", "direct"),
+        "direct",
+        "`direct`, `durable`",
+        _choice("direct", "durable"),
         (AMQP,),
-        "Durable reply queue per caller (survives dropped connections) or direct reply-to.",
+        "Direct reply-to, resumed after a reconnect, or a durable reply queue per caller.",
     ),
     Setting(
         "delivery_limit",

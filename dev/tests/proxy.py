@@ -15,6 +15,7 @@ class Proxy:
         self.port = 0
         self.accepted = 0
         self.tried = 0  # connections attempted through it, the refused ones included
+        self.refusing = False  # while set, new connections are cut at once
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
@@ -59,6 +60,9 @@ class Proxy:
         async with self._accepted:
             self.tried += 1
             self._accepted.notify_all()
+        if self.refusing:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:

@@ -187,3 +187,28 @@ def test_scaling_server_processes_and_uvloop(scaling: dict[str, Any]) -> None:
     for loop in ("asyncio", "uvloop"):
         positive(uv[loop], THROUGHPUT)
     positive(uv, ("ratio_throughput",))
+
+
+@pytest.fixture(scope="module")
+def targets(broker: str) -> dict[str, Any]:
+    """dev/bench/targets.py at its quick sizes: atasks against both baselines."""
+    broker_root(broker)
+    done = subprocess.run(
+        [sys.executable, "dev/bench/targets.py", "--quick", "--json", "--broker", broker[-1]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_targets_against_both_baselines(targets: dict[str, Any]) -> None:
+    for theirs in ("baseline", "patterns"):
+        positive(targets[theirs], ("p50", "one_in_flight", "64_in_flight"))
+    positive(targets, ("cpu_us_per_call_512", "loopback_us_per_call"))
+    raw = targets["raw"]
+    assert set(raw["sequential"]) == set(raw["one"]) == {"baseline", "patterns", "atasks"}
+    assert targets["environment"]["replies"] == "direct"  # the default

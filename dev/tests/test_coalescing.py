@@ -106,7 +106,8 @@ async def test_a_fan_out_travels_in_few_messages(
 ) -> None:
     await atasks.setup("amqp", url=amqp_url, coalesce=coalesce)
     first = servers.start()
-    await wait_until_served(workload.ready)  # every queue of the workload is declared
+    await servers.wait_serving(0, within=60)  # every queue of the workload is declared
+    await wait_until_served(workload.ready)
     first.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(first.wait, 30) == 0
     calls = [asyncio.ensure_future(workload.slow_pid(0)) for _ in range(70)]
@@ -136,6 +137,7 @@ async def test_a_batch_delivered_again_runs_no_answered_call_again(
     async with Proxy(rabbit.port) as proxy:
         servers.url = proxy.url
         server = servers.start()
+        await servers.wait_serving(0, within=60)  # registered: none left to declare at the cut
         await wait_until_served(workload.ready)
         tallies = [tmp_path / f"tally-{i}" for i in range(6)]
         # One message: three calls answered at once, three still running when the server's
@@ -174,6 +176,7 @@ async def test_an_expired_batch_is_dead_lettered_and_replayed_whole(
 ) -> None:
     await atasks.setup("amqp", url=amqp_url)
     first = servers.start()
+    await servers.wait_serving(0, within=60)  # registered: SIGTERM stops it cleanly
     await wait_until_served(workload.ready)
     first.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(first.wait, 30) == 0

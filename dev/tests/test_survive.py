@@ -57,6 +57,7 @@ async def test_calls_survive_a_broker_restart(
         try:
             servers.start("--concurrency", str(CALLS))
             await atasks.setup("amqp", url=node.url)
+            await servers.wait_serving(0, within=60)  # every atask registered
             await wait_until_served(workload.ready)
             calls = await start_calls(tmp_path / "markers")
             await asyncio.to_thread(node.restart)
@@ -71,6 +72,7 @@ async def test_calls_survive_the_clients_connection_dropping(
     servers.start("--concurrency", str(CALLS))
     async with Proxy(rabbit.port) as proxy:
         await atasks.setup("amqp", url=proxy.url)
+        await servers.wait_serving(0, within=60)  # every atask registered
         await wait_until_served(workload.ready)
         calls = await start_calls(tmp_path / "markers")
         assert proxy.cut() == 1
@@ -85,6 +87,7 @@ async def test_calls_survive_the_servers_connection_dropping(
     async with Proxy(rabbit.port) as proxy:
         servers.url = proxy.url
         server = servers.start("--concurrency", str(CALLS))
+        await servers.wait_serving(0, within=60)  # every atask registered: none left to declare
         await wait_until_served(workload.ready)
         calls = await start_calls(tmp_path / "markers", seconds=2.0)
         assert proxy.cut() == 1
@@ -160,11 +163,9 @@ async def test_calls_survive_the_crash_of_a_cluster_node(
         assert await connected_to(cluster, "atasks-client", via=2) == [0]
         assert await connected_to(cluster, "atasks-server", via=2) == [1]
         queues = await quorum_queues(cluster, via=2)
-        # The client's reply queue: atasks-replies.<namespace>.<host>.<pid>.<random>
-        (reply_queue,) = [name for name in queues if f".{os.getpid()}." in name]
-        # Three replicas each; leaders where the queues were declared: the node to kill leads
-        # the queue that its client or server consumes.
-        assert queues[reply_queue] == (0, [0, 1, 2])
+        # Direct replies (the default): no reply queue. Three replicas of the request queue,
+        # led by the node where the server declared it: the node to kill when victim="server".
+        assert not [name for name in queues if f".{os.getpid()}." in name]
         assert queues[f"atasks.default.{workload.double_after.name}"] == (1, [0, 1, 2])
 
         calls = await start_calls(tmp_path / "markers", seconds=2.0, count=CLUSTER_CALLS)

@@ -264,3 +264,17 @@ async def ready() -> int:
     """Defined last: servers register atasks in definition order, so once this one is served,
     every atask above has its queue."""
     return os.getpid()
+
+
+@atask
+async def gated(markers: str) -> int:
+    """Count its run (a line in ``markers``/runs), wait (60 s at most) until the file
+    ``markers``/go exists, touch ``markers``/done, and return how many runs there were."""
+    folder = Path(markers)
+    with open(folder / "runs", "a") as runs:  # noqa: ASYNC230 - tiny, and a test
+        runs.write("run\n")
+    async with asyncio.timeout(60):
+        while not (folder / "go").exists():
+            await asyncio.sleep(0.01)
+    (folder / "done").touch()
+    return len((folder / "runs").read_text().splitlines())

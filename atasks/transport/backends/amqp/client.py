@@ -35,6 +35,7 @@ from atasks.transport.backends.amqp.connection import (
 from atasks.transport.backends.amqp.dead_notices import pass_on_dead_letter
 from atasks.transport.backends.amqp.delays import Ladder
 from atasks.transport.backends.amqp.oneway import after_refusal, publish_one_way
+from atasks.transport.backends.amqp.resume import Resumer, interrupt_streams
 from atasks.transport.backends.amqp.streams import Grants
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
 from atasks.transport.backends.amqp.versions import Peers, reads_batches
@@ -43,8 +44,8 @@ from atasks.transport.messages import FrameListener, Reply, Request
 log = logging.getLogger("atasks.amqp")
 
 CANCEL_TIMEOUT = 5.0
-Replies = Literal["durable", "direct"]
-REPLIES: tuple[Replies, ...] = ("durable", "direct")
+Replies = Literal["direct", "durable"]
+REPLIES: tuple[Replies, ...] = ("direct", "durable")
 # Where a call goes, and what the calls of one message share: the channels it is published on,
 # its queue, its broker priority, its content type, and (a stream's) call id: a stream goes alone.
 Destination = tuple[Channels, str, int, str, str]
@@ -53,11 +54,12 @@ Destination = tuple[Channels, str, int, str, str]
 class Caller:
     """Sends requests through ``link`` and waits for their replies.
 
-    Durable replies: this caller's own quorum queue takes them (it outlives a broker restart or
-    a lost connection, and expires once nobody has used it for a while), calls in flight wait
-    for the connection to come back, and a request whose publish was not confirmed is published
-    again (its call id makes a second reply a duplicate, dropped). Direct replies: RabbitMQ's
-    direct reply-to, at most once, so a lost connection fails the calls in flight.
+    Either way, calls in flight wait for a lost connection to come back, and a request whose
+    publish was not confirmed is published again (its call id makes a second reply a duplicate,
+    dropped). Direct replies (the default): RabbitMQ's direct reply-to; after a reconnect the
+    servers are asked to resume the calls still awaited (``resume.py``). Durable replies: this
+    caller's own quorum queue takes them (it outlives a broker restart or a lost connection, and
+    expires once nobody has used it for a while).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class Caller:
         self._declared: set[str] = set()  # request queues declared on this connection
         self.peers = Peers()  # calls travel together once servers said they read batches
         self._ladder = Ladder(link, topology, self._declared)  # delayed requests
+        self.resumer = Resumer(link, topology, lambda: self._pending.keys())
         self._requests: Coalescer[Destination, Request] = Coalescer(
             self._publish_requests,
             count=coalesce,
@@ -117,16 +120,14 @@ class Caller:
         if self._give_up is not None:
             self._give_up.cancel()
             self._give_up = None
+        if not self.durable:
+            self.resumer.reconnected()
 
     def _on_lost(self) -> None:
-        if not self.durable:
-            self.fail_pending(
-                TransportError(
-                    "lost the connection to the broker while awaiting the reply; "
-                    "the atask may or may not have run (durable replies survive this)"
-                )
-            )
-        elif self._give_up is None:
+        if not self.durable:  # a stream's items sent meanwhile go to the old address: lost
+            cancel = partial(publish_cancel, self.link, self.topology)
+            interrupt_streams(self._pending, list(self._listeners), lambda c: self.spawn(cancel(c)))
+        if self._give_up is None:
             self._give_up = asyncio.get_running_loop().call_later(
                 self.link.reconnect_wait, self._no_connection
             )
@@ -185,11 +186,7 @@ class Caller:
                     ) from None
                 except aiormq.exceptions.DeliveryError as exc:
                     refusals = await after_refusal(refusals, "request", exc)
-                except CONNECTION_ERRORS as exc:
-                    if not self.durable:
-                        raise TransportError(
-                            f"could not publish the request: {describe(exc)}"
-                        ) from exc
+                except CONNECTION_ERRORS:
                     # Unconfirmed: publish it again once reconnected (at least once).
                     channels = await self.link.renewed(channels)
             reply = await future
@@ -343,6 +340,7 @@ class Caller:
 
     async def finish_background(self, within: float) -> None:
         """Let cancellations on their way out go, then drop what is left."""
+        self.resumer.close()
         if self._background:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):

@@ -32,12 +32,14 @@ class AMQPTransport(Transport):
 
     ``url`` defaults to ``$ATASKS_URL``, then ``amqp://guest:guest@127.0.0.1:5672/``; several
     URLs (a list, or comma-separated) are the nodes of a cluster, tried in turn. The transport
-    reconnects by itself after losing the broker. With ``replies="durable"`` (the default) calls
-    in flight survive it: replies wait in a quorum queue of this transport's own until it is
-    back, requests not yet confirmed are published again, and a server that lost its connection
-    keeps finished replies and sends them once reconnected. ``replies="direct"`` uses RabbitMQ's
-    direct reply-to: faster, but a call in flight when the connection drops fails with
-    ``TransportError`` (the atask may still have run).
+    reconnects by itself after losing the broker, and calls in flight survive it: requests not yet
+    confirmed are published again, and a server that lost its connection keeps finished replies
+    and sends them once reconnected. With ``replies="direct"`` (the default) replies come by
+    RabbitMQ's direct reply-to; after a reconnect the caller asks the servers to resume its calls,
+    and they send again the replies they keep for a while once sent, or send those still to come
+    to its new address. ``replies="durable"``: replies wait in a quorum queue of this transport's
+    own until it is back, which also outlives a server that stops before the caller is back
+    (slower, one call at a time).
 
     ``queue_type``: request queues are ``"quorum"`` (durable, replicated in a cluster; the
     default) or ``"classic"``. ``delivery_limit``: a request delivered this many times without

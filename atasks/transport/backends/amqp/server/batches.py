@@ -81,6 +81,7 @@ class Batches:
                 for r in requests
                 if r.call_id not in answered
                 and r.call_id not in shared.kept
+                and r.call_id not in shared.settlement.resuming.sent
                 and r.call_id not in shared.inflight
             ]
             runs: list[Request] = []

@@ -17,6 +17,7 @@ from atasks.events import SERVER_ID
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, describe
 from atasks.transport.backends.amqp.lease import LEASE
+from atasks.transport.backends.amqp.resume import RESUME, unpack_ids
 from atasks.transport.backends.amqp.server.state import Shared
 from atasks.transport.messages import Reply
 
@@ -42,12 +43,30 @@ class Control:
                 await self._answer(properties.reply_to, call_id, b"held")
         elif properties.message_type == wire.CREDIT and call_id:
             shared.frames.granted(call_id, wire.credits_from(properties))
+        elif properties.message_type == RESUME and properties.reply_to:
+            await self._resume(message.body, properties.reply_to)
         elif properties.message_type == "cancel" and call_id:
             shared.cancelled.put(call_id, None)
             task = shared.running.get(call_id)
             if task is not None:
                 log.debug("cancelling call %s at its caller's request", call_id)
                 task.cancel()
+
+    async def _resume(self, body: bytes, reply_to: str) -> None:
+        channels = self.shared.link.channels
+        try:
+            call_ids = unpack_ids(body)
+        except ValueError as exc:
+            log.warning("dropped a malformed resume: %s", exc)
+            return
+        if channels is None:
+            return  # the caller asks again
+        try:
+            await self.shared.settlement.resume(
+                channels.serve_raw, call_ids, reply_to, self.shared.kept_reply
+            )
+        except (*CONNECTION_ERRORS, aiormq.exceptions.DeliveryError) as exc:
+            log.debug("could not resume calls: %s", describe(exc))
 
     async def _answer(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         channels = self.shared.link.channels

@@ -16,6 +16,7 @@ from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.coalesce import Coalescer
 from atasks.transport.backends.amqp.connection import Link, describe
 from atasks.transport.backends.amqp.server.message import Message, only, part
+from atasks.transport.backends.amqp.server.resuming import Resuming
 from atasks.transport.backends.amqp.topology import Topology
 from atasks.transport.messages import Reply, Request
 
@@ -35,6 +36,7 @@ class Settlement:
         self.on_dead = on_dead
         # Copies of calls that wait, should they reach this server, for their original's ack.
         self.requeueing: dict[str, asyncio.Event] = {}
+        self.resuming = Resuming()
         self.replies: Coalescer[tuple[aiormq.abc.AbstractChannel, str], Reply] = Coalescer(
             self._publish_replies,
             count=REPLY_BATCH,
@@ -45,7 +47,20 @@ class Settlement:
     async def reply(self, message: Message, reply: Reply) -> None:
         """Send ``reply`` to the caller of ``message`` (with the others ready for it)."""
         assert message.reply_to is not None
-        await self.replies.put((message.channel, message.reply_to), reply)
+        reply_to = self.resuming.sending(message.reply_to, reply)
+        await self.replies.put((message.channel, reply_to), reply)
+
+    async def resume(
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        call_ids: list[str],
+        reply_to: str,
+        kept: Callable[[str], Reply | None],
+    ) -> None:
+        """Resume ``call_ids`` at the caller's new address ``reply_to`` (``resuming.py``)."""
+        again = self.resuming.resume(call_ids, reply_to, kept)
+        for i in range(0, len(again), REPLY_BATCH):
+            await self._publish_replies((channel, reply_to), again[i : i + REPLY_BATCH])
 
     async def reply_and_ack(self, message: Message, reply: Reply) -> None:
         try:

@@ -57,6 +57,11 @@ class Shared:
         self.registered = asyncio.Event()  # set, and replaced, at each registration
         self.rebalance: Callable[[], None] = lambda: None  # set by the consumers
 
+    def kept_reply(self, call_id: str) -> Reply | None:
+        """The reply kept for ``call_id`` while the connection was gone, if any."""
+        kept = self.kept.get(call_id)
+        return None if kept is None else kept.reply
+
     def registering(self) -> None:
         self.registered.set()
         self.registered = asyncio.Event()
@@ -95,6 +100,9 @@ class Shared:
         kept = self.kept.get(call_id)
         if kept is not None:
             return kept.reply
+        sent = self.settlement.resuming.sent.get(call_id)
+        if sent is not None:
+            return sent
         inflight = self.inflight.get(call_id)
         if inflight is None:
             return None

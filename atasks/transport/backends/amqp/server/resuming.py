@@ -1,0 +1,104 @@
+"""Direct replies that survive a lost connection: the server side (pure, no broker).
+
+A reply to a direct reply-to address is kept for a while once sent (``RESUMABLE_MAX`` of them,
+``RESUMABLE_BYTES`` of bodies, for ``RESUMABLE_FOR``): should its caller's connection drop
+before the reply reached it, the caller asks, once reconnected, to resume the call
+(``resume.py``) and the reply is sent again to its new address. A call this server has no reply
+for yet (still running, or queued) is remembered as moved: its reply goes to the new address
+when it is ready.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from atasks.transport.backends.amqp.resume import is_direct
+from atasks.transport.backends.amqp.server.policies import Memory
+from atasks.transport.messages import Reply
+
+RESUMABLE_MAX = 100_000  # replies to direct addresses kept once sent, at most…
+RESUMABLE_BYTES = 256 * 1024 * 1024  # …their bodies this many bytes together, at most…
+RESUMABLE_FOR = 300.0  # …for at most this long; as many calls moved to a new address
+
+
+class Sent:
+    """Replies by call id, the oldest forgotten beyond ``most`` of them, ``size`` bytes of
+    bodies or ``seconds`` of age."""
+
+    __slots__ = ("_clock", "_items", "bytes", "most", "seconds", "size")
+
+    def __init__(
+        self, most: int, size: int, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.most = most
+        self.size = size
+        self.seconds = seconds
+        self.bytes = 0
+        self._clock = clock
+        self._items: dict[str, tuple[Reply, float]] = {}
+
+    def put(self, reply: Reply) -> None:
+        now = self._clock()
+        items = self._items
+        old = items.pop(reply.call_id, None)
+        if old is not None:
+            self.bytes -= len(old[0].body)
+        items[reply.call_id] = (reply, now)
+        self.bytes += len(reply.body)
+        while items:  # forget the oldest
+            oldest, (kept, at) = next(iter(items.items()))
+            if len(items) <= self.most and self.bytes <= self.size and now - at < self.seconds:
+                break
+            del items[oldest]
+            self.bytes -= len(kept.body)
+
+    def get(self, call_id: str) -> Reply | None:
+        item = self._items.get(call_id)
+        return None if item is None else item[0]
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Resuming:
+    """The replies sent to direct addresses lately, and the calls moved to a new address."""
+
+    __slots__ = ("moved", "sent")
+
+    def __init__(
+        self,
+        most: int = RESUMABLE_MAX,
+        seconds: float = RESUMABLE_FOR,
+        clock: Callable[[], float] = time.monotonic,
+        size: int = RESUMABLE_BYTES,
+    ) -> None:
+        self.sent = Sent(most, size, seconds, clock)
+        self.moved: Memory[str, str] = Memory(most, seconds, clock)
+
+    def sending(self, reply_to: str, reply: Reply) -> str:
+        """Where ``reply``, addressed to ``reply_to``, goes (its call may have moved); kept
+        before it is sent when that is a direct address, so a resume that comes while it is on
+        its way finds it."""
+        moved = self.moved.get(reply.call_id) if len(self.moved) else None
+        to = moved or reply_to
+        if is_direct(to):
+            self.sent.put(reply)
+        return to
+
+    def resume(
+        self, call_ids: Iterable[str], reply_to: str, kept: Callable[[str], Reply | None]
+    ) -> list[Reply]:
+        """The replies to send again to ``reply_to`` now (sent lately, or ``kept`` for a lost
+        connection); the other calls are moved there, for when their replies are ready."""
+        again = []
+        for call_id in call_ids:
+            reply = self.sent.get(call_id) or kept(call_id)
+            if reply is not None:
+                again.append(reply)
+            else:
+                self.moved.put(call_id, reply_to)
+        return again

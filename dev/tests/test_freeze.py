@@ -1,12 +1,12 @@
 """A cluster node frozen (SIGSTOP) for 30 s: its sockets stay open and it answers nothing, so
 only missed heartbeats tell. The client or the servers connected to it leave it for another node,
-and every call made before or during the freeze completes with its own result (durable replies,
-the default: a call waits for a working connection for ``reconnect_wait``, 30 s by default, then
-fails with ``TransportError``; one with a deadline fails with ``TimeoutError`` at its deadline).
-On 3.x they complete while the node is still frozen; on 4.x the cluster takes longer to go on
-without it, and they may complete once it is back. Thawed (SIGCONT), the node is a running member
-of the cluster again. The test cluster takes a silent node for down after 8 s (net_ticktime,
-dev/rabbitcluster.py)."""
+and every call made before or during the freeze completes with its own result (either reply
+path; a call waits for a working connection for ``reconnect_wait``, 30 s by default, then fails
+with ``TransportError``; one with a deadline fails with ``TimeoutError`` at its deadline). On 3.x
+they complete while the node is still frozen; on 4.x the cluster takes longer to go on without
+it, and they may complete once it is back. Thawed (SIGCONT), the node is a running member of the
+cluster again (RabbitMQ's autoheal; restarted if it has not rejoined in 90 s). The test cluster
+takes a silent node for down after 8 s (net_ticktime, dev/rabbitcluster.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ HEARTBEAT = 2  # seconds; a connection is given up after (2 + 1) * 3 s without a
 CALLS = 100
 
 
-def rejoined(cluster: RabbitCluster, index: int, within: float = 180) -> float:
+def rejoined(cluster: RabbitCluster, index: int, within: float) -> float:
     """Seconds until node ``index`` runs in the cluster again: thawed, it finds the others
     took it for down, and restarts its broker to rejoin them (autoheal)."""
     t0 = time.monotonic()
@@ -96,8 +96,15 @@ async def test_calls_survive_a_frozen_cluster_node(
             # 3.x goes on without the frozen node within seconds (4.x's quorum queues and
             # metadata store take longer: measured 70-76 s, so there they finish after it).
             assert while_frozen is not None
-        healed = await asyncio.to_thread(rejoined, cluster, frozen)
-        print(f"node {frozen} thawed and running in the cluster again in {healed:.1f}s")
+        try:
+            healed = await asyncio.to_thread(rejoined, cluster, frozen, 90)
+            print(f"node {frozen} thawed and running in the cluster again in {healed:.1f}s")
+        except (RuntimeError, subprocess.TimeoutExpired):
+            # Rejoining is RabbitMQ's part (autoheal), not atasks': 2-4 s as a rule, but once,
+            # on a loaded machine, a 3.10 node had not rejoined after 3 minutes. Restart it.
+            print(f"node {frozen} had not rejoined 90 s after the thaw: restarted")
+            cluster.kill(frozen)
+            await asyncio.to_thread(cluster.restart, frozen)
         assert cluster.running_members(via=frozen) == {node.nodename for node in cluster.nodes}
         # Connections stay where they went, and the fleet goes on serving.
         assert frozen not in await connected_to(cluster, "atasks-client", via=2)

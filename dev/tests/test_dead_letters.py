@@ -167,8 +167,8 @@ async def test_a_dead_letter_whose_queue_is_gone_stays_put(amqp_url: str) -> Non
     (listed,) = await list_dead_letters(amqp_url, NS)
     assert (listed.atask, listed.reason, listed.age()) == ("gone", "delivery_limit", None)
     assert listed.error == (
-        "atasks.errors.DeliveryLimitExceeded: delivered, and each time its server died, was "
-        "killed or lost its connection while running it"
+        "atasks.errors.DeliveryLimitExceeded: atask 'gone' was delivered, and each time its "
+        "server died, was killed or lost its connection while running it"
     )
     assert "?" in (await run_dead(amqp_url, "list")).stdout.splitlines()[-1]
     replay = await run_dead(amqp_url, "replay")

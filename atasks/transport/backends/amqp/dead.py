@@ -166,8 +166,9 @@ def read(message: AbstractIncomingMessage, topology: Topology) -> DeadLetter:
     ``x-first-death-*``); atasks records it for classic ones (a header, no time)."""
     headers = message.headers or {}
     queue = str(headers.get(wire.FIRST_DEATH_QUEUE) or message.routing_key or "")
+    atask = queue.removeprefix(topology.prefix)
     return DeadLetter(
-        atask=queue.removeprefix(topology.prefix),
+        atask=atask,
         reason=wire.dead_reason(headers) or "?",
         call_id=message.correlation_id or "",
         queue=queue,
@@ -175,17 +176,17 @@ def read(message: AbstractIncomingMessage, topology: Topology) -> DeadLetter:
         size=len(message.body),
         content_type=message.content_type or "",
         reply_to=message.reply_to,
-        error=last_error(headers),
+        error=last_error(headers, atask),
     )
 
 
-def last_error(headers: Mapping[str, Any]) -> str:
-    """What a dead letter records of its last error; for one the broker dead-lettered at its
-    delivery limit, that its servers died running it."""
+def last_error(headers: Mapping[str, Any], atask: str) -> str:
+    """What a dead letter of ``atask`` records of its last error; for one the broker
+    dead-lettered at its delivery limit, that its servers died running it."""
     error = wire.last_error(headers)
     if error or wire.dead_reason(headers) != "delivery_limit":
         return error
-    return f"atasks.errors.DeliveryLimitExceeded: {died_running(None)}"
+    return f"atasks.errors.DeliveryLimitExceeded: {died_running(atask, None)}"
 
 
 def died_at(headers: Mapping[str, Any]) -> float | None:

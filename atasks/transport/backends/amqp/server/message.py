@@ -147,10 +147,10 @@ def delivered_before(message: Message) -> bool:
     )
 
 
-def died_running(deliveries: int | None) -> str:
-    """The last error of a request dead-lettered at its delivery limit."""
+def died_running(atask: str, deliveries: int | None) -> str:
+    """The last error of a request for ``atask`` dead-lettered at its delivery limit."""
     times = f" {deliveries} times" if deliveries else ""
     return (
-        f"delivered{times}, and each time its server died, was killed or lost its connection "
-        "while running it"
+        f"atask {atask!r} was delivered{times}, and each time its server died, was killed or "
+        "lost its connection while running it"
     )

@@ -72,7 +72,7 @@ class Suspects:
                 message,
                 "delivery_limit",
                 "atasks.errors.DeliveryLimitExceeded",
-                died_running(deaths),
+                died_running(name, deaths),
                 requests,
             )
         elif verdict is Verdict.COUNT:

@@ -6,7 +6,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import click
@@ -56,6 +56,16 @@ COLUMNS = (
 )
 
 
+def columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a text table: ``headers``, a rule of dashes, then ``rows``, each column
+    left-aligned to its widest cell, two spaces apart, no trailing spaces."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(headers)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return [line.rstrip() for line in lines]
+
+
 def format_inspect_table(servers: list[dict[str, Any]]) -> str:
     """One line per server, then, if the answers carry them, one per request queue."""
     if not servers:
@@ -76,11 +86,7 @@ def format_inspect_table(servers: list[dict[str, Any]]) -> str:
         )
         for s in servers
     ]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-    lines = [line.rstrip() for line in lines]
+    lines = columns(COLUMNS, rows)
     queues = format_queues(servers)
     return "\n".join(lines + (["", queues] if queues else []))
 
@@ -106,11 +112,7 @@ def format_queues(servers: list[dict[str, Any]]) -> str:
         )
         for row in found
     ]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(QUEUE_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(QUEUE_COLUMNS, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(columns(QUEUE_COLUMNS, rows))
 
 
 def queue_rows(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,11 +173,7 @@ def format_schedules(holder: dict[str, Any] | None, namespace: str) -> str:
     lines = [f"scheduler: {holder.get('server', '?')}"]
     if not rows:
         return "\n".join([*lines, "no schedules"])
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(SCHEDULE_COLUMNS)]
-    lines.append("  ".join(c.ljust(w) for c, w in zip(SCHEDULE_COLUMNS, widths, strict=True)))
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join([*lines, *columns(SCHEDULE_COLUMNS, rows)])
 
 
 def _result(result: dict[str, Any] | None) -> str:
@@ -204,14 +202,9 @@ def format_dead_letters(letters: list[dict[str, Any]], queue: str) -> str:
         )
         for (atask, reason), group in sorted(groups.items(), key=lambda item: -len(item[1]))
     ]
-    columns = ("count", "atask", "reason", "age", "last error")
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     plural = "s" if len(letters) != 1 else ""
-    lines = [f"{len(letters)} dead letter{plural} in {queue}"]
-    lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    title = f"{len(letters)} dead letter{plural} in {queue}"
+    return "\n".join([title, *columns(("count", "atask", "reason", "age", "last error"), rows)])
 
 
 ERROR_WIDTH = 100

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from atasks.monitor import columns
 from atasks.transport.backends.amqp.topology import Topology
 
 
@@ -64,8 +65,4 @@ def format_rows(rows: list[QueueRow], namespace: str) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)) for t in table]
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(columns(COLUMNS, table))

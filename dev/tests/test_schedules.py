@@ -49,10 +49,29 @@ def ticks(path: Path) -> list[tuple[dt.datetime, int]]:
     return found
 
 
-def assert_each_due_time_once(fired: list[tuple[dt.datetime, int]]) -> list[dt.datetime]:
-    """Every second from the first due time fired to the last, each exactly once."""
+def assert_each_due_time_once(
+    fired: list[tuple[dt.datetime, int]],
+    interrupted: tuple[int, dt.datetime] | None = None,
+) -> list[dt.datetime]:
+    """Every second from the first due time fired to the last, each exactly once.
+
+    ``interrupted``: the pid of a server that lost its connection (or died) at that moment. A
+    firing it was running then was never acked, so another server runs it again — at least
+    once, as any call (the scheduler still fired it once). That run, and only that one, may
+    show twice: once by the interrupted server, within a second of the moment."""
     counts = Counter(due for due, _ in fired)
     doubles = {due: n for due, n in counts.items() if n > 1}
+    if interrupted is not None:
+        pid, at = interrupted
+        doubles = {
+            due: n
+            for due, n in doubles.items()
+            if not (
+                n == 2
+                and abs((due - at).total_seconds()) <= 1.5
+                and pid in [p for d, p in fired if d == due]
+            )
+        }
     assert not doubles, f"fired more than once: {doubles}"
     dues = sorted(counts)
     expected = [dues[0] + dt.timedelta(seconds=i) for i in range(len(dues))]
@@ -153,7 +172,7 @@ async def test_killing_the_scheduler_hands_the_role_over_without_a_double_or_a_g
     took = time.monotonic() - killed
     after = killed_at + dt.timedelta(seconds=3)  # a few due times after the takeover
     await until(lambda: max(due for due, _ in ticks(path)) >= after, within=10)
-    dues = assert_each_due_time_once(ticks(path))
+    dues = assert_each_due_time_once(ticks(path), (int(holder["pid"]), killed_at))
     last = f"tick@{dues[-1].isoformat()}"
     await until(lambda: any(e.kind == "fired" and e.call_id == last for e in events), within=5)
     watcher.cancel()
@@ -287,4 +306,4 @@ async def test_a_scheduler_cut_off_the_broker_hands_the_role_over(
         await proxy.wait_accepted(accepted + 1)  # the cut-off server is back, and waits
         after = cut_at + dt.timedelta(seconds=3)
         await until(lambda: max(due for due, _ in ticks(path)) >= after, within=10)
-    assert_each_due_time_once(ticks(path))
+    assert_each_due_time_once(ticks(path), (int(holder["pid"]), cut_at))

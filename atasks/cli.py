@@ -128,6 +128,7 @@ def main() -> None:
 @setting_option("health_port", metavar="PORT")
 @setting_option("metrics_port", metavar="PORT")
 @setting_option("endpoints_host", metavar="HOST")
+@setting_option("middleware", metavar="MODULE:CLASS[,...]")
 @click.option(
     "--events/--no-events",
     default=None,
@@ -161,6 +162,7 @@ def run(
     health_port: int | None,
     metrics_port: int | None,
     endpoints_host: str | None,
+    middleware: tuple[str, ...] | None,
     events: bool | None,
     reload: bool | None,
     verbose: int,
@@ -184,6 +186,7 @@ def run(
         "health_port": health_port,
         "metrics_port": metrics_port,
         "endpoints_host": endpoints_host,
+        "middleware": middleware,
     }
     try:
         extra = dict(parse_option(item) for item in options)
@@ -262,6 +265,8 @@ def _worker_argv(
     argv = [sys.executable, "-m", "atasks", "run", *targets, *settings.worker_flags()]
     if settings.connect_timeout is not None:  # not in worker_flags: run_atask has no such flag
         argv += ["--connect-timeout", repr(settings.connect_timeout)]
+    if settings.middleware:  # neither this (run_atask's workers read ATASKS_MIDDLEWARE)
+        argv += ["--middleware", ",".join(settings.middleware)]
     for item in options:
         argv += ["-o", item]
     if verbose:

@@ -60,6 +60,12 @@ def make_middleware(given: Middleware | str) -> Middleware:
     return made
 
 
+def configured_middlewares(given: Iterable[Middleware | str] | None = None) -> list[Middleware]:
+    """The middlewares ``given``, else those ``ATASKS_MIDDLEWARE`` names, each made as
+    ``make_middleware`` makes it, outermost first: what ``setup()`` and ``atasks run`` add."""
+    return [make_middleware(one) for one in settings.value("middleware", given) or ()]
+
+
 async def setup(
     transport: str | Transport | None = None,
     *,
@@ -97,7 +103,7 @@ async def setup(
     processes = settings.value("processes", processes)
     serve = settings.value("serve", serve)
     insecure_pickle = settings.value("insecure_pickle", insecure_pickle)
-    middlewares = [make_middleware(one) for one in settings.value("middleware", middleware) or ()]
+    middlewares = configured_middlewares(middleware)
     ns = _namespace(namespace)
     before = (ns.codec, ns.transport, list(ns.replaced))
     made: Transport | None = None

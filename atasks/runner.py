@@ -27,7 +27,7 @@ from atasks import logging as call_logging
 from atasks import settings, unsigned
 from atasks.errors import ATasksError
 from atasks.health import Endpoints
-from atasks.lifecycle import close, make_codec, make_transport
+from atasks.lifecycle import close, configured_middlewares, make_codec, make_transport
 from atasks.namespaces import DEFAULT, namespace, namespaces
 from atasks.reload import note_loaded
 from atasks.router import get_router
@@ -78,6 +78,8 @@ class RunOptions:
     health_port: int | None = None
     metrics_port: int | None = None
     endpoints_host: str = "127.0.0.1"
+    middleware: tuple[str, ...] = ()
+    """``module:Class`` of each middleware added to every namespace run, outermost first."""
     extra: dict[str, Any] = field(default_factory=dict)
     """The ``-o KEY=VALUE`` options, for ``aiomain``."""
 
@@ -175,6 +177,7 @@ def options_from(given: Mapping[str, Any], extra: dict[str, Any]) -> RunOptions:
         health_port=maybe("health_port"),
         metrics_port=maybe("metrics_port"),
         endpoints_host=settings.value("endpoints_host", given.get("endpoints_host")),
+        middleware=settings.value("middleware", given.get("middleware")) or (),
         extra=extra,
     )
 
@@ -324,6 +327,7 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
         if options.connect_timeout is not None:
             transport_options["connect_timeout"] = options.connect_timeout
     names = {ns.name for ns in namespaces() if ns.atasks} | {DEFAULT}
+    middlewares = configured_middlewares(options.middleware)  # made once, for every namespace
     endpoints = await open_endpoints(options, names)
     measuring = _measure_worker(names)
     try:
@@ -342,6 +346,8 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             )
             if not await _connect(transport, options):
                 return
+            for one in middlewares:
+                get_router(name).add_middleware(one)
             if options.mode != "client":
                 await get_router(name).activate(
                     transport, concurrency=options.concurrency, processes=options.processes

@@ -202,8 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "`module:Class`, comma-separated",
         _import_paths,
-        (SETUP,),
-        "Middlewares `setup()` adds, outermost first, each made with no arguments.",
+        (SETUP, RUN),
+        "Middlewares added to the namespace's router, outermost first, each made with no "
+        "arguments (`atasks run`: made once, added to every namespace it runs).",
     ),
     Setting(
         "serve",

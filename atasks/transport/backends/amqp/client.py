@@ -38,6 +38,7 @@ from atasks.transport.backends.amqp.oneway import after_refusal, publish_one_way
 from atasks.transport.backends.amqp.resume import Resumer, interrupt_streams
 from atasks.transport.backends.amqp.streams import Grants
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
+from atasks.transport.backends.amqp.unserved import Watchdog
 from atasks.transport.backends.amqp.versions import Peers, reads_batches
 from atasks.transport.messages import FrameListener, Reply, Request
 
@@ -86,6 +87,8 @@ class Caller:
         self.closing = False
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._listeners: dict[str, FrameListener] = {}
+        self._waiting: dict[str, str] = {}  # call id: atask, of the calls sent to its queue
+        self.watchdog = Watchdog(link, topology, self._waiting)  # says when no server consumes
         self._background: set[asyncio.Future[Any]] = set()
         self.grants = Grants(link, self.spawn)
         self._give_up: asyncio.TimerHandle | None = None
@@ -122,6 +125,7 @@ class Caller:
             self._give_up = None
         if not self.durable:
             self.resumer.reconnected()
+        self.watchdog.start()
 
     def _on_lost(self) -> None:
         if not self.durable:  # a stream's items sent meanwhile go to the old address: lost
@@ -177,6 +181,7 @@ class Caller:
                         await self._ladder.publish(request, when, self.reply_to)
                         break
                     destination = (channels, queue, priority, request.content_type, alone)
+                    self._waiting[request.call_id] = request.name
                     await self._requests.put(destination, request)
                     break
                 except aiormq.exceptions.PublishError:
@@ -198,6 +203,7 @@ class Caller:
             raise
         finally:
             self._pending.pop(request.call_id, None)
+            self._waiting.pop(request.call_id, None)
             self.peers.forget(request.call_id)
             if on_frame is not None:
                 self._listeners.pop(request.call_id, None)

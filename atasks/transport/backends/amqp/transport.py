@@ -172,6 +172,7 @@ class AMQPTransport(Transport):
             await self._server.flush_events()
             await self._caller.finish_background(BACKGROUND_WAIT)
         finally:
+            self._caller.watchdog.stop()
             await self._link.close()
             self._caller.fail_pending(NotConnected(f"{self!r} was disconnected"))
 

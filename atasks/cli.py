@@ -12,11 +12,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from atasks import runner, settings
-from atasks.cli_base import Failure, quiet_backend
+from atasks.cli_base import (
+    Failure,
+    namespace_option,
+    quiet_backend,
+    seconds_option,
+    url_option,
+    wait_option,
+)
 from atasks.dashboard.command import dashboard
 from atasks.dead_commands import dead
 from atasks.errors import ConfigurationError
-from atasks.namespaces import DEFAULT
 from atasks.queue_commands import queues
 from atasks.runner import (
     RunFailure,
@@ -277,15 +283,9 @@ def _worker_argv(
 
 
 @main.command()
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
-@click.option(
-    "--wait",
-    type=click.FloatRange(min=0.1, max=60),
-    default=1.0,
-    show_default=True,
-    help="Seconds to wait for answers; silent servers are left out.",
-)
+@url_option
+@namespace_option
+@wait_option("Seconds to wait for answers; silent servers are left out.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for machines.")
 def inspect_command(url: str | None, namespace: str, wait: float, as_json: bool) -> None:
     """Ask every live server what it is doing, and print a table of them and one of the request
@@ -311,14 +311,14 @@ def inspect_command(url: str | None, namespace: str, wait: float, as_json: bool)
 
 
 @main.command()
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
-@click.option(
+@url_option
+@namespace_option
+@seconds_option(
     "--timeout",
     "within",
-    type=click.FloatRange(min=0.1, max=300),
+    low=0.1,
+    high=300,
     default=5.0,
-    show_default=True,
     help="Seconds to wait for a server to answer, connecting included.",
 )
 @click.option(
@@ -356,15 +356,9 @@ def ping(url: str | None, namespace: str, within: float, local: bool) -> None:
 
 
 @main.command("schedules")
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
-@click.option(
-    "--wait",
-    type=click.FloatRange(min=0.1, max=60),
-    default=1.0,
-    show_default=True,
-    help="Seconds to wait for the servers' answers.",
-)
+@url_option
+@namespace_option
+@wait_option("Seconds to wait for the servers' answers.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
 def schedules_command(url: str | None, namespace: str, wait: float, as_json: bool) -> None:
     """List each schedule with its next due time, last firing and its result, as the server
@@ -391,8 +385,8 @@ def schedules_command(url: str | None, namespace: str, wait: float, as_json: boo
 
 
 @main.command("limits")
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
+@url_option
+@namespace_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for machines.")
 def limits_command(url: str | None, namespace: str, as_json: bool) -> None:
     """List the namespace's fleet-wide limits, rates and locks: each pool's size, tokens free,
@@ -421,8 +415,8 @@ def limits_command(url: str | None, namespace: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
+@url_option
+@namespace_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line, for machines.")
 def events(url: str | None, namespace: str, as_json: bool) -> None:
     """Stream the lifecycle events of servers run with --events, live, until Ctrl-C: in the

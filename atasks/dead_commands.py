@@ -9,8 +9,7 @@ import time
 
 import click
 
-from atasks.cli_base import Failure, quiet_backend
-from atasks.namespaces import DEFAULT
+from atasks.cli_base import Failure, namespace_option, quiet_backend, url_option
 from atasks.runner import one_line
 
 
@@ -20,8 +19,8 @@ def dead() -> None:
 
 
 @dead.command("list")
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
+@url_option
+@namespace_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
 def dead_list(url: str | None, namespace: str, as_json: bool) -> None:
     """Count dead letters by atask and reason, with their age; all stay in place."""
@@ -46,8 +45,8 @@ def dead_list(url: str | None, namespace: str, as_json: bool) -> None:
 
 
 @dead.command("replay")
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
+@url_option
+@namespace_option
 @click.option("--atask", "atask_name", metavar="NAME", help="Only the dead letters of this atask.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N of them.")
 def dead_replay(url: str | None, namespace: str, atask_name: str | None, limit: int | None) -> None:
@@ -76,8 +75,8 @@ def dead_replay(url: str | None, namespace: str, atask_name: str | None, limit: 
 
 
 @dead.command("purge")
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
+@url_option
+@namespace_option
 def dead_purge(url: str | None, namespace: str) -> None:
     """Delete every dead letter of the namespace."""
     from atasks.transport.backends.amqp import DEFAULT_URL

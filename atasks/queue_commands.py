@@ -9,15 +9,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from atasks.cli_base import Failure, quiet_backend
-from atasks.namespaces import DEFAULT
+from atasks.cli_base import Failure, namespace_option, quiet_backend, url_option, wait_option
 from atasks.runner import one_line
 
 if TYPE_CHECKING:
     from atasks.queue_admin import QueueRow
 
-url_option = click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-namespace_option = click.option("--namespace", default=DEFAULT, show_default=True)
 management_option = click.option(
     "--management-url",
     envvar="ATASKS_MANAGEMENT_URL",
@@ -25,20 +22,14 @@ management_option = click.option(
     help="RabbitMQ's management API, which lists queues (AMQP cannot). [ATASKS_MANAGEMENT_URL; "
     "default: the broker's host, port 15672, the AMQP URL's user and password]",
 )
-wait_option = click.option(
-    "--wait",
-    type=click.FloatRange(min=0.1, max=60),
-    default=1.0,
-    show_default=True,
-    help="Seconds to wait for the servers to say what they serve.",
-)
+serving_wait = wait_option("Seconds to wait for the servers to say what they serve.")
 
 
 @click.group(invoke_without_command=True)
 @url_option
 @namespace_option
 @management_option
-@wait_option
+@serving_wait
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for machines.")
 @click.pass_context
 def queues(
@@ -102,7 +93,7 @@ def queues_purge(name: str, url: str | None, namespace: str) -> None:
 @url_option
 @namespace_option
 @management_option
-@wait_option
+@serving_wait
 def queues_delete(
     orphans: bool,
     yes: bool,

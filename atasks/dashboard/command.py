@@ -7,8 +7,7 @@ import socket
 
 import click
 
-from atasks.cli_base import Failure, quiet_backend
-from atasks.namespaces import DEFAULT
+from atasks.cli_base import Failure, namespace_option, quiet_backend, seconds_option, url_option
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -18,8 +17,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 @click.command()
-@click.option("--url", envvar="ATASKS_URL", help="Broker URL.")
-@click.option("--namespace", default=DEFAULT, show_default=True)
+@url_option
+@namespace_option
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -28,11 +27,11 @@ def listen(host: str, port: int) -> socket.socket:
     "loopback, or behind a proxy that asks for one.",
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option(
+@seconds_option(
     "--refresh",
-    type=click.FloatRange(min=0.5, max=60),
+    low=0.5,
+    high=60,
     default=2.0,
-    show_default=True,
     help="Seconds between two rounds of questions to the servers, however many pages are open.",
 )
 def dashboard(url: str | None, namespace: str, host: str, port: int, refresh: float) -> None:

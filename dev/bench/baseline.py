@@ -15,9 +15,7 @@ UTF-8), no deadlines, no cancellation, no reconnection.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import uuid
 
 import aio_pika
@@ -27,6 +25,7 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
+from servermain import serve_main
 
 QUEUE = "bench.baseline"
 PREFETCH = 64
@@ -107,21 +106,9 @@ class BaselineClient:
             future.set_result(message.body)
 
 
-async def _main(url: str, queue_type: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(url, stop, queue_type)
-
-
 def main() -> None:
     """CLI: serve the baseline until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True, help="AMQP URL of the broker")
-    parser.add_argument("--queue-type", choices=["quorum", "classic"], default="quorum")
-    args = parser.parse_args()
-    asyncio.run(_main(args.url, args.queue_type))
+    serve_main(serve, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ lost connection.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 
 import aio_pika
 from aio_pika.abc import AbstractConnection
 from aio_pika.patterns import RPC
+from servermain import serve_main
 
 QUEUE = "bench.patterns"
 PREFETCH = 64
@@ -63,21 +62,9 @@ class PatternsClient:
         return result
 
 
-async def _main(url: str, queue_type: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(url, stop, queue_type)
-
-
 def main() -> None:
     """CLI: serve until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True, help="AMQP URL of the broker")
-    parser.add_argument("--queue-type", choices=["quorum", "classic"], default="quorum")
-    args = parser.parse_args()
-    asyncio.run(_main(args.url, args.queue_type))
+    serve_main(serve, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -119,12 +119,17 @@ def test_a_bad_setting_is_one_clear_line(folder: Path, names: str, error: str) -
 async def test_servers_and_clients_add_the_middlewares(
     amqp_url: str, folder: Path, tmp_path: Path, workers: str
 ) -> None:
-    """A server (supervised workers with ``--workers 2``) stamps the results it serves; a
-    client run writes a line for each call it sends."""
+    """A server (supervised workers with ``--workers 2``, told by ``--middleware``, which the
+    supervisor passes on) stamps the results it serves; a client run writes a line for each
+    call it sends."""
     servers = Servers(amqp_url, tmp_path)
+    flags = ["--workers", workers]
     env: dict[str, str | None] = {**_env(folder, "stamp:Stamp")}
+    if workers != "1":
+        flags += ["--middleware", "stamp:Stamp"]
+        env["ATASKS_MIDDLEWARE"] = None
     try:
-        server = servers.start("--workers", workers, workload=str(folder / "stamped.py"), env=env)
+        server = servers.start(*flags, workload=str(folder / "stamped.py"), env=env)
         await servers.wait_serving(0)
         done = run(folder, "--mode", "client", "--url", amqp_url, middleware="stamp:Stamp")
         assert done.returncode == 0, done.stderr + servers.log(0)

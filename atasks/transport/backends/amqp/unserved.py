@@ -103,7 +103,9 @@ class Watchdog:
         if self._round is not None and not self._round.done():
             return  # the last round is still on its way (it ends within CHECK_TIMEOUT)
         due = self.policy.due(loop.time(), self.waiting)
-        if due and self.link.is_ready:
+        # Under a resource alarm the calls wait for the broker (said by pressure.py), and it
+        # would not answer before the alarm clears.
+        if due and self.link.is_ready and self.link.pressure.reason is None:
             self._round = asyncio.ensure_future(self._check(due))
 
     async def _check(self, names: list[str]) -> None:

@@ -1,12 +1,13 @@
 """Say so when calls wait on a request queue that no server consumes.
 
 A call to an atask whose servers are all stopped (or not started yet) waits in its queue,
-silently, until a server comes or its deadline passes. The caller's watchdog notices: every ``WAIT / 2`` seconds it looks at the calls awaited, and for
-each atask with a call that has waited ``WAIT`` seconds or more, one passive declare of its
-request queue (all of them on a channel of their own, within ``CHECK_TIMEOUT``) tells whether
-any server consumes it. If none does, it logs one warning naming the atask, its queue and
-namespace and what to do; it says so again only after a check has seen a consumer since. The
-calls keep waiting: a server may start later and answer them.
+silently, until a server comes or its deadline passes. The caller's watchdog notices: every
+``WAIT / 2`` seconds it looks at the calls awaited, and for each atask with a call that has
+waited ``WAIT`` seconds or more, one passive declare of its request queue (all of them on a
+channel of their own, within ``CHECK_TIMEOUT``) tells whether any server consumes it. If none
+does, it logs one warning naming the atask, its queue and namespace and what to do; it says so
+again only after a check has seen a consumer since. The calls keep waiting: a server may start
+later and answer them.
 
 The call path only notes each call's atask in a dict; there is no timer per call.
 """

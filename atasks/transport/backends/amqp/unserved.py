@@ -38,22 +38,27 @@ class Unserved:
         self.warned: set[str] = set()
         """Atasks warned about, whose queue no check has seen consumed since."""
         self._since: dict[str, float] = {}  # call id: when it was first seen waiting
+        self._asked: dict[str, list[str]] = {}  # atask: its calls the current check is for
+        self._served: set[str] = set()  # calls whose atask a check found consumed
 
     def due(self, now: float, waiting: Mapping[str, str]) -> list[str]:
         """The atasks to check at ``now``, given the calls awaited (``waiting``: call id →
-        atask): those with a call seen waiting ``wait`` seconds or more, and those warned about
+        atask): those with a call seen waiting ``wait`` seconds or more that no check has yet
+        found served (a long call is checked once, not on every tick), and those warned about
         (to notice a server come, so that its going is said again)."""
         since, self._since = self._since, {}
-        due = set(self.warned)
+        self._served.intersection_update(waiting)
+        self._asked = {name: [] for name in self.warned}
         for call_id, name in waiting.items():
             first = self._since[call_id] = since.get(call_id, now)
-            if now - first >= self.wait:
-                due.add(name)
-        return sorted(due)
+            if now - first >= self.wait and call_id not in self._served:
+                self._asked.setdefault(name, []).append(call_id)
+        return sorted(self._asked)
 
     def checked(self, name: str, consumers: int) -> bool:
         """A check found ``consumers`` on the queue of atask ``name``; whether to warn now."""
         if consumers:
+            self._served.update(self._asked.get(name, ()))
             self.warned.discard(name)
             return False
         if name in self.warned:

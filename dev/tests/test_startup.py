@@ -5,6 +5,7 @@ finished on the next one; SIGTERM meanwhile stops it gracefully (exit 0, nothing
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,7 +55,6 @@ async def test_a_connection_lost_while_registering_is_waited_for(
         )
         assert results == [1 + number for number in range(many_atasks.COUNT)]
         assert server.poll() is None
-    print("\n".join(line for line in log.splitlines() if "lost" in line))
 
 
 async def test_sigterm_while_registering_stops_gracefully(many: Servers, tmp_path: Path) -> None:
@@ -90,3 +90,20 @@ async def running_on(pid: int, marker: Path) -> asyncio.Future[int]:
 
 def written(marker: Path) -> str:
     return marker.read_text() if marker.exists() else ""
+
+
+async def test_a_connection_that_does_not_return_fails_the_start_clearly(
+    many: Servers, rabbit: RabbitNode
+) -> None:
+    """Registering waits for the connection as long as a call would (``reconnect_wait``)."""
+    async with Proxy(rabbit.port) as proxy:
+        many.url = proxy.url
+        server = many.start(workload=WORKLOAD, env={"ATASKS_RECONNECT_WAIT": "2"})
+        await many.wait_logged(0, REGISTERING, within=60)
+        assert await wait_until_served(many_atasks.pid) == server.pid
+        proxy.refusing = True
+        assert proxy.cut() == 1
+        assert await asyncio.to_thread(server.wait, 60) == 1
+    last = many.log(0).splitlines()[-1]
+    assert re.fullmatch(r"Error: .*connection to the broker at \S+ for 2s", last), last
+    assert SERVING not in many.log(0)

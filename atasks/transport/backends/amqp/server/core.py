@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from atasks.errors import TransportError
+from atasks.errors import NotConnected, TransportError
 from atasks.events import Event
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Channels, Link, describe
 from atasks.transport.backends.amqp.lease import Ask, Leases
@@ -99,6 +99,8 @@ class Server:
             try:
                 async with asyncio.timeout_at(give_up):
                     channels = await self.link.renewed(channels)
+            except NotConnected:
+                raise  # closed meanwhile: the server stops
             except (TimeoutError, TransportError) as exc:
                 raise TransportError(
                     f"cannot serve atask {name!r}: no working connection to the broker at "

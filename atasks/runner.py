@@ -322,7 +322,7 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
         if stop is None:
             await starting
         elif not await stop.unless_stopped(starting):
-            log.info("stopped (%s) while %s", stop.by, _starting_stage(names, options))
+            log.info("stopped (%s) while %s", stop.by, _starting_stage(names))
             return
         command = options.command_options()
         mains = [
@@ -387,7 +387,7 @@ async def _start(names: set[str], options: RunOptions) -> None:
             )
 
 
-def _starting_stage(names: set[str], options: RunOptions) -> str:
+def _starting_stage(names: set[str]) -> str:
     """What a server stopped during its start-up was doing: a registration in progress was
     finished, then undone; calls its first atasks took were handed back to the broker."""
     transports = [namespace(name).transport for name in sorted(names)]

@@ -15,9 +15,8 @@ import inspect
 import logging
 import os
 import pkgutil
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -32,9 +31,11 @@ from atasks.namespaces import DEFAULT, namespace, namespaces
 from atasks.reload import note_loaded
 from atasks.router import get_router
 from atasks.settings import DEFAULT_CONCURRENCY, DEFAULT_GRACE
+from atasks.stopping import Stop, serve_until_stopped
 from atasks.supervisor import READY_FD_ENV, WORKER_ENV, Companion, supervise
 
 if TYPE_CHECKING:
+    from atasks.middleware import Middleware
     from atasks.transport.contract import Transport
 
 log = logging.getLogger("atasks.runner")
@@ -315,43 +316,19 @@ def aiomain_arguments(
 
 
 async def _run(modules: list[ModuleType], options: RunOptions) -> None:
-    transport_options: dict[str, Any] = {}
-    if options.transport_kind == "amqp":
-        transport_options["url"] = options.url
-        if options.max_message_size is not None:
-            transport_options["max_message_size"] = options.max_message_size
-        transport_options["events"] = options.events
-        transport_options["queue_type"] = options.queue_type
-        if options.consumer_timeout is not None:
-            transport_options["consumer_timeout"] = options.consumer_timeout
-        if options.connect_timeout is not None:
-            transport_options["connect_timeout"] = options.connect_timeout
     names = {ns.name for ns in namespaces() if ns.atasks} | {DEFAULT}
     middlewares = configured_middlewares(options.middleware)  # made once, for every namespace
     endpoints = await open_endpoints(options, names)
     measuring = _measure_worker(names)
+    # A server stops gracefully on SIGINT or SIGTERM from now on, while it starts up too.
+    stop = Stop() if options.mode == "server" else None
     try:
-        for name in sorted(names):
-            if namespace(name).codec is None:
-                make_codec(options.codec, namespace=name)
-            transport = namespace(name).transport or make_transport(
-                options.transport_kind, namespace=name, **transport_options
-            )
-            unsigned.check(
-                namespace(name).codec,
-                in_process=transport.in_process,
-                insecure_pickle=options.insecure_pickle,
-                namespace=name,
-                ways=unsigned.RUN_WAYS,
-            )
-            if not await _connect(transport, options):
-                return
-            for one in middlewares:
-                get_router(name).add_middleware(one)
-            if options.mode != "client":
-                await get_router(name).activate(
-                    transport, concurrency=options.concurrency, processes=options.processes
-                )
+        starting = _start(names, options, middlewares)
+        if stop is None:
+            await starting
+        elif not await stop.unless_stopped(starting):
+            log.info("stopped (%s) while %s", stop.by, _starting_stage(names))
+            return
         command = options.command_options()
         mains = [
             _aiomain(module, command, options.extra)
@@ -363,9 +340,9 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
                 found for name in sorted(names) if (found := namespace(name).transport)
             ]
             endpoints.health.serving = options.mode != "client"
-        if options.mode == "server":
+        if stop is not None:
             announce_ready()
-            await _serve_until_signalled(mains)
+            await serve_until_stopped(stop, mains)
         else:
             await asyncio.gather(*mains)
     finally:
@@ -376,6 +353,54 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
         await close(grace=options.grace)
         if endpoints is not None:
             await endpoints.stop()
+
+
+async def _start(names: set[str], options: RunOptions, middlewares: Sequence[Middleware]) -> None:
+    """Connect the transport of each namespace of ``names`` and, but for a client, serve it."""
+    transport_options: dict[str, Any] = {}
+    if options.transport_kind == "amqp":
+        transport_options["url"] = options.url
+        if options.max_message_size is not None:
+            transport_options["max_message_size"] = options.max_message_size
+        transport_options["events"] = options.events
+        transport_options["queue_type"] = options.queue_type
+        if options.consumer_timeout is not None:
+            transport_options["consumer_timeout"] = options.consumer_timeout
+        if options.connect_timeout is not None:
+            transport_options["connect_timeout"] = options.connect_timeout
+    for name in sorted(names):
+        if namespace(name).codec is None:
+            make_codec(options.codec, namespace=name)
+        transport = namespace(name).transport or make_transport(
+            options.transport_kind, namespace=name, **transport_options
+        )
+        unsigned.check(
+            namespace(name).codec,
+            in_process=transport.in_process,
+            insecure_pickle=options.insecure_pickle,
+            namespace=name,
+            ways=unsigned.RUN_WAYS,
+        )
+        await _connect(transport, options)
+        for one in middlewares:
+            get_router(name).add_middleware(one)
+        if options.mode != "client":
+            count = len(namespace(name).atasks)
+            log.info(
+                "registering %d atask%s of namespace %r", count, "" if count == 1 else "s", name
+            )
+            await get_router(name).activate(
+                transport, concurrency=options.concurrency, processes=options.processes
+            )
+
+
+def _starting_stage(names: set[str]) -> str:
+    """What a server stopped during its start-up was doing: a registration in progress was
+    finished, then undone; calls its first atasks took were handed back to the broker."""
+    transports = [namespace(name).transport for name in sorted(names)]
+    if not all(transport is not None and transport.connected for transport in transports):
+        return "waiting for the broker"
+    return "registering its atasks"
 
 
 def _measure_worker(names: set[str]) -> asyncio.Task[None] | None:
@@ -405,33 +430,18 @@ async def open_endpoints(options: RunOptions, names: set[str]) -> Endpoints | No
     return endpoints
 
 
-async def _connect(transport: Transport, options: RunOptions) -> bool:
-    """Connect ``transport``; ``False`` if SIGTERM stopped the server first. A server waits for
-    its broker, which may start after it (containers, boot order); SIGTERM ends the wait (as PID
-    1 of a container, Python would ignore it until the server installs its handlers)."""
+async def _connect(transport: Transport, options: RunOptions) -> None:
+    """Connect ``transport``. A server waits for its broker, which may start after it
+    (containers, boot order); a signal ends the wait (``Stop``)."""
     if options.mode == "server" and options.transport_kind == "amqp":
         from atasks.transport.backends.amqp import AMQPTransport
         from atasks.transport.backends.amqp.connection import wait_for_broker
 
         if isinstance(transport, AMQPTransport):
             within = options.connect_timeout or BROKER_WAIT
-            waiting = asyncio.ensure_future(
-                wait_for_broker(transport.connect, transport.urls, within)
-            )
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGTERM, waiting.cancel)
-            try:
-                await asyncio.wait({waiting})
-            finally:
-                loop.remove_signal_handler(signal.SIGTERM)
-                waiting.cancel()
-            if waiting.cancelled():
-                log.info("stopped (SIGTERM) while waiting for the broker")
-                return False
-            waiting.result()
-            return True
+            await wait_for_broker(transport.connect, transport.urls, within)
+            return
     await transport.connect()
-    return True
 
 
 def announce_ready() -> None:
@@ -457,29 +467,6 @@ async def _aiomain(module: ModuleType, command: dict[str, Any], extra: dict[str,
         if "argument" in str(exc) and "aiomain()" in str(exc):
             raise RunFailure(f"{module.__name__}.aiomain: {exc}") from exc
         raise
-
-
-async def _serve_until_signalled(mains: list[Coroutine[Any, Any, None]]) -> None:
-    """Serve until SIGINT or SIGTERM; an aiomain that fails stops the server with its error."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("serving; SIGINT or SIGTERM stops")
-    stopper = asyncio.ensure_future(stop.wait())
-    pending: set[asyncio.Future[Any]] = {stopper, *map(asyncio.ensure_future, mains)}
-    try:
-        while not stop.is_set():
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-        log.info("stopping: finishing calls in progress")
-    finally:
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        # The handlers stay until the process ends: a second signal must not kill the
-        # graceful shutdown that follows (atasks.close() with --grace).
 
 
 def one_line(exc: BaseException) -> str:

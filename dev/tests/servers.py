@@ -80,9 +80,13 @@ class Servers:
         """Until server ``index`` serves: every request queue of its atasks declared. A call
         published while its quorum queue is being declared may be refused (nacked) by the
         broker, so calling until one gets through (``wait_until_served``) is not enough."""
+        await self.wait_logged(index, "serving; SIGINT or SIGTERM stops", within)
+
+    async def wait_logged(self, index: int, line: str, within: float = 30) -> None:
+        """Until server ``index`` has logged ``line``; fails at once should it exit first."""
         process = self.processes[index]
         async with asyncio.timeout(within):
-            while "serving; SIGINT or SIGTERM stops" not in self.log(index):
+            while line not in self.log(index):
                 if process.poll() is not None:
                     raise RuntimeError(f"server {index} exited:\n{self.log(index)[-5000:]}")
                 await asyncio.sleep(0.05)

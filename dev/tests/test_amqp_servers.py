@@ -129,7 +129,9 @@ async def test_graceful_shutdown_finishes_work_and_returns_the_rest(
     await atasks.setup("amqp", url=amqp_url, coalesce=coalesce)
     first = servers.start("--concurrency", "2", "--grace", "10")
     await wait_until_served(workload.ready)
-    await servers.wait_serving(0)  # every atask registered: a SIGTERM now is a graceful stop
+    # Every atask registered: stopped while it starts, a server returns the calls it took
+    # (test_startup.py), and this test is about finishing them.
+    await servers.wait_serving(0)
     calls = [asyncio.ensure_future(workload.slow_pid(0.5)) for _ in range(8)]
     # Two run on the one server (concurrency 2); the other six wait in the broker: six
     # messages, or the one the server handed back of the eight coalesced into one.

@@ -245,6 +245,14 @@ class Link:
                     f"{self.reconnect_wait:g}s"
                 ) from None
 
+    def lost(self, channels: Channels) -> bool:
+        """Whether the connection of ``channels`` is gone (what failed on it may work on the
+        next one, ``renewed``), rather than open with one of its channels refused."""
+        if self.channels is not channels:
+            return True
+        underlying = channels.connection.transport
+        return underlying is None or underlying.connection.is_closed
+
     def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
         if self.state is not State.CONNECTED:
             return

@@ -135,9 +135,10 @@ async def _keep_running(slot: int, argv: list[str], pool: Pool) -> None:
         await relay
         if pool.companion is not None:
             pool.companion.worker_exited(process.pid)
-        # Killed by a signal (a poison request, the OOM killer…) is no start-up failure, even
-        # before the worker could say it serves: only exiting with an error is.
-        if await served or (process.returncode or 0) < 0:
+        # Killed by a signal (a poison request, the OOM killer…) or stopped by one (exit 0: a
+        # worker stops gracefully on SIGTERM, during its start-up too) is no start-up failure,
+        # even before the worker could say it serves: only exiting with an error is.
+        if await served or (process.returncode or 0) <= 0:
             log.error(
                 "worker %d (pid %d) died with exit code %s; restarting",
                 slot,

@@ -102,6 +102,36 @@ async def test_a_request_a_server_cannot_read_is_kept_and_its_caller_told_why(
     assert await workload.pid() == servers.processes[0].pid  # the server goes on
 
 
+async def test_a_broadcast_a_server_cannot_read_is_kept_with_why(
+    servers: Servers, amqp_url: str
+) -> None:
+    """A server's own copy of a broadcast is checked as a request from a queue is."""
+    servers.start()
+    await atasks.setup("amqp", url=amqp_url)
+    await wait_until_served(workload.ready)
+    call_id = f"unreadable-{os.urandom(6).hex()}"
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(QUEUES.broadcast_exchange)
+        await exchange.publish(
+            aio_pika.Message(
+                b"garbage of a wire to come",
+                headers={H_WIRE: 99},
+                correlation_id=call_id,
+                content_type="application/x-python-pickle",
+            ),
+            routing_key=workload.broadcast_tally.name,
+        )
+    letter = await dead_letter(amqp_url, call_id)
+    assert letter.reason == "rejected"
+    assert letter.error.startswith(
+        "atasks.errors.WireVersionError: atask 'workload.broadcast_tally': "
+    )
+    assert "wire version 99, newer than this server reads" in letter.error
+    assert await workload.pid() == servers.processes[0].pid  # the server goes on
+
+
 async def test_calls_travel_together_once_a_server_said_it_reads_batches(
     servers: Servers, amqp_url: str
 ) -> None:

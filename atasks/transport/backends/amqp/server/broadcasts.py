@@ -15,6 +15,8 @@ from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS
 from atasks.transport.backends.amqp.server.delivery import CopyDelivery
 from atasks.transport.backends.amqp.server.message import Message
 from atasks.transport.backends.amqp.server.state import Shared
+from atasks.transport.backends.amqp.server.unreadable import refuse
+from atasks.transport.backends.amqp.versions import unreadable
 from atasks.transport.messages import Reply
 
 log = logging.getLogger("atasks.amqp")
@@ -67,6 +69,10 @@ class Broadcasts:
                 "atasks.errors.DecodeError",
                 "the broadcast has no correlation_id (its call id)",
             )
+            return None
+        reason = unreadable(message.properties.message_type, message.headers)
+        if reason is not None:  # a newer wire: refused with why, as a request from a queue is
+            await refuse(self.shared, name, reason, message)
             return None
         request = self.shared.request_from(name, message)
         if isinstance(request, Reply):

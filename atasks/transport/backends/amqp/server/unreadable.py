@@ -20,8 +20,14 @@ log = logging.getLogger("atasks.amqp")
 
 
 async def refuse_unreadable(shared: Shared, reason: str, intake: Intake, message: Message) -> None:
-    """Dead-letter ``message`` with ``WireVersionError`` and ``reason``."""
+    """Dead-letter ``message``, taken from ``intake``, with ``WireVersionError`` and ``reason``."""
     name = suspect_of(message) if intake is shared.suspects else intake.name
+    await refuse(shared, name, reason, message)
+
+
+async def refuse(shared: Shared, name: str, reason: str, message: Message) -> None:
+    """Dead-letter ``message``, a request of atask ``name``, with ``WireVersionError`` and
+    ``reason``."""
     error = WireVersionError(f"atask {name!r}: {reason}")
     log.warning("dead-lettered request %s: %s", message.correlation_id, error)
     try:

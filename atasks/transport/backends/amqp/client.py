@@ -25,7 +25,7 @@ from atasks.errors import (
     TransportError,
 )
 from atasks.transport.backends.amqp import wire
-from atasks.transport.backends.amqp.coalesce import Coalescer
+from atasks.transport.backends.amqp.coalesce import Coalescer, Unsent
 from atasks.transport.backends.amqp.connection import (
     CONNECTION_ERRORS,
     Channels,
@@ -172,24 +172,23 @@ class Caller:
         when = later(request.headers)
         try:
             while True:
-                try:
-                    if when is not None:
+                if when is not None:
+                    try:
                         await self._ladder.publish(request, when, self.reply_to)
-                        break
+                    except Exception as exc:
+                        channels, refusals = await self._unsent(request, exc, channels, refusals)
+                        continue
+                else:  # with the others ready to go: only a failure to send wakes this call
                     destination = (channels, queue, priority, request.content_type, alone)
-                    await self._requests.put(destination, request)
+                    self._requests.add(destination, request, future)
+                try:
+                    reply = await future
                     break
-                except aiormq.exceptions.PublishError:
-                    raise JobNotFound(
-                        f"no server has ever served atask {request.name!r} in namespace "
-                        f"{self.topology.namespace!r}: start a server that registers it"
-                    ) from None
-                except aiormq.exceptions.DeliveryError as exc:
-                    refusals = await after_refusal(refusals, "request", exc)
-                except CONNECTION_ERRORS:
-                    # Unconfirmed: publish it again once reconnected (at least once).
-                    channels = await self.link.renewed(channels)
-            reply = await future
+                except Unsent as unsent:  # wait again, for a reply or the next failure
+                    future = self._pending[request.call_id] = loop.create_future()
+                    channels, refusals = await self._unsent(
+                        request, unsent.error, channels, refusals
+                    )
             self.peers.settled(request.call_id, loop.time())
             return reply
         except asyncio.CancelledError:
@@ -203,6 +202,23 @@ class Caller:
                 self._listeners.pop(request.call_id, None)
             if request.window:
                 self.grants.closed(request.call_id)
+
+    async def _unsent(
+        self, request: Request, exc: BaseException, channels: Channels, refusals: int
+    ) -> tuple[Channels, int]:
+        """After ``request`` could not be sent (``exc``): the channels and the count of
+        refusals to send it again with, or the error its call fails with raised."""
+        if isinstance(exc, aiormq.exceptions.PublishError):
+            raise JobNotFound(
+                f"no server has ever served atask {request.name!r} in namespace "
+                f"{self.topology.namespace!r}: start a server that registers it"
+            ) from None
+        if isinstance(exc, aiormq.exceptions.DeliveryError):
+            return channels, await after_refusal(refusals, "request", exc)
+        if isinstance(exc, CONNECTION_ERRORS):
+            # Unconfirmed: publish it again once reconnected (at least once).
+            return await self.link.renewed(channels), refusals
+        raise exc
 
     async def _publish_requests(self, destination: Destination, requests: list[Request]) -> None:
         """Publish calls that go to one queue together: one message for all of them, or one

@@ -271,7 +271,8 @@ def _text_at(body: bytes, at: int) -> tuple[str, int]:
 def _request(
     name: str, call_id: str, content_type: str, headers: Mapping[str, Any] | None, body: bytes
 ) -> Request:
-    headers = headers or {}
+    if not headers:  # most calls: no deadline, parent, priority, progress, window or context
+        return Request(name=name, call_id=call_id, content_type=content_type, body=body)
     parent = headers.get(H_PARENT)
     return Request(
         name=name,

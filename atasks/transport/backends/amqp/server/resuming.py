@@ -79,15 +79,16 @@ class Resuming:
         self.sent = Sent(most, size, seconds, clock)
         self.moved: Memory[str, str] = Memory(most, seconds, clock)
 
-    def sending(self, reply_to: str, reply: Reply) -> str:
-        """Where ``reply``, addressed to ``reply_to``, goes (its call may have moved); kept
-        before it is sent when that is a direct address, so a resume that comes while it is on
-        its way finds it."""
+    def sending(self, reply_to: str, reply: Reply) -> tuple[str, bool]:
+        """Where ``reply``, addressed to ``reply_to``, goes (its call may have moved), and
+        whether that is a direct address: then it is kept before it is sent, so that a resume
+        that comes while it is on its way finds it."""
         moved = self.moved.get(reply.call_id) if len(self.moved) else None
         to = moved or reply_to
-        if is_direct(to):
+        direct = is_direct(to)
+        if direct:
             self.sent.put(reply)
-        return to
+        return to, direct
 
     def resume(
         self, call_ids: Iterable[str], reply_to: str, kept: Callable[[str], Reply | None]

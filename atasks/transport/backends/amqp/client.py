@@ -151,7 +151,7 @@ class Caller:
     async def send_request(self, request: Request, on_frame: FrameListener | None) -> Reply:
         if self.closing:
             raise NotConnected("the transport is disconnecting")
-        channels = await self.link.ready()
+        channels = self.link.live() or await self.link.ready()
         size, limit = len(request.body), self.link.max_message_size
         if size > limit:  # the broker would close the channel, and every call on it with it
             raise EncodeError(
@@ -169,7 +169,7 @@ class Caller:
         if on_frame is not None:
             self._listeners[request.call_id] = on_frame
         refusals = 0
-        when = later(request.headers)
+        when = later(request.headers) if request.headers else None
         try:
             while True:
                 if when is not None:

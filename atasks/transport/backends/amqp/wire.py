@@ -125,9 +125,13 @@ def request_from(name: str, properties: Basic.Properties, body: bytes) -> Reques
 def entry_size(message: Request | Reply) -> int:
     """About how many bytes a request or reply takes in a batch."""
     if isinstance(message, Reply):
+        if message.ok:
+            return len(message.body) + ENTRY_BYTES
         extra = len(message.error_message) + len(message.traceback)
-    else:
+    elif message.headers:
         extra = sum(len(key) + len(value) for key, value in message.headers.items())
+    else:
+        return len(message.body) + ENTRY_BYTES
     return len(message.body) + ENTRY_BYTES + extra
 
 
@@ -224,48 +228,61 @@ def _pack_entry(
     """One call's entry in a message of several: its call id and content type (each a 16-bit
     length and UTF-8), its kind (a byte), its headers (an AMQP field table, empty for most), and
     its body (a 32-bit length and the bytes)."""
-    ident, media = call_id.encode(), content_type.encode()
-    table = encode.field_table(dict(headers)) if headers else _NO_TABLE
-    parts += (
-        _SHORT.pack(len(ident)),
-        ident,
-        _SHORT.pack(len(media)),
-        media,
-        bytes((kind,)),
-        table,
-        _SIZE.pack(len(body)),
-        body,
-    )
+    ident = call_id.encode()
+    middle = _middles.get((content_type, kind))
+    if middle is None:
+        middle = _middle(content_type, kind)
+    if headers:
+        middle += encode.field_table(dict(headers))
+    else:
+        middle += _NO_TABLE
+    parts += (_SHORT.pack(len(ident)), ident, middle, _SIZE.pack(len(body)), body)
+
+
+_middles: dict[tuple[str, int], bytes] = {}  # by content type and kind: what follows the id
+
+
+def _middle(content_type: str, kind: int) -> bytes:
+    """An entry's content type (its 16-bit length and UTF-8) and kind byte, remembered for the
+    few content types a process speaks."""
+    media = content_type.encode()
+    middle = _SHORT.pack(len(media)) + media + bytes((kind,))
+    if len(_middles) < 64:
+        _middles[(content_type, kind)] = middle
+    return middle
 
 
 def _entries(body: bytes) -> Iterable[tuple[str, int, str, dict[str, Any], bytes]]:
     """The entries of a message of several calls: call id, kind, content type, headers, body."""
     at, end = 0, len(body)
+    short, size_at = _SHORT.unpack_from, _SIZE.unpack_from
     while at < end:
         try:
-            call_id, at = _text_at(body, at)
-            content_type, at = _text_at(body, at)
+            (size,) = short(body, at)
+            at += 2
+            if at + size > end:
+                raise ValueError("a text cut short")
+            call_id = body[at : at + size].decode()
+            at += size
+            (size,) = short(body, at)
+            at += 2
+            if at + size > end:
+                raise ValueError("a text cut short")
+            content_type = body[at : at + size].decode()
+            at += size
             kind = body[at]
-            (size,) = _SIZE.unpack_from(body, at + 1)
+            (size,) = size_at(body, at + 1)
             headers = decode.field_table(body[at + 1 : at + 5 + size])[1] if size else {}
             at += 5 + size
-            (size,) = _SIZE.unpack_from(body, at)
+            (size,) = size_at(body, at)
         except (struct.error, ValueError, TypeError, LookupError, UnicodeDecodeError) as exc:
             raise ValueError(f"malformed entry: {exc}") from None
-        at += _SIZE.size + size
+        at += 4 + size
         if at > end:
             raise ValueError("malformed entry: a body cut short")
         if not call_id:
             raise ValueError("malformed entry: no call id")
         yield call_id, kind, content_type, headers, body[at - size : at]
-
-
-def _text_at(body: bytes, at: int) -> tuple[str, int]:
-    (size,) = _SHORT.unpack_from(body, at)
-    start = at + _SHORT.size
-    if start + size > len(body):
-        raise ValueError("a text cut short")
-    return body[start : start + size].decode(), start + size
 
 
 def _request(

@@ -26,7 +26,7 @@ class Sent:
     """Replies by call id, the oldest forgotten beyond ``most`` of them, ``size`` bytes of
     bodies or ``seconds`` of age."""
 
-    __slots__ = ("_clock", "_items", "bytes", "most", "seconds", "size")
+    __slots__ = ("_aged", "_clock", "_items", "bytes", "most", "seconds", "size")
 
     def __init__(
         self, most: int, size: int, seconds: float, clock: Callable[[], float] = time.monotonic
@@ -37,15 +37,20 @@ class Sent:
         self.bytes = 0
         self._clock = clock
         self._items: dict[str, tuple[Reply, float]] = {}
+        self._aged = 0.0  # when the oldest may next be too old (a look then, not each put)
 
     def put(self, reply: Reply) -> None:
         now = self._clock()
         items = self._items
         old = items.pop(reply.call_id, None)
+        size = len(reply.body)
         if old is not None:
             self.bytes -= len(old[0].body)
         items[reply.call_id] = (reply, now)
-        self.bytes += len(reply.body)
+        self.bytes += size
+        if len(items) <= self.most and self.bytes <= self.size and now < self._aged:
+            return
+        self._aged = now + self.seconds / 100  # the oldest outlives its time by 1% at most
         while items:  # forget the oldest
             oldest, (kept, at) = next(iter(items.items()))
             if len(items) <= self.most and self.bytes <= self.size and now - at < self.seconds:

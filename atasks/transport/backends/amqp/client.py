@@ -176,7 +176,9 @@ class Caller:
                     try:
                         await self._ladder.publish(request, when, self.reply_to)
                     except Exception as exc:
-                        channels, refusals = await self._unsent(request, exc, channels, refusals)
+                        channels, refusals = await unsent(
+                            self.link, self.topology, request, exc, channels, refusals
+                        )
                         continue
                 else:  # with the others ready to go: only a failure to send wakes this call
                     destination = (channels, queue, priority, request.content_type, alone)
@@ -184,10 +186,10 @@ class Caller:
                 try:
                     reply = await future
                     break
-                except Unsent as unsent:  # wait again, for a reply or the next failure
+                except Unsent as failed:  # wait again, for a reply or the next failure
                     future = self._pending[request.call_id] = loop.create_future()
-                    channels, refusals = await self._unsent(
-                        request, unsent.error, channels, refusals
+                    channels, refusals = await unsent(
+                        self.link, self.topology, request, failed.error, channels, refusals
                     )
             self.peers.settled(request.call_id, loop.time())
             return reply
@@ -202,23 +204,6 @@ class Caller:
                 self._listeners.pop(request.call_id, None)
             if request.window:
                 self.grants.closed(request.call_id)
-
-    async def _unsent(
-        self, request: Request, exc: BaseException, channels: Channels, refusals: int
-    ) -> tuple[Channels, int]:
-        """After ``request`` could not be sent (``exc``): the channels and the count of
-        refusals to send it again with, or the error its call fails with raised."""
-        if isinstance(exc, aiormq.exceptions.PublishError):
-            raise JobNotFound(
-                f"no server has ever served atask {request.name!r} in namespace "
-                f"{self.topology.namespace!r}: start a server that registers it"
-            ) from None
-        if isinstance(exc, aiormq.exceptions.DeliveryError):
-            return channels, await after_refusal(refusals, "request", exc)
-        if isinstance(exc, CONNECTION_ERRORS):
-            # Unconfirmed: publish it again once reconnected (at least once).
-            return await self.link.renewed(channels), refusals
-        raise exc
 
     async def _publish_requests(self, destination: Destination, requests: list[Request]) -> None:
         """Publish calls that go to one queue together: one message for all of them, or one
@@ -361,6 +346,29 @@ class Caller:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):
             task.cancel()
+
+
+async def unsent(
+    link: Link,
+    topology: Topology,
+    request: Request,
+    exc: BaseException,
+    channels: Channels,
+    refusals: int,
+) -> tuple[Channels, int]:
+    """After ``request`` could not be sent (``exc``): the channels and the count of refusals to
+    send it again with, or the error its call fails with raised."""
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        raise JobNotFound(
+            f"no server has ever served atask {request.name!r} in namespace "
+            f"{topology.namespace!r}: start a server that registers it"
+        ) from None
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return channels, await after_refusal(refusals, "request", exc)
+    if isinstance(exc, CONNECTION_ERRORS):
+        # Unconfirmed: publish it again once reconnected (at least once).
+        return await link.renewed(channels), refusals
+    raise exc
 
 
 async def publish_cancel(link: Link, topology: Topology, call_id: str) -> None:

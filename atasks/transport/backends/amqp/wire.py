@@ -28,11 +28,11 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pamqp import decode, encode
 from pamqp.commands import Basic
 
 from atasks.calls import NORMAL_PRIORITY, priority_from
 from atasks.events import Progress
+from atasks.transport.backends.amqp.entries import entries, pack_entry
 from atasks.transport.backends.amqp.versions import H_WIRE, WIRE_VERSION, announced
 from atasks.transport.messages import Frame, Item, Reply, Request
 
@@ -155,11 +155,11 @@ def batch_properties(
 
 
 def pack_requests(requests: Iterable[Request]) -> bytes:
-    """The body of a batch: an entry per request (see ``_pack_entry``), its headers those a
+    """The body of a batch: an entry per request (``entries.py``), its headers those a
     lone request would carry."""
     parts: list[bytes] = []
     for request in requests:
-        _pack_entry(parts, request.call_id, 0, "", request_headers(request), request.body)
+        pack_entry(parts, request.call_id, 0, "", request_headers(request), request.body)
     return b"".join(parts)
 
 
@@ -168,7 +168,7 @@ def batch_from(name: str, properties: Basic.Properties, body: bytes) -> list[Req
     content_type = properties.content_type or ""
     requests = [
         _request(name, call_id, content_type, headers, data)
-        for call_id, _, _, headers, data in _entries(body)
+        for call_id, _, _, headers, data in entries(body)
     ]
     if not requests:
         raise ValueError("malformed batch: no calls")
@@ -179,7 +179,7 @@ def batch_call_ids(body: bytes) -> list[str]:
     """The call ids of a batch, as far as they can be read."""
     ids: list[str] = []
     try:
-        for call_id, *_ in _entries(body):
+        for call_id, *_ in entries(body):
             ids.append(call_id)
     except ValueError:
         pass
@@ -192,15 +192,15 @@ def replies_properties(*, announce: bool = False) -> Basic.Properties:
 
 
 def pack_replies(replies: Iterable[Reply]) -> bytes:
-    """The body of a ``replies`` message: an entry per reply (see ``_pack_entry``), its headers
-    those of a lone failed reply."""
+    """The body of a ``replies`` message: an entry per reply (``entries.py``), its headers those
+    of a lone failed reply."""
     parts: list[bytes] = []
     for reply in replies:
         if reply.ok:
-            _pack_entry(parts, reply.call_id, _OK, reply.content_type, None, reply.body)
+            pack_entry(parts, reply.call_id, _OK, reply.content_type, None, reply.body)
         else:
             headers = _error_headers(reply)
-            _pack_entry(parts, reply.call_id, _ERROR, reply.content_type, headers, reply.body)
+            pack_entry(parts, reply.call_id, _ERROR, reply.content_type, headers, reply.body)
     return b"".join(parts)
 
 
@@ -208,81 +208,11 @@ def replies_from(body: bytes) -> list[Reply]:
     """The replies of a ``replies`` message; raises ``ValueError`` when it is malformed."""
     return [
         _reply(call_id, OK if kind == _OK else ERROR, content_type, headers, data)
-        for call_id, kind, content_type, headers, data in _entries(body)
+        for call_id, kind, content_type, headers, data in entries(body)
     ]
 
 
 _OK, _ERROR = 0, 1  # the kind of a reply's entry (a request's is 0)
-_SHORT = struct.Struct(">H")
-_NO_TABLE = _SIZE.pack(0)
-
-
-def _pack_entry(
-    parts: list[bytes],
-    call_id: str,
-    kind: int,
-    content_type: str,
-    headers: Mapping[str, Any] | None,
-    body: bytes,
-) -> None:
-    """One call's entry in a message of several: its call id and content type (each a 16-bit
-    length and UTF-8), its kind (a byte), its headers (an AMQP field table, empty for most), and
-    its body (a 32-bit length and the bytes)."""
-    ident = call_id.encode()
-    middle = _middles.get((content_type, kind))
-    if middle is None:
-        middle = _middle(content_type, kind)
-    if headers:
-        middle += encode.field_table(dict(headers))
-    else:
-        middle += _NO_TABLE
-    parts += (_SHORT.pack(len(ident)), ident, middle, _SIZE.pack(len(body)), body)
-
-
-_middles: dict[tuple[str, int], bytes] = {}  # by content type and kind: what follows the id
-
-
-def _middle(content_type: str, kind: int) -> bytes:
-    """An entry's content type (its 16-bit length and UTF-8) and kind byte, remembered for the
-    few content types a process speaks."""
-    media = content_type.encode()
-    middle = _SHORT.pack(len(media)) + media + bytes((kind,))
-    if len(_middles) < 64:
-        _middles[(content_type, kind)] = middle
-    return middle
-
-
-def _entries(body: bytes) -> Iterable[tuple[str, int, str, dict[str, Any], bytes]]:
-    """The entries of a message of several calls: call id, kind, content type, headers, body."""
-    at, end = 0, len(body)
-    short, size_at = _SHORT.unpack_from, _SIZE.unpack_from
-    while at < end:
-        try:
-            (size,) = short(body, at)
-            at += 2
-            if at + size > end:
-                raise ValueError("a text cut short")
-            call_id = body[at : at + size].decode()
-            at += size
-            (size,) = short(body, at)
-            at += 2
-            if at + size > end:
-                raise ValueError("a text cut short")
-            content_type = body[at : at + size].decode()
-            at += size
-            kind = body[at]
-            (size,) = size_at(body, at + 1)
-            headers = decode.field_table(body[at + 1 : at + 5 + size])[1] if size else {}
-            at += 5 + size
-            (size,) = size_at(body, at)
-        except (struct.error, ValueError, TypeError, LookupError, UnicodeDecodeError) as exc:
-            raise ValueError(f"malformed entry: {exc}") from None
-        at += 4 + size
-        if at > end:
-            raise ValueError("malformed entry: a body cut short")
-        if not call_id:
-            raise ValueError("malformed entry: no call id")
-        yield call_id, kind, content_type, headers, body[at - size : at]
 
 
 def _request(

@@ -207,7 +207,9 @@ def pack_replies(replies: Iterable[Reply]) -> bytes:
 def replies_from(body: bytes) -> list[Reply]:
     """The replies of a ``replies`` message; raises ``ValueError`` when it is malformed."""
     return [
-        _reply(call_id, OK if kind == _OK else ERROR, content_type, headers, data)
+        Reply(call_id=call_id, ok=True, content_type=content_type, body=data)
+        if kind == _OK and not headers  # most: a result
+        else _reply(call_id, OK if kind == _OK else ERROR, content_type, headers, data)
         for call_id, kind, content_type, headers, data in entries(body)
     ]
 

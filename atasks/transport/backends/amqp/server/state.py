@@ -85,7 +85,8 @@ class Shared:
         self.inflight[call_id] = awaiting
         try:
             reply = await serving.run(name, request, handler)
-            await self.frames.sent(call_id)  # the outcome comes after every frame
+            if self.frames.sending(call_id):  # the outcome comes after every frame
+                await self.frames.sent(call_id)
             for waiter in awaiting:
                 if not waiter.done():
                     waiter.set_result(reply)

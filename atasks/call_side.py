@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from atasks import tracing as _tracing
 from atasks.auth_context import AuthContext, auth_var, stamp
-from atasks.calls import CallScope, current_scope, effective_priority, new_call_id, scope_deadline
+from atasks.calls import current_scope, effective_priority, new_call_id, scope_deadline
 from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
 from atasks.compat import modern
 from atasks.delays import Delay, not_before_var
@@ -146,108 +146,60 @@ class Caller:
     async def call(
         self,
         atask: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        stream: Received | None,
-    ) -> Any:
-        """Run ``atask(*args, **kwargs)`` on a server and return its result."""
-        router = self.router
-        ns = router.ns
-        codec = router.given_codec or ns.codec or router.codec  # the property raises for none
-        transport = router.given_transport or ns.transport or router.transport
-        if transport.classic or stream is not None:
-            codec, transport = self._route(atask, "call", stream)
-        if router.registering:  # an atask imported since activate(): served once registered
-            await asyncio.wait(set(router.registering))
-        scope = current_scope.get()
-        call_id = new_call_id()
-        parent_id = scope.call_id if scope is not None else None
-        deadline = scope_deadline(scope, atask.timeout)
-        tracing = _tracing.active
-        if tracing is None and _OTEL in _modules:
-            tracing = _tracing.detect()
-        if (
-            tracing is None
-            and not self.wraps
-            and not propagated
-            and auth_var.get() is None
-            and not_before_var.get() is None
-        ):
-            return await self._deliver(
-                atask, call_id, args, kwargs, parent_id, deadline, codec, transport, scope, stream
-            )
-        proceed = self._chain(atask, "call", tracing)
-        assert proceed is not None
-        call = Call(atask, call_id, args, kwargs, router.namespace, parent_id, deadline)
-        call.codec, call.transport, call.scope, call.stream = codec, transport, scope, stream
-        return await proceed(call)
-
-    async def one_way(
-        self,
-        atask: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        call_id: str | None,
-        kind: Kind,
-    ) -> str:
-        """Send ``atask(*args, **kwargs)`` without waiting for an outcome: to one server
-        (``queue``) or to every server serving it (``broadcast``); return its call id."""
-        router = self.router
-        codec, transport = self._route(atask, kind)
-        if router.registering:
-            await asyncio.wait(set(router.registering))
-        scope = current_scope.get()
-        call = Call(
-            atask,
-            call_id if call_id is not None else new_call_id(),
-            args,
-            kwargs,
-            router.namespace,
-            scope.call_id if scope is not None else None,
-            None,
-        )
-        call.codec, call.transport = codec, transport
-        proceed = self._chain(atask, kind, tracing_in_force())
-        if proceed is None:
-            proceed = self._innermost[kind]
-        result: str = await proceed(call)
-        return result
-
-    def _send(self, call: Call) -> Coroutine[Any, Any, Any]:
-        """The innermost step of a call's chain."""
-        return self._deliver(
-            call.definition,
-            call.call_id,
-            call.args,
-            call.kwargs,
-            call.parent_id,
-            call.deadline,
-            call.codec,
-            call.transport,
-            call.scope,
-            call.stream,
-            call.values,
-            call.auth,
-            call.sent_headers,
-        )
-
-    async def _deliver(
-        self,
-        atask: Any,
-        call_id: str,
         args: Sequence[Any],
         kwargs: dict[str, Any],
-        parent_id: str | None,
-        deadline: float | None,
-        codec: Codec,
-        transport: Transport,
-        scope: CallScope | None,
         stream: Received | None,
-        values: dict[str, Any] | None = None,
-        auth: AuthContext | None = None,
-        headers: Mapping[str, str] = NO_HEADERS,
+        given: Call | None = None,
     ) -> Any:
-        """Encode a call, send it, wait for its outcome within its deadline, decode it."""
+        """Run ``atask(*args, **kwargs)`` on a server and return its result; ``given``: the
+        call as the middlewares passed it on (the innermost step of its chain)."""
+        values: dict[str, Any] | None = None
+        auth: AuthContext | None = None
+        headers: Mapping[str, str] = NO_HEADERS
+        if given is None:
+            router = self.router
+            ns = router.ns
+            codec = router.given_codec or ns.codec or router.codec  # the property raises for none
+            transport = router.given_transport or ns.transport or router.transport
+            if transport.classic or stream is not None:
+                codec, transport = self._route(atask, "call", stream)
+            if router.registering:  # an atask imported since activate(): served once registered
+                await asyncio.wait(set(router.registering))
+            scope = current_scope.get()
+            call_id = new_call_id()
+            parent_id = scope.call_id if scope is not None else None
+            deadline = scope_deadline(scope, atask.timeout)
+            tracing = _tracing.active
+            if tracing is None and _OTEL in _modules:
+                tracing = _tracing.detect()
+            if (
+                tracing is not None
+                or self.wraps
+                or propagated
+                or auth_var.get() is not None
+                or not_before_var.get() is not None
+            ):
+                proceed = self._chain(atask, "call", tracing)
+                assert proceed is not None
+                call = Call(atask, call_id, args, kwargs, router.namespace, parent_id, deadline)
+                call.codec, call.transport, call.scope, call.stream = (
+                    codec,
+                    transport,
+                    scope,
+                    stream,
+                )
+                return await proceed(call)
+        else:
+            atask, call_id, args, kwargs = given.definition, given.call_id, given.args, given.kwargs
+            parent_id, deadline, codec, transport = (
+                given.parent_id,
+                given.deadline,
+                given.codec,
+                given.transport,
+            )
+            scope, stream, values, auth = given.scope, given.stream, given.values, given.auth
+            headers = given.sent_headers
+        # Encode, send, wait for the outcome within the deadline, decode.
         listener = progress_listener()
         relay = ProgressRelay(listener) if listener is not None else None
         on_frame: FrameListener | None = relay
@@ -297,6 +249,41 @@ class Caller:
         if reply.ok and codec._fast_decode and reply.content_type == codec.content_type:
             return decode_now(codec, reply.body)
         return await outcome(reply, codec)
+
+    async def one_way(
+        self,
+        atask: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        call_id: str | None,
+        kind: Kind,
+    ) -> str:
+        """Send ``atask(*args, **kwargs)`` without waiting for an outcome: to one server
+        (``queue``) or to every server serving it (``broadcast``); return its call id."""
+        router = self.router
+        codec, transport = self._route(atask, kind)
+        if router.registering:
+            await asyncio.wait(set(router.registering))
+        scope = current_scope.get()
+        call = Call(
+            atask,
+            call_id if call_id is not None else new_call_id(),
+            args,
+            kwargs,
+            router.namespace,
+            scope.call_id if scope is not None else None,
+            None,
+        )
+        call.codec, call.transport = codec, transport
+        proceed = self._chain(atask, kind, tracing_in_force())
+        if proceed is None:
+            proceed = self._innermost[kind]
+        result: str = await proceed(call)
+        return result
+
+    def _send(self, call: Call) -> Coroutine[Any, Any, Any]:
+        """The innermost step of a call's chain."""
+        return self.call(call.definition, call.args, call.kwargs, call.stream, call)
 
     async def _enqueue(self, call: Call) -> str:
         """The innermost step of a fire-and-forget request: encode, and hand it over."""

@@ -87,8 +87,8 @@ ProgressListener = Callable[[Progress], Any]
 _listener: ContextVar[ProgressListener | None] = ContextVar("atasks_progress", default=None)
 
 
-def progress_listener() -> ProgressListener | None:
-    return _listener.get()
+progress_listener = _listener.get
+"""The progress listener in force here, if any (``progress_listener()``)."""
 
 
 async def deliver_progress(listener: ProgressListener, progress: Progress) -> None:

@@ -35,7 +35,7 @@ from atasks.middlewares.tracing import ServerSpans
 from atasks.outcomes import describe, failure
 from atasks.payload import split_arguments
 from atasks.processes import ProcessPool
-from atasks.slots import Slots
+from atasks.slots import NOT_TAKEN, Slots
 from atasks.streams import serve_items
 from atasks.transport.contract import Transport
 from atasks.transport.messages import Reply, Request
@@ -292,16 +292,22 @@ class Serving:
             if events is not None:
                 await events.publish("started", request)
             running: Coroutine[Any, Any, Any]
+            first = NOT_TAKEN
             if atask.streams:
                 running = serve_items(atask, request, args, kwargs, self.router.codec)
             elif atask.mechanism == "async":  # its coroutine, without one around it
                 called = atask.fn(*args, **kwargs)
                 running = called if type(called) is CoroutineType else _awaited(called)
+                if deadline is None:  # its first step now: most atasks end in it
+                    try:
+                        first = running.send(None)
+                    except StopIteration as stop:
+                        return stop.value
             elif atask.mechanism == "process":
                 running = self._process_pool().run(atask.fn, args, kwargs)
             else:
                 running = atask.run(args, kwargs)
-            work = slots.drive(running, scope)
+            work = slots.drive(running, scope, first)
             if deadline is None:
                 return await work
             loop = asyncio.get_running_loop()

@@ -19,6 +19,10 @@ from atasks.errors import ConfigurationError
 T = TypeVar("T")
 
 
+NOT_TAKEN: Any = object()
+"""``Slots.drive``'s ``first`` when the atask's first step is still to take."""
+
+
 class Slots:
     """At most ``limit`` atasks hold a slot at once; waiters are served first come, first
     served, before any new request."""
@@ -69,8 +73,12 @@ class Slots:
         if self._waiters or self.running >= self.limit:
             return False
         self.running += 1
-        self._hold(scope)
-        self._changed()
+        scope.holds_slot = True  # _hold, inline: every call passes here
+        if scope.lent:
+            scope.lent = False
+            self.parked -= 1
+        if self._listeners:
+            self._changed()
         return True
 
     async def take(self, scope: CallScope) -> None:
@@ -145,38 +153,51 @@ class Slots:
             self.parked -= 1
         if scope.holds_slot:
             scope.holds_slot = False
-            self._give()
+            if self._waiters:
+                self._give()
+            else:  # _give, inline: every call passes here
+                self.running -= 1
+                if self._listeners:
+                    self._changed()
 
-    def drive(self, coroutine: Coroutine[Any, Any, T], scope: CallScope) -> Awaitable[T]:
+    def drive(
+        self, coroutine: Coroutine[Any, Any, T], scope: CallScope, first: Any = NOT_TAKEN
+    ) -> Awaitable[T]:
         """Await ``coroutine`` (the atask) so that it lends its slot while suspended with calls
-        in flight, and takes one again before each step of its own."""
-        return _Driven(coroutine, scope, self)
+        in flight, and takes one again before each step of its own; ``first``: what its first
+        step yielded, when the caller took that step already (holding the slot)."""
+        return _Driven(coroutine, scope, self, first)
 
 
 class _Driven(Generic[T]):
-    __slots__ = ("coroutine", "scope", "slots")
+    __slots__ = ("coroutine", "first", "scope", "slots")
 
-    def __init__(self, coroutine: Coroutine[Any, Any, T], scope: CallScope, slots: Slots):
+    def __init__(
+        self, coroutine: Coroutine[Any, Any, T], scope: CallScope, slots: Slots, first: Any
+    ) -> None:
         self.coroutine = coroutine
         self.scope = scope
         self.slots = slots
+        self.first = first
 
     def __await__(self) -> Generator[Any, Any, T]:
         send, throw = self.coroutine.send, self.coroutine.throw
         scope, slots = self.scope, self.slots
         value: Any = None
         error: BaseException | None = None
+        step = self.first
         while True:
-            if not scope.holds_slot and not scope.direct and not scope.done:
-                try:  # lent while suspended: the atask's own code needs a slot again
-                    yield from slots.take(scope).__await__()
-                except BaseException as exc:  # e.g. cancelled while waiting: the atask sees it
-                    error = exc
-            try:
-                step = send(value) if error is None else throw(error)
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
+            if step is NOT_TAKEN:
+                if not scope.holds_slot and not scope.direct and not scope.done:
+                    try:  # lent while suspended: the atask's own code needs a slot again
+                        yield from slots.take(scope).__await__()
+                    except BaseException as exc:  # e.g. cancelled meanwhile: the atask sees it
+                        error = exc
+                try:
+                    step = send(value) if error is None else throw(error)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
             scope.suspended = True
             if scope.holds_slot and (scope.direct or scope.children):
                 slots._lend(scope)
@@ -185,3 +206,4 @@ class _Driven(Generic[T]):
             except BaseException as exc:  # delivered into the coroutine at its next step
                 value, error = None, exc
             scope.suspended = False
+            step = NOT_TAKEN

@@ -65,25 +65,25 @@ def test_only_direct_reply_to_addresses_are_direct() -> None:
 
 def test_a_reply_to_a_direct_address_is_kept_and_sent_again_to_the_new_one() -> None:
     resuming = Resuming()
-    assert resuming.sending(OLD, reply("a")) == OLD
-    assert resuming.sending("atasks-replies.q", reply("b")) == "atasks-replies.q"
+    assert resuming.sending(OLD, reply("a")) == (OLD, True)
+    assert resuming.sending("atasks-replies.q", reply("b")) == ("atasks-replies.q", False)
     assert resuming.resume(["a", "b"], NEW, lambda _: None) == [reply("a")]
     # "b" went to a durable queue: not kept; it is moved, should its reply come again.
-    assert resuming.sending(OLD, reply("b")) == NEW
+    assert resuming.sending(OLD, reply("b")) == (NEW, True)
 
 
 def test_a_call_not_answered_yet_moves_to_the_new_address() -> None:
     resuming = Resuming()
     assert resuming.resume(["a"], NEW, lambda _: None) == []
-    assert resuming.sending(OLD, reply("a")) == NEW
-    assert resuming.sending(OLD, reply("other")) == OLD
+    assert resuming.sending(OLD, reply("a")) == (NEW, True)
+    assert resuming.sending(OLD, reply("other")) == (OLD, True)
 
 
 def test_a_reply_kept_for_a_lost_connection_is_sent_to_the_new_address() -> None:
     resuming = Resuming()
     kept = {"a": reply("a")}
     assert resuming.resume(["a", "b"], NEW, kept.get) == [reply("a")]
-    assert resuming.sending(OLD, reply("b")) == NEW
+    assert resuming.sending(OLD, reply("b")) == (NEW, True)
 
 
 def test_what_is_kept_is_bounded_in_number_and_in_time() -> None:

@@ -25,7 +25,7 @@ from atasks.errors import (
     TransportError,
 )
 from atasks.transport.backends.amqp import wire
-from atasks.transport.backends.amqp.coalesce import Coalescer
+from atasks.transport.backends.amqp.coalesce import Coalescer, Unsent
 from atasks.transport.backends.amqp.connection import (
     CONNECTION_ERRORS,
     Channels,
@@ -155,7 +155,7 @@ class Caller:
     async def send_request(self, request: Request, on_frame: FrameListener | None) -> Reply:
         if self.closing:
             raise NotConnected("the transport is disconnecting")
-        channels = await self.link.ready()
+        channels = self.link.live() or await self.link.ready()
         size, limit = len(request.body), self.link.max_message_size
         if size > limit:  # the broker would close the channel, and every call on it with it
             raise EncodeError(
@@ -173,28 +173,29 @@ class Caller:
         if on_frame is not None:
             self._listeners[request.call_id] = on_frame
         refusals = 0
-        when = later(request.headers)
+        when = later(request.headers) if request.headers else None
         try:
             while True:
-                try:
-                    if when is not None:
+                if when is not None:
+                    try:
                         await self._ladder.publish(request, when, self.reply_to)
-                        break
+                    except Exception as exc:
+                        channels, refusals = await unsent(
+                            self.link, self.topology, request, exc, channels, refusals
+                        )
+                        continue
+                else:  # with the others ready to go: only a failure to send wakes this call
                     destination = (channels, queue, priority, request.content_type, alone)
                     self._waiting[request.call_id] = request.name
-                    await self._requests.put(destination, request)
+                    self._requests.add(destination, request, future)
+                try:
+                    reply = await future
                     break
-                except aiormq.exceptions.PublishError:
-                    raise JobNotFound(
-                        f"no server has ever served atask {request.name!r} in namespace "
-                        f"{self.topology.namespace!r}: start a server that registers it"
-                    ) from None
-                except aiormq.exceptions.DeliveryError as exc:
-                    refusals = await after_refusal(refusals, "request", exc)
-                except CONNECTION_ERRORS:
-                    # Unconfirmed: publish it again once reconnected (at least once).
-                    channels = await self.link.renewed(channels)
-            reply = await future
+                except Unsent as failed:  # wait again, for a reply or the next failure
+                    future = self._pending[request.call_id] = loop.create_future()
+                    channels, refusals = await unsent(
+                        self.link, self.topology, request, failed.error, channels, refusals
+                    )
             self.peers.settled(request.call_id, loop.time())
             return reply
         except asyncio.CancelledError:
@@ -351,6 +352,29 @@ class Caller:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):
             task.cancel()
+
+
+async def unsent(
+    link: Link,
+    topology: Topology,
+    request: Request,
+    exc: BaseException,
+    channels: Channels,
+    refusals: int,
+) -> tuple[Channels, int]:
+    """After ``request`` could not be sent (``exc``): the channels and the count of refusals to
+    send it again with, or the error its call fails with raised."""
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        raise JobNotFound(
+            f"no server has ever served atask {request.name!r} in namespace "
+            f"{topology.namespace!r}: start a server that registers it"
+        ) from None
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return channels, await after_refusal(refusals, "request", exc)
+    if isinstance(exc, CONNECTION_ERRORS):
+        # Unconfirmed: publish it again once reconnected (at least once).
+        return await link.renewed(channels), refusals
+    raise exc
 
 
 async def publish_cancel(link: Link, topology: Topology, call_id: str) -> None:

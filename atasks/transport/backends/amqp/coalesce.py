@@ -10,12 +10,36 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 Key = TypeVar("Key", bound=Hashable)
 Item = TypeVar("Item")
 
 Send = Callable[[Key, list[Item]], Awaitable[None]]
+
+
+class Waiter(Protocol):
+    """Who waits for an item to be sent: a future, or anything with a future's four methods."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+    def cancel(self) -> bool: ...
+
+
+Entry = tuple[Item, Waiter, bool]  # the item, who waits for it, whether quietly
+
+
+class Unsent(Exception):
+    """Set on a quiet waiter (``Coalescer.add``) whose item could not be sent: ``error`` says
+    why."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class Coalescer(Generic[Key, Item]):
@@ -30,7 +54,7 @@ class Coalescer(Generic[Key, Item]):
         self.count = count
         self.size = size
         self._measure = measure
-        self._ready: dict[Key, list[tuple[Item, asyncio.Future[None]]]] = {}
+        self._ready: dict[Key, list[Entry[Item]]] = {}
         self._scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -38,23 +62,33 @@ class Coalescer(Generic[Key, Item]):
         """Send ``item`` with whatever else is put for ``key`` in this turn; returns once its
         message is sent, or raises what sending it raised. Cancelled before the next turn, the
         item is not sent."""
-        loop = asyncio.get_running_loop()
-        sent = loop.create_future()
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(key, (item, sent, False))
+        await sent
+
+    def add(self, key: Key, item: Item, waiter: Waiter, *, quiet: bool = True) -> None:
+        """Send ``item`` with whatever else is put for ``key`` in this turn, and return at once.
+        ``quiet``: ``waiter`` (say, a future its sender awaits for a reply anyway) hears only
+        of a failure, as an ``Unsent`` exception, and is left alone once the item is sent;
+        else it hears either way, as from ``put``. Done before the next turn (cancelled,
+        answered), the item is not sent."""
+        self._queue(key, (item, waiter, quiet))
+
+    def _queue(self, key: Key, entry: Entry[Item]) -> None:
         ready = self._ready.get(key)
         if ready is None:
-            self._ready[key] = [(item, sent)]
+            self._ready[key] = [entry]
         else:
-            ready.append((item, sent))
+            ready.append(entry)
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        await sent
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
         ready, self._ready = self._ready, {}
         for key, entries in ready.items():
-            chunk: list[tuple[Item, asyncio.Future[None]]] = []
+            chunk: list[Entry[Item]] = []
             size = 0
             for entry in entries:
                 if entry[1].done():  # cancelled before it went
@@ -68,35 +102,36 @@ class Coalescer(Generic[Key, Item]):
             if chunk:
                 self._start(key, chunk)
 
-    def _start(self, key: Key, chunk: list[tuple[Item, asyncio.Future[None]]]) -> None:
+    def _start(self, key: Key, chunk: list[Entry[Item]]) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(key, chunk))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _deliver(self, key: Key, chunk: list[tuple[Item, asyncio.Future[None]]]) -> None:
+    async def _deliver(self, key: Key, chunk: list[Entry[Item]]) -> None:
         try:
-            await self._send(key, [item for item, _ in chunk])
+            await self._send(key, [item for item, _, _ in chunk])
         except Exception as exc:  # each waiting sender gets it
-            for _, sent in chunk:
-                if not sent.done():
-                    sent.set_exception(exc)
+            _failed(chunk, exc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # this delivery was cancelled
-                for _, sent in chunk:
+                for _, sent, _ in chunk:
                     sent.cancel()
                 raise
             # Raised by the send itself (aiormq cancels what is in flight on a connection it
             # finds dead): to the senders, a lost connection, not a cancelled call.
-            lost = ConnectionError("the connection was lost while publishing")
-            for _, sent in chunk:
-                if not sent.done():
-                    sent.set_exception(lost)
+            _failed(chunk, ConnectionError("the connection was lost while publishing"))
         except BaseException:
-            for _, sent in chunk:
+            for _, sent, _ in chunk:
                 sent.cancel()
             raise
         else:
-            for _, sent in chunk:
-                if not sent.done():
+            for _, sent, quiet in chunk:
+                if not quiet and not sent.done():
                     sent.set_result(None)
+
+
+def _failed(chunk: list[Entry[Any]], exc: Exception) -> None:
+    for _, sent, quiet in chunk:
+        if not sent.done():
+            sent.set_exception(Unsent(exc) if quiet else exc)

@@ -43,10 +43,11 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Channels:
     """The channels of one connection. The hot paths use the aiormq channels underneath
-    aio-pika's: aio-pika's message objects cost more than the rest of a call."""
+    aio-pika's: aio-pika's message objects cost more than the rest of a call. Each is equal
+    only to itself (a key of the calls ready to go to it, hashed on every call)."""
 
     connection: AbstractConnection
     calls: AbstractChannel  # requests out, replies and dead-letter notices in, control
@@ -210,6 +211,12 @@ class Link:
         self._ready.set()
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def live(self) -> Channels | None:
+        """The live channels now, or ``None`` (then ``ready()`` waits for them)."""
+        if self._ready.is_set() and self.state is not State.CLOSED:
+            return self.channels
+        return None
 
     async def ready(self) -> Channels:
         """The live channels; waits up to ``reconnect_wait`` for a lost connection to return."""

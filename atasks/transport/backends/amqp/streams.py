@@ -152,6 +152,10 @@ class Frames:
         if window is not None:
             window.grant(credits)
 
+    def sending(self, call_id: str) -> bool:
+        """Whether a call has frames of its own to publish (a stream, or progress reports)."""
+        return call_id in self._outboxes
+
     async def sent(self, call_id: str) -> None:
         """Once the frames of a call that has finished are published (before its outcome)."""
         outbox = self._outboxes.get(call_id)

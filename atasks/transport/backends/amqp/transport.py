@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from atasks import settings
@@ -176,8 +176,11 @@ class AMQPTransport(Transport):
             await self._link.close()
             self._caller.fail_pending(NotConnected(f"{self!r} was disconnected"))
 
-    async def send_request(self, request: Request, on_frame: FrameListener | None = None) -> Reply:
-        return await self._caller.send_request(request, on_frame)
+    def send_request(
+        self, request: Request, on_frame: FrameListener | None = None
+    ) -> Coroutine[Any, Any, Reply]:
+        # The caller's coroutine itself: no coroutine around it, on every call.
+        return self._caller.send_request(request, on_frame)
 
     def grant(self, call_id: str, credits: int) -> None:
         self._caller.grants.grant(call_id, credits)

@@ -28,11 +28,11 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pamqp import decode, encode
 from pamqp.commands import Basic
 
 from atasks.calls import NORMAL_PRIORITY, priority_from
 from atasks.events import Progress
+from atasks.transport.backends.amqp.entries import entries, pack_entry
 from atasks.transport.backends.amqp.versions import H_WIRE, WIRE_VERSION, announced
 from atasks.transport.messages import Frame, Item, Reply, Request
 
@@ -125,9 +125,13 @@ def request_from(name: str, properties: Basic.Properties, body: bytes) -> Reques
 def entry_size(message: Request | Reply) -> int:
     """About how many bytes a request or reply takes in a batch."""
     if isinstance(message, Reply):
+        if message.ok:
+            return len(message.body) + ENTRY_BYTES
         extra = len(message.error_message) + len(message.traceback)
-    else:
+    elif message.headers:
         extra = sum(len(key) + len(value) for key, value in message.headers.items())
+    else:
+        return len(message.body) + ENTRY_BYTES
     return len(message.body) + ENTRY_BYTES + extra
 
 
@@ -151,11 +155,11 @@ def batch_properties(
 
 
 def pack_requests(requests: Iterable[Request]) -> bytes:
-    """The body of a batch: an entry per request (see ``_pack_entry``), its headers those a
+    """The body of a batch: an entry per request (``entries.py``), its headers those a
     lone request would carry."""
     parts: list[bytes] = []
     for request in requests:
-        _pack_entry(parts, request.call_id, 0, "", request_headers(request), request.body)
+        pack_entry(parts, request.call_id, 0, "", request_headers(request), request.body)
     return b"".join(parts)
 
 
@@ -164,7 +168,7 @@ def batch_from(name: str, properties: Basic.Properties, body: bytes) -> list[Req
     content_type = properties.content_type or ""
     requests = [
         _request(name, call_id, content_type, headers, data)
-        for call_id, _, _, headers, data in _entries(body)
+        for call_id, _, _, headers, data in entries(body)
     ]
     if not requests:
         raise ValueError("malformed batch: no calls")
@@ -175,7 +179,7 @@ def batch_call_ids(body: bytes) -> list[str]:
     """The call ids of a batch, as far as they can be read."""
     ids: list[str] = []
     try:
-        for call_id, *_ in _entries(body):
+        for call_id, *_ in entries(body):
             ids.append(call_id)
     except ValueError:
         pass
@@ -188,90 +192,36 @@ def replies_properties(*, announce: bool = False) -> Basic.Properties:
 
 
 def pack_replies(replies: Iterable[Reply]) -> bytes:
-    """The body of a ``replies`` message: an entry per reply (see ``_pack_entry``), its headers
-    those of a lone failed reply."""
+    """The body of a ``replies`` message: an entry per reply (``entries.py``), its headers those
+    of a lone failed reply."""
     parts: list[bytes] = []
     for reply in replies:
         if reply.ok:
-            _pack_entry(parts, reply.call_id, _OK, reply.content_type, None, reply.body)
+            pack_entry(parts, reply.call_id, _OK, reply.content_type, None, reply.body)
         else:
             headers = _error_headers(reply)
-            _pack_entry(parts, reply.call_id, _ERROR, reply.content_type, headers, reply.body)
+            pack_entry(parts, reply.call_id, _ERROR, reply.content_type, headers, reply.body)
     return b"".join(parts)
 
 
 def replies_from(body: bytes) -> list[Reply]:
     """The replies of a ``replies`` message; raises ``ValueError`` when it is malformed."""
     return [
-        _reply(call_id, OK if kind == _OK else ERROR, content_type, headers, data)
-        for call_id, kind, content_type, headers, data in _entries(body)
+        Reply(call_id=call_id, ok=True, content_type=content_type, body=data)
+        if kind == _OK and not headers  # most: a result
+        else _reply(call_id, OK if kind == _OK else ERROR, content_type, headers, data)
+        for call_id, kind, content_type, headers, data in entries(body)
     ]
 
 
 _OK, _ERROR = 0, 1  # the kind of a reply's entry (a request's is 0)
-_SHORT = struct.Struct(">H")
-_NO_TABLE = _SIZE.pack(0)
-
-
-def _pack_entry(
-    parts: list[bytes],
-    call_id: str,
-    kind: int,
-    content_type: str,
-    headers: Mapping[str, Any] | None,
-    body: bytes,
-) -> None:
-    """One call's entry in a message of several: its call id and content type (each a 16-bit
-    length and UTF-8), its kind (a byte), its headers (an AMQP field table, empty for most), and
-    its body (a 32-bit length and the bytes)."""
-    ident, media = call_id.encode(), content_type.encode()
-    table = encode.field_table(dict(headers)) if headers else _NO_TABLE
-    parts += (
-        _SHORT.pack(len(ident)),
-        ident,
-        _SHORT.pack(len(media)),
-        media,
-        bytes((kind,)),
-        table,
-        _SIZE.pack(len(body)),
-        body,
-    )
-
-
-def _entries(body: bytes) -> Iterable[tuple[str, int, str, dict[str, Any], bytes]]:
-    """The entries of a message of several calls: call id, kind, content type, headers, body."""
-    at, end = 0, len(body)
-    while at < end:
-        try:
-            call_id, at = _text_at(body, at)
-            content_type, at = _text_at(body, at)
-            kind = body[at]
-            (size,) = _SIZE.unpack_from(body, at + 1)
-            headers = decode.field_table(body[at + 1 : at + 5 + size])[1] if size else {}
-            at += 5 + size
-            (size,) = _SIZE.unpack_from(body, at)
-        except (struct.error, ValueError, TypeError, LookupError, UnicodeDecodeError) as exc:
-            raise ValueError(f"malformed entry: {exc}") from None
-        at += _SIZE.size + size
-        if at > end:
-            raise ValueError("malformed entry: a body cut short")
-        if not call_id:
-            raise ValueError("malformed entry: no call id")
-        yield call_id, kind, content_type, headers, body[at - size : at]
-
-
-def _text_at(body: bytes, at: int) -> tuple[str, int]:
-    (size,) = _SHORT.unpack_from(body, at)
-    start = at + _SHORT.size
-    if start + size > len(body):
-        raise ValueError("a text cut short")
-    return body[start : start + size].decode(), start + size
 
 
 def _request(
     name: str, call_id: str, content_type: str, headers: Mapping[str, Any] | None, body: bytes
 ) -> Request:
-    headers = headers or {}
+    if not headers:  # most calls: no deadline, parent, priority, progress, window or context
+        return Request(name=name, call_id=call_id, content_type=content_type, body=body)
     parent = headers.get(H_PARENT)
     return Request(
         name=name,

@@ -10,13 +10,11 @@ import contextvars
 import logging
 from collections.abc import Mapping
 
-import aiormq
-
 from atasks.errors import TransportError
 from atasks.transport.backends.amqp import wire
-from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, describe
+from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS
 from atasks.transport.backends.amqp.intake import Intake
-from atasks.transport.backends.amqp.server.kept import Kept
+from atasks.transport.backends.amqp.server.confirms import Confirms, replied
 from atasks.transport.backends.amqp.server.message import Message, fitting, handled, suspect_of
 from atasks.transport.backends.amqp.server.policies import (
     Outcome,
@@ -92,13 +90,14 @@ class Batches:
                 else:
                     held = await self.suspects.carry_out(name, message, verdict, deaths, fresh)
             elsewhere = {r.call_id for r in fresh} - {r.call_id for r in runs}
+            confirms = Confirms(shared.kept)
             with shared.leases.holding(name, message):
                 entries = {
-                    r.call_id: (r, self._start(name, message, r, handler, answered))
+                    r.call_id: (r, self._start(name, message, r, handler, answered, confirms))
                     for r in requests
                     if r.call_id not in elsewhere
                 }
-                ended = await self._ended(entries)
+                ended = await self._ended(entries, confirms)
             handled(intake, message)
             settling = settle_batch({call_id: outcome for call_id, (outcome, _) in ended.items()})
             if settling.hand_back:
@@ -181,20 +180,23 @@ class Batches:
         request: Request,
         handler: RequestHandler,
         answered: Mapping[str, Reply],
+        confirms: Confirms,
     ) -> asyncio.Task[Ended]:
         call_id = request.call_id
         task = asyncio.get_running_loop().create_task(
-            self._serve_entry(name, message, request, handler, answered.get(call_id)),
+            self._serve_entry(name, message, request, handler, answered.get(call_id), confirms),
             context=contextvars.Context(),
         )
         running = self.shared.running
         running[call_id] = task
+        confirms.pending += 1  # the batch waits for its calls as for their replies
 
-        def forget(done: asyncio.Task[Ended]) -> None:
+        def ended(done: asyncio.Task[Ended]) -> None:
             if running.get(call_id) is done:
                 del running[call_id]
+            confirms.ended()
 
-        task.add_done_callback(forget)
+        task.add_done_callback(ended)
         return task
 
     async def _serve_entry(
@@ -204,8 +206,10 @@ class Batches:
         request: Request,
         handler: RequestHandler,
         answer: Reply | None,
+        confirms: Confirms,
     ) -> Ended:
-        """One call of a batch, from start to its reply's confirmation."""
+        """One call of a batch, from start to its reply handed over (``confirms`` hears how its
+        publish ends)."""
         call_id = request.call_id
         try:
             reply = answer
@@ -217,24 +221,30 @@ class Batches:
                 reply = await self.shared.run(name, request, handler)
         except asyncio.CancelledError:  # by its caller (done), or this server stops
             return cancelled_outcome(call_id in self.shared.cancelled), None
-        return await self._reply(message, reply), reply
+        assert message.reply_to is not None
+        sent = fitting(reply, self.shared.link)
+        self.shared.settlement.reply_soon(message, sent, confirms, reply)
+        return Outcome.ANSWERED, reply
 
     async def _ended(
-        self, entries: Mapping[str, tuple[Request, asyncio.Task[Ended]]]
+        self, entries: Mapping[str, tuple[Request, asyncio.Task[Ended]]], confirms: Confirms
     ) -> dict[str, Ended]:
-        """How each call of a batch ended, once all have. Should the server stop meanwhile
-        (this task is cancelled), so do they."""
-        tasks = {task for _, task in entries.values()}
-        if tasks:
-            try:
+        """How each call of a batch ended, once all have and every reply they handed over is
+        published (or not: handed back, kept, and sent should the connection be back already).
+        Should the server stop meanwhile (this task is cancelled), so do they, and a reply not
+        published yet counts as cut short."""
+        try:
+            await confirms.wait()
+        except asyncio.CancelledError:
+            tasks = {task for _, task in entries.values()}
+            for task in tasks:
+                task.cancel()
+            if tasks:
                 await asyncio.wait(tasks)
-            except asyncio.CancelledError:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.wait(tasks)
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()  # what it was told to do, it does: settle the batch
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # what it was told to do, it does: settle the batch
+            confirms.cut_short()
         ended: dict[str, Ended] = {}
         for call_id, (request, task) in entries.items():
             if not task.cancelled():
@@ -242,23 +252,11 @@ class Batches:
                 continue
             self.shared.give_back_slot(request)  # cancelled before it started: never adopted
             ended[call_id] = cancelled_outcome(call_id in self.shared.cancelled), None
+        kept = False
+        for call_id, exc in confirms.failed.items():
+            outcome = replied(exc, call_id in self.shared.cancelled)
+            kept = kept or outcome is Outcome.KEPT
+            ended[call_id] = outcome, ended[call_id][1]
+        if kept and self.shared.link.is_ready:  # the old channel had simply gone
+            await self.shared.kept.send()
         return ended
-
-    async def _reply(self, message: Message, reply: Reply) -> Outcome:
-        """Send one reply of a batch (with the others ready for the same caller)."""
-        assert message.reply_to is not None
-        kept = self.shared.kept
-        try:
-            await self.shared.settlement.reply(message, fitting(reply, self.shared.link))
-        except aiormq.exceptions.DeliveryError as exc:
-            log.warning(
-                "the broker refused the reply to %s (%s): handed back", reply.call_id, describe(exc)
-            )
-            return Outcome.BACK
-        except CONNECTION_ERRORS as exc:
-            await kept.keep_unsent(message.reply_to, reply, exc)
-            return Outcome.KEPT
-        # Kept until the batch is acked: should its delivery be lost with the connection, the
-        # call is answered from here when it comes again, not run again.
-        kept.keep(Kept(message.reply_to, reply, sent=True))
-        return Outcome.ANSWERED

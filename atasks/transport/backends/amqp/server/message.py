@@ -27,10 +27,12 @@ class Message:
         "body",
         "channel",
         "consumer_tag",
+        "correlation_id",
         "counted",
         "properties",
         "received",
         "redelivered",
+        "reply_to",
         "settled",
         "tag",
     )
@@ -39,20 +41,14 @@ class Message:
         self.body = delivered.body
         self.channel = delivered.channel
         self.properties: Basic.Properties = delivered.header.properties
+        self.correlation_id: str | None = self.properties.correlation_id
+        self.reply_to: str | None = self.properties.reply_to
         self.tag = delivered.delivery_tag or 0
         self.consumer_tag: str | None = getattr(delivered.delivery, "consumer_tag", None)
         self.redelivered = bool(delivered.redelivered)
         self.settled = False  # settling twice would make the broker close the channel
         self.counted = False  # in its consumer's live deliveries
         self.received = time.monotonic()
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self.properties.correlation_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self.properties.reply_to
 
     @property
     def headers(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ class Sent:
     """Replies by call id, the oldest forgotten beyond ``most`` of them, ``size`` bytes of
     bodies or ``seconds`` of age."""
 
-    __slots__ = ("_clock", "_items", "bytes", "most", "seconds", "size")
+    __slots__ = ("_aged", "_clock", "_items", "bytes", "most", "seconds", "size")
 
     def __init__(
         self, most: int, size: int, seconds: float, clock: Callable[[], float] = time.monotonic
@@ -37,15 +37,20 @@ class Sent:
         self.bytes = 0
         self._clock = clock
         self._items: dict[str, tuple[Reply, float]] = {}
+        self._aged = 0.0  # when the oldest may next be too old (a look then, not each put)
 
     def put(self, reply: Reply) -> None:
         now = self._clock()
         items = self._items
         old = items.pop(reply.call_id, None)
+        size = len(reply.body)
         if old is not None:
             self.bytes -= len(old[0].body)
         items[reply.call_id] = (reply, now)
-        self.bytes += len(reply.body)
+        self.bytes += size
+        if len(items) <= self.most and self.bytes <= self.size and now < self._aged:
+            return
+        self._aged = now + self.seconds / 100  # the oldest outlives its time by 1% at most
         while items:  # forget the oldest
             oldest, (kept, at) = next(iter(items.items()))
             if len(items) <= self.most and self.bytes <= self.size and now - at < self.seconds:
@@ -79,15 +84,16 @@ class Resuming:
         self.sent = Sent(most, size, seconds, clock)
         self.moved: Memory[str, str] = Memory(most, seconds, clock)
 
-    def sending(self, reply_to: str, reply: Reply) -> str:
-        """Where ``reply``, addressed to ``reply_to``, goes (its call may have moved); kept
-        before it is sent when that is a direct address, so a resume that comes while it is on
-        its way finds it."""
+    def sending(self, reply_to: str, reply: Reply) -> tuple[str, bool]:
+        """Where ``reply``, addressed to ``reply_to``, goes (its call may have moved), and
+        whether that is a direct address: then it is kept before it is sent, so that a resume
+        that comes while it is on its way finds it."""
         moved = self.moved.get(reply.call_id) if len(self.moved) else None
         to = moved or reply_to
-        if is_direct(to):
+        direct = is_direct(to)
+        if direct:
             self.sent.put(reply)
-        return to
+        return to, direct
 
     def resume(
         self, call_ids: Iterable[str], reply_to: str, kept: Callable[[str], Reply | None]

@@ -15,6 +15,7 @@ from atasks.events import Event
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.coalesce import Coalescer
 from atasks.transport.backends.amqp.connection import Link, describe
+from atasks.transport.backends.amqp.server.confirms import Confirms
 from atasks.transport.backends.amqp.server.message import Message, only, part
 from atasks.transport.backends.amqp.server.resuming import Resuming
 from atasks.transport.backends.amqp.topology import Topology
@@ -47,8 +48,17 @@ class Settlement:
     async def reply(self, message: Message, reply: Reply) -> None:
         """Send ``reply`` to the caller of ``message`` (with the others ready for it)."""
         assert message.reply_to is not None
-        reply_to = self.resuming.sending(message.reply_to, reply)
+        reply_to, _ = self.resuming.sending(message.reply_to, reply)
         await self.replies.put((message.channel, reply_to), reply)
+
+    def reply_soon(self, message: Message, reply: Reply, confirms: Confirms, kept: Reply) -> None:
+        """Send ``reply`` to the caller of ``message`` (with the others ready for it) and return
+        at once: ``confirms`` hears how its publish ends; ``kept`` is what is kept should the
+        publish fail (the reply before it was fitted to the size limit)."""
+        assert message.reply_to is not None
+        reply_to, direct = self.resuming.sending(message.reply_to, reply)
+        sent = confirms.sending(message.reply_to, kept, keep=not direct)
+        self.replies.add((message.channel, reply_to), reply, sent, quiet=False)
 
     async def resume(
         self,

@@ -51,7 +51,8 @@ class Shared:
         self.capacity: Capacity | None = None
         self.running: dict[str, asyncio.Task[Any]] = {}  # by call id (or a key of its own)
         self.held: dict[int, Message] = {}  # every delivery being served, settled or not
-        self.inflight: dict[str, asyncio.Future[Reply]] = {}
+        # Calls running here, each with the futures of later deliveries awaiting its reply.
+        self.inflight: dict[str, list[asyncio.Future[Reply]]] = {}
         self.cancelled: Memory[str, None] = Memory(CANCELLED_KEPT, CANCELLED_FOR)
         self.suspects = Intake(SUSPECTS)
         self.registered = asyncio.Event()  # set, and replaced, at each registration
@@ -80,15 +81,19 @@ class Shared:
     async def run(self, name: str, request: Request, handler: RequestHandler) -> Reply:
         """Run one call: its reply, once every frame it sent is out."""
         call_id = request.call_id
-        inflight: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self.inflight[call_id] = inflight
+        awaiting: list[asyncio.Future[Reply]] = []  # a future only for whoever waits
+        self.inflight[call_id] = awaiting
         try:
             reply = await serving.run(name, request, handler)
-            await self.frames.sent(call_id)  # the outcome comes after every frame
-            inflight.set_result(reply)
+            if self.frames.sending(call_id):  # the outcome comes after every frame
+                await self.frames.sent(call_id)
+            for waiter in awaiting:
+                if not waiter.done():
+                    waiter.set_result(reply)
         finally:
             self.frames.forget(call_id)
-            inflight.cancel()  # no-op once it has the reply
+            for waiter in awaiting:
+                waiter.cancel()  # no-op once it has the reply
             del self.inflight[call_id]
         return reply
 
@@ -103,12 +108,14 @@ class Shared:
         sent = self.settlement.resuming.sent.get(call_id)
         if sent is not None:
             return sent
-        inflight = self.inflight.get(call_id)
-        if inflight is None:
+        awaiting = self.inflight.get(call_id)
+        if awaiting is None:
             return None
+        inflight: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        awaiting.append(inflight)
         try:
             with self.leases.holding(name, message) if hold else contextlib.nullcontext():
-                return await asyncio.shield(inflight)
+                return await inflight
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

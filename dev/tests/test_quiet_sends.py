@@ -1,0 +1,121 @@
+"""What is sent without a future of its own per item, pure (no broker): a call's request, whose
+sender hears of it only through its reply's future when the publish fails, and a batch's
+replies, whose publishes the batch counts and settles once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import aiormq
+import pytest
+from pamqp.commands import Basic
+
+from atasks.transport.backends.amqp.coalesce import Coalescer, Unsent
+from atasks.transport.backends.amqp.connection import Link
+from atasks.transport.backends.amqp.server.confirms import Confirms, replied
+from atasks.transport.backends.amqp.server.kept import KeptReplies
+from atasks.transport.backends.amqp.server.policies import Outcome
+from atasks.transport.messages import Reply
+
+
+async def test_a_quiet_waiter_hears_only_of_a_failed_send() -> None:
+    sent: list[list[bytes]] = []
+
+    async def send(key: str, items: list[bytes]) -> None:
+        sent.append(items)
+        if b"bad" in items:
+            raise ConnectionError("gone")
+
+    coalescer: Coalescer[str, bytes] = Coalescer(send, count=8, size=100, measure=len)
+    loop = asyncio.get_running_loop()
+    fine, answered, failing = loop.create_future(), loop.create_future(), loop.create_future()
+    coalescer.add("k", b"fine", fine)
+    coalescer.add("k", b"answered", answered)
+    answered.set_result("its reply came first")  # done before the turn: not sent
+    await asyncio.sleep(0)  # the flush
+    await asyncio.sleep(0)  # the delivery
+    assert sent == [[b"fine"]]
+    assert not fine.done()  # sent: left alone, for its reply
+    coalescer.add("j", b"bad", failing)
+    with pytest.raises(Unsent) as unsent:
+        await asyncio.wait_for(failing, 5)
+    assert isinstance(unsent.value.error, ConnectionError)
+
+
+async def test_a_waiter_that_is_not_quiet_hears_either_way() -> None:
+    async def send(key: str, items: list[bytes]) -> None:
+        if key == "refused":
+            raise LookupError("refused")
+
+    coalescer: Coalescer[str, bytes] = Coalescer(send, count=8, size=100, measure=len)
+    loop = asyncio.get_running_loop()
+    ok, refused = loop.create_future(), loop.create_future()
+    coalescer.add("fine", b"a", ok, quiet=False)
+    coalescer.add("refused", b"b", refused, quiet=False)
+    assert await asyncio.wait_for(ok, 5) is None
+    with pytest.raises(LookupError):
+        await asyncio.wait_for(refused, 5)
+
+
+def _reply(call_id: str) -> Reply:
+    return Reply(call_id=call_id, ok=True, content_type="text/plain", body=b"x")
+
+
+def _confirms() -> Confirms:
+    # KeptReplies reaches its link only to send kept replies, which these tests never do.
+    return Confirms(KeptReplies(cast(Link, None)))
+
+
+async def test_a_batch_waits_once_for_its_calls_and_their_replies() -> None:
+    confirms = _confirms()
+    confirms.pending += 1  # a call running
+    direct = confirms.sending("amq.rabbitmq.reply-to.a", _reply("a"), keep=False)
+    durable = confirms.sending("atasks-replies.q", _reply("b"), keep=True)
+    waiting = asyncio.ensure_future(confirms.wait())
+    direct.set_result(None)
+    durable.set_result(None)
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the call still runs
+    confirms.ended()
+    await asyncio.wait_for(waiting, 5)
+    assert confirms.failed == {}
+    # A reply to a direct address is kept by its server's resuming (before it is sent), not
+    # a second time here; one to a durable queue is kept until the batch is acked.
+    assert "a" not in confirms.kept
+    kept = confirms.kept.get("b")
+    assert kept is not None
+    assert kept.sent
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome", "kept"),
+    [
+        (aiormq.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1)), Outcome.BACK, False),
+        (ConnectionError("gone"), Outcome.KEPT, True),
+        (asyncio.CancelledError(), Outcome.BACK, False),  # the server stops: handed back
+    ],
+)
+def test_a_reply_not_sent_settles_its_call(
+    error: BaseException, outcome: Outcome, kept: bool
+) -> None:
+    confirms = _confirms()
+    sent = confirms.sending("amq.rabbitmq.reply-to.a", _reply("a"), keep=False)
+    if isinstance(error, asyncio.CancelledError):
+        confirms.cut_short()
+    else:
+        sent.set_exception(error)
+    assert sent.done()
+    assert confirms.pending == 0
+    sent.set_result(None)  # a second word is ignored
+    failed = confirms.failed["a"]
+    assert replied(failed, by_caller=False) is outcome
+    assert ("a" in confirms.kept) is kept
+    kept_reply = confirms.kept.get("a")
+    assert kept_reply is None or not kept_reply.sent  # kept to send once the broker is back
+
+
+def test_a_reply_cut_short_after_its_caller_cancelled_is_answered() -> None:
+    assert replied(asyncio.CancelledError(), by_caller=True) is Outcome.ANSWERED
+    with pytest.raises(ValueError, match="odd"):
+        replied(cast(Any, ValueError("odd")), by_caller=False)

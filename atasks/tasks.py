@@ -27,6 +27,7 @@ from atasks.retry import Retry
 from atasks.router import Router, get_router
 from atasks.settings import DEFAULT_WINDOW
 from atasks.streams import RemoteStream
+from atasks.threads import run_threaded
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -187,7 +188,7 @@ class ATask(Generic[P, R]):
         """Run the function here, in this process (what a server does with a request)."""
         if self._is_async:
             return await self.fn(*args, **kwargs)  # type: ignore[misc, no-any-return]
-        return await asyncio.to_thread(self.fn, *args, **kwargs)  # type: ignore[arg-type]
+        return await asyncio.to_thread(run_threaded, self.fn, args, kwargs)  # type: ignore[arg-type]
 
     def __set_name__(self, owner: type, name: str) -> None:
         """A method of ``owner``: it runs on the instance its server process makes (see

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
@@ -136,6 +138,32 @@ async def test_served_atasks_do_not_keep_old_connections() -> None:
     await which_connection()
     await which_connection()
     assert connections[0] is connections[1]  # what the middleware is for
+
+
+@atasks.atask
+def which_connection_in_its_thread() -> None:
+    """A plain-def atask: it runs in a worker thread, whose connection is its own."""
+    connections.append((threading.get_ident(), _the_connection()))
+
+
+async def test_plain_def_atasks_do_not_keep_old_connections_in_their_threads() -> None:
+    """The worker thread of a plain-def atask is reused by the next; under
+    ``django_atasks.setup()`` the connection it opened is closed after it, as a request's."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(1))  # one thread: every call runs in it
+    await django_atasks.setup("loopback")
+    connections.clear()
+    await which_connection_in_its_thread()
+    await which_connection_in_its_thread()
+    (thread, first), (same_thread, second) = connections
+    assert thread == same_thread
+    assert first is not second
+    await atasks.close()
+    await atasks.setup("loopback")
+    connections.clear()
+    await which_connection_in_its_thread()
+    await which_connection_in_its_thread()
+    assert connections[0] == connections[1]  # what the middleware is for, in that thread too
 
 
 def unset(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:

@@ -55,20 +55,30 @@ UNREADABLE: list[tuple[dict[str, Any], str | None, str]] = [
 ]
 
 
+@pytest.fixture
+async def one_server(servers: Servers, amqp_url: str) -> Servers:
+    """One server of the workload, serving every atask; this process set up to call it."""
+    servers.start()
+    await atasks.setup("amqp", url=amqp_url)
+    await wait_until_served(workload.ready)
+    return servers
+
+
+def unreadable_call_id() -> str:
+    return f"unreadable-{os.urandom(6).hex()}"
+
+
 @pytest.mark.parametrize(("headers", "kind", "says"), UNREADABLE)
 @pytest.mark.parametrize("waits", [True, False], ids=["call", "fire-and-forget"])
 async def test_a_request_a_server_cannot_read_is_kept_and_its_caller_told_why(
-    servers: Servers,
+    one_server: Servers,
     amqp_url: str,
     headers: dict[str, Any],
     kind: str | None,
     says: str,
     waits: bool,
 ) -> None:
-    servers.start()
-    await atasks.setup("amqp", url=amqp_url)
-    await wait_until_served(workload.ready)
-    call_id = f"unreadable-{os.urandom(6).hex()}"
+    call_id = unreadable_call_id()
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -99,17 +109,14 @@ async def test_a_request_a_server_cannot_read_is_kept_and_its_caller_told_why(
             assert reply.correlation_id == call_id
             assert reply.headers["atasks-error-message"] == letter.error.split(": ", 1)[1]
             await reply.ack()
-    assert await workload.pid() == servers.processes[0].pid  # the server goes on
+    assert await workload.pid() == one_server.processes[0].pid  # the server goes on
 
 
 async def test_a_broadcast_a_server_cannot_read_is_kept_with_why(
-    servers: Servers, amqp_url: str
+    one_server: Servers, amqp_url: str
 ) -> None:
     """A server's own copy of a broadcast is checked as a request from a queue is."""
-    servers.start()
-    await atasks.setup("amqp", url=amqp_url)
-    await wait_until_served(workload.ready)
-    call_id = f"unreadable-{os.urandom(6).hex()}"
+    call_id = unreadable_call_id()
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -129,7 +136,7 @@ async def test_a_broadcast_a_server_cannot_read_is_kept_with_why(
         "atasks.errors.WireVersionError: atask 'workload.broadcast_tally': "
     )
     assert "wire version 99, newer than this server reads" in letter.error
-    assert await workload.pid() == servers.processes[0].pid  # the server goes on
+    assert await workload.pid() == one_server.processes[0].pid  # the server goes on
 
 
 async def test_calls_travel_together_once_a_server_said_it_reads_batches(

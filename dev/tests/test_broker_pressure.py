@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -96,7 +97,10 @@ async def test_calls_wait_out_an_alarm_and_a_short_deadline_fails_in_time(
             await triple(100)
     took = asyncio.get_running_loop().time() - started
     assert took < 5, took
-    assert "deadline (1s)" in str(late.value)
+    # What was left of the 1 s when the call was sent: 1, or a hair less on a loaded machine.
+    left = re.search(r"did not finish before its deadline \(([0-9.]+)s\)", str(late.value))
+    assert left is not None, str(late.value)
+    assert 0.9 < float(left.group(1)) <= 1
     assert f"the broker blocks publishing: {reason}" in str(late.value)
 
     await asyncio.to_thread(alarm, kind, False)

@@ -5,6 +5,7 @@ replies, whose publishes the batch counts and settles once."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any, cast
 
 import aiormq
@@ -15,7 +16,10 @@ from atasks.transport.backends.amqp.coalesce import Coalescer, Unsent
 from atasks.transport.backends.amqp.connection import Link
 from atasks.transport.backends.amqp.server.confirms import Confirms, replied
 from atasks.transport.backends.amqp.server.kept import KeptReplies
+from atasks.transport.backends.amqp.server.message import Message
 from atasks.transport.backends.amqp.server.policies import Outcome
+from atasks.transport.backends.amqp.server.settlement import Settlement
+from atasks.transport.backends.amqp.topology import Topology
 from atasks.transport.messages import Reply
 
 
@@ -119,3 +123,62 @@ def test_a_reply_cut_short_after_its_caller_cancelled_is_answered() -> None:
     assert replied(asyncio.CancelledError(), by_caller=True) is Outcome.ANSWERED
     with pytest.raises(ValueError, match="odd"):
         replied(cast(Any, ValueError("odd")), by_caller=False)
+
+
+class _Recorded:
+    """An aiormq channel as far as settling a request goes: what was done on it, in order,
+    into a log shared with the other channel of its connection."""
+
+    def __init__(self, name: str, log: list[tuple[str, str, str]]) -> None:
+        self.name = name
+        self.log = log
+
+    async def basic_publish(self, body: bytes, *, routing_key: str = "", **_: Any) -> None:
+        self.log.append((self.name, "publish", routing_key))
+
+    async def basic_ack(self, tag: int) -> None:
+        self.log.append((self.name, "ack", str(tag)))
+
+
+def _delivered(reply_to: str, channel: _Recorded) -> Any:
+    return SimpleNamespace(
+        body=b"request",
+        channel=channel,
+        header=SimpleNamespace(properties=Basic.Properties(correlation_id="c1", reply_to=reply_to)),
+        delivery_tag=7,
+        delivery=SimpleNamespace(consumer_tag="t"),
+        redelivered=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "expected"),
+    [
+        # A direct reply: on the request's own channel, unconfirmed, then the ack after it.
+        ("amq.rabbitmq.reply-to.g1h2", [("serve", "publish", "amq.rabbitmq.reply-to.g1h2")]),
+        # A durable reply queue: on the confirming channel (its publish returns once confirmed).
+        ("atasks.replies.client-1", [("calls", "publish", "atasks.replies.client-1")]),
+    ],
+)
+async def test_a_reply_goes_before_its_ack_confirmed_only_to_a_durable_queue(
+    reply_to: str, expected: list[tuple[str, str, str]]
+) -> None:
+    log: list[tuple[str, str, str]] = []
+    serve, calls = _Recorded("serve", log), _Recorded("calls", log)
+    link = Link(
+        ["amqp://guest:guest@127.0.0.1:5672/"],
+        connect_timeout=1,
+        reconnect_wait=1,
+        events=False,
+    )
+    settlement = Settlement(link, Topology("default"))
+    message = Message(_delivered(reply_to, serve), cast(aiormq.abc.AbstractChannel, calls))
+    await asyncio.wait_for(
+        settlement.reply_and_ack(
+            message, Reply(call_id="c1", ok=True, content_type="x", body=b"r")
+        ),
+        5,
+    )
+    assert log == [*expected, ("serve", "ack", "7")]
+    # A direct reply is kept for a resume, having had no confirm to wait for.
+    assert ("c1" in settlement.resuming.sent) is reply_to.startswith("amq.rabbitmq.reply-to")

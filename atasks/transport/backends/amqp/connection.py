@@ -51,8 +51,8 @@ class Channels:
 
     connection: AbstractConnection
     calls: AbstractChannel  # requests out, replies and dead-letter notices in, control
-    calls_raw: aiormq.abc.AbstractChannel
-    serve_raw: aiormq.abc.AbstractChannel  # request consumers, replies out
+    calls_raw: aiormq.abc.AbstractChannel  # publisher confirms: whatever must be confirmed
+    serve_raw: aiormq.abc.AbstractChannel  # request consumers, acks, direct replies: unconfirmed
     events_raw: aiormq.abc.AbstractChannel | None
 
 
@@ -183,7 +183,10 @@ class Link:
                 self._learn_version(str(properties.get("version") or ""))
                 self.pressure.watch(connection.transport.connection)
             calls = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            serve = await connection.channel(publisher_confirms=True)
+            # Unconfirmed: a direct reply and then the ack of its request go on this one
+            # channel, which the broker handles in order; a confirm would add a round trip to
+            # every call and promise nothing more (see server/settlement.py).
+            serve = await connection.channel(publisher_confirms=False)
             events_raw = None
             if self.events:
                 events = await connection.channel(publisher_confirms=False)

@@ -73,7 +73,7 @@ class Leases:
         while self._calls.get(call_id) == 0.0:
             try:
                 channels = await self.link.ready()
-                await channels.serve_raw.basic_publish(
+                await channels.calls_raw.basic_publish(  # confirmed, then the ack
                     message.body,
                     exchange=self.topology.lease_exchange,
                     routing_key=self.topology.request_queue(name),

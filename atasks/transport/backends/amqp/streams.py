@@ -24,6 +24,7 @@ from atasks.errors import EncodeError, TransportError
 from atasks.events import Progress
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import Link, describe
+from atasks.transport.backends.amqp.resume import is_direct
 from atasks.transport.messages import Frame, Item, Request
 
 log = logging.getLogger("atasks.amqp")
@@ -128,14 +129,15 @@ class Frames:
         """Give ``request`` its way back for frames, and its credits if it is a stream."""
         call_id = request.call_id
         if request.wants_progress or request.window:
+            direct = is_direct(reply_to)
 
             async def publish(body: bytes, properties: Basic.Properties) -> None:
                 channels = self.link.channels
                 if channels is None:
                     raise TransportError("no connection to the broker")
-                await channels.serve_raw.basic_publish(
-                    body, routing_key=reply_to, properties=properties
-                )
+                # On the channel of the call's reply, which follows them in order.
+                channel = channels.serve_raw if direct else channels.calls_raw
+                await channel.basic_publish(body, routing_key=reply_to, properties=properties)
 
             outbox = Outbox(publish, call_id, request.content_type, lambda: self.credit_to)
             outbox.limit = self.link.max_message_size

@@ -29,7 +29,7 @@ class Broadcasts:
         self.shared = shared
 
     async def on_broadcast(self, delivered: DeliveredMessage) -> None:
-        message = Message(delivered)
+        message = Message(delivered, delivered.channel)
         name = str(getattr(delivered.delivery, "routing_key", "") or "")
         key = f"broadcast:{id(message)}"  # not its call id: a cancellation is not for copies
         task = asyncio.get_running_loop().create_task(

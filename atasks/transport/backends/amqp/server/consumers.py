@@ -76,7 +76,7 @@ class Consumers:
             await self._consume_broadcasts(channels)
             await self._consume_suspects(channels)
         for intake in self.intakes.values():
-            await self._fit(channels.serve_raw, intake)
+            await self._fit(channels, intake)
 
     def lost(self) -> None:
         self.control = None
@@ -118,7 +118,8 @@ class Consumers:
         """The suspects queue, one request at a time (see ``suspects``)."""
         await channels.calls_raw.basic_qos(prefetch_count=1, global_=False)
         ok = await channels.calls_raw.basic_consume(
-            self.shared.topology.suspects_queue, self._on_request(self.shared.suspects)
+            self.shared.topology.suspects_queue,
+            self._on_request(self.shared.suspects, channels.calls_raw),
         )
         self._suspects = ok.consumer_tag
 
@@ -203,29 +204,31 @@ class Consumers:
                 return
             try:
                 for intake in list(self.intakes.values()):
-                    await self._fit(channels.serve_raw, intake)
+                    await self._fit(channels, intake)
             except CONNECTION_ERRORS as exc:  # the connection is going: reopening redoes this
                 log.debug("could not adjust consumers: %s", describe(exc))
                 return
 
-    async def _fit(self, channel: aiormq.abc.AbstractChannel, intake: Intake) -> None:
+    async def _fit(self, channels: Channels, intake: Intake) -> None:
+        channel = channels.serve_raw
         prefetch = intake.plan(self._free())
         if prefetch is not None and intake.name in self.shared.handlers:
             # Per-consumer prefetch: applies to the consumers created after it on this channel.
             await channel.basic_qos(prefetch_count=prefetch, global_=False)
             ok = await channel.basic_consume(
-                self.shared.topology.request_queue(intake.name), self._on_request(intake)
+                self.shared.topology.request_queue(intake.name),
+                self._on_request(intake, channels.calls_raw),
             )
             assert ok.consumer_tag is not None
             intake.replaced(ok.consumer_tag, prefetch)
         while intake.stale:
             await channel.basic_cancel(intake.stale.pop())
 
-    def _on_request(self, intake: Intake) -> OnMessage:
+    def _on_request(self, intake: Intake, confirming: aiormq.abc.AbstractChannel) -> OnMessage:
         async def on_request(delivered: DeliveredMessage) -> None:
             # The call gets a task of its own, not aiormq's: a lost connection ends aiormq's
             # tasks, and a call should finish and keep its reply for the next connection.
-            message = Message(delivered)
+            message = Message(delivered, confirming)
             if message.consumer_tag is not None:
                 intake.delivered(message.consumer_tag)
                 message.counted = True

@@ -12,6 +12,7 @@ import aiormq
 
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS, Link, describe
+from atasks.transport.backends.amqp.resume import is_direct
 from atasks.transport.backends.amqp.server.policies import KEPT_FOR, KEPT_MAX, Memory
 from atasks.transport.messages import Reply
 
@@ -78,7 +79,10 @@ class KeptReplies:
                     return
                 for kept in [kept for kept in self.memory.values() if not kept.sent]:
                     try:
-                        await channels.serve_raw.basic_publish(
+                        channel = (
+                            channels.serve_raw if is_direct(kept.reply_to) else channels.calls_raw
+                        )
+                        await channel.basic_publish(
                             kept.reply.body,
                             routing_key=kept.reply_to,
                             properties=wire.reply_properties(kept.reply, announce=True),

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
@@ -26,6 +27,7 @@ class Message:
     __slots__ = (
         "body",
         "channel",
+        "confirming",
         "consumer_tag",
         "correlation_id",
         "counted",
@@ -37,9 +39,14 @@ class Message:
         "tag",
     )
 
-    def __init__(self, delivered: DeliveredMessage) -> None:
+    def __init__(self, delivered: DeliveredMessage, confirming: aiormq.abc.AbstractChannel) -> None:
         self.body = delivered.body
         self.channel = delivered.channel
+        """Where it came from: its acks, and its direct replies (unconfirmed, in order before
+        the ack)."""
+        self.confirming = confirming
+        """A channel of the same connection with publisher confirms: what is published for it
+        that must be confirmed before its ack (copies, dead letters, durable replies)."""
         self.properties: Basic.Properties = delivered.header.properties
         self.correlation_id: str | None = self.properties.correlation_id
         self.reply_to: str | None = self.properties.reply_to

@@ -117,7 +117,7 @@ class Memory(Generic[K, V]):
 class Outcome(enum.Enum):
     """How one call of a batch ended, as its message sees it."""
 
-    ANSWERED = "answered"  # its reply is confirmed, or its caller cancelled it
+    ANSWERED = "answered"  # its reply is sent (see settlement._replying), or it was cancelled
     BACK = "back"  # to hand back to the queue: the server stops, or the broker refused the reply
     KEPT = "kept"  # its reply waits for the connection to come back
 

@@ -48,8 +48,8 @@ class Settlement:
     async def reply(self, message: Message, reply: Reply) -> None:
         """Send ``reply`` to the caller of ``message`` (with the others ready for it)."""
         assert message.reply_to is not None
-        reply_to, _ = self.resuming.sending(message.reply_to, reply)
-        await self.replies.put((message.channel, reply_to), reply)
+        reply_to, direct = self.resuming.sending(message.reply_to, reply)
+        await self.replies.put((_replying(message, direct), reply_to), reply)
 
     def reply_soon(self, message: Message, reply: Reply, confirms: Confirms, kept: Reply) -> None:
         """Send ``reply`` to the caller of ``message`` (with the others ready for it) and return
@@ -58,7 +58,7 @@ class Settlement:
         assert message.reply_to is not None
         reply_to, direct = self.resuming.sending(message.reply_to, reply)
         sent = confirms.sending(message.reply_to, kept, keep=not direct)
-        self.replies.add((message.channel, reply_to), reply, sent, quiet=False)
+        self.replies.add((_replying(message, direct), reply_to), reply, sent, quiet=False)
 
     async def resume(
         self,
@@ -127,7 +127,7 @@ class Settlement:
                     error=f"{reason}: {error_type}: {error_message}",
                 )
             )
-        await message.channel.basic_publish(
+        await message.confirming.basic_publish(
             body,
             exchange=self.topology.dead_letter_exchange,
             routing_key=self.topology.request_queue(name) if name else self.topology.suspects_queue,
@@ -201,7 +201,7 @@ class Settlement:
             priority=properties.priority,  # back among the requests of its priority
             message_type=properties.message_type,
         )
-        await message.channel.basic_publish(
+        await message.confirming.basic_publish(
             body, routing_key=queue or self.topology.request_queue(name), properties=copy
         )
 
@@ -232,3 +232,13 @@ class Settlement:
             done.set()
             if self.requeueing.get(call_id) is done:
                 del self.requeueing[call_id]
+
+
+def _replying(message: Message, direct: bool) -> aiormq.abc.AbstractChannel:
+    """The channel of a reply to ``message``'s caller. A direct reply goes unconfirmed on the
+    channel ``message`` came on, and its ack after it: the broker takes a channel's frames in
+    order, so an ack it has taken means the reply was routed to the caller's channel (a
+    confirm promises no more for a direct address, and would cost every call a round trip);
+    should that reply not reach the caller, the server keeps it for a resume. A reply to a
+    durable queue is confirmed before the ack."""
+    return message.channel if direct else message.confirming

@@ -124,7 +124,7 @@ class Suspects:
                 wire.H_SUSPECT_OF: name,
             }
             copies.append(
-                message.channel.basic_publish(
+                message.confirming.basic_publish(
                     request.body,
                     routing_key=self.shared.topology.suspects_queue,
                     properties=properties,

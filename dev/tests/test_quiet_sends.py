@@ -133,11 +133,13 @@ class _Recorded:
         self.name = name
         self.log = log
 
-    async def basic_publish(self, body: bytes, *, routing_key: str = "", **_: Any) -> None:
-        self.log.append((self.name, "publish", routing_key))
+    async def basic_publish(
+        self, body: bytes, *, routing_key: str = "", wait: bool = True, **_: Any
+    ) -> None:
+        self.log.append((self.name, "publish" if wait else "publish, no wait", routing_key))
 
-    async def basic_ack(self, tag: int) -> None:
-        self.log.append((self.name, "ack", str(tag)))
+    async def basic_ack(self, tag: int, wait: bool = True) -> None:
+        self.log.append((self.name, "ack" if wait else "ack, no wait", str(tag)))
 
 
 def _delivered(reply_to: str, channel: _Recorded) -> Any:
@@ -154,8 +156,12 @@ def _delivered(reply_to: str, channel: _Recorded) -> Any:
 @pytest.mark.parametrize(
     ("reply_to", "expected"),
     [
-        # A direct reply: on the request's own channel, unconfirmed, then the ack after it.
-        ("amq.rabbitmq.reply-to.g1h2", [("serve", "publish", "amq.rabbitmq.reply-to.g1h2")]),
+        # A direct reply: on the request's own channel, unconfirmed and not waited for, then
+        # the ack behind it.
+        (
+            "amq.rabbitmq.reply-to.g1h2",
+            [("serve", "publish, no wait", "amq.rabbitmq.reply-to.g1h2")],
+        ),
         # A durable reply queue: on the confirming channel (its publish returns once confirmed).
         ("atasks.replies.client-1", [("calls", "publish", "atasks.replies.client-1")]),
     ],
@@ -179,6 +185,6 @@ async def test_a_reply_goes_before_its_ack_confirmed_only_to_a_durable_queue(
         ),
         5,
     )
-    assert log == [*expected, ("serve", "ack", "7")]
+    assert log == [*expected, ("serve", "ack, no wait", "7")]
     # A direct reply is kept for a resume, having had no confirm to wait for.
     assert ("c1" in settlement.resuming.sent) is reply_to.startswith("amq.rabbitmq.reply-to")

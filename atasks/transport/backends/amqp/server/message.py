@@ -66,9 +66,11 @@ class Message:
         return self.properties.message_type == wire.BATCH
 
     async def ack(self) -> None:
+        """Queued behind what was published on its channel before; not waiting for its write
+        (lost with the connection, the request comes again and finds its kept reply)."""
         if not self.settled:
             self.settled = True
-            await self.channel.basic_ack(self.tag)
+            await self.channel.basic_ack(self.tag, wait=False)
 
     async def reject(self, *, requeue: bool) -> None:
         if not self.settled:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 from pamqp.commands import Basic
@@ -15,6 +15,7 @@ from atasks.events import Event
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.coalesce import Coalescer
 from atasks.transport.backends.amqp.connection import Link, describe
+from atasks.transport.backends.amqp.resume import is_direct
 from atasks.transport.backends.amqp.server.confirms import Confirms
 from atasks.transport.backends.amqp.server.message import Message, only, part
 from atasks.transport.backends.amqp.server.resuming import Resuming
@@ -97,7 +98,11 @@ class Settlement:
                 for reply in replies:
                     await self._publish_replies(destination, [reply])
                 return
-        await channel.basic_publish(body, routing_key=reply_to, properties=properties)
+        # A direct reply waits for nothing: the ack after it goes behind it on its channel.
+        publish = cast(aiormq.Channel, channel).basic_publish  # the abstract one lacks wait
+        await publish(
+            body, routing_key=reply_to, properties=properties, wait=not is_direct(reply_to)
+        )
 
     async def dead_letter(
         self,

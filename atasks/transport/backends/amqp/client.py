@@ -8,9 +8,9 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiormq
 from aiormq.abc import DeliveredMessage
@@ -230,9 +230,9 @@ class Caller:
             properties = wire.batch_properties(
                 requests, batch_id, self.reply_to, persistent=self.persistent
             )
-        await channels.calls_raw.basic_publish(
-            body, routing_key=queue, properties=properties, mandatory=True
-        )
+        # Not waiting for the write as well: the confirm comes after it.
+        publish = cast(aiormq.Channel, channels.calls_raw).basic_publish  # abstract: no wait
+        await publish(body, routing_key=queue, properties=properties, mandatory=True, wait=False)
 
     async def enqueue(self, request: Request) -> None:
         """Publish a fire-and-forget request to its queue, declared first (as its servers
@@ -259,7 +259,16 @@ class Caller:
                 self.link, self.topology, self._declared, request, exchange, routing_key, what
             )
 
-    async def _on_reply(self, message: DeliveredMessage) -> None:
+    def _on_reply(self, message: DeliveredMessage) -> Coroutine[Any, Any, None]:
+        """Settle the calls ``message`` answers at once, in aiormq's reader (no turn of the
+        loop lost); the coroutine returned, for aiormq's task, only acks a durable reply."""
+        try:
+            self._read_reply(message)
+        except Exception:  # never into aiormq's reader, which would close the channel
+            log.exception("could not read a reply")
+        return self._ack_reply(message)
+
+    def _read_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
         call_id = properties.correlation_id or ""
         if properties.message_type == wire.FRAME:
@@ -279,6 +288,8 @@ class Caller:
                 self._settle(call_id, reply, reads_batches(properties.headers))
             except Exception as exc:  # a malformed reply fails its one call only
                 self._settle(call_id, TransportError(f"malformed reply: {exc!r}"))
+
+    async def _ack_reply(self, message: DeliveredMessage) -> None:
         if self.durable:  # after the call has it: lost before this, it comes again
             try:
                 await message.channel.basic_ack(message.delivery_tag or 0)

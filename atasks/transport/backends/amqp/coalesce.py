@@ -82,11 +82,14 @@ class Coalescer(Generic[Key, Item]):
             ready.append(entry)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._keep(asyncio.get_running_loop().create_task(self._flush()))
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
+        """Send what was put in the turn that just ended: the first message in this task (a
+        lone item waits for one turn, no more), each other one in a task of its own."""
         self._scheduled = False
         ready, self._ready = self._ready, {}
+        first: tuple[Key, list[Entry[Item]]] | None = None
         for key, entries in ready.items():
             chunk: list[Entry[Item]] = []
             size = 0
@@ -95,15 +98,29 @@ class Coalescer(Generic[Key, Item]):
                     continue
                 measured = self._measure(entry[0])
                 if chunk and (len(chunk) >= self.count or size + measured > self.size):
-                    self._start(key, chunk)
+                    first = self._start(key, chunk, first)
                     chunk, size = [], 0
                 chunk.append(entry)
                 size += measured
             if chunk:
-                self._start(key, chunk)
+                first = self._start(key, chunk, first)
+        if first is not None:
+            await self._deliver(*first)
 
-    def _start(self, key: Key, chunk: list[Entry[Item]]) -> None:
-        task = asyncio.get_running_loop().create_task(self._deliver(key, chunk))
+    def _start(
+        self,
+        key: Key,
+        chunk: list[Entry[Item]],
+        first: tuple[Key, list[Entry[Item]]] | None,
+    ) -> tuple[Key, list[Entry[Item]]]:
+        """Keep ``chunk`` for the flush itself to send, or start sending it if it is not the
+        first; returns the first."""
+        if first is None:
+            return key, chunk
+        self._keep(asyncio.get_running_loop().create_task(self._deliver(key, chunk)))
+        return first
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 

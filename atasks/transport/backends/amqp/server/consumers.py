@@ -38,6 +38,10 @@ Serve = Callable[[Intake, Message], Coroutine[Any, Any, None]]
 OnMessage = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
 
 
+async def _nothing() -> None:
+    """What aiormq's task per delivery runs when the delivery was taken in its reader."""
+
+
 class Consumers:
     """The consumers of one server, kept in line with its capacity."""
 
@@ -225,7 +229,16 @@ class Consumers:
             await channel.basic_cancel(intake.stale.pop())
 
     def _on_request(self, intake: Intake, confirming: aiormq.abc.AbstractChannel) -> OnMessage:
-        async def on_request(delivered: DeliveredMessage) -> None:
+        def on_request(delivered: DeliveredMessage) -> Coroutine[Any, Any, None]:
+            # Called in aiormq's reader: the call's task starts now, not a turn later in a
+            # task of aiormq's, which only gets nothing to do.
+            try:
+                take(delivered)
+            except Exception:  # never into aiormq's reader, which would close the channel
+                log.exception("could not take a request from %s", intake.name)
+            return _nothing()
+
+        def take(delivered: DeliveredMessage) -> None:
             # The call gets a task of its own, not aiormq's: a lost connection ends aiormq's
             # tasks, and a call should finish and keep its reply for the next connection.
             message = Message(delivered, confirming)

@@ -270,24 +270,11 @@ class Caller:
 
     def _read_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
-        call_id = properties.correlation_id or ""
         if properties.message_type == wire.FRAME:
-            self._on_frame(call_id, properties, message.body)
-        elif properties.message_type == wire.REPLIES:
-            try:
-                replies = wire.replies_from(message.body)
-            except ValueError as exc:  # nobody's reply can be told from it
-                log.warning("dropped a malformed message of replies: %s", exc)
-                replies = []
-            batches = reads_batches(properties.headers)
-            for reply in replies:
-                self._settle(reply.call_id, reply, batches)
-        else:
-            try:
-                reply = wire.reply_from(properties, message.body)
-                self._settle(call_id, reply, reads_batches(properties.headers))
-            except Exception as exc:  # a malformed reply fails its one call only
-                self._settle(call_id, TransportError(f"malformed reply: {exc!r}"))
+            self._on_frame(properties.correlation_id or "", properties, message.body)
+            return
+        for call_id, outcome, batches in outcomes(properties, message.body):
+            self._settle(call_id, outcome, batches)
 
     async def _ack_reply(self, message: DeliveredMessage) -> None:
         if self.durable:  # after the call has it: lost before this, it comes again
@@ -363,6 +350,25 @@ class Caller:
             await asyncio.wait(set(self._background), timeout=within)
         for task in list(self._background):
             task.cancel()
+
+
+def outcomes(
+    properties: Basic.Properties, body: bytes
+) -> list[tuple[str, Reply | Exception, bool | None]]:
+    """The outcomes a message of one reply or of several carries: call id, reply (or why it
+    cannot be read), and whether its server reads batches (``None``: it did not say)."""
+    batches = reads_batches(properties.headers)
+    if properties.message_type == wire.REPLIES:
+        try:
+            return [(reply.call_id, reply, batches) for reply in wire.replies_from(body)]
+        except ValueError as exc:  # nobody's reply can be told from it
+            log.warning("dropped a malformed message of replies: %s", exc)
+            return []
+    call_id = properties.correlation_id or ""
+    try:
+        return [(call_id, wire.reply_from(properties, body), batches)]
+    except Exception as exc:  # a malformed reply fails its one call only
+        return [(call_id, TransportError(f"malformed reply: {exc!r}"), None)]
 
 
 async def unsent(

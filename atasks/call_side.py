@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from atasks import tracing as _tracing
 from atasks.auth_context import AuthContext, auth_var, stamp
 from atasks.calls import current_scope, effective_priority, new_call_id, scope_deadline
-from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
+from atasks.codecs.base import Codec, decode, encode
 from atasks.compat import modern
 from atasks.delays import Delay, not_before_var
 from atasks.errors import ConfigurationError, NoCodecRegistered
@@ -207,18 +207,18 @@ class Caller:
             stream.opened(call_id, transport, relay)
             on_frame = stream
         payload = pack_arguments(atask.name, args, kwargs, call_id, values)
-        body = encode_now(codec, payload) if codec._fast_encode else await encode(codec, payload)
-        request = Request(
-            name=atask.name,
-            call_id=call_id,
-            content_type=codec.content_type,
-            body=body,
-            parent_id=parent_id,
-            deadline=deadline,
-            priority=effective_priority(atask.priority),
-            wants_progress=listener is not None,
-            window=stream.window if stream is not None else 0,
-            headers=headers,
+        body = codec.encode_now(payload) if codec._fast_encode else await encode(codec, payload)
+        request = Request(  # by position: the hot path (see Request)
+            atask.name,
+            call_id,
+            codec.content_type,
+            body,
+            parent_id,
+            deadline,
+            effective_priority(atask.priority),
+            listener is not None,
+            stream.window if stream is not None else 0,
+            headers,
         )
         if auth is not None:
             stamp(request, codec, auth)
@@ -247,7 +247,7 @@ class Caller:
         if relay is not None:  # every report reaches the listener before the outcome
             await relay.flushed()
         if reply.ok and codec._fast_decode and reply.content_type == codec.content_type:
-            return decode_now(codec, reply.body)
+            return codec.decode_now(reply.body)
         return await outcome(reply, codec)
 
     async def one_way(

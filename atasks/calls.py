@@ -48,7 +48,7 @@ class CallScope:
     parent_id: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # the request's: traceparent…
     report: ProgressSink | None = None
-    owner: asyncio.Task[Any] | None = None  # the task that runs the atask's own code
+    owner: asyncio.Task[Any] | None = None  # the task running its own code, once it matters
     holds_slot: bool = False
     lent: bool = False  # its slot is lent while its calls are in flight
     suspended: bool = False  # its own code is waiting for something

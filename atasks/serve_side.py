@@ -22,7 +22,7 @@ from atasks import tracing as _tracing
 from atasks.auth_context import admit, auth_var
 from atasks.call_side import Routing, tracing_in_force
 from atasks.calls import CallScope, ProgressSink, current_scope, enter_priority, leave_priority
-from atasks.codecs.base import Codec, decode, decode_now, encode, encode_now
+from atasks.codecs.base import Codec, decode, encode
 from atasks.delays import NOT_BEFORE, NotBefore
 from atasks.errors import AuthError, DecodeError, EncodeError, JobNotFound, NoCodecRegistered
 from atasks.middleware import Call, Middleware, Proceed, chain, overrides
@@ -162,7 +162,7 @@ class Serving:
                     else None
                 )
                 payload = (
-                    decode_now(codec, request.body)
+                    codec.decode_now(request.body)
                     if codec._fast_decode
                     else await decode(codec, request.body)
                 )
@@ -203,7 +203,7 @@ class Serving:
                     body = result
                 elif codec._fast_encode:
                     try:
-                        body = encode_now(codec, result)
+                        body = codec.encode_now(result)
                     except EncodeError as exc:
                         raise _cannot_travel(request, exc) from exc
                 else:
@@ -216,9 +216,7 @@ class Serving:
                     request, codec, exc, received, observed=encoded, expected=atask.throws
                 )
             self.counts.succeeded += 1
-            return Reply(
-                call_id=request.call_id, ok=True, content_type=codec.content_type, body=body
-            )
+            return Reply(request.call_id, True, codec.content_type, body)  # see Request
         finally:
             if request.slot_taken:  # taken by the transport, never adopted by a call
                 request.slot_taken = False
@@ -276,7 +274,6 @@ class Serving:
         scope = CallScope(
             request.call_id, request.name, deadline, slots, request.parent_id, request.headers
         )
-        task = scope.owner = asyncio.current_task()
         caller = request.emit if request.wants_progress else None
         if events is not None or caller is not None:
             scope.report = _reporter(request, caller, events)
@@ -307,6 +304,8 @@ class Serving:
                 running = self._process_pool().run(atask.fn, args, kwargs)
             else:
                 running = atask.run(args, kwargs)
+            if scope.owner is None:  # else taken by a call its first step made (call_started)
+                scope.owner = asyncio.current_task()
             work = slots.drive(running, scope, first)
             if deadline is None:
                 return await work
@@ -314,6 +313,7 @@ class Serving:
             async with asyncio.timeout_at(loop.time() + deadline - time.time()):
                 return await work
         except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
             if task is not None and not task.cancelling():
                 # Raised by the atask itself (say, awaiting a task someone else cancelled):
                 # an outcome like any exception, not a cancellation of this call.
@@ -334,7 +334,7 @@ class Serving:
 
 async def _encoded(request: Request, codec: Codec, result: Any) -> bytes:
     try:
-        return encode_now(codec, result) if codec._fast_encode else await encode(codec, result)
+        return codec.encode_now(result) if codec._fast_encode else await encode(codec, result)
     except EncodeError as exc:
         raise _cannot_travel(request, exc) from exc
 

@@ -127,7 +127,10 @@ class Slots:
 
     def call_started(self, scope: CallScope) -> bool:
         """``scope``'s atask makes a call; True if made by its own task (awaited directly)."""
-        direct = asyncio.current_task() is scope.owner
+        current = asyncio.current_task()
+        if scope.owner is None:  # made in the atask's first step, which its own task takes
+            scope.owner = current
+        direct = current is scope.owner
         if direct:
             scope.direct += 1
         else:

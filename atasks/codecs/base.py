@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from atasks.binding import BindOnConstruction
@@ -29,6 +30,12 @@ class Codec(metaclass=BindOnConstruction):
     _derived_content_type: ClassVar[bool] = True
     _fast_encode: ClassVar[bool] = False
     _fast_decode: ClassVar[bool] = False
+    _strict: ClassVar[bool] = False
+    """Set by a codec whose ``dumps`` returns bytes and raises only ``EncodeError``, and whose
+    ``loads`` raises only ``DecodeError``: the router calls them with nothing around them.
+    Kept by a subclass that overrides neither."""
+    encode_now: ClassVar[Callable[[Any, Any], bytes]]
+    decode_now: ClassVar[Callable[[Any, bytes], Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -40,6 +47,10 @@ class Codec(metaclass=BindOnConstruction):
         # The router's fast path: call dumps/loads directly where encode/decode are the base's.
         cls._fast_encode = cls.encode is Codec.encode and cls.dumps is not Codec.dumps
         cls._fast_decode = cls.decode is Codec.decode and cls.loads is not Codec.loads
+        own = vars(cls)
+        cls._strict = own.get("_strict", cls._strict and "dumps" not in own and "loads" not in own)
+        cls.encode_now = cls.dumps if cls._strict else encode_now
+        cls.decode_now = cls.loads if cls._strict else decode_now
 
     @classmethod
     def _missing(cls) -> tuple[str, ...]:
@@ -105,7 +116,7 @@ async def encode(codec: Codec, obj: Any) -> bytes:
     """``codec``'s bytes for ``obj``, without an await where the codec is synchronous; failures
     as ``EncodeError``."""
     if codec._fast_encode:
-        return encode_now(codec, obj)
+        return codec.encode_now(obj)
     try:
         content: Any = codec.encode(obj)
         if inspect.isawaitable(content):
@@ -119,7 +130,8 @@ async def encode(codec: Codec, obj: Any) -> bytes:
 
 def encode_now(codec: Codec, obj: Any) -> bytes:
     """``encode`` for a codec whose ``_fast_encode`` holds (its ``dumps`` is the
-    implementation): the router's hot path, with no coroutine to create."""
+    implementation): the router's hot path, with no coroutine to create. The router calls it as
+    ``codec.encode_now(obj)``, which is ``dumps`` itself for a ``_strict`` codec."""
     try:
         content: Any = codec.dumps(obj)
     except EncodeError:
@@ -139,7 +151,7 @@ async def decode(codec: Codec, content: bytes) -> Any:
     """The object ``codec`` reads in ``content``, without an await where the codec is
     synchronous; failures as ``DecodeError``."""
     if codec._fast_decode:
-        return decode_now(codec, content)
+        return codec.decode_now(content)
     try:
         obj = codec.decode(content)
         if inspect.isawaitable(obj):
@@ -153,7 +165,7 @@ async def decode(codec: Codec, content: bytes) -> Any:
 
 def decode_now(codec: Codec, content: bytes) -> Any:
     """``decode`` for a codec whose ``_fast_decode`` holds (its ``loads`` is the
-    implementation), with no coroutine to create."""
+    implementation), with no coroutine to create; called as ``codec.decode_now(content)``."""
     try:
         return codec.loads(content)
     except DecodeError:

@@ -37,6 +37,7 @@ class PickleCodec(Codec):
     """
 
     content_type: str = "application/x-python-pickle"
+    _strict = True  # dumps and loads raise EncodeError and DecodeError, dumps returns bytes
 
     def __init__(
         self,

@@ -62,9 +62,10 @@ class _NoHeaders(dict[str, str]):
 NO_HEADERS: Mapping[str, str] = _NoHeaders()
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class Request:
-    """One call of an atask, encoded."""
+    """One call of an atask, encoded. Name the fields when you make one: the router's hot path
+    passes them by position, which costs a third of the time, but that order is not an API."""
 
     name: str
     call_id: str
@@ -91,9 +92,10 @@ class Request:
     slot_taken: bool = field(default=False, compare=False, repr=False)
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class Reply:
-    """The outcome of one call: an encoded result, or an exception.
+    """The outcome of one call: an encoded result, or an exception (fields named, as for
+    ``Request``).
 
     On failure ``body`` holds the encoded exception object, or is empty when it could not travel;
     ``error_type``, ``error_message`` and ``traceback`` always describe it in plain text.

@@ -129,3 +129,55 @@ async def test_content_in_a_codec_the_server_lacks_is_a_clear_error() -> None:
     with pytest.raises(NoCodecRegistered, match="application/json"):
         await client.call(echo, (1,), {})
     await server.deactivate()
+
+
+class _LooseDumps(PickleCodec):
+    """A pickle subclass whose own ``dumps`` breaks the contract: a ValueError, or a str."""
+
+    content_type = "application/x-loose-pickle"
+
+    def dumps(self, obj: object) -> bytes:
+        if obj == "refuse":
+            raise ValueError("refused by the subclass")
+        if obj == "text":
+            return "not bytes"  # type: ignore[return-value]
+        return super().dumps(obj)
+
+
+@atask(namespace="loose-codec")
+async def same(x: object) -> object:
+    return x
+
+
+def test_only_a_codec_that_keeps_its_base_methods_inherits_strictness() -> None:
+    """Strict: the router calls ``dumps``/``loads`` bare; a subclass that overrides either
+    gets the checks again, whatever its base said."""
+
+    class Renamed(PickleCodec):
+        content_type = "application/x-renamed-pickle"
+
+    class SaysStrict(_LooseDumps):
+        _strict = True
+
+    assert PickleCodec._strict
+    assert Renamed._strict
+    assert SaysStrict._strict
+    assert not _LooseDumps._strict
+    assert not JSONCodec._strict
+    assert PickleCodec.encode_now is PickleCodec.dumps
+    assert _LooseDumps.encode_now is not _LooseDumps.dumps
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("refuse", "cannot encode 'refuse': refused by the subclass"), ("text", "returned str")],
+)
+async def test_a_result_the_codec_fails_on_is_a_clear_encode_error_to_the_caller(
+    value: str, message: str
+) -> None:
+    """The server encodes ``value`` with a subclass's own ``dumps``, which breaks the contract:
+    the caller gets an ``EncodeError`` that says what happened."""
+    await atasks.setup("loopback", codec=_LooseDumps("loose-codec"), namespace="loose-codec")
+    assert await same(1) == 1
+    with pytest.raises(EncodeError, match=message):
+        await same(value)

@@ -239,3 +239,52 @@ async def test_a_loopback_call_leaves_nothing_behind_however_it_ends() -> None:
         await echo(lambda: None)
     assert await asyncio.gather(echo(3), after_a_turn(4)) == [3, 4]
     assert (transport._inline_depth, transport._credits, transport._calls) == ({}, {}, {})
+
+
+class RecordingLoopback(LoopbackTransport):
+    """A loopback transport that keeps every request it is sent."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(namespace)
+        self.requests: list[Request] = []
+
+    async def send_request(self, request: Any, on_frame: Any = None) -> Any:
+        self.requests.append(request)
+        return await super().send_request(request, on_frame)
+
+
+@atask(namespace="hot-path-fields")
+async def outer(value: int) -> int:
+    return await inner(value)
+
+
+@atask(namespace="hot-path-fields")
+async def inner(value: int) -> int:
+    return value + 1
+
+
+async def test_each_value_of_a_request_made_on_the_hot_path_is_in_its_own_field() -> None:
+    """The caller builds a request by position (the cheap way): a field added or moved in
+    ``Request`` must not shift a value into its neighbour."""
+    ns = "hot-path-fields"
+    transport = RecordingLoopback(ns)
+    await atasks.setup(transport, namespace=ns, serve=True)
+    progress = atasks.observe_progress(lambda report: None)
+    async with atasks.deadline(30), atasks.priority(7), progress:
+        assert await outer(1) == 2
+    first, nested = transport.requests
+    assert (first.name, nested.name) == (outer.name, inner.name)
+    assert first.parent_id is None
+    assert nested.parent_id == first.call_id
+    assert first.call_id != nested.call_id
+    assert first.content_type.startswith(PickleCodec.content_type)
+    assert first.deadline is not None
+    assert nested.deadline == first.deadline
+    assert first.priority == nested.priority == 7
+    assert first.wants_progress
+    assert not nested.wants_progress
+    assert first.window == nested.window == 0
+    assert isinstance(first.body, bytes)
+    assert dict(first.headers) == {}
+    assert not first.slot_taken
+    assert first.credits is None

@@ -207,7 +207,7 @@ def pack_replies(replies: Iterable[Reply]) -> bytes:
 def replies_from(body: bytes) -> list[Reply]:
     """The replies of a ``replies`` message; raises ``ValueError`` when it is malformed."""
     return [
-        Reply(call_id=call_id, ok=True, content_type=content_type, body=data)
+        Reply(call_id, True, content_type, data)  # by position: see Request
         if kind == _OK and not headers  # most: a result
         else _reply(call_id, OK if kind == _OK else ERROR, content_type, headers, data)
         for call_id, kind, content_type, headers, data in entries(body)
@@ -221,7 +221,7 @@ def _request(
     name: str, call_id: str, content_type: str, headers: Mapping[str, Any] | None, body: bytes
 ) -> Request:
     if not headers:  # most calls: no deadline, parent, priority, progress, window or context
-        return Request(name=name, call_id=call_id, content_type=content_type, body=body)
+        return Request(name, call_id, content_type, body)  # by position: see Request
     parent = headers.get(H_PARENT)
     return Request(
         name=name,

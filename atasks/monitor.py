@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -244,7 +245,7 @@ class EventFormatter:
     MAX_CALLS = 100_000
 
     def __init__(self) -> None:
-        self._depth: dict[str, int] = {}
+        self._depth: OrderedDict[str, int] = OrderedDict()  # forgets its oldest at once
 
     def depth(self, event: Event) -> int:
         depth = self._depth.get(event.call_id)
@@ -253,7 +254,7 @@ class EventFormatter:
             depth = parent + 1 if parent is not None else (1 if event.parent_id else 0)
             self._depth[event.call_id] = depth
             if len(self._depth) > self.MAX_CALLS:
-                del self._depth[next(iter(self._depth))]
+                self._depth.popitem(last=False)
         return depth
 
     def format(self, event: Event) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,7 @@ class CallTree:
     def __init__(self, limit: int = 2000) -> None:
         self.limit = limit
         self._nodes: dict[str, CallNode] = {}
-        self._roots: dict[str, None] = {}  # top-level calls, oldest first
+        self._roots: OrderedDict[str, None] = OrderedDict()  # top-level calls, oldest first
         self._orphans: dict[str, list[str]] = {}  # parent id not seen yet -> its children
 
     def __len__(self) -> int:
@@ -133,8 +134,7 @@ class CallTree:
 
     def _trim(self) -> None:
         while len(self._nodes) > self.limit and self._roots:
-            oldest = next(iter(self._roots))
-            del self._roots[oldest]
+            oldest, _ = self._roots.popitem(last=False)
             self._drop(oldest)
 
     def _drop(self, call_id: str) -> None:

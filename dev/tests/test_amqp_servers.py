@@ -35,6 +35,14 @@ async def test_server_in_another_process(servers: Servers, client: None) -> None
     assert await wait_until_served(workload.ready) == server.pid
 
 
+async def test_a_server_keeps_what_it_started_with_out_of_the_collectors_sight(
+    servers: Servers, client: None
+) -> None:
+    servers.start()
+    await wait_until_served(workload.ready)
+    assert await workload.frozen_objects() > 10_000  # its modules, router and connection
+
+
 async def test_competing_servers_share_the_work(servers: Servers, client: None) -> None:
     pids = {servers.start().pid, servers.start().pid}
     await wait_until_served(workload.ready)

@@ -4,6 +4,7 @@ reply sent while its caller was away, which still reaches it once reconnected, r
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 from pathlib import Path
@@ -180,3 +181,23 @@ async def test_a_reply_sent_while_its_caller_was_away_reaches_it_once_back(
         assert await asyncio.wait_for(call, 60) == 1  # run once
         assert proxy.accepted == 2
     assert any("resume" in record.getMessage() for record in caplog.records)
+
+
+def test_a_failed_reply_comes_back_whole_and_none_is_kept_as_an_object() -> None:
+    """Kept as plain values (which the garbage collector stops tracking on a busy server) and
+    made again, every field as sent."""
+    resuming = Resuming()
+    failed = Reply(
+        call_id="f",
+        ok=False,
+        content_type="application/x-python-pickle",
+        body=b"exception",
+        error_type="builtins.ValueError",
+        error_message="bad",
+        traceback="Traceback…",
+    )
+    resuming.sending(OLD, failed)
+    resuming.sending(OLD, reply("ok"))
+    assert resuming.resume(["f", "ok"], NEW, lambda _: None) == [failed, reply("ok")]
+    gc.collect()  # a collection untracks each tuple of plain values it meets
+    assert not any(gc.is_tracked(item) for item in resuming.sent._items.values())

@@ -56,7 +56,12 @@ class Confirms:
 
     def ended(self) -> None:
         self.pending -= 1
-        if not self.pending and self._all is not None and not self._all.done():
+        if self.pending:
+            return
+        # All ended: let go of the waiters, each of which refers back to this object (a cycle
+        # per reply that only the garbage collector would free, a full collection later).
+        self.sending_now.clear()
+        if self._all is not None and not self._all.done():
             self._all.set_result(None)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -75,7 +76,8 @@ V = TypeVar("V")
 class Memory(Generic[K, V]):
     """Values remembered by key, at most ``most`` of them and each for at most ``seconds``:
     storing one forgets the oldest beyond either bound. Storing a key again keeps its place
-    in line (its age restarts)."""
+    in line (its age restarts). An ``OrderedDict``: it forgets its first item at once, where a
+    dict walks over every slot freed at its front."""
 
     __slots__ = ("_clock", "_items", "most", "seconds")
 
@@ -85,17 +87,17 @@ class Memory(Generic[K, V]):
         self.most = most
         self.seconds = seconds
         self._clock = clock
-        self._items: dict[K, tuple[V, float]] = {}
+        self._items: OrderedDict[K, tuple[V, float]] = OrderedDict()
 
     def put(self, key: K, value: V) -> None:
         now = self._clock()
         self._items[key] = (value, now)
         items = self._items
         while items:  # forget the oldest
-            oldest, (_, at) = next(iter(items.items()))
+            _, at = next(iter(items.values()))
             if len(items) <= self.most and now - at < self.seconds:
                 break
-            del items[oldest]
+            items.popitem(last=False)
 
     def get(self, key: K) -> V | None:
         item = self._items.get(key)

@@ -11,6 +11,7 @@ when it is ready.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from atasks.transport.backends.amqp.resume import is_direct
@@ -24,7 +25,12 @@ RESUMABLE_FOR = 300.0  # …for at most this long; as many calls moved to a new 
 
 class Sent:
     """Replies by call id, the oldest forgotten beyond ``most`` of them, ``size`` bytes of
-    bodies or ``seconds`` of age."""
+    bodies or ``seconds`` of age.
+
+    Each is kept as a tuple of strings and numbers, not as its ``Reply``: the garbage collector
+    stops tracking such a tuple, and a busy server keeps a hundred thousand of them. Oldest first
+    in an ``OrderedDict``, which forgets its first item at once (a dict walks over every slot
+    freed at its front since it was last resized: 15 to 60 µs a reply once full)."""
 
     __slots__ = ("_aged", "_clock", "_items", "bytes", "most", "seconds", "size")
 
@@ -36,31 +42,43 @@ class Sent:
         self.seconds = seconds
         self.bytes = 0
         self._clock = clock
-        self._items: dict[str, tuple[Reply, float]] = {}
+        # call id -> (when, ok, content type, body, error type, error message, traceback)
+        self._items: OrderedDict[str, tuple[float, bool, str, bytes, str, str, str]] = OrderedDict()
         self._aged = 0.0  # when the oldest may next be too old (a look then, not each put)
 
     def put(self, reply: Reply) -> None:
         now = self._clock()
         items = self._items
-        old = items.pop(reply.call_id, None)
-        size = len(reply.body)
+        call_id, body = reply.call_id, reply.body
+        old = items.pop(call_id, None)
         if old is not None:
-            self.bytes -= len(old[0].body)
-        items[reply.call_id] = (reply, now)
-        self.bytes += size
+            self.bytes -= len(old[3])
+        items[call_id] = (
+            now,
+            reply.ok,
+            reply.content_type,
+            body,
+            reply.error_type,
+            reply.error_message,
+            reply.traceback,
+        )
+        self.bytes += len(body)
         if len(items) <= self.most and self.bytes <= self.size and now < self._aged:
             return
         self._aged = now + self.seconds / 100  # the oldest outlives its time by 1% at most
         while items:  # forget the oldest
-            oldest, (kept, at) = next(iter(items.items()))
+            at, _, _, oldest_body, *_ = next(iter(items.values()))
             if len(items) <= self.most and self.bytes <= self.size and now - at < self.seconds:
                 break
-            del items[oldest]
-            self.bytes -= len(kept.body)
+            items.popitem(last=False)
+            self.bytes -= len(oldest_body)
 
     def get(self, call_id: str) -> Reply | None:
         item = self._items.get(call_id)
-        return None if item is None else item[0]
+        if item is None:
+            return None
+        _, ok, content_type, body, error_type, error_message, traceback = item
+        return Reply(call_id, ok, content_type, body, error_type, error_message, traceback)
 
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._items

@@ -201,3 +201,17 @@ def test_a_failed_reply_comes_back_whole_and_none_is_kept_as_an_object() -> None
     assert resuming.resume(["f", "ok"], NEW, lambda _: None) == [failed, reply("ok")]
     gc.collect()  # a collection untracks each tuple of plain values it meets
     assert not any(gc.is_tracked(item) for item in resuming.sent._items.values())
+
+
+def test_a_full_memory_forgets_a_hundredth_more_at_once() -> None:
+    """Past its bound it forgets down to 99% of it, so that it does not look at each put."""
+    resuming = Resuming(most=200)
+    for number in range(200):
+        resuming.sending(OLD, reply(f"call-{number}"))
+    assert len(resuming.sent) == 200
+    resuming.sending(OLD, reply("one-too-many"))
+    assert len(resuming.sent) == 198  # the three oldest forgotten
+    assert "call-2" not in resuming.sent
+    assert "call-3" in resuming.sent
+    resuming.sending(OLD, reply("room-for-it"))
+    assert len(resuming.sent) == 199

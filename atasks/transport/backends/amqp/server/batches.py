@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 from atasks.errors import TransportError
 from atasks.transport.backends.amqp import wire
@@ -74,13 +74,15 @@ class Batches:
                 return
             answered = self._answered(message, requests)
             # Not answered, not kept, not running here: these run (or go back to the queue).
+            kept: Container[str] = shared.kept.memory if shared.kept else ()  # almost always empty
+            sent, inflight = shared.settlement.resuming.sent.ids, shared.inflight
             fresh = [
                 r
                 for r in requests
                 if r.call_id not in answered
-                and r.call_id not in shared.kept
-                and r.call_id not in shared.settlement.resuming.sent
-                and r.call_id not in shared.inflight
+                and r.call_id not in kept
+                and r.call_id not in sent
+                and r.call_id not in inflight
             ]
             runs: list[Request] = []
             if fresh:
@@ -106,8 +108,9 @@ class Batches:
                 await settlement.publish_copy(name, message, message.headers, unfinished)
             if settling.ack:
                 await message.ack()
-                for call_id in ended:  # answered for good: forget their replies
-                    shared.kept.forget_sent(call_id)
+                if shared.kept:  # answered for good: forget their replies
+                    for call_id in ended:
+                        shared.kept.forget_sent(call_id)
                 if held:  # a round trip on the channel: the broker answers after the ack
                     await message.channel.exchange_declare("amq.direct", passive=True)
         except asyncio.CancelledError:  # the server stops before any call of it ran

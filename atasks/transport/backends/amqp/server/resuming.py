@@ -25,14 +25,14 @@ RESUMABLE_FOR = 300.0  # …for at most this long; as many calls moved to a new 
 
 class Sent:
     """Replies by call id, the oldest forgotten beyond ``most`` of them, ``size`` bytes of
-    bodies or ``seconds`` of age.
+    bodies or ``seconds`` of age (1% more of them once over a bound).
 
     Each is kept as a tuple of strings and numbers, not as its ``Reply``: the garbage collector
     stops tracking such a tuple, and a busy server keeps a hundred thousand of them. Oldest first
     in an ``OrderedDict``, which forgets its first item at once (a dict walks over every slot
     freed at its front since it was last resized: 15 to 60 µs a reply once full)."""
 
-    __slots__ = ("_aged", "_clock", "_items", "bytes", "most", "seconds", "size")
+    __slots__ = ("_aged", "_clock", "_items", "bytes", "ids", "most", "seconds", "size")
 
     def __init__(
         self, most: int, size: int, seconds: float, clock: Callable[[], float] = time.monotonic
@@ -45,14 +45,17 @@ class Sent:
         # call id -> (when, ok, content type, body, error type, error message, traceback)
         self._items: OrderedDict[str, tuple[float, bool, str, bytes, str, str, str]] = OrderedDict()
         self._aged = 0.0  # when the oldest may next be too old (a look then, not each put)
+        self.ids = self._items.keys()
+        """The call ids of the replies kept (a live view)."""
 
     def put(self, reply: Reply) -> None:
         now = self._clock()
         items = self._items
         call_id, body = reply.call_id, reply.body
-        old = items.pop(call_id, None)
-        if old is not None:
+        old = items.get(call_id)
+        if old is not None:  # sent again: its place and its age start over
             self.bytes -= len(old[3])
+            del items[call_id]
         items[call_id] = (
             now,
             reply.ok,
@@ -66,12 +69,16 @@ class Sent:
         if len(items) <= self.most and self.bytes <= self.size and now < self._aged:
             return
         self._aged = now + self.seconds / 100  # the oldest outlives its time by 1% at most
+        # Past a bound, forget 1% more than it takes: a full memory comes here once in a
+        # hundredth of its puts, not at each.
+        most = self.most - self.most // 100 if len(items) > self.most else self.most
+        size = self.size - self.size // 100 if self.bytes > self.size else self.size
         while items:  # forget the oldest
-            at, _, _, oldest_body, *_ = next(iter(items.values()))
-            if len(items) <= self.most and self.bytes <= self.size and now - at < self.seconds:
+            oldest = next(iter(items.values()))
+            if len(items) <= most and self.bytes <= size and now - oldest[0] < self.seconds:
                 break
             items.popitem(last=False)
-            self.bytes -= len(oldest_body)
+            self.bytes -= len(oldest[3])
 
     def get(self, call_id: str) -> Reply | None:
         item = self._items.get(call_id)

@@ -23,6 +23,20 @@ if TYPE_CHECKING:
 __all__ = ["INLINE_DEPTH", "LoopbackTransport"]
 
 INLINE_DEPTH = 16
+_depth: contextvars.ContextVar[int] = contextvars.ContextVar("atasks_loopback_depth", default=0)
+"""How many calls deep the atask running here was served inline (a task it starts counts on
+from there: conservative, never too deep)."""
+
+
+def _context_at(depth: int) -> contextvars.Context:
+    context = contextvars.Context()
+    context.run(_depth.set, depth)
+    return context
+
+
+_CONTEXTS = tuple(_context_at(depth) for depth in range(INLINE_DEPTH + 1))
+"""An empty context but for the depth, one per depth: a served call gets a copy, as cheap as a
+new one."""
 
 
 class LoopbackTransport(Transport):
@@ -53,7 +67,6 @@ class LoopbackTransport(Transport):
         self._calls: dict[object, asyncio.Task[Any]] = {}  # request calls running: their task
         self._watched: dict[object, asyncio.Future[None]] = {}  # set as each ends, for drain()
         self._stopping: set[asyncio.Task[Any]] = set()
-        self._inline_depth: dict[asyncio.Task[Any], int] = {}
         self._credits: dict[str, Credits] = {}
         self._connected = False
         self._waiting: dict[str, list[Request]] = {}  # enqueued before their atask was served
@@ -99,27 +112,30 @@ class LoopbackTransport(Transport):
             request.emit = emit
         if request.window:
             request.credits = self._credits[request.call_id] = Credits(request.window)
-        caller = asyncio.current_task()
-        assert caller is not None
-        depth = self._inline_depth.get(caller, 0)
-        context = contextvars.Context()
+        depth = _depth.get()
         awaited: Awaitable[Reply]
         if depth < INLINE_DEPTH:  # the fast path: no task, no trip through the event loop
+            context = _CONTEXTS[depth + 1].copy()
             coroutine = handler(request)
-            self._inline_depth[caller] = depth + 1
             try:  # its first step now: most calls finish in it, and need nothing more
                 first = context.run(coroutine.send, None)
             except BaseException as exc:
-                self._left(caller, depth)
                 if request.window:
                     self._credits.pop(request.call_id, None)
                 if isinstance(exc, StopIteration):
                     result: Reply = exc.value
                     return result
                 raise
-            serving, awaited = caller, _InContext(coroutine, context, first)
+            caller = asyncio.current_task()  # looked up only for a call that goes on
+            assert caller is not None
+            serving = caller
+            awaited = _InContext(coroutine, context, first)
         else:  # deep recursion: a task of its own keeps the stack flat
-            serving = asyncio.get_running_loop().create_task(handler(request), context=context)
+            caller = asyncio.current_task()
+            assert caller is not None
+            serving = asyncio.get_running_loop().create_task(
+                handler(request), context=contextvars.Context()
+            )
             awaited = serving
         key = object()
         self._calls[key] = serving
@@ -141,15 +157,6 @@ class LoopbackTransport(Transport):
                 finished = self._watched.pop(key, None)
                 if finished is not None:
                     finished.set_result(None)
-            if serving is caller:
-                self._left(caller, depth)
-
-    def _left(self, caller: asyncio.Task[Any], depth: int) -> None:
-        """An inline call of ``caller`` is over: back to ``depth`` calls deep."""
-        if depth:
-            self._inline_depth[caller] = depth
-        else:
-            del self._inline_depth[caller]
 
     def grant(self, call_id: str, credits: int) -> None:
         window = self._credits.get(call_id)

@@ -238,7 +238,7 @@ async def test_a_loopback_call_leaves_nothing_behind_however_it_ends() -> None:
     with pytest.raises(EncodeError):
         await echo(lambda: None)
     assert await asyncio.gather(echo(3), after_a_turn(4)) == [3, 4]
-    assert (transport._inline_depth, transport._credits, transport._calls) == ({}, {}, {})
+    assert (transport._credits, transport._calls) == ({}, {})
 
 
 class RecordingLoopback(LoopbackTransport):

@@ -207,7 +207,7 @@ class Caller:
             stream.opened(call_id, transport, relay)
             on_frame = stream
         payload = pack_arguments(atask.name, args, kwargs, call_id, values)
-        body = codec.encode_now(payload) if codec._fast_encode else await encode(codec, payload)
+        body = codec._encode_now(payload) if codec._fast_encode else await encode(codec, payload)
         request = Request(  # by position: the hot path (see Request)
             atask.name,
             call_id,
@@ -247,7 +247,7 @@ class Caller:
         if relay is not None:  # every report reaches the listener before the outcome
             await relay.flushed()
         if reply.ok and codec._fast_decode and reply.content_type == codec.content_type:
-            return codec.decode_now(reply.body)
+            return codec._decode_now(reply.body)
         return await outcome(reply, codec)
 
     async def one_way(

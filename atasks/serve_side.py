@@ -162,7 +162,7 @@ class Serving:
                     else None
                 )
                 payload = (
-                    codec.decode_now(request.body)
+                    codec._decode_now(request.body)
                     if codec._fast_decode
                     else await decode(codec, request.body)
                 )
@@ -203,7 +203,7 @@ class Serving:
                     body = result
                 elif codec._fast_encode:
                     try:
-                        body = codec.encode_now(result)
+                        body = codec._encode_now(result)
                     except EncodeError as exc:
                         raise _cannot_travel(request, exc) from exc
                 else:
@@ -334,7 +334,7 @@ class Serving:
 
 async def _encoded(request: Request, codec: Codec, result: Any) -> bytes:
     try:
-        return codec.encode_now(result) if codec._fast_encode else await encode(codec, result)
+        return codec._encode_now(result) if codec._fast_encode else await encode(codec, result)
     except EncodeError as exc:
         raise _cannot_travel(request, exc) from exc
 

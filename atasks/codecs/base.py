@@ -34,8 +34,8 @@ class Codec(metaclass=BindOnConstruction):
     """Set by a codec whose ``dumps`` returns bytes and raises only ``EncodeError``, and whose
     ``loads`` raises only ``DecodeError``: the router calls them with nothing around them.
     Kept by a subclass that overrides neither."""
-    encode_now: ClassVar[Callable[[Any, Any], bytes]]
-    decode_now: ClassVar[Callable[[Any, bytes], Any]]
+    _encode_now: ClassVar[Callable[[Any, Any], bytes]]
+    _decode_now: ClassVar[Callable[[Any, bytes], Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -49,8 +49,8 @@ class Codec(metaclass=BindOnConstruction):
         cls._fast_decode = cls.decode is Codec.decode and cls.loads is not Codec.loads
         own = vars(cls)
         cls._strict = own.get("_strict", cls._strict and "dumps" not in own and "loads" not in own)
-        cls.encode_now = cls.dumps if cls._strict else encode_now
-        cls.decode_now = cls.loads if cls._strict else decode_now
+        cls._encode_now = cls.dumps if cls._strict else encode_now
+        cls._decode_now = cls.loads if cls._strict else decode_now
 
     @classmethod
     def _missing(cls) -> tuple[str, ...]:
@@ -116,7 +116,7 @@ async def encode(codec: Codec, obj: Any) -> bytes:
     """``codec``'s bytes for ``obj``, without an await where the codec is synchronous; failures
     as ``EncodeError``."""
     if codec._fast_encode:
-        return codec.encode_now(obj)
+        return codec._encode_now(obj)
     try:
         content: Any = codec.encode(obj)
         if inspect.isawaitable(content):
@@ -131,7 +131,7 @@ async def encode(codec: Codec, obj: Any) -> bytes:
 def encode_now(codec: Codec, obj: Any) -> bytes:
     """``encode`` for a codec whose ``_fast_encode`` holds (its ``dumps`` is the
     implementation): the router's hot path, with no coroutine to create. The router calls it as
-    ``codec.encode_now(obj)``, which is ``dumps`` itself for a ``_strict`` codec."""
+    ``codec._encode_now(obj)``, which is ``dumps`` itself for a ``_strict`` codec."""
     try:
         content: Any = codec.dumps(obj)
     except EncodeError:
@@ -151,7 +151,7 @@ async def decode(codec: Codec, content: bytes) -> Any:
     """The object ``codec`` reads in ``content``, without an await where the codec is
     synchronous; failures as ``DecodeError``."""
     if codec._fast_decode:
-        return codec.decode_now(content)
+        return codec._decode_now(content)
     try:
         obj = codec.decode(content)
         if inspect.isawaitable(obj):
@@ -165,7 +165,7 @@ async def decode(codec: Codec, content: bytes) -> Any:
 
 def decode_now(codec: Codec, content: bytes) -> Any:
     """``decode`` for a codec whose ``_fast_decode`` holds (its ``loads`` is the
-    implementation), with no coroutine to create; called as ``codec.decode_now(content)``."""
+    implementation), with no coroutine to create; called as ``codec._decode_now(content)``."""
     try:
         return codec.loads(content)
     except DecodeError:

@@ -212,3 +212,20 @@ def test_targets_against_both_baselines(targets: dict[str, Any]) -> None:
     raw = targets["raw"]
     assert set(raw["sequential"]) == set(raw["one"]) == {"baseline", "patterns", "atasks"}
     assert targets["environment"]["replies"] == "direct"  # the default
+
+
+def test_the_memories_benchmark_times_each_memory_in_every_slice() -> None:
+    """dev/bench/memories.py, tiny: a number for each slice of puts of each memory."""
+    done = subprocess.run(
+        [sys.executable, "dev/bench/memories.py", "--puts", "600", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    result = json.loads(done.stdout)
+    assert set(result) == {"Sent.put", "Memory.put"}
+    for timings in result.values():
+        assert len(timings) == 6
+        assert all(timing > 0 for timing in timings)

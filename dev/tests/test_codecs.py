@@ -164,8 +164,8 @@ def test_only_a_codec_that_keeps_its_base_methods_inherits_strictness() -> None:
     assert SaysStrict._strict
     assert not _LooseDumps._strict
     assert not JSONCodec._strict
-    assert PickleCodec.encode_now is PickleCodec.dumps
-    assert _LooseDumps.encode_now is not _LooseDumps.dumps
+    assert PickleCodec._encode_now is PickleCodec.dumps
+    assert _LooseDumps._encode_now is not _LooseDumps.dumps
 
 
 @pytest.mark.parametrize(

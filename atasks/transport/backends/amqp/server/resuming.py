@@ -73,9 +73,12 @@ class Sent:
         # hundredth of its puts, not at each.
         most = self.most - self.most // 100 if len(items) > self.most else self.most
         size = self.size - self.size // 100 if self.bytes > self.size else self.size
-        while items:  # forget the oldest
+        while len(items) > most or self.bytes > size:
+            _, forgotten = items.popitem(last=False)
+            self.bytes -= len(forgotten[3])
+        while items:  # and those too old
             oldest = next(iter(items.values()))
-            if len(items) <= most and self.bytes <= size and now - oldest[0] < self.seconds:
+            if now - oldest[0] < self.seconds:
                 break
             items.popitem(last=False)
             self.bytes -= len(oldest[3])

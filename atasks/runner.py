@@ -323,6 +323,12 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
     measuring = _measure_worker(names)
     # A server stops gracefully on SIGINT or SIGTERM from now on, while it starts up too.
     stop = Stop() if options.mode == "server" else None
+    if stop is not None:
+        # What a server imported lives as long as it does: out of the collector's sight, a full
+        # collection walks only what calls made (at 512 calls in flight, 2 µs of CPU a call
+        # less). Again below, once serving, for its connections and routers; a call may be
+        # served before that, never before this.
+        gc.freeze()
     try:
         starting = _start(names, options, middlewares)
         if stop is None:
@@ -342,10 +348,7 @@ async def _run(modules: list[ModuleType], options: RunOptions) -> None:
             ]
             endpoints.health.serving = options.mode != "client"
         if stop is not None:
-            # What is alive now (modules, routers, connections) lives as long as the server:
-            # out of the collector's sight, a full collection walks only what calls made (at
-            # 512 calls in flight, 2 µs of CPU a call less).
-            gc.freeze()
+            gc.freeze()  # what serving made, as above
             announce_ready()
             await serve_until_stopped(stop, mains)
         else:

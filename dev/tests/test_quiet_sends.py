@@ -209,4 +209,4 @@ async def test_a_reply_goes_before_its_ack_confirmed_only_to_a_durable_queue(
     )
     assert log == [*expected, ("serve", "ack, no wait", "7")]
     # A direct reply is kept for a resume, having had no confirm to wait for.
-    assert ("c1" in settlement.resuming.sent) is reply_to.startswith("amq.rabbitmq.reply-to")
+    assert ("c1" in settlement.resuming.sent.ids) is reply_to.startswith("amq.rabbitmq.reply-to")

@@ -211,7 +211,7 @@ def test_a_full_memory_forgets_a_hundredth_more_at_once() -> None:
     assert len(resuming.sent) == 200
     resuming.sending(OLD, reply("one-too-many"))
     assert len(resuming.sent) == 198  # the three oldest forgotten
-    assert "call-2" not in resuming.sent
-    assert "call-3" in resuming.sent
+    assert "call-2" not in resuming.sent.ids
+    assert "call-3" in resuming.sent.ids
     resuming.sending(OLD, reply("room-for-it"))
     assert len(resuming.sent) == 199

@@ -74,7 +74,7 @@ class Batches:
                 return
             answered = self._answered(message, requests)
             # Not answered, not kept, not running here: these run (or go back to the queue).
-            kept: Container[str] = shared.kept.memory if shared.kept else ()  # almost always empty
+            kept: Container[str] = shared.kept if shared.kept else ()  # almost always empty
             sent, inflight = shared.settlement.resuming.sent.ids, shared.inflight
             fresh = [
                 r

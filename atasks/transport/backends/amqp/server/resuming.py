@@ -30,7 +30,7 @@ class Sent:
     Each is kept as a tuple of strings and numbers, not as its ``Reply``: the garbage collector
     stops tracking such a tuple, and a busy server keeps a hundred thousand of them. Oldest first
     in an ``OrderedDict``, which forgets its first item at once (a dict walks over every slot
-    freed at its front since it was last resized: 15 to 60 µs a reply once full)."""
+    freed at its front since it was last resized: 15 to 190 µs a reply once full)."""
 
     __slots__ = ("_aged", "_clock", "_items", "bytes", "ids", "most", "seconds", "size")
 
@@ -46,7 +46,7 @@ class Sent:
         self._items: OrderedDict[str, tuple[float, bool, str, bytes, str, str, str]] = OrderedDict()
         self._aged = 0.0  # when the oldest may next be too old (a look then, not each put)
         self.ids = self._items.keys()
-        """The call ids of the replies kept (a live view)."""
+        """The call ids of the replies kept (a live view: ``call_id in sent.ids``)."""
 
     def put(self, reply: Reply) -> None:
         now = self._clock()
@@ -89,9 +89,6 @@ class Sent:
             return None
         _, ok, content_type, body, error_type, error_message, traceback = item
         return Reply(call_id, ok, content_type, body, error_type, error_message, traceback)
-
-    def __contains__(self, call_id: object) -> bool:
-        return call_id in self._items
 
     def __len__(self) -> int:
         return len(self._items)

@@ -210,3 +210,57 @@ async def test_a_reply_goes_before_its_ack_confirmed_only_to_a_durable_queue(
     assert log == [*expected, ("serve", "ack, no wait", "7")]
     # A direct reply is kept for a resume, having had no confirm to wait for.
     assert ("c1" in settlement.resuming.sent.ids) is reply_to.startswith("amq.rabbitmq.reply-to")
+
+
+class _Blocking(_Recorded):
+    """A channel whose publish waits for ``go``, or fails with ``error``."""
+
+    def __init__(self, log: list[tuple[str, str, str]], error: Exception | None = None) -> None:
+        super().__init__("serve", log)
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+        self.error = error
+
+    async def basic_publish(self, body: bytes, **options: Any) -> None:
+        self.entered.set()
+        await self.go.wait()
+        if self.error is not None:
+            raise self.error
+        await super().basic_publish(body, **options)
+
+
+def _settling(channel: _Recorded) -> tuple[Settlement, Message]:
+    link = Link(
+        ["amqp://guest:guest@127.0.0.1:5672/"], connect_timeout=1, reconnect_wait=1, events=False
+    )
+    message = Message(_delivered("amq.rabbitmq.reply-to.g1h2", channel), cast(Any, channel))
+    return Settlement(link, Topology("default")), message
+
+
+async def test_a_direct_reply_claims_its_ack_while_its_write_waits() -> None:
+    log: list[tuple[str, str, str]] = []
+    channel = _Blocking(log)
+    settlement, message = _settling(channel)
+    reply = Reply(call_id="c1", ok=True, content_type="x", body=b"r")
+    replying = asyncio.create_task(settlement.reply_and_ack(message, reply))
+    await asyncio.wait_for(channel.entered.wait(), 5)
+    await message.ack()  # say, the server stopping: the reply's write carries the ack already
+    assert log == []
+    channel.go.set()
+    await asyncio.wait_for(replying, 5)
+    assert log == [
+        ("serve", "publish, no wait", "amq.rabbitmq.reply-to.g1h2"),
+        ("serve", "ack, no wait", "7"),
+    ]
+
+
+async def test_a_direct_reply_that_could_not_go_leaves_its_request_to_settle() -> None:
+    log: list[tuple[str, str, str]] = []
+    channel = _Blocking(log, aiormq.exceptions.ChannelInvalidStateError("closed"))
+    channel.go.set()
+    settlement, message = _settling(channel)
+    reply = Reply(call_id="c1", ok=True, content_type="x", body=b"r")
+    with pytest.raises(aiormq.exceptions.ChannelInvalidStateError):
+        await asyncio.wait_for(settlement.reply_and_ack(message, reply), 5)
+    assert not message.settled  # nothing went: the serve pipeline keeps the reply
+    assert log == []

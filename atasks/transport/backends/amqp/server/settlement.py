@@ -15,6 +15,7 @@ from atasks.events import Event
 from atasks.transport.backends.amqp import wire
 from atasks.transport.backends.amqp.coalesce import Coalescer
 from atasks.transport.backends.amqp.connection import Link, describe
+from atasks.transport.backends.amqp.onewrite import publish_and_ack
 from atasks.transport.backends.amqp.resume import is_direct
 from atasks.transport.backends.amqp.server.confirms import Confirms
 from atasks.transport.backends.amqp.server.message import Message, only, part
@@ -46,12 +47,6 @@ class Settlement:
             measure=wire.entry_size,
         )
 
-    async def reply(self, message: Message, reply: Reply) -> None:
-        """Send ``reply`` to the caller of ``message`` (with the others ready for it)."""
-        assert message.reply_to is not None
-        reply_to, direct = self.resuming.sending(message.reply_to, reply)
-        await self.replies.put((_replying(message, direct), reply_to), reply)
-
     def reply_soon(self, message: Message, reply: Reply, confirms: Confirms, kept: Reply) -> None:
         """Send ``reply`` to the caller of ``message`` (with the others ready for it) and return
         at once: ``confirms`` hears how its publish ends; ``kept`` is what is kept should the
@@ -74,8 +69,14 @@ class Settlement:
             await self._publish_replies((channel, reply_to), again[i : i + REPLY_BATCH])
 
     async def reply_and_ack(self, message: Message, reply: Reply) -> None:
-        try:
-            await self.reply(message, reply)
+        """Send ``reply`` to the caller of lone request ``message``, then ack ``message``."""
+        assert message.reply_to is not None
+        reply_to, direct = self.resuming.sending(message.reply_to, reply)
+        if direct:
+            await self._reply_direct_and_ack(message, reply_to, reply)
+            return
+        try:  # to a durable queue: with the others ready for it, confirmed before the ack
+            await self.replies.put((message.confirming, reply_to), reply)
         except aiormq.exceptions.DeliveryError as exc:
             # The broker refused the reply: run the request again rather than leave its caller
             # waiting (it counts towards the delivery limit).
@@ -85,6 +86,26 @@ class Settlement:
             await message.nack(requeue=True)
             return
         await message.ack()
+
+    async def _reply_direct_and_ack(self, message: Message, reply_to: str, reply: Reply) -> None:
+        """A direct reply to a lone request goes at once (nothing else is coming for it to
+        travel with), unconfirmed, on the channel the request came on, and the request's ack
+        right behind it, in the same write (``onewrite.py``). The ack is claimed first, so
+        that nothing else acks the request while the write waits its turn."""
+        tags = () if message.settled else (message.tag,)
+        message.settled = True
+        try:
+            await publish_and_ack(
+                message.channel,
+                reply.body,
+                routing_key=reply_to,
+                properties=wire.reply_properties(reply, announce=True),
+                tags=tags,
+            )
+        except BaseException:
+            if tags:
+                message.settled = False
+            raise
 
     async def _publish_replies(
         self, destination: tuple[aiormq.abc.AbstractChannel, str], replies: list[Reply]

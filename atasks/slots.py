@@ -33,7 +33,8 @@ class Slots:
         self.limit = limit
         self.running = 0  # slots held
         self.parked = 0  # atasks lending their slot while their children run
-        self._waiters: deque[tuple[asyncio.Future[None], CallScope]] = deque()
+        # Who waits for a slot: an atask's scope, or (None) a request not yet handled.
+        self._waiters: deque[tuple[asyncio.Future[Any], CallScope | None]] = deque()
         self._listeners: list[Callable[[], None]] = []
 
     @property
@@ -64,6 +65,27 @@ class Slots:
     def give_back_untaken(self) -> None:
         """A slot from ``try_take`` that no scope adopted."""
         self._give()
+
+    def reserve(self) -> asyncio.Future[bool]:
+        """Wait, behind the atasks waiting already, for a slot for a request not yet handled:
+        True once that slot is taken, as by ``try_take``; False once ``unreserve`` stopped the
+        wait."""
+        granted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append((granted, None))
+        if self._listeners:
+            self._changed()  # none free now, for anyone else
+        return granted
+
+    def unreserve(self, granted: asyncio.Future[bool]) -> None:
+        """Stop waiting for ``granted`` (from ``reserve``), or give back the slot it got and no
+        request went on with."""
+        if not granted.done():
+            self._waiters.remove((granted, None))
+            granted.set_result(False)
+            if self._listeners:
+                self._changed()
+        elif granted.result():
+            self._give()
 
     def take_now(self, scope: CallScope) -> bool:
         """Whether ``scope`` holds a slot, taking a free one if it does not and one is free
@@ -105,6 +127,9 @@ class Slots:
         while self._waiters:
             granted, scope = self._waiters.popleft()
             if not granted.done():
+                if scope is None:  # a request's: taken, as by try_take
+                    granted.set_result(True)
+                    return
                 self._hold(scope)
                 granted.set_result(None)
                 return

@@ -7,6 +7,7 @@ when a subclass is defined.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -52,6 +53,14 @@ class Capacity(Protocol):
 
     def give_back_untaken(self) -> None:
         """Give back a slot from ``try_take`` whose request was never handled."""
+
+    def reserve(self) -> asyncio.Future[bool]:
+        """Wait for a slot for a request not yet handled: True once it is taken, as by
+        ``try_take``; False once ``unreserve`` stopped the wait."""
+
+    def unreserve(self, granted: asyncio.Future[bool]) -> None:
+        """Stop waiting for ``granted`` (from ``reserve``), or give back the slot it got and no
+        request went on with."""
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever ``free`` may have changed."""

@@ -122,7 +122,8 @@ async def test_competing_servers_share_a_fan_out(servers: Servers, amqp_url: str
     pids = {servers.start("--concurrency", "8").pid, servers.start("--concurrency", "8").pid}
     await wait_until_served(workload.ready)
     await wait_for_consumers(amqp_url, QUEUES.request_queue(workload.slow_pid.name), 2)
-    # One message of 32 calls: the server it reaches starts 8 and hands the rest back.
+    # One message of 32 calls: the server it reaches starts 8, and the rest go back once they
+    # waited 50 ms for a slot (each call takes 200 ms).
     ran = Counter(
         await asyncio.wait_for(asyncio.gather(*(workload.slow_pid(0.2) for _ in range(32))), 60)
     )

@@ -9,6 +9,7 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Container, Mapping
+from functools import partial
 
 from atasks.errors import TransportError
 from atasks.transport.backends.amqp import wire
@@ -16,6 +17,7 @@ from atasks.transport.backends.amqp.connection import CONNECTION_ERRORS
 from atasks.transport.backends.amqp.intake import Intake
 from atasks.transport.backends.amqp.server.confirms import Confirms, replied
 from atasks.transport.backends.amqp.server.message import Message, fitting, handled, suspect_of
+from atasks.transport.backends.amqp.server.overflow import Overflow
 from atasks.transport.backends.amqp.server.policies import (
     Outcome,
     Verdict,
@@ -48,6 +50,7 @@ class Batches:
         shared, settlement = self.shared, self.shared.settlement
         name = intake.name
         held: dict[str, asyncio.Event] = {}  # calls queued alone, waiting for this ack
+        overflow: Overflow | None = None  # calls waiting for a slot
         try:
             await settlement.overtaken(message.correlation_id or "")
             if wire.H_LEASE_HOLDER in message.headers and await shared.leases.still_held(
@@ -88,14 +91,17 @@ class Batches:
             if fresh:
                 verdict, deaths = self.suspects.verdict(message, isolated=False)
                 if verdict is Verdict.RUN:
-                    runs = await self._take_slots(intake, message, fresh)
+                    runs, overflow = self._take_slots(intake, message, fresh)
                 else:
                     held = await self.suspects.carry_out(name, message, verdict, deaths, fresh)
             elsewhere = {r.call_id for r in fresh} - {r.call_id for r in runs}
             confirms = Confirms(shared.kept)
             with shared.leases.holding(name, message):
                 entries = {
-                    r.call_id: (r, self._start(name, message, r, handler, answered, confirms))
+                    r.call_id: (
+                        r,
+                        self._start(name, message, r, handler, answered, confirms, overflow),
+                    )
                     for r in requests
                     if r.call_id not in elsewhere
                 }
@@ -122,6 +128,8 @@ class Batches:
             with contextlib.suppress(*CONNECTION_ERRORS):  # on a live channel, try again
                 await message.nack(requeue=True)
         finally:
+            if overflow is not None:
+                overflow.close()
             settlement.release(held)
 
     def _answered(self, message: Message, requests: list[Request]) -> dict[str, Reply]:
@@ -142,39 +150,33 @@ class Batches:
                 )
         return answered
 
-    async def _take_slots(
+    def _take_slots(
         self, intake: Intake, message: Message, requests: list[Request]
-    ) -> list[Request]:
-        """The calls of a batch that run here: those that got a free slot (and, in a delivery
-        that may have killed a server, the others too, to wait for one here); the rest go back
-        to the queue for another server at once, as a lone request would."""
+    ) -> tuple[list[Request], Overflow | None]:
+        """The calls of a batch that run here: those that got a free slot, and the others,
+        which wait for one (``overflow.py``; in a delivery that may have killed a server, for
+        as long as it takes)."""
         capacity = self.shared.capacity
         if capacity is None:
-            return requests
-        runs: list[Request] = []
-        back: list[Request] = []
+            return requests, None
+        waiting: list[Request] = []
         for request in requests:
             if capacity.try_take():
                 request.slot_taken = True
-                runs.append(request)
-            elif message.redelivered:
-                runs.append(request)
-            else:
-                back.append(request)
-        if back:
-            if intake.tag is not None and intake.tag == message.consumer_tag:
-                intake.pause()
-                self.shared.rebalance()  # cancels the consumer
-            log.debug("no free slot for %d calls of %r: handed back", len(back), intake.name)
-            try:
-                await self.shared.settlement.publish_copy(
-                    intake.name, message, message.headers, back
-                )
-            except BaseException:
-                for request in runs:
-                    self.shared.give_back_slot(request)
-                raise
-        return runs
+            elif not message.redelivered:
+                waiting.append(request)
+        if not waiting:
+            return requests, None
+        return requests, Overflow(capacity, waiting, partial(self._hand_back, intake, message))
+
+    async def _hand_back(self, intake: Intake, message: Message, requests: list[Request]) -> None:
+        """Queue calls of ``message`` that found no slot here again, in a batch of their own, for
+        another server; take no more from their queue until a slot frees."""
+        if intake.tag is not None and intake.tag == message.consumer_tag:
+            intake.pause()
+            self.shared.rebalance()  # cancels the consumer
+        log.debug("no free slot for %d calls of %r: handed back", len(requests), intake.name)
+        await self.shared.settlement.publish_copy(intake.name, message, message.headers, requests)
 
     def _start(
         self,
@@ -184,10 +186,14 @@ class Batches:
         handler: RequestHandler,
         answered: Mapping[str, Reply],
         confirms: Confirms,
+        overflow: Overflow | None,
     ) -> asyncio.Task[Ended]:
         call_id = request.call_id
+        waits = overflow if overflow is not None and call_id in overflow else None
         task = asyncio.get_running_loop().create_task(
-            self._serve_entry(name, message, request, handler, answered.get(call_id), confirms),
+            self._serve_entry(
+                name, message, request, handler, answered.get(call_id), confirms, waits
+            ),
             context=contextvars.Context(),
         )
         running = self.shared.running
@@ -210,11 +216,18 @@ class Batches:
         handler: RequestHandler,
         answer: Reply | None,
         confirms: Confirms,
+        overflow: Overflow | None,
     ) -> Ended:
         """One call of a batch, from start to its reply handed over (``confirms`` hears how its
-        publish ends)."""
+        publish ends); first, in ``overflow``, waiting for a slot."""
         call_id = request.call_id
         try:
+            if overflow is not None:
+                try:
+                    if not await overflow.slot(request):
+                        return Outcome.ELSEWHERE, None
+                except CONNECTION_ERRORS:  # not handed back: the batch tries again
+                    return Outcome.BACK, None
             reply = answer
             if reply is None and not request.slot_taken:
                 reply = await self.shared.known_outcome(name, message, call_id, hold=False)

@@ -122,6 +122,7 @@ class Outcome(enum.Enum):
     ANSWERED = "answered"  # its reply is sent (see settlement._replying), or it was cancelled
     BACK = "back"  # to hand back to the queue: the server stops, or the broker refused the reply
     KEPT = "kept"  # its reply waits for the connection to come back
+    ELSEWHERE = "elsewhere"  # back in the queue already, in a batch of its own (overflow.py)
 
 
 def cancelled_outcome(by_caller: bool) -> Outcome:

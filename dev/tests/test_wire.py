@@ -26,6 +26,7 @@ def test_a_request_round_trips_with_its_exact_deadline() -> None:
     )
     properties = wire.request_properties(request, "reply-here", persistent=True)
     assert properties.delivery_mode == wire.PERSISTENT
+    assert properties.message_id == "c1"  # its call id: no UUID made up per message
     assert properties.reply_to == "reply-here"
     assert 12_000 <= int(properties.expiration or 0) <= 12_346
     back = wire.request_from("resize", properties, request.body)

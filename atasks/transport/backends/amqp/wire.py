@@ -84,6 +84,7 @@ def request_properties(
         reply_to=reply_to,
         expiration=expiration(request.deadline),
         priority=broker_priority(request.priority),
+        message_id=request.call_id,  # unique already: aiormq makes up a UUID for one without
     )
 
 
@@ -151,6 +152,7 @@ def batch_properties(
         expiration=expiration(latest),
         priority=broker_priority(requests[0].priority),
         message_type=BATCH,
+        message_id=batch_id,
     )
 
 

@@ -72,8 +72,6 @@ class Slots:
         wait."""
         granted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append((granted, None))
-        if self._listeners:
-            self._changed()  # none free now, for anyone else
         return granted
 
     def unreserve(self, granted: asyncio.Future[bool]) -> None:

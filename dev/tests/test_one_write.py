@@ -79,6 +79,17 @@ async def _request(url: str, *, confirms: bool) -> tuple[Any, ...]:
     return caller, server, channel, delivered, replies, queue
 
 
+async def _answer(channel: Any, delivered: DeliveredMessage, body: bytes) -> None:
+    """Reply ``body`` to ``delivered``'s caller and ack it."""
+    await publish_and_ack(
+        channel,
+        body,
+        routing_key=delivered.header.properties.reply_to,
+        properties=Basic.Properties(correlation_id="c-1"),
+        tags=[delivered.delivery_tag],
+    )
+
+
 async def _still_queued(url: str, queue: str) -> int:
     connection = await aiormq.connect(url)
     try:
@@ -98,13 +109,7 @@ async def test_a_direct_reply_and_its_ack_leave_in_one_write(
     try:
         body = b"answer" * 30_000  # over the frame size: several body frames
         writes.clear()
-        await publish_and_ack(
-            channel,
-            body,
-            routing_key=delivered.header.properties.reply_to,
-            properties=Basic.Properties(correlation_id="c-1"),
-            tags=[delivered.delivery_tag],
-        )
+        await _answer(channel, delivered, body)
         reply = await asyncio.wait_for(replies.get(), WAIT)
         assert reply.body == body
         assert reply.header.properties.correlation_id == "c-1"
@@ -129,13 +134,7 @@ async def test_a_confirming_channel_takes_the_public_methods(
     caller, server, channel, delivered, replies, queue = await _request(amqp_url, confirms=True)
     try:
         writes.clear()
-        await publish_and_ack(
-            channel,
-            b"answer",
-            routing_key=delivered.header.properties.reply_to,
-            properties=Basic.Properties(correlation_id="c-1"),
-            tags=[delivered.delivery_tag],
-        )
+        await _answer(channel, delivered, b"answer")
         reply = await asyncio.wait_for(replies.get(), WAIT)
         assert reply.body == b"answer"
         acks = [frames for frames in writes if any(isinstance(f, Basic.Ack) for f in frames)]
@@ -153,13 +152,7 @@ async def test_a_closed_channel_is_refused(amqp_url: str, writes: list[list[Any]
         await channel.close()
         writes.clear()
         with pytest.raises(aiormq.exceptions.ChannelInvalidStateError):
-            await publish_and_ack(
-                channel,
-                b"answer",
-                routing_key=delivered.header.properties.reply_to,
-                properties=Basic.Properties(correlation_id="c-1"),
-                tags=[delivered.delivery_tag],
-            )
+            await _answer(channel, delivered, b"answer")
         assert not [frames for frames in writes if frames]  # nothing went
     finally:
         await caller.close()

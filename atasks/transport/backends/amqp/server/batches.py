@@ -44,9 +44,9 @@ class Batches:
 
     async def serve(self, intake: Intake, message: Message) -> None:
         """Serve a batch: each call as if it had come alone, in a task of its own. The message
-        is acked once every call is answered (its reply confirmed) or handed back to the queue in
-        a new message: calls with no free slot at once (as a lone request would be), and those
-        a stopping server had not finished."""
+        is acked once every call is answered (its reply sent) or handed back to the queue in a
+        new message: calls that found no slot free within ``overflow.WAIT``, and those a
+        stopping server had not finished."""
         shared, settlement = self.shared, self.shared.settlement
         name = intake.name
         held: dict[str, asyncio.Event] = {}  # calls queued alone, waiting for this ack

@@ -16,6 +16,10 @@ from atasks.transport.messages import Request
 WAIT = 5.0  # bounds every wait below; the overflow's own wait is set per test
 
 
+async def _never_back(requests: list[Request]) -> None:
+    raise AssertionError("nothing should go back")
+
+
 def _request(call_id: str) -> Request:
     return Request(name="x", call_id=call_id, content_type="t", body=b"")
 
@@ -72,11 +76,8 @@ async def test_closing_gives_back_a_slot_granted_to_a_call_that_never_went_on() 
     slots = Slots(1)
     assert slots.try_take()
 
-    async def hand_back(requests: list[Request]) -> None:
-        raise AssertionError("nothing should go back")
-
     request = _request("c0")
-    overflow = Overflow(slots, [request], hand_back, wait=60)
+    overflow = Overflow(slots, [request], _never_back, wait=60)
     slots.give_back_untaken()  # granted, but the call's task is cancelled before it runs
     overflow.close()
     assert slots.running == 0
@@ -88,10 +89,7 @@ async def test_a_call_still_waiting_when_its_batch_ends_leaves_the_line() -> Non
     slots = Slots(1)
     assert slots.try_take()
 
-    async def hand_back(requests: list[Request]) -> None:
-        raise AssertionError("nothing should go back")
-
-    overflow = Overflow(slots, [_request("c0")], hand_back, wait=60)
+    overflow = Overflow(slots, [_request("c0")], _never_back, wait=60)
     assert slots.waiting == 1
     overflow.close()  # say, the server stops
     assert slots.waiting == 0

@@ -172,9 +172,7 @@ class Batches:
     async def _hand_back(self, intake: Intake, message: Message, requests: list[Request]) -> None:
         """Queue calls of ``message`` that found no slot here again, in a batch of their own, for
         another server; take no more from their queue until a slot frees."""
-        if intake.tag is not None and intake.tag == message.consumer_tag:
-            intake.pause()
-            self.shared.rebalance()  # cancels the consumer
+        self.shared.pause(intake, message)
         log.debug("no free slot for %d calls of %r: handed back", len(requests), intake.name)
         await self.shared.settlement.publish_copy(intake.name, message, message.headers, requests)
 

@@ -125,9 +125,7 @@ class LoneRequests:
     async def _give_back(self, intake: Intake, message: Message) -> None:
         """No slot is free: return the request to its queue for another server, and take no
         more from that queue until a slot frees."""
-        if intake.tag is not None and intake.tag == message.consumer_tag:
-            intake.pause()
-            self.shared.rebalance()  # cancels the consumer
+        self.shared.pause(intake, message)
         log.debug(
             "no free slot for request %s of %r: handed back", message.correlation_id, intake.name
         )

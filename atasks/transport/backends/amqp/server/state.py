@@ -58,6 +58,13 @@ class Shared:
         self.registered = asyncio.Event()  # set, and replaced, at each registration
         self.rebalance: Callable[[], None] = lambda: None  # set by the consumers
 
+    def pause(self, intake: Intake, message: Message) -> None:
+        """No slot is free for what ``message`` brought: take no more from its queue until one
+        frees (its consumer, if it still delivers there, is cancelled)."""
+        if intake.tag is not None and intake.tag == message.consumer_tag:
+            intake.pause()
+            self.rebalance()
+
     def kept_reply(self, call_id: str) -> Reply | None:
         """The reply kept for ``call_id`` while the connection was gone, if any."""
         kept = self.kept.get(call_id)

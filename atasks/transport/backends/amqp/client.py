@@ -35,6 +35,7 @@ from atasks.transport.backends.amqp.connection import (
 from atasks.transport.backends.amqp.dead_notices import pass_on_dead_letter
 from atasks.transport.backends.amqp.delays import Ladder
 from atasks.transport.backends.amqp.oneway import after_refusal, publish_one_way
+from atasks.transport.backends.amqp.reader import consume_in_reader, nothing
 from atasks.transport.backends.amqp.resume import Resumer, interrupt_streams
 from atasks.transport.backends.amqp.streams import Grants
 from atasks.transport.backends.amqp.topology import DIRECT_REPLY_TO, Topology, declare_all
@@ -114,8 +115,8 @@ class Caller:
             reply_queue=self.reply_to if self.durable else None,
             reply_queue_expires=self.link.reconnect_wait,
         )
-        await channels.calls_raw.basic_consume(
-            self.reply_to, self._on_reply, no_ack=not self.durable
+        await consume_in_reader(
+            channels.calls_raw, self.reply_to, self._on_reply, no_ack=not self.durable
         )
         await channels.calls_raw.basic_consume(
             self.topology.dead_letter_notify_queue, partial(pass_on_dead_letter, self.topology)
@@ -260,13 +261,14 @@ class Caller:
             )
 
     def _on_reply(self, message: DeliveredMessage) -> Coroutine[Any, Any, None]:
-        """Settle the calls ``message`` answers at once, in aiormq's reader (no turn of the
-        loop lost); the coroutine returned, for aiormq's task, only acks a durable reply."""
+        """Settle the calls ``message`` answers at once, in aiormq's reader
+        (``consume_in_reader``: no turn of the loop lost); the coroutine returned, for aiormq's
+        task, only acks a durable reply."""
         try:
             self._read_reply(message)
         except Exception:  # never into aiormq's reader, which would close the channel
             log.exception("could not read a reply")
-        return self._ack_reply(message)
+        return self._ack_reply(message) if self.durable else nothing()
 
     def _read_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
@@ -277,11 +279,11 @@ class Caller:
             self._settle(call_id, outcome, batches)
 
     async def _ack_reply(self, message: DeliveredMessage) -> None:
-        if self.durable:  # after the call has it: lost before this, it comes again
-            try:
-                await message.channel.basic_ack(message.delivery_tag or 0)
-            except CONNECTION_ERRORS as exc:
-                log.debug("could not ack a reply: %s", describe(exc))
+        # After the call has it: lost before this, it comes again.
+        try:
+            await message.channel.basic_ack(message.delivery_tag or 0)
+        except CONNECTION_ERRORS as exc:
+            log.debug("could not ack a reply: %s", describe(exc))
 
     def _settle(
         self, call_id: str, outcome: Reply | Exception, batches: bool | None = None

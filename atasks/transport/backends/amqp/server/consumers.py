@@ -22,6 +22,7 @@ from atasks.transport.backends.amqp.connection import (
     is_consumer_timeout,
 )
 from atasks.transport.backends.amqp.intake import Intake
+from atasks.transport.backends.amqp.reader import consume_in_reader, nothing
 from atasks.transport.backends.amqp.server.message import Message, handled
 from atasks.transport.backends.amqp.server.state import SUSPECTS, Shared
 from atasks.transport.backends.amqp.server.unreadable import refuse_unreadable
@@ -36,10 +37,6 @@ UNREGISTER_WITHIN = 10.0  # seconds for the broker to stop a queue's consumer or
 
 Serve = Callable[[Intake, Message], Coroutine[Any, Any, None]]
 OnMessage = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
-
-
-async def _nothing() -> None:
-    """What aiormq's task per delivery runs when the delivery was taken in its reader."""
 
 
 class Consumers:
@@ -121,7 +118,8 @@ class Consumers:
     async def _consume_suspects(self, channels: Channels) -> None:
         """The suspects queue, one request at a time (see ``suspects``)."""
         await channels.calls_raw.basic_qos(prefetch_count=1, global_=False)
-        ok = await channels.calls_raw.basic_consume(
+        ok = await consume_in_reader(
+            channels.calls_raw,
             self.shared.topology.suspects_queue,
             self._on_request(self.shared.suspects, channels.calls_raw),
         )
@@ -219,7 +217,8 @@ class Consumers:
         if prefetch is not None and intake.name in self.shared.handlers:
             # Per-consumer prefetch: applies to the consumers created after it on this channel.
             await channel.basic_qos(prefetch_count=prefetch, global_=False)
-            ok = await channel.basic_consume(
+            ok = await consume_in_reader(
+                channel,
                 self.shared.topology.request_queue(intake.name),
                 self._on_request(intake, channels.calls_raw),
             )
@@ -230,13 +229,13 @@ class Consumers:
 
     def _on_request(self, intake: Intake, confirming: aiormq.abc.AbstractChannel) -> OnMessage:
         def on_request(delivered: DeliveredMessage) -> Coroutine[Any, Any, None]:
-            # Called in aiormq's reader: the call's task starts now, not a turn later in a
-            # task of aiormq's, which only gets nothing to do.
+            # Called in aiormq's reader (``consume_in_reader``): the call's task starts now,
+            # not a turn later in a task of aiormq's, which only gets nothing to do.
             try:
                 take(delivered)
             except Exception:  # never into aiormq's reader, which would close the channel
                 log.exception("could not take a request from %s", intake.name)
-            return _nothing()
+            return nothing()
 
         def take(delivered: DeliveredMessage) -> None:
             # The call gets a task of its own, not aiormq's: a lost connection ends aiormq's

@@ -1,10 +1,11 @@
 """Consumers whose deliveries are taken in aiormq's channel reader, not a turn of the loop later.
 
-aiormq wraps every consumer callback in a coroutine function of its own and runs it in a new
-task per delivery, so a plain function's work waits for the next turn of the loop. A callback
-installed by ``consume_in_reader`` is called by the reader itself, as the delivery is read; the
-coroutine it returns still runs in aiormq's task per delivery (``nothing`` when there is nothing
-left to do). It must be quick and must not raise: an exception would close the channel.
+aiormq wraps a consumer callback that is not a coroutine function in one of its own and runs
+that in a new task per delivery, so a plain function's work waits for the next turn of the
+loop. A callback installed by ``consume_in_reader`` is called by the reader itself, as the
+delivery is read; the coroutine it returns still runs in aiormq's task per delivery
+(``nothing`` when there is nothing left to do). It must be quick and must not raise: an
+exception would close the channel.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from atasks.events import Event
 from atasks.router import Router
 from atasks.testing.rabbitnode import RabbitNode
 from atasks.transport.backends.amqp.dead import list_dead_letters
+from atasks.transport.backends.amqp.topology import Topology
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -306,10 +307,28 @@ async def test_a_failing_queued_request_is_retried_then_a_dead_letter_and_events
     assert mine[0]["error"] == "builtins.LookupError: boom"
 
 
+async def _bound_to_broadcasts(rabbit: RabbitNode, name: str, count: int) -> None:
+    """Until ``count`` queues, one a server, are bound to the broadcast exchange for ``name``:
+    a server whose connection was lost as it started logs that it serves before its queue
+    (gone with the connection) is back, and a broadcast sent meanwhile does not reach it."""
+    exchange = Topology("default").broadcast_exchange
+
+    def bound() -> int:
+        listed = rabbit.ctl(
+            "list_bindings", "source_name", "routing_key", "--no-table-headers", "-q"
+        )
+        return sum(line.split("\t") == [exchange, name] for line in listed.splitlines())
+
+    async with asyncio.timeout(60):
+        while await asyncio.to_thread(bound) < count:
+            await asyncio.sleep(0.1)
+
+
 async def test_a_broadcast_reaches_every_subscribed_server(
-    servers: Servers, amqp_url: str, tmp_path: Path
+    servers: Servers, rabbit: RabbitNode, amqp_url: str, tmp_path: Path
 ) -> None:
     await _start(servers, 3)
+    await _bound_to_broadcasts(rabbit, workload.broadcast_tally.name, 3)
     await atasks.setup("amqp", url=amqp_url)
     tally = tmp_path / "tally"
     await workload.broadcast_tally(str(tally), "hello")

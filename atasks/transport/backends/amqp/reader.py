@@ -17,7 +17,8 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-InReader = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
+# A consumer callback: called with each delivery, it returns the coroutine aiormq's task runs.
+OnMessage = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
 
 
 async def nothing() -> None:
@@ -25,7 +26,7 @@ async def nothing() -> None:
 
 
 async def consume_in_reader(
-    channel: aiormq.abc.AbstractChannel, queue: str, callback: InReader, *, no_ack: bool = False
+    channel: aiormq.abc.AbstractChannel, queue: str, callback: OnMessage, *, no_ack: bool = False
 ) -> Basic.ConsumeOk:
     """Consume ``queue`` on ``channel``, ``callback`` called in the channel's reader.
 

@@ -22,7 +22,7 @@ from atasks.transport.backends.amqp.connection import (
     is_consumer_timeout,
 )
 from atasks.transport.backends.amqp.intake import Intake
-from atasks.transport.backends.amqp.reader import consume_in_reader, nothing
+from atasks.transport.backends.amqp.reader import OnMessage, consume_in_reader, nothing
 from atasks.transport.backends.amqp.server.message import Message, handled
 from atasks.transport.backends.amqp.server.state import SUSPECTS, Shared
 from atasks.transport.backends.amqp.server.unreadable import refuse_unreadable
@@ -36,7 +36,6 @@ UNBOUNDED_PREFETCH = 64  # served without a router's capacity (register_callback
 UNREGISTER_WITHIN = 10.0  # seconds for the broker to stop a queue's consumer or unbind it
 
 Serve = Callable[[Intake, Message], Coroutine[Any, Any, None]]
-OnMessage = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
 
 
 class Consumers:

@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from atasks.errors import ATasksError, NotConnected, TransportError
 from atasks.transport.backends.amqp.pressure import Pressure
+from atasks.transport.backends.amqp.writer import write_at_once
 
 log = logging.getLogger("atasks.amqp")
 
@@ -182,6 +183,7 @@ class Link:
                 properties = connection.transport.connection.server_properties
                 self._learn_version(str(properties.get("version") or ""))
                 self.pressure.watch(connection.transport.connection)
+                write_at_once(connection.transport.connection)
             calls = await connection.channel(publisher_confirms=True, on_return_raises=True)
             # Unconfirmed: a direct reply and then the ack of its request go on this one
             # channel, which the broker handles in order; a confirm would add a round trip to

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiormq
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("atasks.amqp")
 
 
 class _AtOnce(asyncio.Queue[Any]):

@@ -37,11 +37,16 @@ async def _unconfirmed(connection: aiormq.Connection) -> aiormq.Channel:
     return cast(aiormq.Channel, await connection.channel(publisher_confirms=False))
 
 
+async def _exclusive_queue(channel: aiormq.Channel) -> str:
+    declared = (await channel.queue_declare("", exclusive=True)).queue
+    assert declared is not None
+    return declared
+
+
 async def _queued_after_publish(connection: aiormq.Connection) -> int:
     """Frames left on the write queue right after an unconfirmed publish returns."""
     channel = await _unconfirmed(connection)
-    queue = (await channel.queue_declare("", exclusive=True)).queue
-    assert queue is not None
+    queue = await _exclusive_queue(channel)
     await channel.basic_publish(b"one", routing_key=queue, wait=False)
     return connection.write_queue.qsize()
 
@@ -66,11 +71,7 @@ async def test_frames_queued_behind_others_leave_in_the_order_sent(
 ) -> None:
     assert write_at_once(connection)
     channels = [await _unconfirmed(connection) for _ in range(3)]
-    queues: list[str] = []
-    for channel in channels:
-        declared = (await channel.queue_declare("", exclusive=True)).queue
-        assert declared is not None
-        queues.append(declared)
+    queues = [await _exclusive_queue(channel) for channel in channels]
     bodies = [str(number).encode() for number in range(200)]
     # Three channels publishing at once, every third frame waiting for its write to drain:
     # those go through the writer task, and the frames the other channels send while it

@@ -37,7 +37,7 @@ class _AtOnce(asyncio.Queue[Any]):
     def _ahead_of_nothing(self, item: Any) -> bool:
         if not self.empty() or item.drain_future is not None or item.should_close:
             return False
-        getters = getattr(self, "_getters", None)
+        getters = self._getters  # type: ignore[attr-defined]  # asyncio's, checked when installed
         if not getters or getters[0].done():  # the writer task is not waiting for a frame
             return False
         return not self._connection.is_closed and not self._stream.is_closing()
@@ -48,7 +48,7 @@ def write_at_once(connection: aiormq.abc.AbstractConnection) -> bool:
     returns whether it could."""
     queue = getattr(connection, "write_queue", None)
     stream = _writer_stream(connection)
-    if type(queue) is not asyncio.Queue or stream is None:
+    if type(queue) is not asyncio.Queue or not hasattr(queue, "_getters") or stream is None:
         log.debug("frames go through aiormq's writer task: its queue or stream is not known")
         return False
     queue.__class__ = _AtOnce
